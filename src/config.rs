@@ -1,0 +1,502 @@
+//! Settings (CONTRACT §6): defaults, then an optional config file, then the
+//! environment (a `.env` file is loaded into the environment by `main`).
+//!
+//! Every value is parsed and checked once, here, so that a bad setting stops
+//! start-up with one line naming the variable instead of failing later deep
+//! inside a connection pool or a retry loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::saga::{RetryKind, RetryPolicy};
+
+/// A setting that could not be used; its `Display` is the one line shown to
+/// the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A named setting has a value we cannot use.
+    #[error("invalid setting {name}: {problem}")]
+    Invalid {
+        /// The environment variable (or file key, upper-cased).
+        name: &'static str,
+        /// What is wrong and what was given.
+        problem: String,
+    },
+    /// The config file could not be read or parsed.
+    #[error("invalid config file: {0}")]
+    File(#[from] config::ConfigError),
+}
+
+/// Which broker adapter to build, from `BROKER_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    /// `pulsar://` or `pulsar+ssl://`.
+    Pulsar(Url),
+    /// `redis://` or `rediss://`.
+    Redis(Url),
+    /// `memory://`: in-process, for the embedded demo and tests.
+    Memory,
+}
+
+/// How the orchestrator talks to a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantMode {
+    /// Synchronous HTTP calls (CONTRACT §4).
+    Http,
+    /// Commands and replies over the broker (CONTRACT §2–3).
+    Broker,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// Channel (topic / stream) names; configurable so several deployments, or
+/// several tests, can share one broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channels {
+    /// `PartnerCreated` events from integrations.
+    pub partner_events: String,
+    /// `CreateAlliance` commands to alliances (broker mode).
+    pub alliance_commands: String,
+    /// `DeletePartner` commands to integrations (broker mode).
+    pub integration_commands: String,
+    /// Participants' replies (broker mode).
+    pub saga_replies: String,
+    /// The orchestrator's own saga lifecycle events.
+    pub saga_events: String,
+}
+
+impl Channels {
+    /// Every channel name prefixed, e.g. to isolate one test's traffic.
+    pub fn prefixed(prefix: &str) -> Self {
+        let d = Self::default();
+        Self {
+            partner_events: format!("{prefix}{}", d.partner_events),
+            alliance_commands: format!("{prefix}{}", d.alliance_commands),
+            integration_commands: format!("{prefix}{}", d.integration_commands),
+            saga_replies: format!("{prefix}{}", d.saga_replies),
+            saga_events: format!("{prefix}{}", d.saga_events),
+        }
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Self {
+            partner_events: "partner-events".into(),
+            alliance_commands: "alliance-commands".into(),
+            integration_commands: "integration-commands".into(),
+            saga_replies: "saga-replies".into(),
+            saga_events: "saga-events".into(),
+        }
+    }
+}
+
+/// Everything the service needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub broker_url: BrokerUrl,
+    /// Holds a password: never logged.
+    pub database_url: SecretString,
+    /// Pool size; concurrent transitions beyond this queue for a connection.
+    pub database_max_connections: u32,
+    pub integraciones_api_url: Url,
+    pub alianzas_api_url: Url,
+    pub alianzas_mode: ParticipantMode,
+    pub integraciones_mode: ParticipantMode,
+    pub api_addr: SocketAddr,
+    /// Bearer token for admin routes; `None` refuses them all (never open).
+    pub admin_token: Option<SecretString>,
+    pub log_format: LogFormat,
+    /// `RUST_LOG` filter directives.
+    pub log_filter: String,
+    pub retry: RetryPolicy,
+    /// Bound on one participant call or one broker reply wait.
+    pub step_timeout: Duration,
+    /// After this, a saga still moving forward is compensated.
+    pub saga_deadline: Duration,
+    /// Sagas driven at once by this instance; beyond it, load queues in the broker.
+    pub max_in_flight: usize,
+    /// Redis pending entries idle this long are reclaimed from dead consumers.
+    pub redis_claim_idle: Duration,
+    pub max_message_bytes: usize,
+    pub channels: Channels,
+    /// Pulsar subscription / Redis consumer group shared by all instances.
+    pub subscription: String,
+    /// How long shutdown waits for in-flight sagas before leaving them to recovery.
+    pub shutdown_grace: Duration,
+    /// Apply migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    /// Names this process as lease owner and consumer; unique per process by default.
+    pub instance_id: String,
+    /// How often the recovery sweeper looks for due or orphaned sagas.
+    pub sweep_interval: Duration,
+}
+
+impl Settings {
+    /// Loads defaults → optional file → environment and validates them.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let merged: HashMap<String, config::Value> = builder
+            .add_source(config::Environment::default())
+            .build()?
+            .try_deserialize()?;
+        let mut values = HashMap::with_capacity(merged.len());
+        for (key, value) in merged {
+            // Nested tables are not settings of ours; skip what is not a scalar.
+            if let Ok(text) = value.into_string() {
+                values.insert(key.to_ascii_lowercase(), text);
+            }
+        }
+        Self::from_values(&values)
+    }
+
+    /// Builds settings from lower-cased `name → value` pairs; unknown names are ignored.
+    pub fn from_values(values: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let v = Values(values);
+        let retry = RetryPolicy {
+            kind: v.parse("RETRY_POLICY", RetryKind::Exponential, parse_retry_kind)?,
+            max_attempts: v.parse("RETRY_MAX_ATTEMPTS", 5, positive::<u32>)?,
+            base_delay: v.millis("RETRY_BASE_DELAY_MS", 200)?,
+            max_delay: v.millis("RETRY_MAX_DELAY_MS", 5000)?,
+        };
+        if retry.base_delay > retry.max_delay {
+            return Err(invalid(
+                "RETRY_BASE_DELAY_MS",
+                format!(
+                    "must not exceed RETRY_MAX_DELAY_MS ({} > {})",
+                    retry.base_delay.as_millis(),
+                    retry.max_delay.as_millis()
+                ),
+            ));
+        }
+        let defaults = Channels::default();
+        Ok(Self {
+            broker_url: v.parse(
+                "BROKER_URL",
+                BrokerUrl::Pulsar(fixed_url("pulsar://localhost:6650")),
+                parse_broker_url,
+            )?,
+            database_url: SecretString::from(v.text(
+                "DATABASE_URL",
+                "postgresql://postgres:postgres@localhost:5432/saga_db",
+                |s| parse_database_url(s).map(|_| ()),
+            )?),
+            database_max_connections: v.parse("DATABASE_MAX_CONNECTIONS", 20, positive::<u32>)?,
+            integraciones_api_url: v.parse(
+                "INTEGRACIONES_API_URL",
+                fixed_url("http://localhost:8001"),
+                parse_http_url,
+            )?,
+            alianzas_api_url: v.parse(
+                "ALIANZAS_API_URL",
+                fixed_url("http://localhost:8002"),
+                parse_http_url,
+            )?,
+            alianzas_mode: v.parse("ALIANZAS_MODE", ParticipantMode::Http, parse_mode)?,
+            integraciones_mode: v.parse("INTEGRACIONES_MODE", ParticipantMode::Http, parse_mode)?,
+            api_addr: v.parse("API_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)), |s| {
+                s.parse()
+                    .map_err(|_| format!("expected host:port, got {s:?}"))
+            })?,
+            admin_token: v
+                .get("ADMIN_TOKEN")
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from),
+            log_format: v.parse("LOG_FORMAT", LogFormat::Json, parse_log_format)?,
+            log_filter: v.get("RUST_LOG").unwrap_or_else(|| "info".into()),
+            retry,
+            step_timeout: v.positive_millis("STEP_TIMEOUT_MS", 10_000)?,
+            saga_deadline: Duration::from_secs(v.parse(
+                "SAGA_DEADLINE_SECS",
+                300,
+                positive::<u64>,
+            )?),
+            max_in_flight: v.parse("MAX_IN_FLIGHT", 256, positive::<usize>)?,
+            redis_claim_idle: v.positive_millis("REDIS_CLAIM_IDLE_MS", 30_000)?,
+            max_message_bytes: v.parse("MAX_MESSAGE_BYTES", 1_048_576, positive::<usize>)?,
+            channels: Channels {
+                partner_events: v.name("CHANNEL_PARTNER_EVENTS", &defaults.partner_events)?,
+                alliance_commands: v
+                    .name("CHANNEL_ALLIANCE_COMMANDS", &defaults.alliance_commands)?,
+                integration_commands: v.name(
+                    "CHANNEL_INTEGRATION_COMMANDS",
+                    &defaults.integration_commands,
+                )?,
+                saga_replies: v.name("CHANNEL_SAGA_REPLIES", &defaults.saga_replies)?,
+                saga_events: v.name("CHANNEL_SAGA_EVENTS", &defaults.saga_events)?,
+            },
+            subscription: v.name("SUBSCRIPTION_NAME", "saga-orchestrator")?,
+            shutdown_grace: Duration::from_secs(v.parse("SHUTDOWN_GRACE_SECS", 30, |s| {
+                s.parse::<u64>()
+                    .map_err(|_| format!("expected whole seconds, got {s:?}"))
+            })?),
+            migrate_on_start: v.parse("MIGRATE_ON_START", true, parse_bool)?,
+            instance_id: match v.get("INSTANCE_ID").filter(|s| !s.is_empty()) {
+                Some(id) => id,
+                None => default_instance_id(),
+            },
+            sweep_interval: v.positive_millis("SWEEP_INTERVAL_MS", 1000)?,
+        })
+    }
+}
+
+/// Checks a database URL names a store we can open.
+pub fn parse_database_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "postgres" | "postgresql" => Ok(url),
+        other => Err(format!(
+            "unsupported scheme {other:?}: expected postgres:// or postgresql://"
+        )),
+    }
+}
+
+struct Values<'a>(&'a HashMap<String, String>);
+
+impl Values<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .get(&name.to_ascii_lowercase())
+            .map(|s| s.trim().to_string())
+    }
+
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => parse(&raw).map_err(|problem| invalid(name, problem)),
+        }
+    }
+
+    /// A string setting validated by `check` and returned as given.
+    fn text(
+        &self,
+        name: &'static str,
+        default: &str,
+        check: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Result<String, ConfigError> {
+        let value = self.get(name).unwrap_or_else(|| default.to_string());
+        check(&value).map_err(|problem| invalid(name, problem))?;
+        Ok(value)
+    }
+
+    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(name, default, |s| {
+            s.parse::<u64>()
+                .map_err(|_| format!("expected whole milliseconds, got {s:?}"))
+        })
+        .map(Duration::from_millis)
+    }
+
+    fn positive_millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(name, default, positive::<u64>)
+            .map(Duration::from_millis)
+    }
+
+    /// A channel or subscription name: non-empty, no whitespace or slashes
+    /// (a slash would change the Pulsar topic's namespace).
+    fn name(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        self.text(name, default, |s| {
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '/') {
+                Err(format!("expected a name without spaces or '/', got {s:?}"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+fn invalid(name: &'static str, problem: String) -> ConfigError {
+    ConfigError::Invalid { name, problem }
+}
+
+fn fixed_url(s: &str) -> Url {
+    Url::parse(s).expect("built-in default URLs are valid")
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(format!("expected a whole number greater than 0, got {s:?}")),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+fn parse_retry_kind(s: &str) -> Result<RetryKind, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "exponential" => Ok(RetryKind::Exponential),
+        "linear" => Ok(RetryKind::Linear),
+        "none" => Ok(RetryKind::None),
+        _ => Err(format!("expected exponential, linear or none, got {s:?}")),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<ParticipantMode, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "http" => Ok(ParticipantMode::Http),
+        "broker" => Ok(ParticipantMode::Broker),
+        _ => Err(format!("expected http or broker, got {s:?}")),
+    }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "json" => Ok(LogFormat::Json),
+        "pretty" | "text" => Ok(LogFormat::Pretty),
+        _ => Err(format!("expected json or pretty, got {s:?}")),
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL ({e}): {s:?}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("expected an http(s) URL, got scheme {other:?}")),
+    }
+}
+
+fn parse_broker_url(s: &str) -> Result<BrokerUrl, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL ({e}): {s:?}"))?;
+    match url.scheme() {
+        "pulsar" | "pulsar+ssl" => Ok(BrokerUrl::Pulsar(url)),
+        "redis" | "rediss" => Ok(BrokerUrl::Redis(url)),
+        "memory" => Ok(BrokerUrl::Memory),
+        other => Err(format!(
+            "unsupported scheme {other:?}: expected pulsar://, pulsar+ssl://, redis://, rediss:// or memory://"
+        )),
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        Settings::from_values(&map)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = load(&[]).expect("defaults are valid");
+        assert!(
+            matches!(s.broker_url, BrokerUrl::Pulsar(ref u) if u.as_str() == "pulsar://localhost:6650")
+        );
+        assert_eq!(s.api_addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(s.alianzas_mode, ParticipantMode::Http);
+        assert_eq!(s.retry.max_attempts, 5);
+        assert_eq!(s.retry.kind, RetryKind::Exponential);
+        assert_eq!(s.retry.base_delay, Duration::from_millis(200));
+        assert_eq!(s.retry.max_delay, Duration::from_millis(5000));
+        assert_eq!(s.step_timeout, Duration::from_secs(10));
+        assert_eq!(s.saga_deadline, Duration::from_secs(300));
+        assert_eq!(s.max_in_flight, 256);
+        assert_eq!(s.redis_claim_idle, Duration::from_secs(30));
+        assert_eq!(s.max_message_bytes, 1_048_576);
+        assert_eq!(s.channels, Channels::default());
+        assert_eq!(s.subscription, "saga-orchestrator");
+        assert!(s.admin_token.is_none());
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn environment_values_override_defaults() {
+        let s = load(&[
+            ("BROKER_URL", "redis://127.0.0.1:6390/2"),
+            ("RETRY_POLICY", "linear"),
+            ("RETRY_MAX_ATTEMPTS", "3"),
+            ("ALIANZAS_MODE", "broker"),
+            ("CHANNEL_PARTNER_EVENTS", "t1-partner-events"),
+        ])
+        .unwrap();
+        assert!(matches!(s.broker_url, BrokerUrl::Redis(_)));
+        assert_eq!(s.retry.kind, RetryKind::Linear);
+        assert_eq!(s.retry.max_attempts, 3);
+        assert_eq!(s.alianzas_mode, ParticipantMode::Broker);
+        assert_eq!(s.channels.partner_events, "t1-partner-events");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_setting() {
+        let cases = [
+            ("BROKER_URL", "kafka://x:9092"),
+            ("BROKER_URL", "not a url"),
+            ("DATABASE_URL", "mysql://x/db"),
+            ("ALIANZAS_API_URL", "ftp://x"),
+            ("ALIANZAS_MODE", "grpc"),
+            ("API_ADDR", "eight-thousand"),
+            ("LOG_FORMAT", "xml"),
+            ("RETRY_POLICY", "fibonacci"),
+            ("RETRY_MAX_ATTEMPTS", "0"),
+            ("RETRY_MAX_ATTEMPTS", "abc"),
+            ("STEP_TIMEOUT_MS", "-5"),
+            ("SAGA_DEADLINE_SECS", "0"),
+            ("MAX_IN_FLIGHT", "0"),
+            ("MAX_MESSAGE_BYTES", "1MB"),
+            ("CHANNEL_SAGA_EVENTS", "a/b"),
+            ("MIGRATE_ON_START", "maybe"),
+        ];
+        for (name, value) in cases {
+            let err = load(&[(name, value)]).expect_err(name);
+            let line = err.to_string();
+            assert!(line.contains(name), "{line}");
+            assert!(!line.contains('\n'), "one line: {line}");
+        }
+    }
+
+    #[test]
+    fn base_delay_above_max_delay_is_refused() {
+        let err = load(&[("RETRY_BASE_DELAY_MS", "6000")]).unwrap_err();
+        assert!(err.to_string().contains("RETRY_BASE_DELAY_MS"));
+    }
+
+    #[test]
+    fn empty_admin_token_means_admin_routes_refused() {
+        assert!(load(&[("ADMIN_TOKEN", "")]).unwrap().admin_token.is_none());
+        assert!(load(&[("ADMIN_TOKEN", "s3cret")])
+            .unwrap()
+            .admin_token
+            .is_some());
+    }
+
+    #[test]
+    fn database_url_is_not_shown_by_debug() {
+        let s = load(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,16 @@
+//! # saga-orchestrator
+//!
+//! Runs one saga per `PartnerCreated` event: record it durably, ask
+//! alliances to create the partner's alliance, and compensate by deleting the
+//! partner in integrations when that fails. See `README.md` for the contract
+//! and the architecture.
+//!
+//! ## Layout
+//!
+//! - [`config`]: settings from defaults, an optional file and the environment.
+//! - [`envelope`]: the message envelope and its wire codecs.
+//! - [`saga`]: states, the stored saga and the pure state machine.
+
+pub mod config;
+pub mod envelope;
+pub mod saga;

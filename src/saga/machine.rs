@@ -1,0 +1,463 @@
+//! The saga state machine (CONTRACT §1) as a pure function:
+//! `decide(saga, input, policy, now) -> Decision | InvalidTransition`.
+//!
+//! The orchestrator loads a saga, asks `decide`, stores the decision (state,
+//! history row, saga events) in one transaction, then carries out
+//! `Decision::next`. Keeping this free of I/O is what lets every transition
+//! and every failure path be tested exhaustively below.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::{RetryPolicy, Saga, SagaState, Step};
+use crate::envelope::{EventType, MessageStatus};
+
+/// Something that happened to a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The saga was just recorded: start the first step.
+    Begin,
+    /// The participant did the step (`alliance_id` on create).
+    StepSucceeded {
+        step: Step,
+        alliance_id: Option<String>,
+    },
+    /// The participant refused for a business reason: no retry will help.
+    StepRejected { step: Step, error: String },
+    /// A transient failure (timeout, 5xx, 429, refused connection).
+    StepFailed {
+        step: Step,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// `deadline_at` passed while still moving forward.
+    DeadlinePassed,
+    /// An operator forces compensation of a live saga.
+    ForceCompensate { reason: String },
+    /// An operator re-drives a `failed` saga's compensation.
+    RetryFailed { reason: String },
+}
+
+/// Why a transition happened; stored in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    PartnerCreated,
+    AllianceRequested,
+    AllianceCreated,
+    AllianceRejected,
+    AttemptFailed,
+    RetriesExhausted,
+    DeadlinePassed,
+    PartnerDeleted,
+    CompensationExhausted,
+    ForcedByOperator,
+    RetriedByOperator,
+}
+
+impl Reason {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PartnerCreated => "partner_created",
+            Self::AllianceRequested => "alliance_requested",
+            Self::AllianceCreated => "alliance_created",
+            Self::AllianceRejected => "alliance_rejected",
+            Self::AttemptFailed => "attempt_failed",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::DeadlinePassed => "deadline_passed",
+            Self::PartnerDeleted => "partner_deleted",
+            Self::CompensationExhausted => "compensation_exhausted",
+            Self::ForcedByOperator => "forced_by_operator",
+            Self::RetriedByOperator => "retried_by_operator",
+        }
+    }
+}
+
+/// A saga event to publish on `saga-events`; the orchestrator wraps it in an
+/// envelope with the saga's ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaEvent {
+    pub event_type: EventType,
+    pub status: MessageStatus,
+    pub payload: Map<String, Value>,
+}
+
+/// What to do once the decision is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAction {
+    /// Call the participant for `step` at `at` (now, or after a backoff).
+    Call { step: Step, at: DateTime<Utc> },
+    /// Terminal: nothing more to do.
+    Done,
+}
+
+/// The outcome of one input: the saga's new fields and what follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub from: SagaState,
+    pub to: SagaState,
+    pub step: Step,
+    pub attempts: u32,
+    pub alliance_id: Option<String>,
+    pub last_error: Option<String>,
+    pub reason: Reason,
+    pub detail: Option<String>,
+    pub events: Vec<SagaEvent>,
+    pub next: NextAction,
+}
+
+impl Decision {
+    /// The saga as it is once this decision is stored.
+    pub fn apply(&self, saga: &Saga, now: DateTime<Utc>) -> Saga {
+        Saga {
+            state: self.to,
+            step: self.step,
+            attempts: self.attempts,
+            alliance_id: self.alliance_id.clone(),
+            last_error: self.last_error.clone(),
+            updated_at: now,
+            next_attempt_at: match self.next {
+                NextAction::Call { at, .. } => Some(at),
+                NextAction::Done => None,
+            },
+            version: saga.version + 1,
+            ..saga.clone()
+        }
+    }
+}
+
+/// The input does not apply to the saga as it is now: a stale or duplicate
+/// result, or an operator action the state does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input} does not apply to a saga in state {state} (step {step})")]
+pub struct InvalidTransition {
+    pub state: SagaState,
+    pub step: Step,
+    pub input: &'static str,
+}
+
+/// Starts a saga in state `started`: the first alliance call, now.
+/// Infallible, so recording a new saga never has a failure path here.
+pub fn begin(saga: &Saga, now: DateTime<Utc>) -> Decision {
+    Decision {
+        to: SagaState::CreatingAlliance,
+        step: Step::CreateAlliance,
+        attempts: 1,
+        reason: Reason::AllianceRequested,
+        detail: None,
+        events: vec![event(
+            EventType::SagaStarted,
+            MessageStatus::Started,
+            saga,
+            json!({}),
+        )],
+        next: NextAction::Call {
+            step: Step::CreateAlliance,
+            at: now,
+        },
+        ..keep(saga)
+    }
+}
+
+/// The state machine: what `input` does to `saga` at time `now`.
+pub fn decide(
+    saga: &Saga,
+    input: &Input,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Result<Decision, InvalidTransition> {
+    use SagaState::*;
+    let invalid = || InvalidTransition {
+        state: saga.state,
+        step: saga.step,
+        input: input_name(input),
+    };
+    let on_step = |step: &Step| *step == saga.step;
+
+    match (saga.state, input) {
+        (Started, Input::Begin) => Ok(begin(saga, now)),
+
+        (CreatingAlliance | AwaitingAlliance, Input::StepSucceeded { step, alliance_id })
+            if on_step(step) =>
+        {
+            let details = json!({ "step": step.as_str(), "alliance_id": alliance_id });
+            Ok(Decision {
+                to: Completed,
+                alliance_id: alliance_id.clone(),
+                last_error: None,
+                reason: Reason::AllianceCreated,
+                detail: alliance_id.as_ref().map(|id| format!("alliance_id={id}")),
+                events: vec![
+                    event(
+                        EventType::SagaStepSucceeded,
+                        MessageStatus::Progress,
+                        saga,
+                        details.clone(),
+                    ),
+                    event(
+                        EventType::SagaCompleted,
+                        MessageStatus::Completed,
+                        saga,
+                        details,
+                    ),
+                ],
+                next: NextAction::Done,
+                ..keep(saga)
+            })
+        }
+
+        (CreatingAlliance | AwaitingAlliance, Input::StepRejected { step, error })
+            if on_step(step) =>
+        {
+            let failed = step_failed(saga, error, None);
+            Ok(compensate(
+                saga,
+                now,
+                Reason::AllianceRejected,
+                error,
+                vec![failed],
+            ))
+        }
+
+        (
+            CreatingAlliance | AwaitingAlliance,
+            Input::StepFailed {
+                step,
+                error,
+                retry_after,
+            },
+        ) if on_step(step) => {
+            if !policy.allows_another(saga.attempts) {
+                let failed = step_failed(saga, error, None);
+                let detail = format!("{} attempts: {error}", saga.attempts);
+                return Ok(compensate(
+                    saga,
+                    now,
+                    Reason::RetriesExhausted,
+                    &detail,
+                    vec![failed],
+                ));
+            }
+            let at = retry_at(saga, policy, *retry_after, now);
+            if at > saga.deadline_at {
+                let failed = step_failed(saga, error, None);
+                let detail = format!("next attempt would pass the deadline: {error}");
+                return Ok(compensate(
+                    saga,
+                    now,
+                    Reason::DeadlinePassed,
+                    &detail,
+                    vec![failed],
+                ));
+            }
+            Ok(retry(saga, error, at))
+        }
+
+        (Started | CreatingAlliance | AwaitingAlliance, Input::DeadlinePassed) => {
+            let detail = format!(
+                "deadline {} passed",
+                crate::envelope::format_time(saga.deadline_at)
+            );
+            Ok(compensate(
+                saga,
+                now,
+                Reason::DeadlinePassed,
+                &detail,
+                vec![],
+            ))
+        }
+
+        (Compensating, Input::StepSucceeded { step, .. }) if on_step(step) => Ok(Decision {
+            to: Compensated,
+            reason: Reason::PartnerDeleted,
+            detail: None,
+            events: vec![
+                event(
+                    EventType::SagaStepSucceeded,
+                    MessageStatus::Progress,
+                    saga,
+                    json!({ "step": step.as_str() }),
+                ),
+                event(
+                    EventType::SagaCompensated,
+                    MessageStatus::Completed,
+                    saga,
+                    json!({ "reason": saga.last_error }),
+                ),
+            ],
+            next: NextAction::Done,
+            ..keep(saga)
+        }),
+
+        // Deleting a partner has no business rejection (CONTRACT §4): any
+        // refusal is retried like a transient failure, then parked.
+        (
+            Compensating,
+            Input::StepFailed {
+                step,
+                error,
+                retry_after: _,
+            }
+            | Input::StepRejected { step, error },
+        ) if on_step(step) => {
+            let retry_after = match input {
+                Input::StepFailed { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            if !policy.allows_another(saga.attempts) {
+                let detail = format!("{} attempts: {error}", saga.attempts);
+                return Ok(Decision {
+                    to: Failed,
+                    last_error: Some(format!("compensation failed: {error}")),
+                    reason: Reason::CompensationExhausted,
+                    detail: Some(detail),
+                    events: vec![
+                        step_failed(saga, error, None),
+                        event(
+                            EventType::SagaFailed,
+                            MessageStatus::Failed,
+                            saga,
+                            json!({ "error": error }),
+                        ),
+                    ],
+                    next: NextAction::Done,
+                    ..keep(saga)
+                });
+            }
+            // Compensation keeps trying past the deadline: the partner must go.
+            Ok(retry(saga, error, retry_at(saga, policy, retry_after, now)))
+        }
+
+        (Started | CreatingAlliance | AwaitingAlliance, Input::ForceCompensate { reason }) => Ok(
+            compensate(saga, now, Reason::ForcedByOperator, reason, vec![]),
+        ),
+
+        (Failed, Input::RetryFailed { reason }) => {
+            let mut decision = compensate(saga, now, Reason::RetriedByOperator, reason, vec![]);
+            // Keep the original cause visible: the operator's reason goes to
+            // the history, not over the error that parked the saga.
+            decision.last_error = saga.last_error.clone();
+            Ok(decision)
+        }
+
+        _ => Err(invalid()),
+    }
+}
+
+/// A decision that changes nothing yet: the base the arms above override.
+fn keep(saga: &Saga) -> Decision {
+    Decision {
+        from: saga.state,
+        to: saga.state,
+        step: saga.step,
+        attempts: saga.attempts,
+        alliance_id: saga.alliance_id.clone(),
+        last_error: saga.last_error.clone(),
+        reason: Reason::AttemptFailed,
+        detail: None,
+        events: Vec::new(),
+        next: NextAction::Done,
+    }
+}
+
+/// Move to `compensating` and call integrations to delete the partner now.
+fn compensate(
+    saga: &Saga,
+    now: DateTime<Utc>,
+    reason: Reason,
+    detail: &str,
+    mut events: Vec<SagaEvent>,
+) -> Decision {
+    events.push(event(
+        EventType::SagaCompensating,
+        MessageStatus::Progress,
+        saga,
+        json!({ "reason": reason.as_str(), "detail": detail }),
+    ));
+    Decision {
+        to: SagaState::Compensating,
+        step: Step::DeletePartner,
+        attempts: 1,
+        last_error: Some(format!("{}: {detail}", reason.as_str())),
+        reason,
+        detail: Some(detail.to_string()),
+        events,
+        next: NextAction::Call {
+            step: Step::DeletePartner,
+            at: now,
+        },
+        ..keep(saga)
+    }
+}
+
+/// Stay on the step and try it again at `at`.
+fn retry(saga: &Saga, error: &str, at: DateTime<Utc>) -> Decision {
+    Decision {
+        attempts: saga.attempts + 1,
+        last_error: Some(error.to_string()),
+        reason: Reason::AttemptFailed,
+        detail: Some(format!("attempt {} failed: {error}", saga.attempts)),
+        events: vec![step_failed(saga, error, Some(at))],
+        next: NextAction::Call {
+            step: saga.step,
+            at,
+        },
+        ..keep(saga)
+    }
+}
+
+fn retry_at(
+    saga: &Saga,
+    policy: &RetryPolicy,
+    retry_after: Option<Duration>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let delay = policy.delay(saga.attempts, saga.saga_id, retry_after);
+    now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+}
+
+fn step_failed(saga: &Saga, error: &str, retry_at: Option<DateTime<Utc>>) -> SagaEvent {
+    event(
+        EventType::SagaStepFailed,
+        MessageStatus::Progress,
+        saga,
+        json!({
+            "step": saga.step.as_str(),
+            "attempt": saga.attempts,
+            "error": error,
+            "will_retry": retry_at.is_some(),
+            "retry_at": retry_at.map(crate::envelope::format_time),
+        }),
+    )
+}
+
+fn event(event_type: EventType, status: MessageStatus, saga: &Saga, extra: Value) -> SagaEvent {
+    let mut payload = Map::new();
+    payload.insert("partner_id".into(), saga.partner_id.clone().into());
+    if let Value::Object(extra) = extra {
+        payload.extend(extra);
+    }
+    SagaEvent {
+        event_type,
+        status,
+        payload,
+    }
+}
+
+fn input_name(input: &Input) -> &'static str {
+    match input {
+        Input::Begin => "begin",
+        Input::StepSucceeded { .. } => "step_succeeded",
+        Input::StepRejected { .. } => "step_rejected",
+        Input::StepFailed { .. } => "step_failed",
+        Input::DeadlinePassed => "deadline_passed",
+        Input::ForceCompensate { .. } => "force_compensate",
+        Input::RetryFailed { .. } => "retry_failed",
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;
