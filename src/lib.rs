@@ -10,7 +10,9 @@
 //! - [`config`]: settings from defaults, an optional file and the environment.
 //! - [`envelope`]: the message envelope and its wire codecs.
 //! - [`saga`]: states, the stored saga and the pure state machine.
+//! - [`store`]: the `SagaStore` trait and PostgreSQL, with history and outbox.
 
 pub mod config;
 pub mod envelope;
 pub mod saga;
+pub mod store;

@@ -1,0 +1,171 @@
+//! Durable saga state: the [`SagaStore`] trait and its PostgreSQL
+//! implementation.
+//!
+//! The store knows nothing of the state machine: the orchestrator hands it
+//! finished writes (new saga row, history, outbox) and the store applies
+//! each atomically, refusing a transition whose `expected_version` is stale.
+
+mod postgres;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use postgres::PostgresStore;
+
+use crate::envelope::Envelope;
+use crate::saga::{HistoryEntry, Saga, SagaState};
+
+/// Store failures; the orchestrator retries them, the API maps them to 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value we cannot read back (e.g. an unknown state); never
+    /// silently mapped to something else.
+    #[error("corrupt row for saga {saga_id}: {problem}")]
+    Corrupt { saga_id: Uuid, problem: String },
+}
+
+/// Who is driving a saga, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: DateTime<Utc>,
+}
+
+/// A message to relay after commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// Assigned by the store; 0 before insertion.
+    pub id: i64,
+    pub channel: String,
+    pub envelope: Envelope,
+}
+
+impl OutboxMessage {
+    /// A message not yet stored.
+    pub fn new(channel: impl Into<String>, envelope: Envelope) -> Self {
+        Self {
+            id: 0,
+            channel: channel.into(),
+            envelope,
+        }
+    }
+}
+
+/// A saga to record, already moved past `started` by its first decision.
+#[derive(Debug, Clone)]
+pub struct NewSaga {
+    pub saga: Saga,
+    /// The creation row and the first transition.
+    pub history: Vec<HistoryEntry>,
+    pub outbox: Vec<OutboxMessage>,
+    pub lease: Option<Lease>,
+}
+
+/// Outcome of recording one [`NewSaga`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Recorded now: the caller drives it.
+    New(Uuid),
+    /// This `event_id` started a saga before: nothing was written.
+    Duplicate(Uuid),
+}
+
+impl Created {
+    /// The saga's id either way.
+    pub fn saga_id(&self) -> Uuid {
+        match self {
+            Self::New(id) | Self::Duplicate(id) => *id,
+        }
+    }
+}
+
+/// One transition to store.
+#[derive(Debug, Clone)]
+pub struct TransitionWrite {
+    /// The saga as it is after the transition (its `version` already bumped).
+    pub saga: Saga,
+    /// The version the decision was made on; the write is refused if the row moved.
+    pub expected_version: i32,
+    pub history: HistoryEntry,
+    pub outbox: Vec<OutboxMessage>,
+    /// `None` releases the saga (terminal, or left to the sweeper).
+    pub lease: Option<Lease>,
+}
+
+/// Filters and paging for listing sagas, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub state: Option<SagaState>,
+    pub partner_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Only sagas older than this one (the previous page's last).
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// Where sagas, their history and the outbox live.
+#[async_trait]
+pub trait SagaStore: Send + Sync + 'static {
+    /// Applies the schema.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Answers when the store is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records new sagas in one transaction; an `event_id` seen before yields
+    /// [`Created::Duplicate`] with the existing saga's id. Results are in input order.
+    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError>;
+
+    /// Stores a transition atomically. `Ok(false)`: the saga's version moved
+    /// (someone else transitioned it); nothing was written.
+    async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError>;
+
+    /// One saga.
+    async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError>;
+
+    /// A saga's transitions, oldest first.
+    async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Sagas matching `query`, newest first, at most `query.limit`.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError>;
+
+    /// Leases up to `limit` live sagas whose next call is due and whose
+    /// lease has expired (crashed or slow owners), for `owner`.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Saga>, StoreError>;
+
+    /// Counts sagas by state.
+    async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError>;
+
+    /// Claims up to `limit` unclaimed (or abandoned) outbox messages, oldest first.
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+
+    /// Deletes relayed messages.
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// Messages waiting to be relayed.
+    async fn outbox_backlog(&self) -> Result<i64, StoreError>;
+}
+
+/// Converts a std duration for timestamp arithmetic, saturating.
+pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,533 @@
+//! PostgreSQL store (sqlx).
+//!
+//! Speed comes from round trips, not tuning: a batch of new sagas is a
+//! handful of array-bound statements in one transaction, and a transition
+//! is a single statement whose data-modifying CTEs update the saga, append
+//! its history row and enqueue its messages atomically, or do nothing when
+//! the version moved.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{
+    chrono_duration, Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError,
+    TransitionWrite,
+};
+use crate::envelope::Envelope;
+use crate::saga::{HistoryEntry, Saga, SagaState, Step};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+    alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
+    next_attempt_at, version";
+
+/// Sagas in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects a pool of at most `max_connections`.
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url.expose_secret())?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl SagaStore for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+        if sagas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let cols = SagaColumns::from(sagas);
+        let inserted: HashMap<String, Uuid> = sqlx::query(
+            "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+                alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
+                next_attempt_at, lease_owner, lease_until, version) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                $7::int4[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::timestamptz[], \
+                $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
+                $17::timestamptz[], $18::int4[]) \
+             ON CONFLICT (event_id) DO NOTHING \
+             RETURNING event_id, saga_id",
+        )
+        .bind(cols.saga_id)
+        .bind(cols.event_id)
+        .bind(cols.correlation_id)
+        .bind(cols.partner_id)
+        .bind(cols.state)
+        .bind(cols.step)
+        .bind(cols.attempts)
+        .bind(cols.alliance_id)
+        .bind(cols.last_error)
+        .bind(cols.payload)
+        .bind(cols.traceparent)
+        .bind(cols.created_at)
+        .bind(cols.updated_at)
+        .bind(cols.deadline_at)
+        .bind(cols.next_attempt_at)
+        .bind(cols.lease_owner)
+        .bind(cols.lease_until)
+        .bind(cols.version)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+
+        let mut owners = inserted.clone();
+        let missing: Vec<&str> = sagas
+            .iter()
+            .map(|n| n.saga.event_id.as_str())
+            .filter(|e| !inserted.contains_key(*e))
+            .collect();
+        if !missing.is_empty() {
+            for row in sqlx::query("SELECT event_id, saga_id FROM sagas WHERE event_id = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                owners.insert(row.try_get("event_id")?, row.try_get("saga_id")?);
+            }
+        }
+
+        let is_new = |n: &NewSaga| inserted.get(&n.saga.event_id) == Some(&n.saga.saga_id);
+        let fresh: Vec<&NewSaga> = sagas.iter().filter(|n| is_new(n)).collect();
+        let history: Vec<(Uuid, &HistoryEntry)> = fresh
+            .iter()
+            .flat_map(|n| n.history.iter().map(move |h| (n.saga.saga_id, h)))
+            .collect();
+        let outbox: Vec<&OutboxMessage> = fresh.iter().flat_map(|n| n.outbox.iter()).collect();
+        insert_history(&mut tx, &history).await?;
+        insert_outbox(&mut tx, &outbox).await?;
+        tx.commit().await?;
+
+        sagas
+            .iter()
+            .map(|n| {
+                if is_new(n) {
+                    Ok(Created::New(n.saga.saga_id))
+                } else {
+                    owners
+                        .get(&n.saga.event_id)
+                        .map(|id| Created::Duplicate(*id))
+                        .ok_or_else(|| StoreError::Corrupt {
+                            saga_id: n.saga.saga_id,
+                            problem: format!(
+                                "event {} neither inserted nor found",
+                                n.saga.event_id
+                            ),
+                        })
+                }
+            })
+            .collect()
+    }
+
+    async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
+        let s = &write.saga;
+        let h = &write.history;
+        let (channels, messages) = outbox_columns(write.outbox.iter());
+        let row = sqlx::query(
+            "WITH upd AS ( \
+                UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
+                    last_error = $7, updated_at = $8, next_attempt_at = $9, lease_owner = $10, \
+                    lease_until = $11, version = $12 \
+                WHERE saga_id = $1 AND version = $2 \
+                RETURNING saga_id \
+             ), hist AS ( \
+                INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
+                SELECT saga_id, $13, $14, $15, $16, $17, $18 FROM upd \
+             ), outgoing AS ( \
+                INSERT INTO outbox (channel, message) \
+                SELECT o.channel, o.message \
+                FROM upd, UNNEST($19::text[], $20::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
+                ORDER BY o.n \
+             ) \
+             SELECT count(*) AS updated FROM upd",
+        )
+        .bind(s.saga_id)
+        .bind(write.expected_version)
+        .bind(s.state.as_str())
+        .bind(s.step.as_str())
+        .bind(attempts_i32(s.attempts))
+        .bind(&s.alliance_id)
+        .bind(&s.last_error)
+        .bind(s.updated_at)
+        .bind(s.next_attempt_at)
+        .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
+        .bind(write.lease.as_ref().map(|l| l.until))
+        .bind(s.version)
+        .bind(h.seq)
+        .bind(h.from_state.map(SagaState::as_str))
+        .bind(h.to_state.as_str())
+        .bind(&h.reason)
+        .bind(&h.detail)
+        .bind(h.at)
+        .bind(channels)
+        .bind(messages)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("updated")? == 1)
+    }
+
+    async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError> {
+        let sql = format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE saga_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(saga_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, from_state, to_state, reason, detail, at FROM saga_history \
+             WHERE saga_id = $1 ORDER BY seq",
+        )
+        .bind(saga_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_state")?;
+                let to: String = row.try_get("to_state")?;
+                Ok(HistoryEntry {
+                    seq: row.try_get("seq")?,
+                    from_state: from.map(|f| parse_state(saga_id, &f)).transpose()?,
+                    to_state: parse_state(saga_id, &to)?,
+                    reason: row.try_get("reason")?,
+                    detail: row.try_get("detail")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
+        let mut qb = QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE TRUE"));
+        if let Some(state) = query.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(partner) = &query.partner_id {
+            qb.push(" AND partner_id = ").push_bind(partner);
+        }
+        if let Some(correlation) = &query.correlation_id {
+            qb.push(" AND correlation_id = ").push_bind(correlation);
+        }
+        if let Some(before) = query.before {
+            qb.push(" AND saga_id < ").push_bind(before);
+        }
+        qb.push(" ORDER BY saga_id DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Saga>, StoreError> {
+        let sql = format!(
+            "UPDATE sagas SET lease_owner = $1, lease_until = $2 \
+             WHERE saga_id IN ( \
+                SELECT saga_id FROM sagas \
+                WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3 \
+                  AND (lease_until IS NULL OR lease_until < $3) \
+                ORDER BY next_attempt_at LIMIT $4 \
+                FOR UPDATE SKIP LOCKED) \
+             RETURNING {SAGA_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now + chrono_duration(lease))
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, count(*) AS n FROM sagas GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok((parse_state(Uuid::nil(), &state)?, row.try_get("n")?))
+            })
+            .collect()
+    }
+
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
+             WHERE id IN ( \
+                SELECT id FROM outbox \
+                WHERE claimed_until IS NULL OR claimed_until < $3 \
+                ORDER BY id LIMIT $4 \
+                FOR UPDATE SKIP LOCKED) \
+             RETURNING id, channel, message",
+        )
+        .bind(owner)
+        .bind(now + chrono_duration(lease))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let message: Value = row.try_get("message")?;
+            let bytes = serde_json::to_vec(&message).unwrap_or_default();
+            let envelope =
+                Envelope::from_json_bytes(&bytes, usize::MAX).map_err(|e| StoreError::Corrupt {
+                    saga_id: Uuid::nil(),
+                    problem: format!("outbox message {id}: {e}"),
+                })?;
+            messages.push(OutboxMessage {
+                id,
+                channel: row.try_get("channel")?,
+                envelope,
+            });
+        }
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if !ids.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(ids)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT count(*) AS n FROM outbox")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+}
+
+/// Column arrays for one multi-row `UNNEST` insert of sagas.
+struct SagaColumns {
+    saga_id: Vec<Uuid>,
+    event_id: Vec<String>,
+    correlation_id: Vec<String>,
+    partner_id: Vec<String>,
+    state: Vec<&'static str>,
+    step: Vec<&'static str>,
+    attempts: Vec<i32>,
+    alliance_id: Vec<Option<String>>,
+    last_error: Vec<Option<String>>,
+    payload: Vec<Value>,
+    traceparent: Vec<Option<String>>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    deadline_at: Vec<DateTime<Utc>>,
+    next_attempt_at: Vec<Option<DateTime<Utc>>>,
+    lease_owner: Vec<Option<String>>,
+    lease_until: Vec<Option<DateTime<Utc>>>,
+    version: Vec<i32>,
+}
+
+impl From<&[NewSaga]> for SagaColumns {
+    fn from(sagas: &[NewSaga]) -> Self {
+        let s = || sagas.iter().map(|n| &n.saga);
+        Self {
+            saga_id: s().map(|s| s.saga_id).collect(),
+            event_id: s().map(|s| s.event_id.clone()).collect(),
+            correlation_id: s().map(|s| s.correlation_id.clone()).collect(),
+            partner_id: s().map(|s| s.partner_id.clone()).collect(),
+            state: s().map(|s| s.state.as_str()).collect(),
+            step: s().map(|s| s.step.as_str()).collect(),
+            attempts: s().map(|s| attempts_i32(s.attempts)).collect(),
+            alliance_id: s().map(|s| s.alliance_id.clone()).collect(),
+            last_error: s().map(|s| s.last_error.clone()).collect(),
+            payload: s().map(|s| Value::Object(s.payload.clone())).collect(),
+            traceparent: s().map(|s| s.traceparent.clone()).collect(),
+            created_at: s().map(|s| s.created_at).collect(),
+            updated_at: s().map(|s| s.updated_at).collect(),
+            deadline_at: s().map(|s| s.deadline_at).collect(),
+            next_attempt_at: s().map(|s| s.next_attempt_at).collect(),
+            lease_owner: sagas
+                .iter()
+                .map(|n| n.lease.as_ref().map(|l| l.owner.clone()))
+                .collect(),
+            lease_until: sagas
+                .iter()
+                .map(|n| n.lease.as_ref().map(|l| l.until))
+                .collect(),
+            version: s().map(|s| s.version).collect(),
+        }
+    }
+}
+
+async fn insert_history(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    entries: &[(Uuid, &HistoryEntry)],
+) -> Result<(), StoreError> {
+    let (mut ids, mut seqs, mut froms, mut tos, mut reasons, mut details, mut ats) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for &(saga_id, h) in entries {
+        ids.push(saga_id);
+        seqs.push(h.seq);
+        froms.push(h.from_state.map(SagaState::as_str));
+        tos.push(h.to_state.as_str());
+        reasons.push(h.reason.as_str());
+        details.push(h.detail.as_deref());
+        ats.push(h.at);
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])",
+    )
+    .bind(ids)
+    .bind(seqs)
+    .bind(froms)
+    .bind(tos)
+    .bind(reasons)
+    .bind(details)
+    .bind(ats)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_outbox(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    messages: &[&OutboxMessage],
+) -> Result<(), StoreError> {
+    let (channels, bodies) = outbox_columns(messages.iter().copied());
+    if channels.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (channel, message) \
+         SELECT channel, message FROM UNNEST($1::text[], $2::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
+         ORDER BY n",
+    )
+    .bind(channels)
+    .bind(bodies)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The stored form of outbox messages: the envelope JSON with its
+/// traceparent kept inside, so the relay can restore it.
+fn outbox_columns<'a>(
+    messages: impl Iterator<Item = &'a OutboxMessage>,
+) -> (Vec<String>, Vec<Value>) {
+    messages
+        .map(|m| {
+            let mut body = m.envelope.to_json();
+            if let (Some(tp), Value::Object(obj)) = (&m.envelope.traceparent, &mut body) {
+                obj.insert("traceparent".into(), tp.clone().into());
+            }
+            (m.channel.clone(), body)
+        })
+        .unzip()
+}
+
+fn attempts_i32(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
+fn parse_state(saga_id: Uuid, s: &str) -> Result<SagaState, StoreError> {
+    SagaState::parse(s).ok_or_else(|| StoreError::Corrupt {
+        saga_id,
+        problem: format!("unknown state {s:?}"),
+    })
+}
+
+fn saga_from_row(row: &PgRow) -> Result<Saga, StoreError> {
+    let saga_id: Uuid = row.try_get("saga_id")?;
+    let state: String = row.try_get("state")?;
+    let step: String = row.try_get("step")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let payload = match row.try_get::<Value, _>("payload")? {
+        Value::Object(map) => map,
+        other => {
+            return Err(StoreError::Corrupt {
+                saga_id,
+                problem: format!("payload is not an object: {other}"),
+            })
+        }
+    };
+    Ok(Saga {
+        saga_id,
+        event_id: row.try_get("event_id")?,
+        correlation_id: row.try_get("correlation_id")?,
+        partner_id: row.try_get("partner_id")?,
+        state: parse_state(saga_id, &state)?,
+        step: Step::parse(&step).ok_or_else(|| StoreError::Corrupt {
+            saga_id,
+            problem: format!("unknown step {step:?}"),
+        })?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        alliance_id: row.try_get("alliance_id")?,
+        last_error: row.try_get("last_error")?,
+        payload,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        traceparent: row.try_get("traceparent")?,
+        version: row.try_get("version")?,
+    })
+}
