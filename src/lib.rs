@@ -11,8 +11,10 @@
 //! - [`envelope`]: the message envelope and its wire codecs.
 //! - [`saga`]: states, the stored saga and the pure state machine.
 //! - [`store`]: the `SagaStore` trait and PostgreSQL, with history and outbox.
+//! - [`transport`]: the `Transport` trait; Redis Streams and in-memory adapters.
 
 pub mod config;
 pub mod envelope;
 pub mod saga;
 pub mod store;
+pub mod transport;

@@ -1,0 +1,391 @@
+//! The broker-neutral transport: one small trait, an adapter per broker.
+//!
+//! Adapters implement three things: send raw messages to a channel,
+//! subscribe to a channel (deliveries with explicit ack / nack), and answer
+//! a health check. Encoding envelopes and building dead letters are shared
+//! default methods, so every broker dead-letters the same way.
+
+mod memory;
+mod redis_streams;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::Value;
+
+pub use memory::MemoryTransport;
+pub use redis_streams::RedisTransport;
+
+use crate::config::{BrokerUrl, Settings};
+use crate::envelope::{format_time, DecodeError, Envelope};
+
+/// Broker failures. The caller retries; messages are never acked on error.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("broker {0} is not supported yet")]
+    Unsupported(&'static str),
+    #[error("subscription closed")]
+    Closed,
+}
+
+/// A message as it is on the wire, before or without decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawMessage {
+    /// Redis stream entry fields, in order, as bytes.
+    Fields(Vec<(String, Vec<u8>)>),
+    /// A body with string properties (Pulsar, in-memory).
+    Body {
+        data: Vec<u8>,
+        properties: Vec<(String, String)>,
+    },
+}
+
+impl RawMessage {
+    /// Decodes the envelope, honouring the size limit.
+    pub fn decode(&self, max_bytes: usize) -> Result<Envelope, DecodeError> {
+        match self {
+            Self::Fields(fields) => Envelope::from_fields(fields, max_bytes),
+            Self::Body { data, properties } => {
+                let mut envelope = Envelope::from_json_bytes(data, max_bytes)?;
+                if envelope.traceparent.is_none() {
+                    envelope.traceparent = property(properties, "traceparent").map(str::to_string);
+                }
+                Ok(envelope)
+            }
+        }
+    }
+
+    /// A field (Redis) or top-level JSON key / property (body), as text.
+    pub fn field(&self, name: &str) -> Option<String> {
+        match self {
+            Self::Fields(fields) => fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned()),
+            Self::Body { data, properties } => serde_json::from_slice::<Value>(data)
+                .ok()
+                .and_then(|v| {
+                    v.get(name)
+                        .map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string))
+                })
+                .or_else(|| property(properties, name).map(str::to_string)),
+        }
+    }
+}
+
+fn property<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    properties
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Which wire form an adapter speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// Flat stream fields (Redis).
+    Fields,
+    /// JSON body plus properties (Pulsar, in-memory).
+    Body,
+}
+
+/// A message to send: its routing key (the partner) and its wire form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    pub key: Option<String>,
+    pub raw: RawMessage,
+}
+
+impl OutboundMessage {
+    /// Encodes an envelope in `format` (CONTRACT §3).
+    pub fn encode(envelope: &Envelope, format: WireFormat) -> Self {
+        let raw = match format {
+            WireFormat::Fields => RawMessage::Fields(
+                envelope
+                    .to_fields()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into_bytes()))
+                    .collect(),
+            ),
+            WireFormat::Body => {
+                let mut properties = vec![
+                    (
+                        "correlation_id".to_string(),
+                        envelope.correlation_id.clone(),
+                    ),
+                    ("event_type".to_string(), envelope.event_type.clone()),
+                ];
+                if let Some(id) = envelope.saga_id {
+                    properties.push(("saga_id".into(), id.to_string()));
+                }
+                if let Some(tp) = &envelope.traceparent {
+                    properties.push(("traceparent".into(), tp.clone()));
+                }
+                RawMessage::Body {
+                    data: envelope.to_json_bytes(),
+                    properties,
+                }
+            }
+        };
+        Self {
+            key: envelope.partner_id().map(str::to_string),
+            raw,
+        }
+    }
+}
+
+/// Settles one delivery with its broker.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// Done with it: the broker may forget it.
+    async fn ack(&self) -> Result<(), TransportError>;
+    /// Not processed: the broker redelivers it later.
+    async fn nack(&self) -> Result<(), TransportError>;
+}
+
+/// One received message, to be acked or nacked exactly once.
+pub struct Delivery {
+    /// Where it came from.
+    pub channel: String,
+    /// The broker's id for it (for logs).
+    pub id: String,
+    pub raw: RawMessage,
+    settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("channel", &self.channel)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery settled through `settle`.
+    pub fn new(
+        channel: impl Into<String>,
+        id: impl Into<String>,
+        raw: RawMessage,
+        settle: Box<dyn Settle>,
+    ) -> Self {
+        Self {
+            channel: channel.into(),
+            id: id.into(),
+            raw,
+            settle,
+        }
+    }
+
+    /// Acknowledges: call only after what it caused is committed.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.settle.ack().await
+    }
+
+    /// Gives it back for redelivery.
+    pub async fn nack(self) -> Result<(), TransportError> {
+        self.settle.nack().await
+    }
+}
+
+/// A consumer of one channel within the shared subscription / group.
+#[async_trait]
+pub trait Subscription: Send {
+    /// Up to `max` deliveries; an empty batch means nothing arrived within
+    /// the adapter's short wait, so callers can check for shutdown.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError>;
+}
+
+/// A broker adapter.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The adapter's wire form.
+    fn format(&self) -> WireFormat;
+
+    /// Sends messages to `channel`, in order; all are taken or an error is returned.
+    async fn send(
+        &self,
+        channel: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<(), TransportError>;
+
+    /// Joins the shared subscription on `channel`, creating it at the
+    /// channel's beginning the first time.
+    async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// Answers when the broker is reachable.
+    async fn ping(&self) -> Result<(), TransportError>;
+
+    /// Publishes envelopes to `channel`.
+    async fn publish(&self, channel: &str, envelopes: &[Envelope]) -> Result<(), TransportError> {
+        let format = self.format();
+        let messages = envelopes
+            .iter()
+            .map(|e| OutboundMessage::encode(e, format))
+            .collect();
+        self.send(channel, messages).await
+    }
+
+    /// Moves a delivery to `<channel>-dlq` with the reason, then acks it.
+    /// On failure nothing is acked, so the message is not lost.
+    async fn dead_letter(&self, delivery: Delivery, reason: &str) -> Result<(), TransportError> {
+        let dlq = dead_letter_channel(&delivery.channel);
+        let raw = dead_letter_message(&delivery.raw, reason, &delivery.channel);
+        self.send(&dlq, vec![OutboundMessage { key: None, raw }])
+            .await?;
+        delivery.ack().await
+    }
+}
+
+/// The dead-letter channel of `channel`.
+pub fn dead_letter_channel(channel: &str) -> String {
+    format!("{channel}-dlq")
+}
+
+/// The original message as received, plus `dlq_reason`, `source_channel`
+/// and `failed_at`; a body that is not a JSON object goes under `raw`.
+pub fn dead_letter_message(raw: &RawMessage, reason: &str, source_channel: &str) -> RawMessage {
+    let failed_at = format_time(Utc::now());
+    match raw {
+        RawMessage::Fields(fields) => {
+            let mut fields = fields.clone();
+            fields.push(("dlq_reason".into(), reason.as_bytes().to_vec()));
+            fields.push(("source_channel".into(), source_channel.as_bytes().to_vec()));
+            fields.push(("failed_at".into(), failed_at.into_bytes()));
+            RawMessage::Fields(fields)
+        }
+        RawMessage::Body { data, properties } => {
+            let mut obj = match serde_json::from_slice::<Value>(data) {
+                Ok(Value::Object(obj)) => obj,
+                _ => {
+                    let mut obj = serde_json::Map::new();
+                    obj.insert(
+                        "raw".into(),
+                        String::from_utf8_lossy(data).into_owned().into(),
+                    );
+                    obj
+                }
+            };
+            obj.insert("dlq_reason".into(), reason.into());
+            obj.insert("source_channel".into(), source_channel.into());
+            obj.insert("failed_at".into(), failed_at.into());
+            let mut properties = properties.clone();
+            properties.push(("dlq_reason".into(), reason.to_string()));
+            RawMessage::Body {
+                data: serde_json::to_vec(&obj).unwrap_or_default(),
+                properties,
+            }
+        }
+    }
+}
+
+/// Builds the adapter `BROKER_URL` names.
+pub async fn from_settings(settings: &Settings) -> Result<Arc<dyn Transport>, TransportError> {
+    match &settings.broker_url {
+        BrokerUrl::Redis(url) => Ok(Arc::new(
+            RedisTransport::connect(
+                url.as_str(),
+                &settings.subscription,
+                &settings.instance_id,
+                settings.redis_claim_idle,
+            )
+            .await?,
+        )),
+        BrokerUrl::Memory => Ok(Arc::new(MemoryTransport::new())),
+        BrokerUrl::Pulsar(_) => Err(TransportError::Unsupported("pulsar")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::EventType;
+
+    fn envelope() -> Envelope {
+        let payload = serde_json::json!({"partner_id": "p-7", "name": "Acme"});
+        Envelope::new(
+            EventType::PartnerCreated,
+            "c-1",
+            None,
+            None,
+            payload.as_object().cloned().unwrap(),
+        )
+    }
+
+    #[test]
+    fn both_wire_forms_round_trip_and_key_by_partner() {
+        for format in [WireFormat::Fields, WireFormat::Body] {
+            let mut env = envelope();
+            env.traceparent =
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+            let out = OutboundMessage::encode(&env, format);
+            assert_eq!(out.key.as_deref(), Some("p-7"));
+            let back = out.raw.decode(1 << 20).unwrap();
+            assert_eq!(back.event_id, env.event_id);
+            assert_eq!(back.traceparent, env.traceparent, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn body_properties_repeat_the_routing_fields() {
+        let out = OutboundMessage::encode(&envelope(), WireFormat::Body);
+        let RawMessage::Body { properties, .. } = out.raw else {
+            panic!()
+        };
+        assert_eq!(property(&properties, "correlation_id"), Some("c-1"));
+        assert_eq!(property(&properties, "event_type"), Some("PartnerCreated"));
+        assert_eq!(property(&properties, "saga_id"), None);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_original_and_say_why() {
+        let fields = RawMessage::Fields(vec![
+            ("event_id".into(), b"e-1".to_vec()),
+            ("payload".into(), b"{bad".to_vec()),
+        ]);
+        let dl = dead_letter_message(&fields, "invalid JSON: payload", "partner-events");
+        assert_eq!(dl.field("event_id").as_deref(), Some("e-1"));
+        assert_eq!(dl.field("payload").as_deref(), Some("{bad"));
+        assert_eq!(
+            dl.field("dlq_reason").as_deref(),
+            Some("invalid JSON: payload")
+        );
+        assert_eq!(
+            dl.field("source_channel").as_deref(),
+            Some("partner-events")
+        );
+        assert!(dl.field("failed_at").is_some());
+
+        let garbage = RawMessage::Body {
+            data: b"not json".to_vec(),
+            properties: vec![],
+        };
+        let dl = dead_letter_message(&garbage, "invalid JSON", "partner-events");
+        assert_eq!(dl.field("raw").as_deref(), Some("not json"));
+        assert_eq!(dl.field("dlq_reason").as_deref(), Some("invalid JSON"));
+
+        let body = OutboundMessage::encode(&envelope(), WireFormat::Body).raw;
+        let dl = dead_letter_message(
+            &body,
+            "missing required field payload.name",
+            "partner-events",
+        );
+        assert_eq!(dl.field("correlation_id").as_deref(), Some("c-1"));
+        assert_eq!(
+            dl.field("dlq_reason").as_deref(),
+            Some("missing required field payload.name")
+        );
+    }
+
+    #[test]
+    fn dead_letter_channel_appends_dlq() {
+        assert_eq!(
+            dead_letter_channel("t1-partner-events"),
+            "t1-partner-events-dlq"
+        );
+    }
+}

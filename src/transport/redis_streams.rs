@@ -1,0 +1,336 @@
+//! Redis Streams adapter: one stream per channel, the consumer group is the
+//! shared subscription.
+//!
+//! - The group is created at id `0` with MKSTREAM, so events published
+//!   before the first start are consumed.
+//! - Reads block on a connection of their own (`XREADGROUP … BLOCK`): a
+//!   blocking command on the shared multiplexed connection would stall every
+//!   publish and ack queued behind it.
+//! - Entries left pending by a consumer that died (or nacked by us) are
+//!   taken over with `XAUTOCLAIM` once idle for `REDIS_CLAIM_IDLE_MS`.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Value};
+
+use super::{
+    Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport, TransportError,
+    WireFormat,
+};
+
+/// How long one blocking read waits before returning an empty batch.
+const BLOCK: Duration = Duration::from_millis(500);
+
+/// Streams on one Redis server.
+#[derive(Clone)]
+pub struct RedisTransport {
+    client: Client,
+    /// Shared, auto-reconnecting connection for publishes and acks.
+    conn: ConnectionManager,
+    group: String,
+    consumer: String,
+    claim_idle: Duration,
+}
+
+impl RedisTransport {
+    /// Connects; `group` is the consumer group, `consumer` this instance's name in it.
+    pub async fn connect(
+        url: &str,
+        group: &str,
+        consumer: &str,
+        claim_idle: Duration,
+    ) -> Result<Self, TransportError> {
+        let client = Client::open(url)?;
+        let conn = ConnectionManager::new(client.clone()).await?;
+        Ok(Self {
+            client,
+            conn,
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            claim_idle,
+        })
+    }
+
+    async fn ensure_group(&self, stream: &str) -> Result<(), TransportError> {
+        let created: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    fn format(&self) -> WireFormat {
+        WireFormat::Fields
+    }
+
+    async fn send(
+        &self,
+        channel: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<(), TransportError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for message in &messages {
+            let cmd = pipe.cmd("XADD").arg(channel).arg("*");
+            match &message.raw {
+                RawMessage::Fields(fields) => {
+                    for (k, v) in fields {
+                        cmd.arg(k).arg(v);
+                    }
+                }
+                // A body that reached a Redis channel (e.g. a dead letter
+                // built elsewhere) is kept whole under `raw`.
+                RawMessage::Body { data, .. } => {
+                    cmd.arg("raw").arg(data);
+                }
+            }
+            cmd.ignore();
+        }
+        let () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError> {
+        self.ensure_group(channel).await?;
+        Ok(Box::new(RedisSubscription {
+            transport: self.clone(),
+            stream: channel.to_string(),
+            reader: None,
+            next_claim: Instant::now(),
+            claim_cursor: "0-0".to_string(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), TransportError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+struct RedisSubscription {
+    transport: RedisTransport,
+    stream: String,
+    /// Dedicated connection for blocking reads; rebuilt after an error.
+    reader: Option<MultiplexedConnection>,
+    next_claim: Instant,
+    claim_cursor: String,
+}
+
+impl RedisSubscription {
+    async fn reader(&mut self) -> Result<MultiplexedConnection, TransportError> {
+        if let Some(conn) = &self.reader {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+        let conn = self
+            .transport
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.reader = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// One page of entries idle past the claim threshold, taken over by us.
+    async fn autoclaim(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        let t = &self.transport;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&t.group)
+            .arg(&t.consumer)
+            .arg(u64::try_from(t.claim_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(&self.claim_cursor)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut t.conn.clone())
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Ok(Vec::new());
+        };
+        let mut parts = parts.into_iter();
+        let cursor = parts
+            .next()
+            .and_then(|v| text(&v))
+            .unwrap_or_else(|| "0-0".into());
+        let entries = parts.next().map(|v| self.entries(v)).unwrap_or_default();
+        if cursor == "0-0" {
+            // A full pass is done: the next one after half the idle threshold.
+            self.next_claim = Instant::now() + t.claim_idle / 2;
+        }
+        self.claim_cursor = cursor;
+        Ok(entries)
+    }
+
+    async fn read(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        let mut conn = self.reader().await?;
+        let t = &self.transport;
+        let reply: Result<Value, _> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&t.group)
+            .arg(&t.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(500))
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.reader = None;
+                // The stream (and its group) was deleted under us: recreate.
+                if e.code() == Some("NOGROUP") {
+                    self.transport.ensure_group(&self.stream).await?;
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(match reply {
+            // RESP2: [[stream, [entries…]]]; RESP3: {stream: [entries…]}.
+            Value::Array(streams) => streams
+                .into_iter()
+                .flat_map(|s| match s {
+                    Value::Array(pair) => pair
+                        .into_iter()
+                        .nth(1)
+                        .map(|e| self.entries(e))
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            Value::Map(streams) => streams
+                .into_iter()
+                .flat_map(|(_, e)| self.entries(e))
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Entries `[[id, [field, value, …]], …]` as deliveries. Entries deleted
+    /// while pending come back without fields and are skipped (XAUTOCLAIM
+    /// already dropped them from the pending list).
+    fn entries(&self, value: Value) -> Vec<Delivery> {
+        let Value::Array(entries) = value else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter_map(|entry| {
+                let Value::Array(parts) = entry else {
+                    return None;
+                };
+                let mut parts = parts.into_iter();
+                let id = text(&parts.next()?)?;
+                let fields = match parts.next()? {
+                    Value::Array(flat) => pairs(flat),
+                    Value::Map(map) => map
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((text(&k)?, bytes(v)?)))
+                        .collect(),
+                    _ => return None,
+                };
+                let settle = RedisSettle {
+                    conn: self.transport.conn.clone(),
+                    stream: self.stream.clone(),
+                    group: self.transport.group.clone(),
+                    id: id.clone(),
+                };
+                Some(Delivery::new(
+                    self.stream.clone(),
+                    id,
+                    RawMessage::Fields(fields),
+                    Box::new(settle),
+                ))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Subscription for RedisSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        if Instant::now() >= self.next_claim {
+            let claimed = self.autoclaim(max).await?;
+            if !claimed.is_empty() {
+                tracing::info!(stream = %self.stream, count = claimed.len(), "reclaimed idle pending entries");
+                return Ok(claimed);
+            }
+        }
+        self.read(max).await
+    }
+}
+
+struct RedisSettle {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    id: String,
+}
+
+#[async_trait]
+impl Settle for RedisSettle {
+    async fn ack(&self) -> Result<(), TransportError> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Left pending: `XAUTOCLAIM` hands it out again once it has been idle
+    /// for the claim threshold. Redis has no faster way to give it back.
+    async fn nack(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn pairs(flat: Vec<Value>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let (Some(k), Some(v)) = (text(&k), bytes(v)) {
+            out.push((k, v));
+        }
+    }
+    out
+}
