@@ -12,9 +12,19 @@
 //! - [`saga`]: states, the stored saga and the pure state machine.
 //! - [`store`]: the `SagaStore` trait and PostgreSQL, with history and outbox.
 //! - [`transport`]: the `Transport` trait; Redis Streams and in-memory adapters.
+//! - [`participants`]: alliances and integrations clients (HTTP).
+//! - [`orchestrator`]: consumer, saga driver, outbox relay, recovery sweeper.
+//! - [`telemetry`]: logging and metric names.
+//! - [`api`]: the HTTP API.
+//! - [`startup`]: builds and runs the whole service.
 
+pub mod api;
 pub mod config;
 pub mod envelope;
+pub mod orchestrator;
+pub mod participants;
 pub mod saga;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod transport;

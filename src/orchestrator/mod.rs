@@ -1,0 +1,374 @@
+//! Runs the state machine against the world: records sagas, drives their
+//! steps, relays their messages and recovers what a crash left behind.
+//!
+//! The happy path never waits on polling: once a transition commits, the
+//! next step runs at once in the same task. The sweeper only picks up what
+//! nobody holds a live lease on (crashes, other instances, sagas recorded
+//! while this instance was at capacity).
+
+mod consumer;
+mod driver;
+mod relay;
+mod sweeper;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::{Channels, Settings};
+use crate::envelope::{Envelope, PartnerCreated};
+use crate::participants::Participants;
+use crate::saga::{self, Decision, HistoryEntry, Input, RetryPolicy, Saga, SagaState, Step};
+use crate::store::{
+    chrono_duration, Created, Lease, NewSaga, OutboxMessage, SagaStore, StoreError,
+};
+use crate::telemetry;
+
+/// Slack on top of the step timeout before another instance may take a
+/// saga over: covers the commit after a slow call.
+const LEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// The orchestrator's own settings, taken from [`Settings`].
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    pub retry: RetryPolicy,
+    pub step_timeout: Duration,
+    pub saga_deadline: Duration,
+    pub channels: Channels,
+    pub instance_id: String,
+    pub max_message_bytes: usize,
+    pub max_in_flight: usize,
+    pub sweep_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl From<&Settings> for OrchestratorConfig {
+    fn from(s: &Settings) -> Self {
+        Self {
+            retry: s.retry,
+            step_timeout: s.step_timeout,
+            saga_deadline: s.saga_deadline,
+            channels: s.channels.clone(),
+            instance_id: s.instance_id.clone(),
+            max_message_bytes: s.max_message_bytes,
+            max_in_flight: s.max_in_flight,
+            sweep_interval: s.sweep_interval,
+            shutdown_grace: s.shutdown_grace,
+        }
+    }
+}
+
+/// A request to start one saga (from the broker or the API).
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// The dedup key: the same id twice starts one saga.
+    pub event_id: String,
+    pub correlation_id: String,
+    pub partner: PartnerCreated,
+    pub traceparent: Option<String>,
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OperateError {
+    #[error("saga {0} not found")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    NotAllowed(#[from] saga::InvalidTransition),
+    #[error("saga {0} kept changing; try again")]
+    Busy(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The running orchestrator; cheap to clone.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SagaStore>,
+    transport: Arc<dyn crate::transport::Transport>,
+    participants: Arc<dyn Participants>,
+    config: OrchestratorConfig,
+    /// One permit per saga driven at once.
+    permits: Arc<Semaphore>,
+    relay_wake: Notify,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Orchestrator {
+    /// Wires the parts; nothing runs until [`Orchestrator::spawn_background`].
+    pub fn new(
+        store: Arc<dyn SagaStore>,
+        transport: Arc<dyn crate::transport::Transport>,
+        participants: Arc<dyn Participants>,
+        config: OrchestratorConfig,
+        cancel: CancellationToken,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                transport,
+                participants,
+                config,
+                permits,
+                relay_wake: Notify::new(),
+                tasks: TaskTracker::new(),
+                cancel,
+            }),
+        }
+    }
+
+    /// Starts the partner-events consumer, the outbox relay and the sweeper.
+    pub fn spawn_background(&self) {
+        self.inner.tasks.spawn(consumer::run(self.clone()));
+        self.inner.tasks.spawn(relay::run(self.clone()));
+        self.inner.tasks.spawn(sweeper::run(self.clone()));
+    }
+
+    /// Waits for background work to stop after cancellation, at most the
+    /// shutdown grace; sagas still mid-step are left to recovery (durable,
+    /// leased, retried with the same idempotency keys).
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(self.inner.config.shutdown_grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace elapsed with sagas in flight; recovery will resume them"
+            );
+        }
+    }
+
+    /// Records sagas (deduplicated by `event_id`) and drives the new ones
+    /// that came with a permit; the others wait for the sweeper.
+    pub async fn start(
+        &self,
+        requests: Vec<(StartRequest, Option<OwnedSemaphorePermit>)>,
+    ) -> Result<Vec<Created>, StoreError> {
+        let now = Utc::now();
+        let mut drafts = Vec::with_capacity(requests.len());
+        let mut permits = Vec::with_capacity(requests.len());
+        for (request, permit) in requests {
+            let (new, decision) = self.draft(request, now, permit.is_some());
+            drafts.push((new, decision));
+            permits.push(permit);
+        }
+        let new: Vec<NewSaga> = drafts.iter().map(|(n, _)| n.clone()).collect();
+        let created = self.inner.store.create(&new).await?;
+        self.inner.relay_wake.notify_one();
+        for (((draft, decision), permit), outcome) in drafts.into_iter().zip(permits).zip(&created)
+        {
+            match outcome {
+                Created::New(_) => {
+                    metrics::counter!(telemetry::TRANSITIONS, "from" => "started", "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
+                    if let Some(permit) = permit {
+                        self.spawn_driver(draft.saga, decision.next, permit);
+                    }
+                }
+                Created::Duplicate(id) => {
+                    tracing::info!(saga_id = %id, event_id = %draft.saga.event_id, "duplicate event; saga already recorded");
+                    metrics::counter!(telemetry::DUPLICATES).increment(1);
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Applies an operator's input (force compensation, retry) and drives
+    /// the saga from there.
+    pub async fn operate(&self, saga_id: Uuid, input: Input) -> Result<Saga, OperateError> {
+        for _ in 0..3 {
+            let saga = self
+                .inner
+                .store
+                .get(saga_id)
+                .await?
+                .ok_or(OperateError::NotFound(saga_id))?;
+            let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
+            let permit = self.inner.permits.clone().try_acquire_owned().ok();
+            if let Some((after, decision)) = self.commit(&saga, decision, permit.is_some()).await? {
+                if let Some(permit) = permit {
+                    self.spawn_driver(after.clone(), decision.next, permit);
+                }
+                return Ok(after);
+            }
+        }
+        Err(OperateError::Busy(saga_id))
+    }
+
+    /// A permit to drive one saga, if one is free now.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// The store, for the API's reads.
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.inner.store
+    }
+
+    /// The transport, for readiness checks.
+    pub fn transport(&self) -> &Arc<dyn crate::transport::Transport> {
+        &self.inner.transport
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.inner.config
+    }
+
+    /// Sagas being driven by this instance now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.config.max_in_flight - self.inner.permits.available_permits()
+    }
+
+    /// A new saga already moved past `started` by its first decision.
+    fn draft(
+        &self,
+        request: StartRequest,
+        now: DateTime<Utc>,
+        leased: bool,
+    ) -> (NewSaga, Decision) {
+        let cfg = &self.inner.config;
+        let saga = Saga {
+            saga_id: Uuid::now_v7(),
+            event_id: request.event_id,
+            correlation_id: request.correlation_id,
+            partner_id: request.partner.partner_id,
+            state: SagaState::Started,
+            step: Step::CreateAlliance,
+            attempts: 0,
+            alliance_id: None,
+            last_error: None,
+            payload: request.partner.payload,
+            created_at: now,
+            updated_at: now,
+            deadline_at: now + chrono_duration(cfg.saga_deadline),
+            next_attempt_at: Some(now),
+            traceparent: request.traceparent,
+            version: 1,
+        };
+        let created = HistoryEntry {
+            seq: 1,
+            from_state: None,
+            to_state: SagaState::Started,
+            reason: saga::Reason::PartnerCreated.as_str().to_string(),
+            detail: Some(format!("event_id={}", saga.event_id)),
+            at: now,
+        };
+        let decision = saga::begin(&saga, now);
+        let after = decision.apply(&saga, now);
+        let new = NewSaga {
+            history: vec![created, history_entry(&decision, after.version, now)],
+            outbox: self.saga_events(&after, &decision),
+            lease: leased.then(|| self.lease_until(now)),
+            saga: after,
+        };
+        (new, decision)
+    }
+
+    /// Stores `decision` for `saga`. `Ok(None)`: the saga moved under us
+    /// (another driver or an operator); it is theirs now.
+    async fn commit(
+        &self,
+        saga: &Saga,
+        decision: Decision,
+        keep_lease: bool,
+    ) -> Result<Option<(Saga, Decision)>, StoreError> {
+        let now = Utc::now();
+        let after = decision.apply(saga, now);
+        let lease = match decision.next {
+            saga::NextAction::Call { at, .. } if keep_lease => Some(self.lease_until(at)),
+            _ => None,
+        };
+        let write = crate::store::TransitionWrite {
+            saga: after.clone(),
+            expected_version: saga.version,
+            history: history_entry(&decision, after.version, now),
+            outbox: self.saga_events(&after, &decision),
+            lease,
+        };
+        if !self.inner.store.commit(&write).await? {
+            return Ok(None);
+        }
+        metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
+        if after.state.is_terminal() {
+            let seconds = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(telemetry::SAGA_SECONDS, "outcome" => after.state.as_str())
+                .record(seconds);
+        }
+        self.inner.relay_wake.notify_one();
+        Ok(Some((after, decision)))
+    }
+
+    fn lease_until(&self, at: DateTime<Utc>) -> Lease {
+        Lease {
+            owner: self.inner.config.instance_id.clone(),
+            until: at + chrono_duration(self.inner.config.step_timeout + LEASE_GRACE),
+        }
+    }
+
+    /// The decision's saga events as outbox messages on `saga-events`.
+    fn saga_events(&self, saga: &Saga, decision: &Decision) -> Vec<OutboxMessage> {
+        decision
+            .events
+            .iter()
+            .map(|event| {
+                let mut payload = event.payload.clone();
+                payload.insert("state".into(), Value::from(saga.state.as_str()));
+                payload.insert("step".into(), Value::from(saga.step.as_str()));
+                let mut envelope = Envelope::new(
+                    event.event_type,
+                    saga.correlation_id.clone(),
+                    Some(saga.saga_id),
+                    Some(event.status),
+                    payload,
+                );
+                envelope.traceparent = saga.traceparent.clone();
+                OutboxMessage::new(self.inner.config.channels.saga_events.clone(), envelope)
+            })
+            .collect()
+    }
+
+    fn spawn_driver(&self, saga: Saga, next: saga::NextAction, permit: OwnedSemaphorePermit) {
+        self.inner
+            .tasks
+            .spawn(driver::drive(self.clone(), saga, next, permit));
+    }
+}
+
+fn history_entry(decision: &Decision, seq: i32, at: DateTime<Utc>) -> HistoryEntry {
+    HistoryEntry {
+        seq,
+        from_state: Some(decision.from),
+        to_state: decision.to,
+        reason: decision.reason.as_str().to_string(),
+        detail: decision.detail.clone(),
+        at,
+    }
+}
+
+/// Sleeps `delay` unless cancelled first; `false` when cancelled.
+async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = cancel.cancelled() => false,
+    }
+}
+
+/// Backoff for loops that hit a broker or store error: 100 ms doubling to 5 s.
+fn loop_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
+}

@@ -1,0 +1,89 @@
+//! The outbox relay: publishes committed messages, then deletes them.
+//!
+//! A crash between publish and delete republishes (at least once); readers
+//! dedup by `event_id`. Several instances relay safely side by side: each
+//! claims its batch with a short lease.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::{loop_backoff, pause, Orchestrator};
+use crate::store::OutboxMessage;
+use crate::telemetry;
+
+/// Messages claimed per round trip.
+const BATCH: u32 = 500;
+/// After this an unfinished claim may be taken by another relay.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// Poll interval when nothing woke the relay (other instances' writes).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+pub(super) async fn run(orch: Orchestrator) {
+    let inner = &orch.inner;
+    loop {
+        tokio::select! {
+            () = inner.relay_wake.notified() => {}
+            () = tokio::time::sleep(IDLE_POLL) => {}
+            () = inner.cancel.cancelled() => {
+                // One last pass so the final transitions' events go out.
+                drain(&orch).await;
+                return;
+            }
+        }
+        drain(&orch).await;
+    }
+}
+
+/// Relays until the outbox is empty or publishing fails.
+async fn drain(orch: &Orchestrator) {
+    let inner = &orch.inner;
+    let mut failures = 0;
+    loop {
+        let batch = match inner
+            .store
+            .claim_outbox(&inner.config.instance_id, Utc::now(), CLAIM_LEASE, BATCH)
+            .await
+        {
+            Ok(batch) if batch.is_empty() => return,
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox claim failed");
+                metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
+                return;
+            }
+        };
+        if let Err(e) = publish(orch, &batch).await {
+            failures += 1;
+            tracing::warn!(error = %e, failures, "outbox publish failed; will retry");
+            metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
+            // Keep the claim: retried here after a backoff, or by anyone
+            // once the claim lapses.
+            if failures > 3 || !pause(&inner.cancel, loop_backoff(failures)).await {
+                return;
+            }
+            continue;
+        }
+        failures = 0;
+        let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+        if let Err(e) = inner.store.delete_outbox(&ids).await {
+            tracing::warn!(error = %e, "outbox delete failed; messages may be published twice");
+        }
+        metrics::counter!(telemetry::RELAYED).increment(ids.len() as u64);
+    }
+}
+
+/// Publishes runs of same-channel messages in id order.
+async fn publish(
+    orch: &Orchestrator,
+    batch: &[OutboxMessage],
+) -> Result<(), crate::transport::TransportError> {
+    for run in batch.chunk_by(|a, b| a.channel == b.channel) {
+        let envelopes: Vec<_> = run.iter().map(|m| m.envelope.clone()).collect();
+        orch.inner
+            .transport
+            .publish(&run[0].channel, &envelopes)
+            .await?;
+    }
+    Ok(())
+}

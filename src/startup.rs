@@ -1,0 +1,129 @@
+//! Builds the whole service from settings and runs it until told to stop.
+//! Tests build it the same way, on port 0, with their own database and
+//! channel names.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{ParticipantMode, Settings};
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
+use crate::participants::HttpParticipants;
+use crate::store::{PostgresStore, SagaStore, StoreError};
+use crate::telemetry;
+use crate::transport::{self, Transport, TransportError};
+
+/// Why the service could not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the saga store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot connect to the broker: {0}")]
+    Transport(#[from] TransportError),
+    #[error("cannot build the participants' HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot listen on API_ADDR {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// The service, built and bound, not yet running.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    orchestrator: Orchestrator,
+}
+
+impl Application {
+    /// Connects the store (migrating it unless `MIGRATE_ON_START=false`)
+    /// and the broker, then builds the rest.
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let store =
+            PostgresStore::connect(&settings.database_url, settings.database_max_connections)
+                .await?;
+        if settings.migrate_on_start {
+            store.migrate().await?;
+        }
+        let transport = transport::from_settings(settings).await?;
+        Self::build_with(settings, Arc::new(store), transport).await
+    }
+
+    /// Builds around an existing store and transport.
+    pub async fn build_with(
+        settings: &Settings,
+        store: Arc<dyn SagaStore>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, StartupError> {
+        if settings.alianzas_mode == ParticipantMode::Broker
+            || settings.integraciones_mode == ParticipantMode::Broker
+        {
+            return Err(StartupError::Unsupported(
+                "invalid setting ALIANZAS_MODE/INTEGRACIONES_MODE: broker mode is not available in this version; use http",
+            ));
+        }
+        let participants = HttpParticipants::new(
+            settings.alianzas_api_url.clone(),
+            settings.integraciones_api_url.clone(),
+            settings.step_timeout,
+        )?;
+        let orchestrator = Orchestrator::new(
+            store,
+            transport,
+            Arc::new(participants),
+            OrchestratorConfig::from(settings),
+            CancellationToken::new(),
+        );
+        let listener = TcpListener::bind(settings.api_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: settings.api_addr,
+                source,
+            })?;
+        let state = AppState {
+            orchestrator: orchestrator.clone(),
+            metrics: telemetry::metrics_handle(),
+            admin_token: settings.admin_token.clone(),
+        };
+        let router = api::router(state, settings.max_message_bytes);
+        Ok(Self {
+            listener,
+            router,
+            orchestrator,
+        })
+    }
+
+    /// The bound API port (useful with `API_ADDR=…:0`).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The orchestrator inside.
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orchestrator
+    }
+
+    /// Serves the API and runs the consumer, relay and sweeper until
+    /// `shutdown` resolves; then stops taking work and waits (up to the
+    /// grace period) for sagas in flight.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.orchestrator.spawn_background();
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "API listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("shutting down");
+        self.orchestrator.shutdown().await;
+        Ok(())
+    }
+}
