@@ -1,0 +1,378 @@
+//! The HTTP API: starting sagas, listing and paging, errors as JSON with
+//! the right status, health, metrics, and the admin routes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{mocks, partner, spawn_app, spawn_app_with, states, TestConfig};
+
+async fn alliance_ok(server: &wiremock::MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-api"})))
+        .mount(server)
+        .await;
+}
+
+async fn error_of(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.expect("errors are JSON");
+    assert!(body["error"].is_string(), "{body}");
+    body["detail"].as_str().expect("detail").to_string()
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let (alianzas, integraciones) = mocks().await;
+    alliance_ok(&alianzas).await;
+    let app = spawn_app(alianzas, integraciones).await;
+
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health, json!({"status": "ok"}));
+
+    let ready = app.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["store"]["status"], "ok");
+    assert_eq!(ready["checks"]["broker"]["status"], "ok");
+
+    let p = partner();
+    app.post(
+        "/sagas",
+        &json!({"payload": {"partner_id": p, "name": "Metrics"}}),
+    )
+    .await;
+    app.settled(&p).await;
+    let metrics = app.get("/metrics").await;
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains(r#"saga_sagas{state="completed"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("saga_transitions_total{"), "{text}");
+    assert!(
+        text.contains("saga_participant_call_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn post_sagas_starts_once_per_event_id() {
+    let (alianzas, integraciones) = mocks().await;
+    alliance_ok(&alianzas).await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    let body = json!({"payload": {"partner_id": p, "name": "Acme", "extra": {"kept": true}}, "event_id": format!("api-{p}")});
+
+    let first = app.post("/sagas", &body).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert!(
+        uuid::Uuid::parse_str(first["correlation_id"].as_str().unwrap()).is_ok(),
+        "generated"
+    );
+    assert_eq!(first["duplicate"], false);
+    let second: Value = app.post("/sagas", &body).await.json().await.unwrap();
+    assert_eq!(second["saga_id"], first["saga_id"]);
+    assert_eq!(second["duplicate"], true);
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["saga_id"], first["saga_id"]);
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(app.alianzas.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_never_500() {
+    let (alianzas, integraciones) = mocks().await;
+    let app = spawn_app(alianzas, integraciones).await;
+
+    let detail = error_of(
+        app.post("/sagas", &json!({"payload": {"partner_id": "p"}}))
+            .await,
+        422,
+    )
+    .await;
+    assert!(detail.contains("payload.name"), "{detail}");
+    error_of(
+        app.post(
+            "/sagas",
+            &json!({"payload": {"partner_id": 5, "name": "x"}}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    error_of(
+        app.post("/sagas", &json!({"correlation_id": "c"})).await,
+        422,
+    )
+    .await;
+    let raw = app
+        .http
+        .post(format!("{}/sagas", app.address))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    error_of(raw, 400).await;
+
+    let detail = error_of(app.get("/sagas?state=done").await, 400).await;
+    assert!(
+        detail.contains("compensated"),
+        "lists valid states: {detail}"
+    );
+    error_of(app.get("/sagas?limit=0").await, 400).await;
+    error_of(app.get("/sagas?limit=501").await, 400).await;
+    error_of(app.get("/sagas?limit=ten").await, 400).await;
+    error_of(app.get("/sagas?cursor=nope").await, 400).await;
+    error_of(app.get("/sagas/not-a-uuid").await, 400).await;
+    error_of(
+        app.get(&format!("/sagas/{}", uuid::Uuid::new_v4())).await,
+        404,
+    )
+    .await;
+    error_of(app.get("/nowhere").await, 404).await;
+}
+
+#[tokio::test]
+async fn list_filters_and_pages_newest_first() {
+    let (alianzas, integraciones) = mocks().await;
+    alliance_ok(&alianzas).await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let correlation = format!("batch-{}", partner());
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        let p = partner();
+        let r: Value = app
+            .post("/sagas", &json!({"payload": {"partner_id": p, "name": "Page"}, "correlation_id": correlation}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        started.push(r["saga_id"].as_str().unwrap().to_string());
+        app.settled(&p).await;
+    }
+
+    let page1: Value = app
+        .get(&format!("/sagas?correlation_id={correlation}&limit=2"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items1 = page1["items"].as_array().unwrap();
+    assert_eq!(items1.len(), 2);
+    let cursor = page1["next_cursor"].as_str().expect("a next page");
+    let page2: Value = app
+        .get(&format!(
+            "/sagas?correlation_id={correlation}&limit=2&cursor={cursor}"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items2 = page2["items"].as_array().unwrap();
+    assert_eq!(items2.len(), 1);
+    assert!(page2["next_cursor"].is_null());
+
+    let listed: Vec<_> = items1
+        .iter()
+        .chain(items2)
+        .map(|s| s["saga_id"].as_str().unwrap().to_string())
+        .collect();
+    let newest_first: Vec<_> = started.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+    for item in items1 {
+        for key in [
+            "saga_id",
+            "correlation_id",
+            "partner_id",
+            "state",
+            "step",
+            "attempts",
+            "alliance_id",
+            "last_error",
+            "created_at",
+            "updated_at",
+            "deadline_at",
+        ] {
+            assert!(item.get(key).is_some(), "saga shape has {key}");
+        }
+        assert!(
+            item.get("history").is_none(),
+            "history only on GET /sagas/{{id}}"
+        );
+    }
+    let completed: Value = app
+        .get(&format!(
+            "/sagas?correlation_id={correlation}&state=completed"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(completed["items"].as_array().unwrap().len(), 3);
+    let none: Value = app
+        .get(&format!("/sagas?correlation_id={correlation}&state=failed"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(none["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_and_are_refused_without_one() {
+    let (alianzas, integraciones) = mocks().await;
+    alliance_ok(&alianzas).await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    app.post(
+        "/sagas",
+        &json!({"payload": {"partner_id": p, "name": "Admin"}}),
+    )
+    .await;
+    let saga = app.settled(&p).await;
+    let id = saga["saga_id"].as_str().unwrap();
+
+    error_of(
+        app.admin_post(&format!("/sagas/{id}/compensate"), None)
+            .await,
+        401,
+    )
+    .await;
+    error_of(
+        app.admin_post(&format!("/sagas/{id}/compensate"), Some("wrong"))
+            .await,
+        401,
+    )
+    .await;
+    let detail = error_of(
+        app.admin_post(&format!("/sagas/{id}/compensate"), Some("test-admin-token"))
+            .await,
+        409,
+    )
+    .await;
+    assert!(detail.contains("completed"), "{detail}");
+    error_of(
+        app.admin_post(&format!("/sagas/{id}/retry"), Some("test-admin-token"))
+            .await,
+        409,
+    )
+    .await;
+
+    let (alianzas, integraciones) = mocks().await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config.unset("ADMIN_TOKEN");
+    let closed = spawn_app_with(alianzas, integraciones, config).await;
+    error_of(
+        closed
+            .admin_post(&format!("/sagas/{id}/retry"), Some("test-admin-token"))
+            .await,
+        403,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_saga_can_be_retried_once_integrations_recovers() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(422))
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(3)
+        .mount(&integraciones)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-redrive")
+        .await;
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "failed");
+    let id = saga["saga_id"].as_str().unwrap();
+
+    let retried = app
+        .admin_post(&format!("/sagas/{id}/retry"), Some("test-admin-token"))
+        .await;
+    assert_eq!(retried.status(), 202);
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated");
+    let history = saga["history"].as_array().unwrap();
+    assert!(history
+        .iter()
+        .any(|h| h["reason"] == "retried_by_operator" && h["from_state"] == "failed"));
+    assert_eq!(
+        app.integraciones.received_requests().await.unwrap().len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn an_operator_can_force_compensation_of_a_live_saga() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"alliance_id": "late"}))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    let started: Value = app
+        .post(
+            "/sagas",
+            &json!({"payload": {"partner_id": p, "name": "Force"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = started["saga_id"].as_str().unwrap();
+
+    let forced = app
+        .admin_post(&format!("/sagas/{id}/compensate"), Some("test-admin-token"))
+        .await;
+    assert_eq!(forced.status(), 202);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["state"], "compensating");
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated");
+    // The alliance answer that arrives after compensation began is dropped.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let saga = app.saga(id).await;
+    assert_eq!(saga["state"], "compensated");
+    assert_eq!(
+        states(&saga),
+        [
+            "started",
+            "creating_alliance",
+            "compensating",
+            "compensated"
+        ]
+    );
+    assert!(saga["history"][2]["reason"] == "forced_by_operator");
+}

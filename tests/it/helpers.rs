@@ -1,0 +1,364 @@
+//! Test harness: a real service on port 0, a fresh PostgreSQL database and
+//! its own channel names per test, Redis Streams as the broker, and
+//! wiremock standing in for the participants' HTTP APIs.
+//!
+//! Needs `TEST_DATABASE_URL` (a superuser URL; each test creates its own
+//! database) and `TEST_REDIS_URL`: `make test` starts both.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use saga_orchestrator::config::{Channels, Settings};
+use saga_orchestrator::envelope::{Envelope, EventType};
+use saga_orchestrator::startup::Application;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use wiremock::MockServer;
+
+/// Terminal saga states.
+pub const TERMINAL: [&str; 3] = ["completed", "compensated", "failed"];
+
+/// How long a test waits for a saga to settle before failing.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+}
+
+/// A fresh, empty database on the test server; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin_url = env("TEST_DATABASE_URL");
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// Settings for one test: its own database, channels and mocks.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub values: HashMap<String, String>,
+    pub channels: Channels,
+}
+
+impl TestConfig {
+    /// Fast retries and short timeouts, so failure paths finish in seconds.
+    pub async fn new(alianzas: &MockServer, integraciones: &MockServer) -> Self {
+        let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..12]);
+        let channels = Channels::prefixed(&prefix);
+        let database_url = fresh_database().await;
+        let mut values = HashMap::new();
+        let mut set = |k: &str, v: &str| {
+            values.insert(k.to_ascii_lowercase(), v.to_string());
+        };
+        set("BROKER_URL", &env("TEST_REDIS_URL"));
+        set("DATABASE_URL", &database_url);
+        set("DATABASE_MAX_CONNECTIONS", "5");
+        set("API_ADDR", "127.0.0.1:0");
+        set("ALIANZAS_API_URL", &alianzas.uri());
+        set("INTEGRACIONES_API_URL", &integraciones.uri());
+        set("RETRY_MAX_ATTEMPTS", "3");
+        set("RETRY_BASE_DELAY_MS", "20");
+        set("RETRY_MAX_DELAY_MS", "100");
+        set("STEP_TIMEOUT_MS", "2000");
+        set("SWEEP_INTERVAL_MS", "200");
+        set("REDIS_CLAIM_IDLE_MS", "1000");
+        set("SHUTDOWN_GRACE_SECS", "2");
+        set("ADMIN_TOKEN", "test-admin-token");
+        set("LOG_FORMAT", "pretty");
+        set("CHANNEL_PARTNER_EVENTS", &channels.partner_events);
+        set("CHANNEL_ALLIANCE_COMMANDS", &channels.alliance_commands);
+        set(
+            "CHANNEL_INTEGRATION_COMMANDS",
+            &channels.integration_commands,
+        );
+        set("CHANNEL_SAGA_REPLIES", &channels.saga_replies);
+        set("CHANNEL_SAGA_EVENTS", &channels.saga_events);
+        Self { values, channels }
+    }
+
+    /// Overrides one setting.
+    pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
+        self.values
+            .insert(name.to_ascii_lowercase(), value.to_string());
+        self
+    }
+
+    /// Removes one setting (back to its default).
+    pub fn unset(&mut self, name: &str) -> &mut Self {
+        self.values.remove(&name.to_ascii_lowercase());
+        self
+    }
+}
+
+/// A running service and everything a test needs to drive it from outside.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub alianzas: MockServer,
+    pub integraciones: MockServer,
+    pub channels: Channels,
+    pub redis: MultiplexedConnection,
+    pub config: TestConfig,
+    stop: CancellationToken,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Mocks first (tests mount their expectations), then the service.
+pub async fn mocks() -> (MockServer, MockServer) {
+    (MockServer::start().await, MockServer::start().await)
+}
+
+/// Starts the service with the default test configuration.
+pub async fn spawn_app(alianzas: MockServer, integraciones: MockServer) -> TestApp {
+    let config = TestConfig::new(&alianzas, &integraciones).await;
+    spawn_app_with(alianzas, integraciones, config).await
+}
+
+/// Starts the service with a tailored configuration.
+pub async fn spawn_app_with(
+    alianzas: MockServer,
+    integraciones: MockServer,
+    config: TestConfig,
+) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        saga_orchestrator::telemetry::init_tracing(
+            saga_orchestrator::config::LogFormat::Pretty,
+            "info,sqlx=warn",
+        );
+    }
+    let (address, stop, server) = launch(&config).await;
+    let client = redis::Client::open(env("TEST_REDIS_URL")).expect("redis url");
+    let redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        alianzas,
+        integraciones,
+        channels: config.channels.clone(),
+        redis,
+        config,
+        stop,
+        server: Some(server),
+    }
+}
+
+async fn launch(config: &TestConfig) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
+    let settings = Settings::from_values(&config.values).expect("test settings are valid");
+    let app = Application::build(&settings).await.expect("service builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(shutdown).await.expect("service runs");
+    });
+    (address, stop, server)
+}
+
+impl TestApp {
+    /// Stops the service as a SIGTERM would, and waits for it.
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    /// Stops this instance and starts a new one on the same database,
+    /// channels and participants, with a fresh instance id: what a crash and
+    /// a restart look like to the store (leases held by the old id lapse).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (address, stop, server) = launch(&self.config).await;
+        self.address = address;
+        self.stop = stop;
+        self.server = Some(server);
+    }
+
+    /// Publishes a `PartnerCreated` on `partner-events` the way integrations does.
+    pub async fn publish_partner(&self, partner_id: &str, event_id: &str, correlation_id: &str) {
+        let payload = json!({"partner_id": partner_id, "name": format!("Partner {partner_id}"), "email": format!("{partner_id}@example.test"), "tier": "gold"});
+        let mut envelope = Envelope::new(
+            EventType::PartnerCreated,
+            correlation_id,
+            None,
+            None,
+            payload.as_object().cloned().expect("object"),
+        );
+        envelope.event_id = event_id.to_string();
+        let fields: Vec<(String, String)> = envelope
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        self.xadd(&self.channels.partner_events, &fields).await;
+    }
+
+    /// Adds raw fields to a stream.
+    pub async fn xadd(&self, stream: &str, fields: &[(String, String)]) {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("XADD");
+    }
+
+    /// Every entry of a stream, as field maps, oldest first.
+    pub async fn stream(&self, stream: &str) -> Vec<HashMap<String, String>> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("XRANGE");
+        entries
+            .into_iter()
+            .map(|(_, fields)| fields.into_iter().collect())
+            .collect()
+    }
+
+    /// Entries read by the group but not yet acked.
+    pub async fn pending(&self, stream: &str) -> i64 {
+        let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg("saga-orchestrator")
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("XPENDING");
+        match summary.first() {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("unexpected XPENDING reply: {other:?}"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// An admin POST with the test token (or `token`).
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.address))
+            .json(&json!({"reason": "test"}));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("POST")
+    }
+
+    /// Sagas for a partner, newest first.
+    pub async fn sagas_of(&self, partner_id: &str) -> Vec<Value> {
+        let body: Value = self
+            .get(&format!("/sagas?partner_id={partner_id}"))
+            .await
+            .json()
+            .await
+            .expect("json");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `partner_id`'s saga is terminal; returns it with its history.
+    pub async fn settled(&self, partner_id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            if let Some(saga) = self.sagas_of(partner_id).await.first() {
+                if TERMINAL.contains(&saga["state"].as_str().unwrap_or_default()) {
+                    return self.saga(saga["saga_id"].as_str().expect("saga_id")).await;
+                }
+            }
+            assert!(
+                started.elapsed() < SETTLE_TIMEOUT,
+                "saga of {partner_id} did not settle in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One saga with its history.
+    pub async fn saga(&self, saga_id: &str) -> Value {
+        let response = self.get(&format!("/sagas/{saga_id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    /// Waits until `stream` has at least `n` entries matching `pred`.
+    pub async fn wait_for_entries(
+        &self,
+        stream: &str,
+        n: usize,
+        pred: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> Vec<HashMap<String, String>> {
+        let started = Instant::now();
+        loop {
+            let matching: Vec<_> = self
+                .stream(stream)
+                .await
+                .into_iter()
+                .filter(|e| pred(e))
+                .collect();
+            if matching.len() >= n {
+                return matching;
+            }
+            assert!(
+                started.elapsed() < SETTLE_TIMEOUT,
+                "{stream}: {} of {n} entries",
+                matching.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The states a saga went through, from its history.
+pub fn states(saga: &Value) -> Vec<String> {
+    saga["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["to_state"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A unique partner id for one test.
+pub fn partner() -> String {
+    format!("p-{}", &Uuid::new_v4().simple().to_string()[..10])
+}

@@ -1,0 +1,187 @@
+//! What a crash leaves behind is finished by whoever runs next: pending
+//! broker entries of a dead consumer, and sagas leased by a dead instance.
+
+use std::time::Duration;
+
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{mocks, partner, spawn_app_with, TestConfig};
+
+#[tokio::test]
+async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-claimed"})))
+        .mount(&alianzas)
+        .await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config.set("REDIS_CLAIM_IDLE_MS", "500");
+    let stream = config.channels.partner_events.clone();
+    let redis_url = std::env::var("TEST_REDIS_URL").unwrap();
+    let mut redis = redis::Client::open(redis_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // A consumer of the group reads the event and dies before acking it.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("saga-orchestrator")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let p = partner();
+    let payload = json!({"partner_id": p, "name": "Orphan"}).to_string();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("event_id")
+        .arg(format!("evt-{p}"))
+        .arg("correlation_id")
+        .arg("corr-orphan")
+        .arg("event_type")
+        .arg("PartnerCreated")
+        .arg("payload")
+        .arg(payload)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("saga-orchestrator")
+        .arg("dead-consumer")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["correlation_id"], "corr-orphan");
+    assert_eq!(app.pending(&stream).await, 0);
+}
+
+#[tokio::test]
+async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
+    let (alianzas, integraciones) = mocks().await;
+    // The first attempt fails and asks for a pause; the instance dies during it.
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-recovered"})),
+        )
+        .mount(&alianzas)
+        .await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config.set("STEP_TIMEOUT_MS", "500");
+    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-crash")
+        .await;
+    let saga_id = loop {
+        if let Some(saga) = app.sagas_of(&p).await.first() {
+            if saga["attempts"] == 2 {
+                break saga["saga_id"].as_str().unwrap().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.restart().await;
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["saga_id"], saga_id.as_str());
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["alliance_id"], "a-recovered");
+    let requests = app.alianzas.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2, "one failed attempt, one recovered");
+    assert_eq!(
+        requests[0].headers["idempotency-key"],
+        requests[1].headers["idempotency-key"]
+    );
+}
+
+#[tokio::test]
+async fn sagas_recorded_beyond_capacity_wait_for_the_sweeper() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"alliance_id": "a"}))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&alianzas)
+        .await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config.set("MAX_IN_FLIGHT", "1");
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+
+    let partners: Vec<String> = (0..4).map(|_| partner()).collect();
+    for p in &partners {
+        let r = app
+            .post(
+                "/sagas",
+                &json!({"payload": {"partner_id": p, "name": "Queue"}}),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "accepted even when at capacity");
+    }
+    for p in &partners {
+        assert_eq!(app.settled(p).await["state"], "completed");
+    }
+}
+
+#[tokio::test]
+async fn events_published_before_the_first_start_are_consumed() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-early"})))
+        .mount(&alianzas)
+        .await;
+    let config = TestConfig::new(&alianzas, &integraciones).await;
+    let stream = config.channels.partner_events.clone();
+    let p = partner();
+    let mut redis = redis::Client::open(std::env::var("TEST_REDIS_URL").unwrap())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("event_id")
+        .arg(format!("evt-{p}"))
+        .arg("correlation_id")
+        .arg("corr-early")
+        .arg("event_type")
+        .arg("PartnerCreated")
+        .arg("payload")
+        .arg(json!({"partner_id": p, "name": "Early"}).to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+    assert_eq!(app.settled(&p).await["state"], "completed");
+}

@@ -1,0 +1,378 @@
+//! Sagas driven from outside: a PartnerCreated on the broker in, HTTP calls
+//! to the (mocked) participants out, states read through the API.
+
+use serde_json::json;
+use wiremock::matchers::{header, method, path, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{mocks, partner, spawn_app, spawn_app_with, states, TestConfig};
+
+fn alliance_created(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({ "alliance_id": id }))
+}
+
+#[tokio::test]
+async fn happy_path_completes_with_the_alliance() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(alliance_created("a-42"))
+        .mount(&alianzas)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-happy")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["alliance_id"], "a-42");
+    assert_eq!(saga["attempts"], 1);
+    assert_eq!(states(&saga), ["started", "creating_alliance", "completed"]);
+    let history = saga["history"].as_array().unwrap();
+    assert_eq!(history[0]["from_state"], serde_json::Value::Null);
+    assert_eq!(history[2]["reason"], "alliance_created");
+
+    let requests = app.alianzas.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    let saga_id = saga["saga_id"].as_str().unwrap();
+    assert_eq!(
+        request.headers["idempotency-key"],
+        format!("{saga_id}:create-alliance").as_str()
+    );
+    let body: serde_json::Value = request.body_json().unwrap();
+    assert_eq!(body["partner_id"], p.as_str());
+    assert_eq!(body["name"], format!("Partner {p}"));
+    assert_eq!(body["email"], format!("{p}@example.test"));
+    assert_eq!(body["saga_id"], saga_id);
+    assert_eq!(body["correlation_id"], "corr-happy");
+    assert!(
+        app.integraciones
+            .received_requests()
+            .await
+            .unwrap()
+            .is_empty(),
+        "no compensation"
+    );
+}
+
+#[tokio::test]
+async fn business_rejection_compensates_by_deleting_the_partner() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(json!({"error": "partner email domain not allowed"})),
+        )
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path_regex("^/partners/.+$"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-reject")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "compensated");
+    assert_eq!(
+        states(&saga),
+        [
+            "started",
+            "creating_alliance",
+            "compensating",
+            "compensated"
+        ]
+    );
+    assert!(saga["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("partner email domain not allowed"));
+    assert_eq!(
+        app.alianzas.received_requests().await.unwrap().len(),
+        1,
+        "a rejection is not retried"
+    );
+    let deletes = app.integraciones.received_requests().await.unwrap();
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(deletes[0].url.path(), format!("/partners/{p}"));
+    let saga_id = saga["saga_id"].as_str().unwrap();
+    assert_eq!(
+        deletes[0].headers["idempotency-key"],
+        format!("{saga_id}:delete-partner").as_str()
+    );
+    assert_eq!(deletes[0].headers["x-correlation-id"], "corr-reject");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_complete() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(alliance_created("a-7"))
+        .mount(&alianzas)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-retry")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["attempts"], 3);
+    assert_eq!(
+        states(&saga),
+        [
+            "started",
+            "creating_alliance",
+            "creating_alliance",
+            "creating_alliance",
+            "completed"
+        ]
+    );
+    let requests = app.alianzas.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
+    let keys: Vec<_> = requests
+        .iter()
+        .map(|r| r.headers["idempotency-key"].clone())
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] == w[1]),
+        "every retry carries the same idempotency key"
+    );
+}
+
+#[tokio::test]
+async fn retries_exhausted_compensate() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-exhaust")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(
+        saga["state"], "compensated",
+        "404 on delete means already gone"
+    );
+    assert_eq!(
+        app.alianzas.received_requests().await.unwrap().len(),
+        3,
+        "RETRY_MAX_ATTEMPTS=3"
+    );
+    let history = saga["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["reason"] == "retries_exhausted"));
+}
+
+#[tokio::test]
+async fn slow_participants_time_out_and_are_retried() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(alliance_created("late").set_delay(std::time::Duration::from_secs(2)))
+        .up_to_n_times(1)
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(alliance_created("a-fast"))
+        .mount(&alianzas)
+        .await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config.set("STEP_TIMEOUT_MS", "300");
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-slow")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["alliance_id"], "a-fast");
+    let history = saga["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("timed out")));
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(alliance_created("a-1"))
+        .mount(&alianzas)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-429")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "completed");
+    let requests = app.alianzas.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let at = |i: usize| {
+        saga["history"][i]["at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    // history: started, creating_alliance, creating_alliance (429), completed
+    let waited = at(3) - at(2);
+    assert!(
+        waited >= chrono::Duration::milliseconds(950),
+        "waited only {waited}"
+    );
+}
+
+#[tokio::test]
+async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("database locked"))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-failed")
+        .await;
+    let saga = app.settled(&p).await;
+
+    assert_eq!(saga["state"], "failed");
+    assert!(saga["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("database locked"));
+    assert_eq!(
+        app.integraciones.received_requests().await.unwrap().len(),
+        3
+    );
+    let history = saga["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["reason"], "compensation_exhausted");
+
+    let listed: serde_json::Value = app.get("/sagas?state=failed").await.json().await.unwrap();
+    let ids: Vec<_> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].clone())
+        .collect();
+    assert_eq!(ids, [saga["saga_id"].clone()]);
+
+    let events = app
+        .wait_for_entries(&app.channels.saga_events, 1, |e| {
+            e["event_type"] == "SagaFailed"
+        })
+        .await;
+    assert_eq!(events[0]["status"], "failed");
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_runs_one_saga() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(alliance_created("a-once"))
+        .mount(&alianzas)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    let event_id = format!("evt-{p}");
+
+    for _ in 0..3 {
+        app.publish_partner(&p, &event_id, "corr-dup").await;
+    }
+    let saga = app.settled(&p).await;
+    // Give any (wrong) second saga time to appear before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    assert_eq!(app.sagas_of(&p).await.len(), 1);
+    assert_eq!(saga["state"], "completed");
+    let requests = app.alianzas.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].headers["idempotency-key"],
+        format!("{}:create-alliance", saga["saga_id"].as_str().unwrap()).as_str()
+    );
+    assert_eq!(
+        app.pending(&app.channels.partner_events).await,
+        0,
+        "all three deliveries acked"
+    );
+}
+
+#[tokio::test]
+async fn correlation_id_is_the_same_everywhere() {
+    let (alianzas, integraciones) = mocks().await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .and(header("x-correlation-id", "corr-trace-77"))
+        .respond_with(alliance_created("a-77"))
+        .mount(&alianzas)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-trace-77")
+        .await;
+    let saga = app.settled(&p).await;
+
+    // The mock only answers with the right header, so completion proves it arrived.
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["correlation_id"], "corr-trace-77");
+    let saga_id = saga["saga_id"].as_str().unwrap().to_string();
+    let events = app
+        .wait_for_entries(&app.channels.saga_events, 3, |e| {
+            e.get("saga_id") == Some(&saga_id)
+        })
+        .await;
+    let types: Vec<_> = events.iter().map(|e| e["event_type"].as_str()).collect();
+    assert_eq!(types, ["SagaStarted", "SagaStepSucceeded", "SagaCompleted"]);
+    for event in &events {
+        assert_eq!(event["correlation_id"], "corr-trace-77");
+        let payload: serde_json::Value = serde_json::from_str(&event["payload"]).unwrap();
+        assert_eq!(payload["partner_id"], p.as_str());
+    }
+    assert_eq!(events[0]["status"], "started");
+    assert_eq!(events[2]["status"], "completed");
+}

@@ -1,0 +1,357 @@
+//! The `SagaStore` contract, checked directly against PostgreSQL: dedup,
+//! optimistic concurrency, leases and the outbox.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use saga_orchestrator::envelope::{Envelope, EventType};
+use saga_orchestrator::saga::{
+    self, HistoryEntry, Input, RetryKind, RetryPolicy, Saga, SagaState, Step,
+};
+use saga_orchestrator::store::{
+    Created, Lease, ListQuery, NewSaga, OutboxMessage, PostgresStore, SagaStore, TransitionWrite,
+};
+use secrecy::SecretString;
+use serde_json::Map;
+use uuid::Uuid;
+
+use crate::helpers::fresh_database;
+
+async fn store() -> PostgresStore {
+    let url = SecretString::from(fresh_database().await);
+    let store = PostgresStore::connect(&url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        kind: RetryKind::Exponential,
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    }
+}
+
+fn lease(owner: &str, until: DateTime<Utc>) -> Option<Lease> {
+    Some(Lease {
+        owner: owner.into(),
+        until,
+    })
+}
+
+/// A new saga already begun, as the orchestrator records it.
+fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
+    // PostgreSQL keeps microseconds; start there so read-backs compare equal.
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("in range");
+    let started = Saga {
+        saga_id: Uuid::now_v7(),
+        event_id: event_id.into(),
+        correlation_id: format!("corr-{event_id}"),
+        partner_id: format!("p-{event_id}"),
+        state: SagaState::Started,
+        step: Step::CreateAlliance,
+        attempts: 0,
+        alliance_id: None,
+        last_error: None,
+        payload: serde_json::json!({"partner_id": format!("p-{event_id}"), "name": "N"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        created_at: now,
+        updated_at: now,
+        deadline_at: now + chrono::Duration::seconds(300),
+        next_attempt_at: Some(now),
+        traceparent: None,
+        version: 1,
+    };
+    let decision = saga::begin(&started, now);
+    let saga = decision.apply(&started, now);
+    let history = vec![
+        HistoryEntry {
+            seq: 1,
+            from_state: None,
+            to_state: SagaState::Started,
+            reason: "partner_created".into(),
+            detail: None,
+            at: now,
+        },
+        HistoryEntry {
+            seq: 2,
+            from_state: Some(SagaState::Started),
+            to_state: SagaState::CreatingAlliance,
+            reason: "alliance_requested".into(),
+            detail: None,
+            at: now,
+        },
+    ];
+    let envelope = Envelope::new(
+        EventType::SagaStarted,
+        saga.correlation_id.clone(),
+        Some(saga.saga_id),
+        None,
+        Map::new(),
+    );
+    NewSaga {
+        saga,
+        history,
+        outbox: vec![OutboxMessage::new("events", envelope)],
+        lease: lease_until.and_then(|u| lease("me", u)),
+    }
+}
+
+/// The write that moves `saga` by `input`.
+fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> TransitionWrite {
+    let now = Utc::now();
+    let decision = saga::decide(saga, &input, &policy(), now).expect("valid");
+    let after = decision.apply(saga, now);
+    TransitionWrite {
+        history: HistoryEntry {
+            seq: after.version,
+            from_state: Some(decision.from),
+            to_state: decision.to,
+            reason: decision.reason.as_str().into(),
+            detail: decision.detail.clone(),
+            at: now,
+        },
+        expected_version: saga.version,
+        outbox: vec![],
+        lease: lease_until.and_then(|u| lease("me", u)),
+        saga: after,
+    }
+}
+
+#[tokio::test]
+async fn create_dedups_by_event_id_within_and_across_batches() {
+    let store = store().await;
+    let a = new_saga("e-a", None);
+    let a_again = new_saga("e-a", None);
+    let b = new_saga("e-b", None);
+    let created = store
+        .create(&[a.clone(), a_again.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        created,
+        [
+            Created::New(a.saga.saga_id),
+            Created::Duplicate(a.saga.saga_id),
+            Created::New(b.saga.saga_id)
+        ]
+    );
+
+    let later = store.create(&[new_saga("e-b", None)]).await.unwrap();
+    assert_eq!(later, [Created::Duplicate(b.saga.saga_id)]);
+
+    let stored = store.get(a.saga.saga_id).await.unwrap().expect("stored");
+    assert_eq!(stored, a.saga, "read back exactly as written");
+    assert_eq!(store.history(a.saga.saga_id).await.unwrap().len(), 2);
+    assert!(store.get(a_again.saga.saga_id).await.unwrap().is_none());
+    assert_eq!(
+        store.outbox_backlog().await.unwrap(),
+        2,
+        "one event per new saga, none for duplicates"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_transition_writes_nothing() {
+    let store = store().await;
+    let new = new_saga("e-stale", None);
+    store.create(std::slice::from_ref(&new)).await.unwrap();
+    let saga = new.saga;
+
+    let first = transition(
+        &saga,
+        Input::StepSucceeded {
+            step: Step::CreateAlliance,
+            alliance_id: Some("a".into()),
+        },
+        None,
+    );
+    assert!(store.commit(&first).await.unwrap());
+    // A second driver decided on the same old version.
+    let mut second = transition(
+        &saga,
+        Input::StepRejected {
+            step: Step::CreateAlliance,
+            error: "no".into(),
+        },
+        None,
+    );
+    second.outbox.push(OutboxMessage::new(
+        "events",
+        Envelope::new(
+            EventType::SagaCompensating,
+            "c",
+            Some(saga.saga_id),
+            None,
+            Map::new(),
+        ),
+    ));
+    assert!(!store.commit(&second).await.unwrap());
+
+    let stored = store.get(saga.saga_id).await.unwrap().unwrap();
+    assert_eq!(stored.state, SagaState::Completed);
+    assert_eq!(stored.version, saga.version + 1);
+    let history = store.history(saga.saga_id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.to_state).collect::<Vec<_>>(),
+        [
+            SagaState::Started,
+            SagaState::CreatingAlliance,
+            SagaState::Completed
+        ]
+    );
+    assert_eq!(
+        store.outbox_backlog().await.unwrap(),
+        1,
+        "the stale write's message was not enqueued"
+    );
+}
+
+#[tokio::test]
+async fn claim_due_takes_only_due_sagas_with_lapsed_leases() {
+    let store = store().await;
+    let now = Utc::now();
+    let leased = new_saga("e-leased", Some(now + chrono::Duration::seconds(60)));
+    let lapsed = new_saga("e-lapsed", Some(now - chrono::Duration::seconds(1)));
+    let unleased = new_saga("e-free", None);
+    let mut not_due = new_saga("e-later", None);
+    not_due.saga.next_attempt_at = Some(now + chrono::Duration::seconds(60));
+    let mut done = new_saga("e-done", None);
+    done.saga.state = SagaState::Completed;
+    done.saga.next_attempt_at = None;
+    store
+        .create(&[leased, lapsed.clone(), unleased.clone(), not_due, done])
+        .await
+        .unwrap();
+    let now = Utc::now();
+
+    let mut claimed: Vec<Uuid> = store
+        .claim_due("sweeper", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.saga_id)
+        .collect();
+    claimed.sort();
+    let mut expected = vec![lapsed.saga.saga_id, unleased.saga.saga_id];
+    expected.sort();
+    assert_eq!(claimed, expected);
+    // Now leased to the sweeper: nobody else gets them.
+    assert!(store
+        .claim_due("other", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Once that lease lapses, they are claimable again.
+    let later = now + chrono::Duration::seconds(31);
+    assert_eq!(
+        store
+            .claim_due("other", later, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn outbox_claims_are_exclusive_until_they_lapse() {
+    let store = store().await;
+    store
+        .create(&[
+            new_saga("o-1", None),
+            new_saga("o-2", None),
+            new_saga("o-3", None),
+        ])
+        .await
+        .unwrap();
+    let now = Utc::now();
+
+    let first = store
+        .claim_outbox("relay-a", now, Duration::from_secs(30), 2)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(first[0].id < first[1].id, "oldest first");
+    let second = store
+        .claim_outbox("relay-b", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1, "claimed messages are not handed out twice");
+    assert_eq!(second[0].envelope.event_type, "SagaStarted");
+
+    store
+        .delete_outbox(&first.iter().map(|m| m.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
+    let after_lapse = store
+        .claim_outbox(
+            "relay-a",
+            now + chrono::Duration::seconds(31),
+            Duration::from_secs(30),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        after_lapse.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [second[0].id]
+    );
+}
+
+#[tokio::test]
+async fn list_filters_and_orders_newest_first() {
+    let store = store().await;
+    let sagas: Vec<NewSaga> = (0..5).map(|i| new_saga(&format!("l-{i}"), None)).collect();
+    store.create(&sagas).await.unwrap();
+
+    let all = store
+        .list(&ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = all.iter().map(|s| s.saga_id).collect();
+    let mut newest_first: Vec<_> = sagas.iter().map(|n| n.saga.saga_id).collect();
+    newest_first.reverse();
+    assert_eq!(ids, newest_first);
+
+    let page = store
+        .list(&ListQuery {
+            limit: 2,
+            before: Some(ids[1]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|s| s.saga_id).collect::<Vec<_>>(),
+        ids[2..4]
+    );
+
+    let one = store
+        .list(&ListQuery {
+            partner_id: Some("p-l-3".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    let by_state = store
+        .list(&ListQuery {
+            state: Some(SagaState::CreatingAlliance),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_state.len(), 5);
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(counts, [(SagaState::CreatingAlliance, 5)]);
+}
