@@ -67,19 +67,16 @@ for arg in "$@"; do
     fi
 done
 
+# Doc tests first, so the run closes on the main runner's summary.
 status=0
+if [[ $run_doctests -eq 1 ]]; then
+    cargo test --doc --no-fail-fast "$@" || status=$?
+fi
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --all-targets --no-fail-fast "$@" || status=$?
 else
     echo "test.sh: cargo-nextest not installed, using cargo test"
     cargo test --all-targets --no-fail-fast "$@" || status=$?
-fi
-if [[ $run_doctests -eq 1 ]]; then
-    doc_status=0
-    cargo test --doc --no-fail-fast "$@" || doc_status=$?
-    if [[ $status -eq 0 ]]; then
-        status=$doc_status
-    fi
 fi
 
 exit "$status"

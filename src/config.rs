@@ -218,7 +218,8 @@ impl Settings {
                 .filter(|t| !t.is_empty())
                 .map(SecretString::from),
             log_format: v.parse("LOG_FORMAT", LogFormat::Json, parse_log_format)?,
-            log_filter: v.get("RUST_LOG").unwrap_or_else(|| "info".into()),
+            // sqlx logs every server notice at info; keep those out by default.
+            log_filter: v.get("RUST_LOG").unwrap_or_else(|| "info,sqlx=warn".into()),
             retry,
             step_timeout: v.positive_millis("STEP_TIMEOUT_MS", 10_000)?,
             saga_deadline: Duration::from_secs(v.parse(

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use saga_orchestrator::config::Settings;
 use saga_orchestrator::startup::Application;
@@ -75,8 +74,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            // Our errors carry their cause in their message: print it once.
+            tracing::error!(error = %e, "exiting");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -86,7 +86,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown_signal())
         .await
-        .context("API server failed")
+        .map_err(|e| anyhow::anyhow!("API server failed: {e}"))
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {

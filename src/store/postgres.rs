@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{QueryBuilder, Row};
+use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
@@ -26,6 +26,8 @@ use crate::envelope::Envelope;
 use crate::saga::{HistoryEntry, Saga, SagaState, Step};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
     alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
@@ -41,11 +43,17 @@ impl PostgresStore {
     /// Connects a pool of at most `max_connections`.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url.expose_secret())?;
+        // One direct connection first: a pool reports any failure as "pool
+        // timed out", while this says "connection refused" or "password
+        // authentication failed", which is what an operator needs to read.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        probe.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(Self { pool })
     }
 

@@ -25,7 +25,7 @@ use crate::envelope::{format_time, DecodeError, Envelope};
 pub enum TransportError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("broker {0} is not supported yet")]
+    #[error("BROKER_URL: the {0} adapter is not available in this version; use redis:// (or memory:// to try it locally)")]
     Unsupported(&'static str),
     #[error("subscription closed")]
     Closed,
