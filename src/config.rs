@@ -194,7 +194,7 @@ impl Settings {
             database_url: SecretString::from(v.text(
                 "DATABASE_URL",
                 "postgresql://postgres:postgres@localhost:5432/saga_db",
-                |s| parse_database_url(s).map(|_| ()),
+                parse_database_url,
             )?),
             database_max_connections: v.parse("DATABASE_MAX_CONNECTIONS", 20, positive::<u32>)?,
             integraciones_api_url: v.parse(
@@ -256,13 +256,22 @@ impl Settings {
     }
 }
 
-/// Checks a database URL names a store we can open.
-pub fn parse_database_url(s: &str) -> Result<Url, String> {
+/// Checks a database URL names a store we can open: PostgreSQL, or a
+/// SQLite file (`sqlite://path`, `sqlite:path`, `sqlite::memory:`).
+pub fn parse_database_url(s: &str) -> Result<(), String> {
+    if let Some(path) = s.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        return if path.is_empty() {
+            Err("sqlite URL without a path".into())
+        } else {
+            Ok(())
+        };
+    }
     let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "postgres" | "postgresql" => Ok(url),
+        "postgres" | "postgresql" => Ok(()),
         other => Err(format!(
-            "unsupported scheme {other:?}: expected postgres:// or postgresql://"
+            "unsupported scheme {other:?}: expected postgres://, postgresql:// or sqlite://"
         )),
     }
 }
@@ -477,6 +486,21 @@ mod tests {
             let line = err.to_string();
             assert!(line.contains(name), "{line}");
             assert!(!line.contains('\n'), "one line: {line}");
+        }
+    }
+
+    #[test]
+    fn database_urls_name_postgres_or_sqlite() {
+        for ok in [
+            "postgres://u@h/db",
+            "postgresql://h/db",
+            "sqlite://.dev/demo/sagas.db",
+            "sqlite::memory:",
+        ] {
+            assert!(parse_database_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["mysql://h/db", "sqlite://", "nonsense"] {
+            assert!(parse_database_url(bad).is_err(), "{bad}");
         }
     }
 

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use saga_orchestrator::config::Settings;
 use saga_orchestrator::startup::Application;
-use saga_orchestrator::store::{PostgresStore, SagaStore};
 use saga_orchestrator::telemetry;
 
 #[derive(Parser)]
@@ -90,7 +89,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let store = PostgresStore::connect(&settings.database_url, 1).await?;
+    let store = saga_orchestrator::store::connect(&settings.database_url, 1).await?;
     store.migrate().await?;
     println!("migrations applied");
     Ok(())

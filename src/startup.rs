@@ -12,7 +12,7 @@ use crate::api::{self, AppState};
 use crate::config::{ParticipantMode, Settings};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::participants::HttpParticipants;
-use crate::store::{PostgresStore, SagaStore, StoreError};
+use crate::store::{SagaStore, StoreError};
 use crate::telemetry;
 use crate::transport::{self, Transport, TransportError};
 
@@ -46,13 +46,13 @@ impl Application {
     /// and the broker, then builds the rest.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let store =
-            PostgresStore::connect(&settings.database_url, settings.database_max_connections)
+            crate::store::connect(&settings.database_url, settings.database_max_connections)
                 .await?;
         if settings.migrate_on_start {
             store.migrate().await?;
         }
         let transport = transport::from_settings(settings).await?;
-        Self::build_with(settings, Arc::new(store), transport).await
+        Self::build_with(settings, store, transport).await
     }
 
     /// Builds around an existing store and transport.

@@ -1,11 +1,12 @@
-//! Durable saga state: the [`SagaStore`] trait and its PostgreSQL
-//! implementation.
+//! Durable saga state: the [`SagaStore`] trait, PostgreSQL (production)
+//! and SQLite (embedded demo), picked by [`connect`] from `DATABASE_URL`.
 //!
 //! The store knows nothing of the state machine: the orchestrator hands it
 //! finished writes (new saga row, history, outbox) and the store applies
 //! each atomically, refusing a transition whose `expected_version` is stale.
 
 mod postgres;
+mod sqlite;
 
 use std::time::Duration;
 
@@ -14,9 +15,11 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 use crate::envelope::Envelope;
-use crate::saga::{HistoryEntry, Saga, SagaState};
+use crate::saga::{HistoryEntry, Saga, SagaState, Step};
+use serde_json::{Map, Value};
 
 /// Store failures; the orchestrator retries them, the API maps them to 503.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +166,74 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Messages waiting to be relayed.
     async fn outbox_backlog(&self) -> Result<i64, StoreError>;
+}
+
+/// The stored form of an outbox message: the envelope JSON with its
+/// traceparent kept inside, so the relay can restore it.
+pub(crate) fn stored_message(message: &OutboxMessage) -> Value {
+    let mut body = message.envelope.to_json();
+    if let (Some(tp), Value::Object(obj)) = (&message.envelope.traceparent, &mut body) {
+        obj.insert("traceparent".into(), tp.clone().into());
+    }
+    body
+}
+
+/// Reads back what [`stored_message`] wrote.
+pub(crate) fn message_from_stored(id: i64, message: &Value) -> Result<Envelope, StoreError> {
+    let bytes = serde_json::to_vec(message).unwrap_or_default();
+    Envelope::from_json_bytes(&bytes, usize::MAX).map_err(|e| StoreError::Corrupt {
+        saga_id: Uuid::nil(),
+        problem: format!("outbox message {id}: {e}"),
+    })
+}
+
+pub(crate) fn parse_state(saga_id: Uuid, s: &str) -> Result<SagaState, StoreError> {
+    SagaState::parse(s).ok_or_else(|| StoreError::Corrupt {
+        saga_id,
+        problem: format!("unknown state {s:?}"),
+    })
+}
+
+pub(crate) fn parse_step(saga_id: Uuid, s: &str) -> Result<Step, StoreError> {
+    Step::parse(s).ok_or_else(|| StoreError::Corrupt {
+        saga_id,
+        problem: format!("unknown step {s:?}"),
+    })
+}
+
+pub(crate) fn payload_object(
+    saga_id: Uuid,
+    value: Value,
+) -> Result<Map<String, Value>, StoreError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(StoreError::Corrupt {
+            saga_id,
+            problem: format!("payload is not an object: {other}"),
+        }),
+    }
+}
+
+pub(crate) fn attempts_i32(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
+/// Opens the store `url` names: `postgres://…` or `sqlite:…`.
+/// `max_connections` sizes the PostgreSQL pool (SQLite uses one writer).
+pub async fn connect(
+    url: &secrecy::SecretString,
+    max_connections: u32,
+) -> Result<std::sync::Arc<dyn SagaStore>, StoreError> {
+    use secrecy::ExposeSecret;
+    if url.expose_secret().starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(
+            SqliteStore::connect(url.expose_secret()).await?,
+        ))
+    } else {
+        Ok(std::sync::Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        ))
+    }
 }
 
 /// Converts a std duration for timestamp arithmetic, saturating.

@@ -19,11 +19,11 @@ use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    chrono_duration, Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError,
+    attempts_i32, chrono_duration, message_from_stored, parse_state, parse_step, payload_object,
+    stored_message, Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError,
     TransitionWrite,
 };
-use crate::envelope::Envelope;
-use crate::saga::{HistoryEntry, Saga, SagaState, Step};
+use crate::saga::{HistoryEntry, Saga, SagaState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -172,7 +172,11 @@ impl SagaStore for PostgresStore {
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
         let s = &write.saga;
         let h = &write.history;
-        let (channels, messages) = outbox_columns(write.outbox.iter());
+        let (channels, messages): (Vec<String>, Vec<Value>) = write
+            .outbox
+            .iter()
+            .map(|m| (m.channel.clone(), stored_message(m)))
+            .unzip();
         let row = sqlx::query(
             "WITH upd AS ( \
                 UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
@@ -334,12 +338,7 @@ impl SagaStore for PostgresStore {
         for row in &rows {
             let id: i64 = row.try_get("id")?;
             let message: Value = row.try_get("message")?;
-            let bytes = serde_json::to_vec(&message).unwrap_or_default();
-            let envelope =
-                Envelope::from_json_bytes(&bytes, usize::MAX).map_err(|e| StoreError::Corrupt {
-                    saga_id: Uuid::nil(),
-                    problem: format!("outbox message {id}: {e}"),
-                })?;
+            let envelope = message_from_stored(id, &message)?;
             messages.push(OutboxMessage {
                 id,
                 channel: row.try_get("channel")?,
@@ -460,7 +459,10 @@ async fn insert_outbox(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     messages: &[&OutboxMessage],
 ) -> Result<(), StoreError> {
-    let (channels, bodies) = outbox_columns(messages.iter().copied());
+    let (channels, bodies): (Vec<String>, Vec<Value>) = messages
+        .iter()
+        .map(|m| (m.channel.clone(), stored_message(m)))
+        .unzip();
     if channels.is_empty() {
         return Ok(());
     }
@@ -476,57 +478,19 @@ async fn insert_outbox(
     Ok(())
 }
 
-/// The stored form of outbox messages: the envelope JSON with its
-/// traceparent kept inside, so the relay can restore it.
-fn outbox_columns<'a>(
-    messages: impl Iterator<Item = &'a OutboxMessage>,
-) -> (Vec<String>, Vec<Value>) {
-    messages
-        .map(|m| {
-            let mut body = m.envelope.to_json();
-            if let (Some(tp), Value::Object(obj)) = (&m.envelope.traceparent, &mut body) {
-                obj.insert("traceparent".into(), tp.clone().into());
-            }
-            (m.channel.clone(), body)
-        })
-        .unzip()
-}
-
-fn attempts_i32(attempts: u32) -> i32 {
-    i32::try_from(attempts).unwrap_or(i32::MAX)
-}
-
-fn parse_state(saga_id: Uuid, s: &str) -> Result<SagaState, StoreError> {
-    SagaState::parse(s).ok_or_else(|| StoreError::Corrupt {
-        saga_id,
-        problem: format!("unknown state {s:?}"),
-    })
-}
-
 fn saga_from_row(row: &PgRow) -> Result<Saga, StoreError> {
     let saga_id: Uuid = row.try_get("saga_id")?;
     let state: String = row.try_get("state")?;
     let step: String = row.try_get("step")?;
     let attempts: i32 = row.try_get("attempts")?;
-    let payload = match row.try_get::<Value, _>("payload")? {
-        Value::Object(map) => map,
-        other => {
-            return Err(StoreError::Corrupt {
-                saga_id,
-                problem: format!("payload is not an object: {other}"),
-            })
-        }
-    };
+    let payload = payload_object(saga_id, row.try_get::<Value, _>("payload")?)?;
     Ok(Saga {
         saga_id,
         event_id: row.try_get("event_id")?,
         correlation_id: row.try_get("correlation_id")?,
         partner_id: row.try_get("partner_id")?,
         state: parse_state(saga_id, &state)?,
-        step: Step::parse(&step).ok_or_else(|| StoreError::Corrupt {
-            saga_id,
-            problem: format!("unknown step {step:?}"),
-        })?,
+        step: parse_step(saga_id, &step)?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         alliance_id: row.try_get("alliance_id")?,
         last_error: row.try_get("last_error")?,

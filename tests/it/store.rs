@@ -1,6 +1,9 @@
-//! The `SagaStore` contract, checked directly against PostgreSQL: dedup,
-//! optimistic concurrency, leases and the outbox.
+//! The `SagaStore` contract — dedup, optimistic concurrency, leases, the
+//! outbox, listing — checked directly, once against PostgreSQL and once
+//! against SQLite: each case is a function over `dyn SagaStore`, and
+//! `on_both!` makes a test of it per backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +12,8 @@ use saga_orchestrator::saga::{
     self, HistoryEntry, Input, RetryKind, RetryPolicy, Saga, SagaState, Step,
 };
 use saga_orchestrator::store::{
-    Created, Lease, ListQuery, NewSaga, OutboxMessage, PostgresStore, SagaStore, TransitionWrite,
+    Created, Lease, ListQuery, NewSaga, OutboxMessage, PostgresStore, SagaStore, SqliteStore,
+    TransitionWrite,
 };
 use secrecy::SecretString;
 use serde_json::Map;
@@ -17,12 +21,43 @@ use uuid::Uuid;
 
 use crate::helpers::fresh_database;
 
-async fn store() -> PostgresStore {
+async fn postgres() -> Arc<dyn SagaStore> {
     let url = SecretString::from(fresh_database().await);
     let store = PostgresStore::connect(&url, 4).await.expect("connect");
     store.migrate().await.expect("migrate");
-    store
+    Arc::new(store)
 }
+
+async fn sqlite() -> Arc<dyn SagaStore> {
+    // Under the target dir, so `cargo clean` removes what tests leave.
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("store-{}.db", Uuid::new_v4().simple()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    Arc::new(store)
+}
+
+/// One `#[tokio::test]` per backend for each named case.
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod postgres_store {
+            $(#[tokio::test] async fn $case() { super::$case(super::postgres().await).await })*
+        }
+        mod sqlite_store {
+            $(#[tokio::test] async fn $case() { super::$case(super::sqlite().await).await })*
+        }
+    };
+}
+
+on_both!(
+    create_dedups_by_event_id_within_and_across_batches,
+    a_stale_transition_writes_nothing,
+    claim_due_takes_only_due_sagas_with_lapsed_leases,
+    outbox_claims_are_exclusive_until_they_lapse,
+    list_filters_and_orders_newest_first,
+);
 
 fn policy() -> RetryPolicy {
     RetryPolicy {
@@ -121,9 +156,7 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
     }
 }
 
-#[tokio::test]
-async fn create_dedups_by_event_id_within_and_across_batches() {
-    let store = store().await;
+async fn create_dedups_by_event_id_within_and_across_batches(store: Arc<dyn SagaStore>) {
     let a = new_saga("e-a", None);
     let a_again = new_saga("e-a", None);
     let b = new_saga("e-b", None);
@@ -154,9 +187,7 @@ async fn create_dedups_by_event_id_within_and_across_batches() {
     );
 }
 
-#[tokio::test]
-async fn a_stale_transition_writes_nothing() {
-    let store = store().await;
+async fn a_stale_transition_writes_nothing(store: Arc<dyn SagaStore>) {
     let new = new_saga("e-stale", None);
     store.create(std::slice::from_ref(&new)).await.unwrap();
     let saga = new.saga;
@@ -210,9 +241,7 @@ async fn a_stale_transition_writes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn claim_due_takes_only_due_sagas_with_lapsed_leases() {
-    let store = store().await;
+async fn claim_due_takes_only_due_sagas_with_lapsed_leases(store: Arc<dyn SagaStore>) {
     let now = Utc::now();
     let leased = new_saga("e-leased", Some(now + chrono::Duration::seconds(60)));
     let lapsed = new_saga("e-lapsed", Some(now - chrono::Duration::seconds(1)));
@@ -257,9 +286,7 @@ async fn claim_due_takes_only_due_sagas_with_lapsed_leases() {
     );
 }
 
-#[tokio::test]
-async fn outbox_claims_are_exclusive_until_they_lapse() {
-    let store = store().await;
+async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>) {
     store
         .create(&[
             new_saga("o-1", None),
@@ -303,9 +330,7 @@ async fn outbox_claims_are_exclusive_until_they_lapse() {
     );
 }
 
-#[tokio::test]
-async fn list_filters_and_orders_newest_first() {
-    let store = store().await;
+async fn list_filters_and_orders_newest_first(store: Arc<dyn SagaStore>) {
     let sagas: Vec<NewSaga> = (0..5).map(|i| new_saga(&format!("l-{i}"), None)).collect();
     store.create(&sagas).await.unwrap();
 

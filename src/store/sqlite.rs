@@ -1,0 +1,396 @@
+//! SQLite store (sqlx), for the embedded demo and small single-node
+//! installs. Same contract as PostgreSQL.
+//!
+//! One connection: SQLite serializes writers anyway, and a single writer
+//! never meets `SQLITE_BUSY` on a lock upgrade. WAL with a full fsync on
+//! commit keeps every transition durable.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+use super::{
+    attempts_i32, chrono_duration, message_from_stored, parse_state, parse_step, payload_object,
+    stored_message, Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError,
+    TransitionWrite,
+};
+use crate::saga::{HistoryEntry, Saga, SagaState};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+    alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
+    next_attempt_at, version";
+
+/// Sagas in a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database `url` names, e.g.
+    /// `sqlite://.dev/demo/sagas.db` or `sqlite::memory:`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(saga_id: Uuid, v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt {
+        saga_id,
+        problem: format!("time {v} out of range"),
+    })
+}
+
+#[async_trait]
+impl SagaStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut created = Vec::with_capacity(sagas.len());
+        for new in sagas {
+            let s = &new.saga;
+            let inserted = sqlx::query(
+                "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+                    alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
+                    next_attempt_at, lease_owner, lease_until, version) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(s.saga_id.to_string())
+            .bind(&s.event_id)
+            .bind(&s.correlation_id)
+            .bind(&s.partner_id)
+            .bind(s.state.as_str())
+            .bind(s.step.as_str())
+            .bind(attempts_i32(s.attempts))
+            .bind(&s.alliance_id)
+            .bind(&s.last_error)
+            .bind(Value::Object(s.payload.clone()).to_string())
+            .bind(&s.traceparent)
+            .bind(micros(s.created_at))
+            .bind(micros(s.updated_at))
+            .bind(micros(s.deadline_at))
+            .bind(s.next_attempt_at.map(micros))
+            .bind(new.lease.as_ref().map(|l| l.owner.as_str()))
+            .bind(new.lease.as_ref().map(|l| micros(l.until)))
+            .bind(s.version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                for h in &new.history {
+                    insert_history(&mut tx, s.saga_id, h).await?;
+                }
+                for m in &new.outbox {
+                    insert_outbox(&mut tx, m, s.updated_at).await?;
+                }
+                created.push(Created::New(s.saga_id));
+            } else {
+                let existing: String =
+                    sqlx::query_scalar("SELECT saga_id FROM sagas WHERE event_id = ?")
+                        .bind(&s.event_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                created.push(Created::Duplicate(parse_uuid(&existing)?));
+            }
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
+        let s = &write.saga;
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE sagas SET state = ?, step = ?, attempts = ?, alliance_id = ?, last_error = ?, \
+                updated_at = ?, next_attempt_at = ?, lease_owner = ?, lease_until = ?, version = ? \
+             WHERE saga_id = ? AND version = ?",
+        )
+        .bind(s.state.as_str())
+        .bind(s.step.as_str())
+        .bind(attempts_i32(s.attempts))
+        .bind(&s.alliance_id)
+        .bind(&s.last_error)
+        .bind(micros(s.updated_at))
+        .bind(s.next_attempt_at.map(micros))
+        .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
+        .bind(write.lease.as_ref().map(|l| micros(l.until)))
+        .bind(s.version)
+        .bind(s.saga_id.to_string())
+        .bind(write.expected_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_history(&mut tx, s.saga_id, &write.history).await?;
+        for m in &write.outbox {
+            insert_outbox(&mut tx, m, s.updated_at).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError> {
+        let sql = format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE saga_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(saga_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, from_state, to_state, reason, detail, at FROM saga_history WHERE saga_id = ? ORDER BY seq",
+        )
+        .bind(saga_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_state")?;
+                let to: String = row.try_get("to_state")?;
+                Ok(HistoryEntry {
+                    seq: row.try_get("seq")?,
+                    from_state: from.map(|f| parse_state(saga_id, &f)).transpose()?,
+                    to_state: parse_state(saga_id, &to)?,
+                    reason: row.try_get("reason")?,
+                    detail: row.try_get("detail")?,
+                    at: time(saga_id, row.try_get("at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE 1 = 1"));
+        if let Some(state) = query.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(partner) = &query.partner_id {
+            qb.push(" AND partner_id = ").push_bind(partner.clone());
+        }
+        if let Some(correlation) = &query.correlation_id {
+            qb.push(" AND correlation_id = ")
+                .push_bind(correlation.clone());
+        }
+        if let Some(before) = query.before {
+            qb.push(" AND saga_id < ").push_bind(before.to_string());
+        }
+        qb.push(" ORDER BY saga_id DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Saga>, StoreError> {
+        let sql = format!(
+            "UPDATE sagas SET lease_owner = ?, lease_until = ? \
+             WHERE saga_id IN ( \
+                SELECT saga_id FROM sagas \
+                WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= ? \
+                  AND (lease_until IS NULL OR lease_until < ?) \
+                ORDER BY next_attempt_at LIMIT ?) \
+             RETURNING {SAGA_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(micros(now + chrono_duration(lease)))
+            .bind(micros(now))
+            .bind(micros(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, count(*) AS n FROM sagas GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok((parse_state(Uuid::nil(), &state)?, row.try_get("n")?))
+            })
+            .collect()
+    }
+
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ? \
+             WHERE id IN ( \
+                SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ? ORDER BY id LIMIT ?) \
+             RETURNING id, channel, message",
+        )
+        .bind(owner)
+        .bind(micros(now + chrono_duration(lease)))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let text: String = row.try_get("message")?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                saga_id: Uuid::nil(),
+                problem: format!("outbox message {id}: {e}"),
+            })?;
+            messages.push(OutboxMessage {
+                id,
+                channel: row.try_get("channel")?,
+                envelope: message_from_stored(id, &value)?,
+            });
+        }
+        messages.sort_by_key(|m| m.id);
+        Ok(messages)
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM outbox WHERE id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(")");
+        qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+async fn insert_history(
+    tx: &mut Transaction<'_, Sqlite>,
+    saga_id: Uuid,
+    h: &HistoryEntry,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(saga_id.to_string())
+    .bind(h.seq)
+    .bind(h.from_state.map(SagaState::as_str))
+    .bind(h.to_state.as_str())
+    .bind(&h.reason)
+    .bind(&h.detail)
+    .bind(micros(h.at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_outbox(
+    tx: &mut Transaction<'_, Sqlite>,
+    m: &OutboxMessage,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO outbox (channel, message, created_at) VALUES (?, ?, ?)")
+        .bind(&m.channel)
+        .bind(stored_message(m).to_string())
+        .bind(micros(at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt {
+        saga_id: Uuid::nil(),
+        problem: format!("bad saga_id {s:?}"),
+    })
+}
+
+fn saga_from_row(row: &SqliteRow) -> Result<Saga, StoreError> {
+    let saga_id = parse_uuid(&row.try_get::<String, _>("saga_id")?)?;
+    let state: String = row.try_get("state")?;
+    let step: String = row.try_get("step")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let payload_text: String = row.try_get("payload")?;
+    let payload_value: Value =
+        serde_json::from_str(&payload_text).map_err(|e| StoreError::Corrupt {
+            saga_id,
+            problem: format!("payload: {e}"),
+        })?;
+    let next: Option<i64> = row.try_get("next_attempt_at")?;
+    Ok(Saga {
+        saga_id,
+        event_id: row.try_get("event_id")?,
+        correlation_id: row.try_get("correlation_id")?,
+        partner_id: row.try_get("partner_id")?,
+        state: parse_state(saga_id, &state)?,
+        step: parse_step(saga_id, &step)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        alliance_id: row.try_get("alliance_id")?,
+        last_error: row.try_get("last_error")?,
+        payload: payload_object(saga_id, payload_value)?,
+        created_at: time(saga_id, row.try_get("created_at")?)?,
+        updated_at: time(saga_id, row.try_get("updated_at")?)?,
+        deadline_at: time(saga_id, row.try_get("deadline_at")?)?,
+        next_attempt_at: next.map(|v| time(saga_id, v)).transpose()?,
+        traceparent: row.try_get("traceparent")?,
+        version: row.try_get("version")?,
+    })
+}
