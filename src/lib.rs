@@ -16,6 +16,7 @@
 //! - [`orchestrator`]: consumer, saga driver, outbox relay, recovery sweeper.
 //! - [`telemetry`]: logging and metric names.
 //! - [`api`]: the HTTP API.
+//! - [`simulator`]: both participants simulated, over HTTP and the broker.
 //! - [`startup`]: builds and runs the whole service.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod orchestrator;
 pub mod participants;
 pub mod saga;
+pub mod simulator;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
