@@ -25,6 +25,11 @@ help: ## Show this list of targets
 		/^[a-zA-Z0-9_.-]+:[^=]*## / { printf "  %-20s %s\n", $$1, $$2 }' \
 		$(MAKEFILE_LIST)
 
+.PHONY: demo
+demo: ## Run the embedded demo: SQLite, in-memory broker, simulated participants (ARGS=--keep …)
+	scripts/install-deps.sh protoc
+	$(CARGO) run --release --quiet -- demo $(ARGS)
+
 .PHONY: test
 test: ## Run all tests against a private PostgreSQL and Redis
 	scripts/test.sh

@@ -17,10 +17,12 @@
 //! - [`telemetry`]: logging and metric names.
 //! - [`api`]: the HTTP API.
 //! - [`simulator`]: both participants simulated, over HTTP and the broker.
+//! - [`demo`]: the embedded demo and its report.
 //! - [`startup`]: builds and runs the whole service.
 
 pub mod api;
 pub mod config;
+pub mod demo;
 pub mod envelope;
 pub mod orchestrator;
 pub mod participants;

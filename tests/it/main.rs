@@ -3,6 +3,7 @@
 
 mod api;
 mod dead_letters;
+mod demo;
 mod helpers;
 mod recovery;
 mod saga_flow;
