@@ -199,32 +199,49 @@ pub struct ReasonBody {
 
 /// `POST /sagas/{saga_id}/retry`: re-drives a `failed` saga's compensation.
 pub async fn retry(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SagaView>), ApiError> {
-    authorize(&state, &headers)?;
-    let reason = reason(body, "retried by operator")?;
-    let saga = state
-        .orchestrator
-        .operate(parse_id(&id)?, Input::RetryFailed { reason })
-        .await?;
-    Ok((StatusCode::ACCEPTED, Json(saga.into())))
+    operate(state, &headers, id, body, "retried by operator", |reason| {
+        Input::RetryFailed { reason }
+    })
+    .await
 }
 
 /// `POST /sagas/{saga_id}/compensate`: forces compensation of a live saga.
 pub async fn compensate(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SagaView>), ApiError> {
-    authorize(&state, &headers)?;
-    let reason = reason(body, "compensation forced by operator")?;
+    operate(
+        state,
+        &headers,
+        id,
+        body,
+        "compensation forced by operator",
+        |reason| Input::ForceCompensate { reason },
+    )
+    .await
+}
+
+/// An admin action: authorize, read the optional reason, apply the input.
+async fn operate(
+    State(state): State<AppState>,
+    headers: &HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+    default_reason: &str,
+    input: impl FnOnce(String) -> Input,
+) -> Result<(StatusCode, Json<SagaView>), ApiError> {
+    authorize(&state, headers)?;
+    let reason = reason(body, default_reason)?;
     let saga = state
         .orchestrator
-        .operate(parse_id(&id)?, Input::ForceCompensate { reason })
+        .operate(parse_id(&id)?, input(reason))
         .await?;
     Ok((StatusCode::ACCEPTED, Json(saga.into())))
 }

@@ -183,6 +183,21 @@ mod tests {
     use crate::transport::{MemoryTransport, RawMessage};
     use std::time::Duration;
 
+    /// The simulator answering on a fresh in-memory broker.
+    fn start(config: SimulatorConfig) -> (MemoryTransport, Simulator, CancellationToken) {
+        let t = MemoryTransport::new();
+        let sim = Simulator::new(config);
+        let stop = CancellationToken::new();
+        tokio::spawn(run(
+            sim.clone(),
+            Arc::new(t.clone()),
+            Channels::default(),
+            1 << 20,
+            stop.clone(),
+        ));
+        (t, sim, stop)
+    }
+
     fn command(kind: EventType, saga_id: uuid::Uuid) -> Envelope {
         let payload = json!({"partner_id": "p-1", "name": "Acme", "reason": "test"});
         Envelope::new(
@@ -211,16 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_get_started_progress_and_a_final_reply_once_per_saga() {
-        let t = MemoryTransport::new();
-        let sim = Simulator::new(SimulatorConfig::default());
-        let stop = CancellationToken::new();
-        tokio::spawn(run(
-            sim.clone(),
-            Arc::new(t.clone()),
-            Channels::default(),
-            1 << 20,
-            stop.clone(),
-        ));
+        let (t, sim, stop) = start(SimulatorConfig::default());
         let saga_id = uuid::Uuid::new_v4();
         let create = command(EventType::CreateAlliance, saga_id);
         t.publish("alliance-commands", &[create.clone(), create])
@@ -259,20 +265,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refusals_reply_failed_and_transient_failures_do_not_reply() {
-        let t = MemoryTransport::new();
-        let sim = Simulator::new(SimulatorConfig {
+    async fn refusals_reply_failed() {
+        let (t, _sim, stop) = start(SimulatorConfig {
             delete_fail_ratio: 1.0,
             ..Default::default()
         });
-        let stop = CancellationToken::new();
-        tokio::spawn(run(
-            sim,
-            Arc::new(t.clone()),
-            Channels::default(),
-            1 << 20,
-            stop.clone(),
-        ));
         t.publish(
             "integration-commands",
             &[command(EventType::DeletePartner, uuid::Uuid::new_v4())],
@@ -288,20 +285,14 @@ mod tests {
             .unwrap()
             .contains("cannot be deleted"));
         stop.cancel();
+    }
 
-        let t = MemoryTransport::new();
-        let sim = Simulator::new(SimulatorConfig {
+    #[tokio::test]
+    async fn transient_failures_send_no_final_reply() {
+        let (t, sim, stop) = start(SimulatorConfig {
             transient_ratio: 1.0,
             ..Default::default()
         });
-        let stop = CancellationToken::new();
-        tokio::spawn(run(
-            sim.clone(),
-            Arc::new(t.clone()),
-            Channels::default(),
-            1 << 20,
-            stop.clone(),
-        ));
         t.publish(
             "alliance-commands",
             &[command(EventType::CreateAlliance, uuid::Uuid::new_v4())],

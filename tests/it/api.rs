@@ -4,17 +4,16 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{mocks, partner, spawn_app, spawn_app_with, states, TestConfig};
+use crate::helpers::{
+    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
+    TestConfig,
+};
 
 async fn alliance_ok(server: &wiremock::MockServer) {
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-api"})))
-        .mount(server)
-        .await;
+    on_create_alliance(server, alliance_created("a-api"), None).await;
 }
 
 async fn error_of(response: reqwest::Response, status: u16) -> String {
@@ -285,11 +284,7 @@ async fn admin_routes_need_the_token_and_are_refused_without_one() {
 #[tokio::test]
 async fn a_failed_saga_can_be_retried_once_integrations_recovers() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(422))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
     Mock::given(method("DELETE"))
         .respond_with(ResponseTemplate::new(503))
         .up_to_n_times(3)
@@ -326,15 +321,12 @@ async fn a_failed_saga_can_be_retried_once_integrations_recovers() {
 #[tokio::test]
 async fn an_operator_can_force_compensation_of_a_live_saga() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"alliance_id": "late"}))
-                .set_delay(Duration::from_millis(1500)),
-        )
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(
+        &alianzas,
+        alliance_created("late").set_delay(Duration::from_millis(1500)),
+        None,
+    )
+    .await;
     Mock::given(method("DELETE"))
         .respond_with(ResponseTemplate::new(204))
         .mount(&integraciones)

@@ -2,10 +2,10 @@
 //! stops the consumer.
 
 use serde_json::json;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{mocks, partner, spawn_app_with, TestConfig};
+use crate::helpers::{
+    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, TestConfig,
+};
 
 fn fields(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs
@@ -27,11 +27,7 @@ fn entry(event_id: &str, event_type: &str, payload: String) -> Vec<(String, Stri
 #[tokio::test]
 async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-1"})))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, alliance_created("a-1"), None).await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("MAX_MESSAGE_BYTES", "4096");
     let app = spawn_app_with(alianzas, integraciones, config).await;

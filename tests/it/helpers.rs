@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wiremock::MockServer;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// Terminal saga states.
 pub const TERMINAL: [&str; 3] = ["completed", "compensated", "failed"];
@@ -113,6 +114,23 @@ pub struct TestApp {
     pub config: TestConfig,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Alliances' success: 201 with `alliance_id`.
+pub fn alliance_created(alliance_id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({ "alliance_id": alliance_id }))
+}
+
+/// Alliances answers `POST /alliances` with `answer`; only the first
+/// `times` requests when given (later mocks answer the rest).
+pub async fn on_create_alliance(server: &MockServer, answer: ResponseTemplate, times: Option<u64>) {
+    let mock = Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .respond_with(answer);
+    match times {
+        Some(n) => mock.up_to_n_times(n).mount(server).await,
+        None => mock.mount(server).await,
+    }
 }
 
 /// Mocks first (tests mount their expectations), then the service.

@@ -4,19 +4,16 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
-use crate::helpers::{mocks, partner, spawn_app_with, TestConfig};
+use crate::helpers::{
+    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, TestConfig,
+};
 
 #[tokio::test]
 async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-claimed"})))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, alliance_created("a-claimed"), None).await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("REDIS_CLAIM_IDLE_MS", "500");
     let stream = config.channels.partner_events.clone();
@@ -78,19 +75,13 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
 async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
     let (alianzas, integraciones) = mocks().await;
     // The first attempt fails and asks for a pause; the instance dies during it.
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "1"))
-        .up_to_n_times(1)
-        .mount(&alianzas)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(
-            ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-recovered"})),
-        )
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(
+        &alianzas,
+        ResponseTemplate::new(503).insert_header("Retry-After", "1"),
+        Some(1),
+    )
+    .await;
+    on_create_alliance(&alianzas, alliance_created("a-recovered"), None).await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("STEP_TIMEOUT_MS", "500");
     let mut app = spawn_app_with(alianzas, integraciones, config).await;
@@ -123,15 +114,12 @@ async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
 #[tokio::test]
 async fn sagas_recorded_beyond_capacity_wait_for_the_sweeper() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"alliance_id": "a"}))
-                .set_delay(Duration::from_millis(300)),
-        )
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(
+        &alianzas,
+        alliance_created("a").set_delay(Duration::from_millis(300)),
+        None,
+    )
+    .await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("MAX_IN_FLIGHT", "1");
     let app = spawn_app_with(alianzas, integraciones, config).await;
@@ -154,11 +142,7 @@ async fn sagas_recorded_beyond_capacity_wait_for_the_sweeper() {
 #[tokio::test]
 async fn events_published_before_the_first_start_are_consumed() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-early"})))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, alliance_created("a-early"), None).await;
     let config = TestConfig::new(&alianzas, &integraciones).await;
     let stream = config.channels.partner_events.clone();
     let p = partner();

@@ -5,20 +5,15 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{mocks, partner, spawn_app, spawn_app_with, states, TestConfig};
-
-fn alliance_created(id: &str) -> ResponseTemplate {
-    ResponseTemplate::new(201).set_body_json(json!({ "alliance_id": id }))
-}
+use crate::helpers::{
+    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
+    TestConfig,
+};
 
 #[tokio::test]
 async fn happy_path_completes_with_the_alliance() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(alliance_created("a-42"))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, alliance_created("a-42"), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -61,14 +56,13 @@ async fn happy_path_completes_with_the_alliance() {
 #[tokio::test]
 async fn business_rejection_compensates_by_deleting_the_partner() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(
-            ResponseTemplate::new(422)
-                .set_body_json(json!({"error": "partner email domain not allowed"})),
-        )
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(
+        &alianzas,
+        ResponseTemplate::new(422)
+            .set_body_json(json!({"error": "partner email domain not allowed"})),
+        None,
+    )
+    .await;
     Mock::given(method("DELETE"))
         .and(path_regex("^/partners/.+$"))
         .respond_with(ResponseTemplate::new(204))
@@ -114,17 +108,8 @@ async fn business_rejection_compensates_by_deleting_the_partner() {
 #[tokio::test]
 async fn transient_failures_are_retried_then_complete() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .mount(&alianzas)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(alliance_created("a-7"))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, ResponseTemplate::new(503), Some(2)).await;
+    on_create_alliance(&alianzas, alliance_created("a-7"), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -159,11 +144,7 @@ async fn transient_failures_are_retried_then_complete() {
 #[tokio::test]
 async fn retries_exhausted_compensate() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, ResponseTemplate::new(500), None).await;
     Mock::given(method("DELETE"))
         .respond_with(ResponseTemplate::new(404))
         .mount(&integraciones)
@@ -191,17 +172,13 @@ async fn retries_exhausted_compensate() {
 #[tokio::test]
 async fn slow_participants_time_out_and_are_retried() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(alliance_created("late").set_delay(std::time::Duration::from_secs(2)))
-        .up_to_n_times(1)
-        .mount(&alianzas)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(alliance_created("a-fast"))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(
+        &alianzas,
+        alliance_created("late").set_delay(std::time::Duration::from_secs(2)),
+        Some(1),
+    )
+    .await;
+    on_create_alliance(&alianzas, alliance_created("a-fast"), None).await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("STEP_TIMEOUT_MS", "300");
     let app = spawn_app_with(alianzas, integraciones, config).await;
@@ -223,17 +200,13 @@ async fn slow_participants_time_out_and_are_retried() {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
-        .up_to_n_times(1)
-        .mount(&alianzas)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(alliance_created("a-1"))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(
+        &alianzas,
+        ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        Some(1),
+    )
+    .await;
+    on_create_alliance(&alianzas, alliance_created("a-1"), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -262,11 +235,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(ResponseTemplate::new(400))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, ResponseTemplate::new(400), None).await;
     Mock::given(method("DELETE"))
         .respond_with(ResponseTemplate::new(500).set_body_string("database locked"))
         .mount(&integraciones)
@@ -310,11 +279,7 @@ async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
 #[tokio::test]
 async fn the_same_event_three_times_runs_one_saga() {
     let (alianzas, integraciones) = mocks().await;
-    Mock::given(method("POST"))
-        .and(path("/alliances"))
-        .respond_with(alliance_created("a-once"))
-        .mount(&alianzas)
-        .await;
+    on_create_alliance(&alianzas, alliance_created("a-once"), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
     let event_id = format!("evt-{p}");
