@@ -47,6 +47,7 @@ pub fn init_tracing(format: LogFormat, filter: &str) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
