@@ -147,21 +147,18 @@ pub struct Settings {
 impl Settings {
     /// Loads defaults → optional file → environment and validates them.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
-        }
-        let merged: HashMap<String, config::Value> = builder
-            .add_source(config::Environment::default())
-            .build()?
-            .try_deserialize()?;
-        let mut values = HashMap::with_capacity(merged.len());
-        for (key, value) in merged {
-            // Nested tables are not settings of ours; skip what is not a scalar.
-            if let Ok(text) = value.into_string() {
-                values.insert(key.to_ascii_lowercase(), text);
-            }
-        }
+        // Each layer on its own, keys case-folded, then the environment over
+        // the file: merged in one builder, an upper-case file key and its
+        // environment twin would be two keys in no particular order.
+        let mut values = match file {
+            Some(path) => scalars(
+                config::Config::builder().add_source(config::File::from(path).required(true)),
+            )?,
+            None => HashMap::new(),
+        };
+        values.extend(scalars(
+            config::Config::builder().add_source(config::Environment::default()),
+        )?);
         Self::from_values(&values)
     }
 
@@ -170,7 +167,7 @@ impl Settings {
         let v = Values(values);
         let retry = RetryPolicy {
             kind: v.parse("RETRY_POLICY", RetryKind::Exponential, parse_retry_kind)?,
-            max_attempts: v.parse("RETRY_MAX_ATTEMPTS", 5, positive::<u32>)?,
+            max_attempts: v.bounded("RETRY_MAX_ATTEMPTS", 5, 100)?,
             base_delay: v.millis("RETRY_BASE_DELAY_MS", 200)?,
             max_delay: v.millis("RETRY_MAX_DELAY_MS", 5000)?,
         };
@@ -196,7 +193,7 @@ impl Settings {
                 "postgresql://postgres:postgres@localhost:5432/saga_db",
                 parse_database_url,
             )?),
-            database_max_connections: v.parse("DATABASE_MAX_CONNECTIONS", 20, positive::<u32>)?,
+            database_max_connections: v.bounded("DATABASE_MAX_CONNECTIONS", 20, 1000)?,
             integraciones_api_url: v.parse(
                 "INTEGRACIONES_API_URL",
                 fixed_url("http://localhost:8001"),
@@ -221,15 +218,19 @@ impl Settings {
             // sqlx logs every server notice at info; keep those out by default.
             log_filter: v.get("RUST_LOG").unwrap_or_else(|| "info,sqlx=warn".into()),
             retry,
-            step_timeout: v.positive_millis("STEP_TIMEOUT_MS", 10_000)?,
-            saga_deadline: Duration::from_secs(v.parse(
+            step_timeout: Duration::from_millis(v.bounded("STEP_TIMEOUT_MS", 10_000, HOUR_MS)?),
+            saga_deadline: Duration::from_secs(v.bounded(
                 "SAGA_DEADLINE_SECS",
                 300,
-                positive::<u64>,
+                30 * 24 * 3600,
             )?),
-            max_in_flight: v.parse("MAX_IN_FLIGHT", 256, positive::<usize>)?,
-            redis_claim_idle: v.positive_millis("REDIS_CLAIM_IDLE_MS", 30_000)?,
-            max_message_bytes: v.parse("MAX_MESSAGE_BYTES", 1_048_576, positive::<usize>)?,
+            max_in_flight: v.bounded("MAX_IN_FLIGHT", 256, 100_000)?,
+            redis_claim_idle: Duration::from_millis(v.bounded(
+                "REDIS_CLAIM_IDLE_MS",
+                30_000,
+                24 * HOUR_MS,
+            )?),
+            max_message_bytes: v.bounded("MAX_MESSAGE_BYTES", 1_048_576, 64 * 1_048_576)?,
             channels: Channels {
                 partner_events: v.name("CHANNEL_PARTNER_EVENTS", &defaults.partner_events)?,
                 alliance_commands: v
@@ -243,17 +244,36 @@ impl Settings {
             },
             subscription: v.name("SUBSCRIPTION_NAME", "saga-orchestrator")?,
             shutdown_grace: Duration::from_secs(v.parse("SHUTDOWN_GRACE_SECS", 30, |s| {
-                s.parse::<u64>()
-                    .map_err(|_| format!("expected whole seconds, got {s:?}"))
+                match s.parse::<u64>() {
+                    Ok(n) if n <= 3600 => Ok(n),
+                    _ => Err(format!("expected whole seconds from 0 to 3600, got {s:?}")),
+                }
             })?),
             migrate_on_start: v.parse("MIGRATE_ON_START", true, parse_bool)?,
             instance_id: match v.get("INSTANCE_ID").filter(|s| !s.is_empty()) {
                 Some(id) => id,
                 None => default_instance_id(),
             },
-            sweep_interval: v.positive_millis("SWEEP_INTERVAL_MS", 1000)?,
+            sweep_interval: Duration::from_millis(v.bounded("SWEEP_INTERVAL_MS", 1000, HOUR_MS)?),
         })
     }
+}
+
+/// A source's scalar values with case-folded keys; nested tables are not
+/// settings of ours and are skipped.
+fn scalars(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let raw: HashMap<String, config::Value> = builder.build()?.try_deserialize()?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(key, value)| {
+            value
+                .into_string()
+                .ok()
+                .map(|text| (key.to_ascii_lowercase(), text))
+        })
+        .collect())
 }
 
 /// Checks a database URL names a store we can open: PostgreSQL, or a
@@ -310,16 +330,27 @@ impl Values<'_> {
     }
 
     fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.parse(name, default, |s| {
-            s.parse::<u64>()
-                .map_err(|_| format!("expected whole milliseconds, got {s:?}"))
+        self.parse(name, default, |s| match s.parse::<u64>() {
+            Ok(n) if n <= HOUR_MS => Ok(n),
+            _ => Err(format!(
+                "expected whole milliseconds from 0 to {HOUR_MS}, got {s:?}"
+            )),
         })
         .map(Duration::from_millis)
     }
 
-    fn positive_millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.parse(name, default, positive::<u64>)
-            .map(Duration::from_millis)
+    /// A whole number from 1 to `max`: the upper bounds keep time
+    /// arithmetic and allocations sane, and catch a misplaced digit.
+    fn bounded<T>(&self, name: &'static str, default: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Default + std::fmt::Display + Copy,
+    {
+        self.parse(name, default, |s| match s.parse::<T>() {
+            Ok(n) if n > T::default() && n <= max => Ok(n),
+            _ => Err(format!(
+                "expected a whole number from 1 to {max}, got {s:?}"
+            )),
+        })
     }
 
     /// A channel or subscription name: non-empty, no whitespace or slashes
@@ -335,19 +366,15 @@ impl Values<'_> {
     }
 }
 
+/// One hour in milliseconds: the ceiling of timeouts and delays.
+const HOUR_MS: u64 = 3_600_000;
+
 fn invalid(name: &'static str, problem: String) -> ConfigError {
     ConfigError::Invalid { name, problem }
 }
 
 fn fixed_url(s: &str) -> Url {
     Url::parse(s).expect("built-in default URLs are valid")
-}
-
-fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
-    match s.parse::<T>() {
-        Ok(n) if n > T::default() => Ok(n),
-        _ => Err(format!("expected a whole number greater than 0, got {s:?}")),
-    }
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -480,6 +507,11 @@ mod tests {
             ("MAX_MESSAGE_BYTES", "1MB"),
             ("CHANNEL_SAGA_EVENTS", "a/b"),
             ("MIGRATE_ON_START", "maybe"),
+            ("SAGA_DEADLINE_SECS", "10000000000000"),
+            ("STEP_TIMEOUT_MS", "99999999999"),
+            ("RETRY_MAX_DELAY_MS", "99999999999"),
+            ("MAX_IN_FLIGHT", "99999999999"),
+            ("SHUTDOWN_GRACE_SECS", "86400"),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)]).expect_err(name);
@@ -502,6 +534,29 @@ mod tests {
         for bad in ["mysql://h/db", "sqlite://", "nonsense"] {
             assert!(parse_database_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_config_file_is_read_with_keys_in_any_case() {
+        let path = std::env::temp_dir().join(format!(
+            "saga-config-{}.toml",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(
+            &path,
+            "RETRY_MAX_ATTEMPTS = 7\nretry_policy = \"linear\"\n[nested]\nignored = 1\n",
+        )
+        .unwrap();
+        let file =
+            scalars(config::Config::builder().add_source(config::File::from(path.as_path())))
+                .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            file.get("retry_max_attempts").map(String::as_str),
+            Some("7")
+        );
+        let s = Settings::from_values(&file).unwrap();
+        assert_eq!((s.retry.max_attempts, s.retry.kind), (7, RetryKind::Linear));
     }
 
     #[test]

@@ -282,6 +282,11 @@ impl Envelope {
     }
 
     fn from_object(mut obj: Map<String, Value>) -> Result<Self, DecodeError> {
+        // Stores (PostgreSQL text and jsonb) refuse NUL; refusing it here
+        // dead-letters the one message instead of failing its whole batch.
+        if obj.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
+            return Err(invalid("message", "contains a NUL character"));
+        }
         let event_id = required_text(&mut obj, "event_id")?;
         let correlation_id = required_text(&mut obj, "correlation_id")?;
         let event_type = required_text(&mut obj, "event_type")?;
@@ -358,7 +363,13 @@ pub struct PartnerCreated {
 impl PartnerCreated {
     /// Validates a `PartnerCreated` payload.
     pub fn from_payload(payload: &Map<String, Value>) -> Result<Self, DecodeError> {
-        let partner_id = payload_text(payload, "partner_id", "payload.partner_id")?;
+        let partner_id = id_text(payload.get("partner_id"), "payload.partner_id")?;
+        if payload
+            .iter()
+            .any(|(k, v)| k.contains('\0') || contains_nul(v))
+        {
+            return Err(invalid("payload", "contains a NUL character"));
+        }
         let name = payload_text(payload, "name", "payload.name")?;
         let email = match payload.get("email") {
             None | Some(Value::Null) => None,
@@ -393,8 +404,33 @@ fn text_value(value: Option<&Value>, field: &'static str) -> Result<String, Deco
     }
 }
 
+/// The longest id accepted (`event_id`, `correlation_id`, `event_type`,
+/// `partner_id`): ids are indexed, and an index entry has a size limit.
+pub const MAX_ID_CHARS: usize = 256;
+
 fn required_text(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {
-    text_value(obj.remove(field).as_ref(), field)
+    id_text(obj.remove(field).as_ref(), field)
+}
+
+/// A required, non-empty id of at most [`MAX_ID_CHARS`].
+fn id_text(value: Option<&Value>, field: &'static str) -> Result<String, DecodeError> {
+    let text = text_value(value, field)?;
+    if text.chars().count() > MAX_ID_CHARS {
+        return Err(DecodeError::InvalidField {
+            field,
+            problem: format!("longer than {MAX_ID_CHARS} characters"),
+        });
+    }
+    Ok(text)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(obj) => obj.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 fn invalid(field: &'static str, problem: &str) -> DecodeError {
@@ -513,6 +549,35 @@ mod tests {
             let err = Envelope::from_json_bytes(&serde_json::to_vec(&v).unwrap(), MAX).unwrap_err();
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn nul_characters_and_overlong_ids_are_refused() {
+        let mut env = partner_created();
+        env.payload.insert("name".into(), json!("Acme\u{0}"));
+        let err = Envelope::from_json_bytes(&env.to_json_bytes(), MAX).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+        let mut nested = partner_created();
+        nested.payload.insert("tags".into(), json!([{"k\u{0}": 1}]));
+        assert!(Envelope::from_fields(&nested.to_fields(), MAX).is_err());
+        assert!(
+            PartnerCreated::from_payload(&nested.payload).is_err(),
+            "the API path checks too"
+        );
+
+        let mut long = partner_created();
+        long.event_id = "e".repeat(MAX_ID_CHARS + 1);
+        let err = Envelope::from_json_bytes(&long.to_json_bytes(), MAX).unwrap_err();
+        assert!(err.to_string().contains("event_id"), "{err}");
+        let mut p = partner_created().payload;
+        p.insert("partner_id".into(), json!("p".repeat(MAX_ID_CHARS + 1)));
+        assert!(PartnerCreated::from_payload(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("payload.partner_id"));
+        let mut ok = partner_created();
+        ok.event_id = "e".repeat(MAX_ID_CHARS);
+        assert!(Envelope::from_json_bytes(&ok.to_json_bytes(), MAX).is_ok());
     }
 
     #[test]

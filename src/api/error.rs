@@ -26,6 +26,8 @@ pub enum ApiError {
     AdminDisabled,
     #[error("{0}")]
     NotFound(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::AdminDisabled => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Unavailable(_) | Self::Store(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -88,5 +91,15 @@ impl From<OperateError> for ApiError {
             OperateError::NotAllowed(_) | OperateError::Busy(_) => Self::Conflict(e.to_string()),
             OperateError::Store(e) => Self::Store(e),
         }
+    }
+}
+
+/// Store errors from a request's own data are the caller's to fix (422);
+/// everything else is an outage (503).
+pub fn store_error(e: StoreError) -> ApiError {
+    if e.is_data_error() {
+        ApiError::Unprocessable(format!("the store refused this input: {e}"))
+    } else {
+        ApiError::Store(e)
     }
 }

@@ -34,6 +34,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sagas/{saga_id}/retry", post(sagas::retry))
         .route("/sagas/{saga_id}/compensate", post(sagas::compensate))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -84,18 +84,36 @@ pub async fn start(
         traceparent: None,
     };
     let permit = state.orchestrator.try_permit();
-    let created = state.orchestrator.start(vec![(request, permit)]).await?;
+    let created = state
+        .orchestrator
+        .start(vec![(request, permit)])
+        .await
+        .map_err(super::error::store_error)?;
     let outcome = created
         .first()
         .ok_or_else(|| ApiError::Unavailable("the store recorded nothing; try again".into()))?;
-    if matches!(outcome, Created::New(_)) {
-        metrics::counter!(telemetry::STARTED, "source" => "api").increment(1);
-    }
+    let (saga_id, duplicate) = match outcome {
+        Created::New(id) => {
+            metrics::counter!(telemetry::STARTED, "source" => "api").increment(1);
+            (*id, false)
+        }
+        Created::Duplicate(id) => (*id, true),
+    };
+    // A duplicate answers with the saga that exists, whose ids may differ
+    // from this request's (a generated correlation_id, for one).
+    let (correlation_id, event_id) = if duplicate {
+        match state.orchestrator.store().get(saga_id).await? {
+            Some(saga) => (saga.correlation_id, saga.event_id),
+            None => (correlation_id, event_id),
+        }
+    } else {
+        (correlation_id, event_id)
+    };
     let body = serde_json::json!({
-        "saga_id": outcome.saga_id(),
+        "saga_id": saga_id,
         "correlation_id": correlation_id,
         "event_id": event_id,
-        "duplicate": matches!(outcome, Created::Duplicate(_)),
+        "duplicate": duplicate,
     });
     Ok((StatusCode::ACCEPTED, Json(body)))
 }

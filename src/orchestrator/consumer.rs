@@ -113,7 +113,10 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
             }
             Verdict::Ignore(event_type) => {
                 tracing::debug!(channel = %delivery.channel, %event_type, "ignoring event type");
-                metrics::counter!(telemetry::IGNORED, "channel" => delivery.channel.clone(), "event_type" => event_type)
+                // Only known types become label values: an arbitrary string from
+                // the wire would create a time series per distinct value.
+                let label = EventType::parse(&event_type).map_or("other", EventType::as_str);
+                metrics::counter!(telemetry::IGNORED, "channel" => delivery.channel.clone(), "event_type" => label)
                     .increment(1);
                 settle(delivery.ack().await, "ack");
             }
@@ -141,6 +144,17 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
                 settle(delivery.ack().await, "ack");
             }
         }
+        Err(e) if e.is_data_error() => {
+            // One event's data failed the whole batch: record them one by
+            // one so only the offender is set aside.
+            tracing::warn!(error = %e, count = to_ack.len(), "store refused a batch; recording one at a time");
+            // Decoding again costs only on this rare path, not on every batch.
+            for delivery in to_ack {
+                if let Verdict::Start(request) = judge(&delivery, inner.config.max_message_bytes) {
+                    start_one(orch, delivery, request).await;
+                }
+            }
+        }
         Err(e) => {
             // Nothing was recorded: give the events back for redelivery.
             tracing::error!(error = %e, count = to_ack.len(), "could not record sagas; events will be redelivered");
@@ -149,6 +163,23 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
                 settle(delivery.nack().await, "nack");
             }
             pause(&inner.cancel, loop_backoff(2)).await;
+        }
+    }
+}
+
+/// Records one event; its own data error dead-letters it.
+async fn start_one(orch: &Orchestrator, delivery: Delivery, request: StartRequest) {
+    match orch.start(vec![(request, orch.try_permit())]).await {
+        Ok(_) => {
+            metrics::counter!(telemetry::STARTED, "source" => "broker").increment(1);
+            settle(delivery.ack().await, "ack");
+        }
+        Err(e) if e.is_data_error() => {
+            dead_letter(orch, delivery, &format!("the store refused it: {e}")).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not record saga; event will be redelivered");
+            settle(delivery.nack().await, "nack");
         }
     }
 }

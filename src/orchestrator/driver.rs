@@ -13,6 +13,8 @@ use crate::telemetry;
 
 /// Store errors tolerated on one commit before the saga is left to recovery.
 const COMMIT_TRIES: u32 = 4;
+/// Waits longer than this free the saga's slot and go to the sweeper.
+const HAND_OFF_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs `saga` from `next` on; holds `permit` (one in-flight slot) throughout.
 pub(super) async fn drive(
@@ -36,10 +38,30 @@ pub(super) async fn drive(
 async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
     let cancel = &orch.inner.cancel;
     while let NextAction::Call { step, at } = next {
-        let wait = (at - Utc::now()).to_std().unwrap_or_default();
-        if !wait.is_zero() && !pause(cancel, wait).await {
-            // Shutting down: the saga is durable and its lease will lapse.
+        if cancel.is_cancelled() {
+            // Shutting down: start no new call; the saga is durable and its
+            // lease will lapse.
             return;
+        }
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            if !pause(cancel, wait).await {
+                return;
+            }
+            // While we slept an operator (or another instance whose lease
+            // check saw ours lapse) may have moved the saga: then the call
+            // planned before the pause must not be made.
+            match orch.inner.store.get(saga.saga_id).await {
+                Ok(Some(current)) if current.version == saga.version => {}
+                Ok(_) => {
+                    tracing::info!("saga moved on while waiting; leaving it");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-read the saga; leaving it to recovery");
+                    return;
+                }
+            }
         }
         let input = if saga.state == SagaState::Started {
             Input::Begin
@@ -55,28 +77,11 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
                 return;
             }
         };
-        let mut tries = 0;
-        let committed = loop {
-            match orch.commit(&saga, decision.clone(), true).await {
-                Ok(result) => break result,
-                Err(e) if tries + 1 < COMMIT_TRIES => {
-                    tries += 1;
-                    tracing::warn!(error = %e, tries, "could not store transition; retrying");
-                    metrics::counter!(telemetry::LOOP_ERRORS, "component" => "driver").increment(1);
-                    if !pause(cancel, loop_backoff(tries)).await {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    // The step will be redone by recovery under the same
-                    // idempotency key, so the participant acts once.
-                    tracing::error!(error = %e, "could not store transition; leaving the saga to recovery");
-                    return;
-                }
-            }
-        };
-        let Some((after, decision)) = committed else {
-            tracing::info!("saga moved on elsewhere; leaving it");
+        // A long wait (a participant's Retry-After) is not worth a slot:
+        // store the saga unleased and let the sweeper pick it up when due.
+        let hand_off = matches!(decision.next, NextAction::Call { at, .. }
+            if (at - Utc::now()).to_std().unwrap_or_default() > HAND_OFF_AFTER);
+        let Some((after, decision)) = commit(orch, &saga, decision, !hand_off).await else {
             return;
         };
         tracing::info!(
@@ -86,8 +91,46 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
             attempts = after.attempts,
             "saga transition"
         );
+        if hand_off {
+            tracing::info!(next_attempt_at = ?after.next_attempt_at, "long wait; left to the sweeper");
+            return;
+        }
         saga = after;
         next = decision.next;
+    }
+}
+
+/// Stores a decision, retrying store errors a few times. `None`: the saga
+/// is not ours to drive any more (moved elsewhere, or left to recovery).
+async fn commit(
+    orch: &Orchestrator,
+    saga: &Saga,
+    decision: saga::Decision,
+    keep_lease: bool,
+) -> Option<(Saga, saga::Decision)> {
+    let mut tries = 0;
+    loop {
+        match orch.commit(saga, decision.clone(), keep_lease).await {
+            Ok(Some(committed)) => return Some(committed),
+            Ok(None) => {
+                tracing::info!("saga moved on elsewhere; leaving it");
+                return None;
+            }
+            Err(e) if tries + 1 < COMMIT_TRIES => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "could not store transition; retrying");
+                metrics::counter!(telemetry::LOOP_ERRORS, "component" => "driver").increment(1);
+                if !pause(&orch.inner.cancel, loop_backoff(tries)).await {
+                    return None;
+                }
+            }
+            Err(e) => {
+                // The step will be redone by recovery under the same
+                // idempotency key, so the participant acts once.
+                tracing::error!(error = %e, "could not store transition; leaving the saga to recovery");
+                return None;
+            }
+        }
     }
 }
 

@@ -25,9 +25,7 @@ use crate::config::{Channels, Settings};
 use crate::envelope::{Envelope, PartnerCreated};
 use crate::participants::Participants;
 use crate::saga::{self, Decision, HistoryEntry, Input, RetryPolicy, Saga, SagaState, Step};
-use crate::store::{
-    chrono_duration, Created, Lease, NewSaga, OutboxMessage, SagaStore, StoreError,
-};
+use crate::store::{Created, Lease, NewSaga, OutboxMessage, SagaStore, StoreError};
 use crate::telemetry;
 
 /// Slack on top of the step timeout before another instance may take a
@@ -255,7 +253,7 @@ impl Orchestrator {
             payload: request.partner.payload,
             created_at: now,
             updated_at: now,
-            deadline_at: now + chrono_duration(cfg.saga_deadline),
+            deadline_at: saga::later(now, cfg.saga_deadline),
             next_attempt_at: Some(now),
             traceparent: request.traceparent,
             version: 1,
@@ -316,7 +314,7 @@ impl Orchestrator {
     fn lease_until(&self, at: DateTime<Utc>) -> Lease {
         Lease {
             owner: self.inner.config.instance_id.clone(),
-            until: at + chrono_duration(self.inner.config.step_timeout + LEASE_GRACE),
+            until: saga::later(at, self.inner.config.step_timeout + LEASE_GRACE),
         }
     }
 

@@ -57,8 +57,12 @@ async fn drain(orch: &Orchestrator) {
             failures += 1;
             tracing::warn!(error = %e, failures, "outbox publish failed; will retry");
             metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
-            // Keep the claim: retried here after a backoff, or by anyone
-            // once the claim lapses.
+            // Give the claim back so the retry starts from the oldest
+            // message again: a saga's later events never overtake earlier ones.
+            let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+            if let Err(e) = inner.store.release_outbox(&ids).await {
+                tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
+            }
             if failures > 3 || !pause(&inner.cancel, loop_backoff(failures)).await {
                 return;
             }

@@ -88,11 +88,20 @@ impl Participants for HttpParticipants {
 
 /// 200/201 (or 409: already done) with an `alliance_id` → success;
 /// 400/422 → business rejection; 408/429/5xx → transient; any other 4xx is a
-/// refusal no retry will change, so it compensates too.
+/// refusal no retry will change, so it compensates too. Anything else
+/// (an unexpected 2xx or 3xx) is not an answer we understand: retried.
 async fn classify_create(response: Response) -> CallOutcome {
     let status = response.status();
     let retry_after = retry_after(response.headers(), Utc::now());
-    let body = response.text().await.unwrap_or_default();
+    let body = match response.text().await {
+        Ok(body) => body,
+        Err(e) => {
+            return CallOutcome::Failed {
+                error: format!("{status}, but reading the body failed: {e}"),
+                retry_after,
+            }
+        }
+    };
     match status.as_u16() {
         200 | 201 | 409 => match alliance_id(&body) {
             Some(alliance_id) => CallOutcome::Succeeded {
@@ -107,8 +116,12 @@ async fn classify_create(response: Response) -> CallOutcome {
             error: describe(status, &body),
             retry_after,
         },
-        _ => CallOutcome::Rejected {
+        400..=499 => CallOutcome::Rejected {
             error: describe(status, &body),
+        },
+        _ => CallOutcome::Failed {
+            error: format!("unexpected answer {}", describe(status, &body)),
+            retry_after,
         },
     }
 }
@@ -229,6 +242,65 @@ fn snippet(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn response(status: u16, body: &str) -> Response {
+        let http = axum::http::Response::builder()
+            .status(status)
+            .body(body.to_string())
+            .expect("valid response");
+        Response::from(http)
+    }
+
+    #[tokio::test]
+    async fn create_answers_are_classified_as_the_contract_says() {
+        let ok = r#"{"alliance_id":"a-1"}"#;
+        let cases: [(u16, &str, &str); 14] = [
+            (200, ok, "succeeded"),
+            (201, ok, "succeeded"),
+            (409, ok, "succeeded"),
+            (201, "{}", "failed"),
+            (409, "", "failed"),
+            (400, "", "rejected"),
+            (422, r#"{"error":"bad email"}"#, "rejected"),
+            (404, "", "rejected"),
+            (408, "", "failed"),
+            (429, "", "failed"),
+            (500, "", "failed"),
+            (503, "", "failed"),
+            (202, "", "failed"),
+            (302, "", "failed"),
+        ];
+        for (status, body, expected) in cases {
+            let outcome = classify_create(response(status, body)).await;
+            assert_eq!(outcome.label(), expected, "{status} {body}: {outcome:?}");
+        }
+        let CallOutcome::Rejected { error } =
+            classify_create(response(422, r#"{"error":"bad email"}"#)).await
+        else {
+            panic!()
+        };
+        assert!(error.contains("bad email"));
+    }
+
+    #[tokio::test]
+    async fn delete_answers_are_classified_as_the_contract_says() {
+        for (status, expected) in [
+            (200, "succeeded"),
+            (202, "succeeded"),
+            (204, "succeeded"),
+            (404, "succeeded"),
+            (400, "failed"),
+            (409, "failed"),
+            (500, "failed"),
+            (503, "failed"),
+        ] {
+            assert_eq!(
+                classify_delete(response(status, "")).await.label(),
+                expected,
+                "{status}"
+            );
+        }
+    }
 
     #[test]
     fn join_appends_encoded_segments_to_any_base() {

@@ -415,7 +415,7 @@ fn retry_at(
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
     let delay = policy.delay(saga.attempts, saga.saga_id, retry_after);
-    now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+    super::later(now, delay)
 }
 
 fn step_failed(saga: &Saga, error: &str, retry_at: Option<DateTime<Utc>>) -> SagaEvent {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 pub use machine::{
     begin, decide, Decision, Input, InvalidTransition, NextAction, Reason, SagaEvent,
 };
-pub use retry::{RetryKind, RetryPolicy};
+pub use retry::{RetryKind, RetryPolicy, MAX_RETRY_AFTER};
 
 /// Where a saga is (CONTRACT §1). Stored as text, checked by the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -173,9 +173,35 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
 }
 
+/// `t + d`, saturating at the latest representable time instead of
+/// panicking: durations come from settings and participants' `Retry-After`.
+pub fn later(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = Utc::now();
+        assert_eq!(
+            later(now, std::time::Duration::from_secs(1)),
+            now + chrono::Duration::seconds(1)
+        );
+        assert_eq!(
+            later(now, std::time::Duration::MAX),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert_eq!(
+            later(now, std::time::Duration::from_secs(u64::MAX / 4)),
+            DateTime::<Utc>::MAX_UTC
+        );
+    }
 
     #[test]
     fn states_round_trip_and_terminals_are_the_contracts() {

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+/// The longest `Retry-After` honoured: a participant asking for more is
+/// retried after this, so one bad header cannot park a saga for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// Shape of the backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryKind {
@@ -35,7 +39,8 @@ impl RetryPolicy {
     /// 20% jitter derived from the saga id: deterministic for one saga (so
     /// the machine stays pure and testable) yet spread across sagas, so a
     /// participant outage does not end in a synchronized retry storm.
-    /// A participant's `Retry-After` is honoured as a lower bound.
+    /// A participant's `Retry-After` is honoured as a lower bound, up to
+    /// [`MAX_RETRY_AFTER`].
     pub fn delay(&self, attempt: u32, saga_id: Uuid, retry_after: Option<Duration>) -> Duration {
         let n = attempt.max(1);
         let raw = match self.kind {
@@ -49,7 +54,7 @@ impl RetryPolicy {
         let jitter_permille = (saga_id.as_u128().wrapping_add(u128::from(n)) % 200) as u32;
         let jittered = capped.saturating_sub(capped * jitter_permille / 1000);
         match retry_after {
-            Some(after) => jittered.max(after),
+            Some(after) => jittered.max(after.min(MAX_RETRY_AFTER)),
             None => jittered,
         }
     }
@@ -116,6 +121,13 @@ mod tests {
             Duration::from_secs(2)
         );
         assert!(p.delay(5, id, Some(Duration::from_millis(1))) > Duration::from_millis(1));
+    }
+
+    #[test]
+    fn absurd_retry_after_is_capped() {
+        let p = policy(RetryKind::Exponential);
+        let years = Duration::from_secs(10_000_000_000_000);
+        assert_eq!(p.delay(1, Uuid::new_v4(), Some(years)), MAX_RETRY_AFTER);
     }
 
     #[test]

@@ -26,12 +26,28 @@ use serde_json::{Map, Value};
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("cannot reach the database: {0}")]
+    Unreachable(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored value we cannot read back (e.g. an unknown state); never
     /// silently mapped to something else.
     #[error("corrupt row for saga {saga_id}: {problem}")]
     Corrupt { saga_id: Uuid, problem: String },
+}
+
+impl StoreError {
+    /// The database refused the data itself (PostgreSQL SQLSTATE classes
+    /// 22 "data exception" and 54 "program limit exceeded"): retrying the
+    /// same input fails the same way, so it must be set aside, not retried.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            _ => false,
+        }
+    }
 }
 
 /// Who is driving a saga, and until when.
@@ -164,6 +180,10 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Deletes relayed messages.
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
 
+    /// Gives claimed messages back (publishing failed), so the next claim
+    /// takes them again, oldest first.
+    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+
     /// Messages waiting to be relayed.
     async fn outbox_backlog(&self) -> Result<i64, StoreError>;
 }
@@ -234,9 +254,4 @@ pub async fn connect(
             PostgresStore::connect(url, max_connections).await?,
         ))
     }
-}
-
-/// Converts a std duration for timestamp arithmetic, saturating.
-pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }

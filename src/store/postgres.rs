@@ -19,11 +19,10 @@ use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    attempts_i32, chrono_duration, message_from_stored, parse_state, parse_step, payload_object,
-    stored_message, Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError,
-    TransitionWrite,
+    attempts_i32, message_from_stored, parse_state, parse_step, payload_object, stored_message,
+    Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
-use crate::saga::{HistoryEntry, Saga, SagaState};
+use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -48,7 +47,9 @@ impl PostgresStore {
         // authentication failed", which is what an operator needs to read.
         let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
             .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            .map_err(|_| {
+                StoreError::Unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
+            })??;
         probe.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -292,7 +293,7 @@ impl SagaStore for PostgresStore {
         );
         let rows = sqlx::query(&sql)
             .bind(owner)
-            .bind(now + chrono_duration(lease))
+            .bind(later(now, lease))
             .bind(now)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -329,7 +330,7 @@ impl SagaStore for PostgresStore {
              RETURNING id, channel, message",
         )
         .bind(owner)
-        .bind(now + chrono_duration(lease))
+        .bind(later(now, lease))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -355,6 +356,18 @@ impl SagaStore for PostgresStore {
                 .bind(ids)
                 .execute(&self.pool)
                 .await?;
+        }
+        Ok(())
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = ANY($1)",
+            )
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
         }
         Ok(())
     }

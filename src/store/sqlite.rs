@@ -19,11 +19,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{
-    attempts_i32, chrono_duration, message_from_stored, parse_state, parse_step, payload_object,
-    stored_message, Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError,
-    TransitionWrite,
+    attempts_i32, message_from_stored, parse_state, parse_step, payload_object, stored_message,
+    Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
-use crate::saga::{HistoryEntry, Saga, SagaState};
+use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -243,7 +242,7 @@ impl SagaStore for SqliteStore {
         );
         let rows = sqlx::query(&sql)
             .bind(owner)
-            .bind(micros(now + chrono_duration(lease)))
+            .bind(micros(later(now, lease)))
             .bind(micros(now))
             .bind(micros(now))
             .bind(i64::from(limit))
@@ -278,7 +277,7 @@ impl SagaStore for SqliteStore {
              RETURNING id, channel, message",
         )
         .bind(owner)
-        .bind(micros(now + chrono_duration(lease)))
+        .bind(micros(later(now, lease)))
         .bind(micros(now))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -302,17 +301,16 @@ impl SagaStore for SqliteStore {
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM outbox WHERE id IN (");
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        qb.push(")");
-        qb.build().execute(&self.pool).await?;
-        Ok(())
+        outbox_by_ids(&self.pool, "DELETE FROM outbox WHERE id IN (", ids).await
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        outbox_by_ids(
+            &self.pool,
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id IN (",
+            ids,
+        )
+        .await
     }
 
     async fn outbox_backlog(&self) -> Result<i64, StoreError> {
@@ -353,6 +351,21 @@ async fn insert_outbox(
         .bind(micros(at))
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Runs `statement` (which ends in `id IN (`) over `ids`.
+async fn outbox_by_ids(pool: &SqlitePool, statement: &str, ids: &[i64]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(statement);
+    let mut list = qb.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    qb.push(")");
+    qb.build().execute(pool).await?;
     Ok(())
 }
 

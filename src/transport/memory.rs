@@ -3,8 +3,9 @@
 //! Mirrors the brokers' semantics that matter to the orchestrator: every
 //! channel keeps its messages, a subscription created later starts at the
 //! beginning, consumers of one subscription share the load, and a nacked
-//! (or never settled) delivery is delivered again. Messages live in memory
-//! only: nothing survives the process.
+//! delivery is delivered again. Unlike a broker, a delivery dropped without
+//! being settled is not redelivered (there is no consumer to time out), and
+//! messages live in memory only: nothing survives the process.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -81,6 +81,10 @@ async fn post_sagas_starts_once_per_event_id() {
     let second: Value = app.post("/sagas", &body).await.json().await.unwrap();
     assert_eq!(second["saga_id"], first["saga_id"]);
     assert_eq!(second["duplicate"], true);
+    assert_eq!(
+        second["correlation_id"], first["correlation_id"],
+        "the stored saga's, not a new one"
+    );
 
     let saga = app.settled(&p).await;
     assert_eq!(saga["saga_id"], first["saga_id"]);
@@ -140,6 +144,16 @@ async fn bad_requests_get_json_errors_never_500() {
     )
     .await;
     error_of(app.get("/nowhere").await, 404).await;
+    let wrong_method = app
+        .http
+        .delete(format!("{}/sagas", app.address))
+        .send()
+        .await
+        .unwrap();
+    error_of(wrong_method, 405).await;
+    let nul = json!({"payload": {"partner_id": "p-nul", "name": "A\u{0}B"}});
+    let detail = error_of(app.post("/sagas", &nul).await, 422).await;
+    assert!(detail.contains("NUL"), "{detail}");
 }
 
 #[tokio::test]
@@ -367,4 +381,50 @@ async fn an_operator_can_force_compensation_of_a_live_saga() {
         ]
     );
     assert!(saga["history"][2]["reason"] == "forced_by_operator");
+}
+
+#[tokio::test]
+async fn a_forced_compensation_stops_a_driver_waiting_to_retry() {
+    let (alianzas, integraciones) = mocks().await;
+    // The first attempt asks for a 2 s pause; the operator acts during it.
+    on_create_alliance(
+        &alianzas,
+        ResponseTemplate::new(503).insert_header("Retry-After", "2"),
+        Some(1),
+    )
+    .await;
+    on_create_alliance(&alianzas, alliance_created("must-not-happen"), None).await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    let started: Value = app
+        .post(
+            "/sagas",
+            &json!({"payload": {"partner_id": p, "name": "Wait"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = started["saga_id"].as_str().unwrap();
+    while app.saga(id).await["attempts"] != 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let forced = app
+        .admin_post(&format!("/sagas/{id}/compensate"), Some("test-admin-token"))
+        .await;
+    assert_eq!(forced.status(), 202);
+    assert_eq!(app.settled(&p).await["state"], "compensated");
+    // Past the waiting driver's wake-up: it must see the saga moved and stop.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.alianzas.received_requests().await.unwrap().len(),
+        1,
+        "no alliance call after compensation began"
+    );
+    assert_eq!(app.saga(id).await["state"], "compensated");
 }

@@ -79,6 +79,15 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
             "missing required field correlation_id",
         ),
         (
+            "nul-char",
+            entry(
+                "nul-char",
+                "PartnerCreated",
+                json!({"partner_id": "p", "name": "A\u{0}B"}).to_string(),
+            ),
+            "NUL",
+        ),
+        (
             "bad-saga-id",
             {
                 let mut f = entry(

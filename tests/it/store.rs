@@ -310,6 +310,17 @@ async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>)
     assert_eq!(second.len(), 1, "claimed messages are not handed out twice");
     assert_eq!(second[0].envelope.event_type, "SagaStarted");
 
+    // A failed publish gives its claim back: the next claim takes it at once.
+    store.release_outbox(&[first[1].id]).await.unwrap();
+    let released = store
+        .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        released.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [first[1].id]
+    );
+
     store
         .delete_outbox(&first.iter().map(|m| m.id).collect::<Vec<_>>())
         .await
