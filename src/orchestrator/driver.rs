@@ -81,7 +81,7 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
         // store the saga unleased and let the sweeper pick it up when due.
         let hand_off = matches!(decision.next, NextAction::Call { at, .. }
             if (at - Utc::now()).to_std().unwrap_or_default() > HAND_OFF_AFTER);
-        let Some((after, decision)) = commit(orch, &saga, decision, !hand_off).await else {
+        let Some(after) = commit(orch, &saga, &decision, !hand_off).await else {
             return;
         };
         tracing::info!(
@@ -105,12 +105,12 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
 async fn commit(
     orch: &Orchestrator,
     saga: &Saga,
-    decision: saga::Decision,
+    decision: &saga::Decision,
     keep_lease: bool,
-) -> Option<(Saga, saga::Decision)> {
+) -> Option<Saga> {
     let mut tries = 0;
     loop {
-        match orch.commit(saga, decision.clone(), keep_lease).await {
+        match orch.commit(saga, decision, keep_lease).await {
             Ok(Some(committed)) => return Some(committed),
             Ok(None) => {
                 tracing::info!("saga moved on elsewhere; leaving it");

@@ -157,17 +157,19 @@ impl Orchestrator {
         requests: Vec<(StartRequest, Option<OwnedSemaphorePermit>)>,
     ) -> Result<Vec<Created>, StoreError> {
         let now = Utc::now();
-        let mut drafts = Vec::with_capacity(requests.len());
+        let mut new = Vec::with_capacity(requests.len());
+        let mut decisions = Vec::with_capacity(requests.len());
         let mut permits = Vec::with_capacity(requests.len());
         for (request, permit) in requests {
-            let (new, decision) = self.draft(request, now, permit.is_some());
-            drafts.push((new, decision));
+            let (draft, decision) = self.draft(request, now, permit.is_some());
+            new.push(draft);
+            decisions.push(decision);
             permits.push(permit);
         }
-        let new: Vec<NewSaga> = drafts.iter().map(|(n, _)| n.clone()).collect();
         let created = self.inner.store.create(&new).await?;
         self.inner.relay_wake.notify_one();
-        for (((draft, decision), permit), outcome) in drafts.into_iter().zip(permits).zip(&created)
+        for (((draft, decision), permit), outcome) in
+            new.into_iter().zip(decisions).zip(permits).zip(&created)
         {
             match outcome {
                 Created::New(_) => {
@@ -197,7 +199,7 @@ impl Orchestrator {
                 .ok_or(OperateError::NotFound(saga_id))?;
             let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
             let permit = self.inner.permits.clone().try_acquire_owned().ok();
-            if let Some((after, decision)) = self.commit(&saga, decision, permit.is_some()).await? {
+            if let Some(after) = self.commit(&saga, &decision, permit.is_some()).await? {
                 if let Some(permit) = permit {
                     self.spawn_driver(after.clone(), decision.next, permit);
                 }
@@ -277,14 +279,14 @@ impl Orchestrator {
         (new, decision)
     }
 
-    /// Stores `decision` for `saga`. `Ok(None)`: the saga moved under us
-    /// (another driver or an operator); it is theirs now.
+    /// Stores `decision` for `saga`; returns the saga as stored. `Ok(None)`:
+    /// the saga moved under us (another driver or an operator); it is theirs now.
     async fn commit(
         &self,
         saga: &Saga,
-        decision: Decision,
+        decision: &Decision,
         keep_lease: bool,
-    ) -> Result<Option<(Saga, Decision)>, StoreError> {
+    ) -> Result<Option<Saga>, StoreError> {
         let now = Utc::now();
         let after = decision.apply(saga, now);
         let lease = match decision.next {
@@ -292,15 +294,16 @@ impl Orchestrator {
             _ => None,
         };
         let write = crate::store::TransitionWrite {
-            saga: after.clone(),
+            history: history_entry(decision, after.version, now),
+            outbox: self.saga_events(&after, decision),
             expected_version: saga.version,
-            history: history_entry(&decision, after.version, now),
-            outbox: self.saga_events(&after, &decision),
             lease,
+            saga: after,
         };
         if !self.inner.store.commit(&write).await? {
             return Ok(None);
         }
+        let after = write.saga;
         metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
         if after.state.is_terminal() {
             let seconds = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -308,7 +311,7 @@ impl Orchestrator {
                 .record(seconds);
         }
         self.inner.relay_wake.notify_one();
-        Ok(Some((after, decision)))
+        Ok(Some(after))
     }
 
     fn lease_until(&self, at: DateTime<Utc>) -> Lease {
