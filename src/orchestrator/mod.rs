@@ -224,16 +224,6 @@ impl Orchestrator {
         &self.inner.transport
     }
 
-    /// The configuration in use.
-    pub fn config(&self) -> &OrchestratorConfig {
-        &self.inner.config
-    }
-
-    /// Sagas being driven by this instance now.
-    pub fn in_flight(&self) -> usize {
-        self.inner.config.max_in_flight - self.inner.permits.available_permits()
-    }
-
     /// A new saga already moved past `started` by its first decision.
     fn draft(
         &self,

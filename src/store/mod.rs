@@ -96,15 +96,6 @@ pub enum Created {
     Duplicate(Uuid),
 }
 
-impl Created {
-    /// The saga's id either way.
-    pub fn saga_id(&self) -> Uuid {
-        match self {
-            Self::New(id) | Self::Duplicate(id) => *id,
-        }
-    }
-}
-
 /// One transition to store.
 #[derive(Debug, Clone)]
 pub struct TransitionWrite {

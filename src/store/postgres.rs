@@ -57,16 +57,6 @@ impl PostgresStore {
             .connect_lazy_with(options);
         Ok(Self { pool })
     }
-
-    /// Wraps an existing pool (tests).
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// The underlying pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 #[async_trait]
