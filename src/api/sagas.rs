@@ -13,10 +13,9 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::AppState;
 use crate::envelope::PartnerCreated;
-use crate::orchestrator::StartRequest;
+use crate::orchestrator::{Source, StartRequest};
 use crate::saga::{HistoryEntry, Input, Saga, SagaState};
 use crate::store::{Created, ListQuery};
-use crate::telemetry;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
@@ -86,17 +85,14 @@ pub async fn start(
     let permit = state.orchestrator.try_permit();
     let created = state
         .orchestrator
-        .start(vec![(request, permit)])
+        .start(Source::Api, vec![(request, permit)])
         .await
         .map_err(super::error::store_error)?;
     let outcome = created
         .first()
         .ok_or_else(|| ApiError::Unavailable("the store recorded nothing; try again".into()))?;
     let (saga_id, duplicate) = match outcome {
-        Created::New(id) => {
-            metrics::counter!(telemetry::STARTED, "source" => "api").increment(1);
-            (*id, false)
-        }
+        Created::New(id) => (*id, false),
         Created::Duplicate(id) => (*id, true),
     };
     // A duplicate answers with the saga that exists, whose ids may differ

@@ -6,7 +6,7 @@
 //! ignored; valid events are recorded in one transaction per batch and
 //! acked only after that commit.
 
-use super::{loop_backoff, pause, Orchestrator, StartRequest};
+use super::{loop_backoff, pause, Orchestrator, Source, StartRequest};
 use crate::envelope::{EventType, PartnerCreated};
 use crate::telemetry;
 use crate::transport::{Delivery, Subscription};
@@ -136,10 +136,8 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
         };
         with_permits.push((request, permit));
     }
-    match orch.start(with_permits).await {
-        Ok(created) => {
-            metrics::counter!(telemetry::STARTED, "source" => "broker")
-                .increment(created.len() as u64);
+    match orch.start(Source::Broker, with_permits).await {
+        Ok(_) => {
             for delivery in to_ack {
                 settle(delivery.ack().await, "ack");
             }
@@ -169,9 +167,11 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
 
 /// Records one event; its own data error dead-letters it.
 async fn start_one(orch: &Orchestrator, delivery: Delivery, request: StartRequest) {
-    match orch.start(vec![(request, orch.try_permit())]).await {
+    match orch
+        .start(Source::Broker, vec![(request, orch.try_permit())])
+        .await
+    {
         Ok(_) => {
-            metrics::counter!(telemetry::STARTED, "source" => "broker").increment(1);
             settle(delivery.ack().await, "ack");
         }
         Err(e) if e.is_data_error() => {

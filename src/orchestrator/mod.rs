@@ -72,6 +72,24 @@ pub struct StartRequest {
     pub traceparent: Option<String>,
 }
 
+/// Where a saga's starting event came from (the `source` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A `PartnerCreated` on the broker.
+    Broker,
+    /// `POST /sagas`.
+    Api,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Broker => "broker",
+            Self::Api => "api",
+        }
+    }
+}
+
 /// Why an operator action was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum OperateError {
@@ -154,6 +172,7 @@ impl Orchestrator {
     /// that came with a permit; the others wait for the sweeper.
     pub async fn start(
         &self,
+        source: Source,
         requests: Vec<(StartRequest, Option<OwnedSemaphorePermit>)>,
     ) -> Result<Vec<Created>, StoreError> {
         let now = Utc::now();
@@ -173,6 +192,7 @@ impl Orchestrator {
         {
             match outcome {
                 Created::New(_) => {
+                    metrics::counter!(telemetry::STARTED, "source" => source.label()).increment(1);
                     metrics::counter!(telemetry::TRANSITIONS, "from" => "started", "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
                     if let Some(permit) = permit {
                         self.spawn_driver(draft.saga, decision.next, permit);
@@ -198,7 +218,7 @@ impl Orchestrator {
                 .await?
                 .ok_or(OperateError::NotFound(saga_id))?;
             let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
-            let permit = self.inner.permits.clone().try_acquire_owned().ok();
+            let permit = self.try_permit();
             if let Some(after) = self.commit(&saga, &decision, permit.is_some()).await? {
                 if let Some(permit) = permit {
                     self.spawn_driver(after.clone(), decision.next, permit);

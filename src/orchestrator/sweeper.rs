@@ -15,10 +15,9 @@ pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
     let lease = inner.config.step_timeout + LEASE_GRACE;
     while pause(&inner.cancel, inner.config.sweep_interval).await {
-        let mut permits: Vec<_> =
-            std::iter::from_fn(|| inner.permits.clone().try_acquire_owned().ok())
-                .take(BATCH)
-                .collect();
+        let mut permits: Vec<_> = std::iter::from_fn(|| orch.try_permit())
+            .take(BATCH)
+            .collect();
         if permits.is_empty() {
             continue;
         }
