@@ -11,6 +11,7 @@ use chrono::Utc;
 use super::{loop_backoff, pause, Orchestrator};
 use crate::store::OutboxMessage;
 use crate::telemetry;
+use crate::transport::OutboundMessage;
 
 /// Messages claimed per round trip.
 const BATCH: u32 = 500;
@@ -53,13 +54,13 @@ async fn drain(orch: &Orchestrator) {
                 return;
             }
         };
+        let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
         if let Err(e) = publish(orch, &batch).await {
             failures += 1;
             tracing::warn!(error = %e, failures, "outbox publish failed; will retry");
             metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
             // Give the claim back so the retry starts from the oldest
             // message again: a saga's later events never overtake earlier ones.
-            let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
             if let Err(e) = inner.store.release_outbox(&ids).await {
                 tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
             }
@@ -69,7 +70,6 @@ async fn drain(orch: &Orchestrator) {
             continue;
         }
         failures = 0;
-        let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
         if let Err(e) = inner.store.delete_outbox(&ids).await {
             tracing::warn!(error = %e, "outbox delete failed; messages may be published twice");
         }
@@ -82,12 +82,14 @@ async fn publish(
     orch: &Orchestrator,
     batch: &[OutboxMessage],
 ) -> Result<(), crate::transport::TransportError> {
+    let transport = &orch.inner.transport;
     for run in batch.chunk_by(|a, b| a.channel == b.channel) {
-        let envelopes: Vec<_> = run.iter().map(|m| m.envelope.clone()).collect();
-        orch.inner
-            .transport
-            .publish(&run[0].channel, &envelopes)
-            .await?;
+        // Encoded straight from the stored envelopes: no copy of each one.
+        let messages = run
+            .iter()
+            .map(|m| OutboundMessage::encode(&m.envelope, transport.format()))
+            .collect();
+        transport.send(&run[0].channel, messages).await?;
     }
     Ok(())
 }
