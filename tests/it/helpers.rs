@@ -157,11 +157,7 @@ pub async fn spawn_app_with(
         );
     }
     let (address, stop, server) = launch(&config).await;
-    let client = redis::Client::open(env("TEST_REDIS_URL")).expect("redis url");
-    let redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis");
+    let redis = redis().await;
     TestApp {
         address,
         http: reqwest::Client::new(),
@@ -173,6 +169,51 @@ pub async fn spawn_app_with(
         stop,
         server: Some(server),
     }
+}
+
+/// A connection to the test Redis.
+pub async fn redis() -> MultiplexedConnection {
+    let client = redis::Client::open(env("TEST_REDIS_URL")).expect("redis url");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+/// Publishes a `PartnerCreated` on `stream` the way integrations does;
+/// usable before any service is running.
+pub async fn publish_partner(
+    redis: &MultiplexedConnection,
+    stream: &str,
+    partner_id: &str,
+    event_id: &str,
+    correlation_id: &str,
+) {
+    let payload = json!({"partner_id": partner_id, "name": format!("Partner {partner_id}"), "email": format!("{partner_id}@example.test"), "tier": "gold"});
+    let mut envelope = Envelope::new(
+        EventType::PartnerCreated,
+        correlation_id,
+        None,
+        None,
+        payload.as_object().cloned().expect("object"),
+    );
+    envelope.event_id = event_id.to_string();
+    let fields: Vec<(String, String)> = envelope
+        .to_fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    xadd(redis, stream, &fields).await;
+}
+
+/// Adds raw fields to a stream.
+pub async fn xadd(redis: &MultiplexedConnection, stream: &str, fields: &[(String, String)]) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    let _: String = cmd.query_async(&mut redis.clone()).await.expect("XADD");
 }
 
 async fn launch(config: &TestConfig) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
@@ -209,34 +250,13 @@ impl TestApp {
 
     /// Publishes a `PartnerCreated` on `partner-events` the way integrations does.
     pub async fn publish_partner(&self, partner_id: &str, event_id: &str, correlation_id: &str) {
-        let payload = json!({"partner_id": partner_id, "name": format!("Partner {partner_id}"), "email": format!("{partner_id}@example.test"), "tier": "gold"});
-        let mut envelope = Envelope::new(
-            EventType::PartnerCreated,
-            correlation_id,
-            None,
-            None,
-            payload.as_object().cloned().expect("object"),
-        );
-        envelope.event_id = event_id.to_string();
-        let fields: Vec<(String, String)> = envelope
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        self.xadd(&self.channels.partner_events, &fields).await;
+        let stream = &self.channels.partner_events;
+        publish_partner(&self.redis, stream, partner_id, event_id, correlation_id).await;
     }
 
     /// Adds raw fields to a stream.
     pub async fn xadd(&self, stream: &str, fields: &[(String, String)]) {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream).arg("*");
-        for (k, v) in fields {
-            cmd.arg(k).arg(v);
-        }
-        let _: String = cmd
-            .query_async(&mut self.redis.clone())
-            .await
-            .expect("XADD");
+        xadd(&self.redis, stream, fields).await;
     }
 
     /// Every entry of a stream, as field maps, oldest first.

@@ -7,7 +7,8 @@ use serde_json::json;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, TestConfig,
+    alliance_created, mocks, on_create_alliance, partner, publish_partner, redis, spawn_app_with,
+    TestConfig,
 };
 
 #[tokio::test]
@@ -17,12 +18,7 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("REDIS_CLAIM_IDLE_MS", "500");
     let stream = config.channels.partner_events.clone();
-    let redis_url = std::env::var("TEST_REDIS_URL").unwrap();
-    let mut redis = redis::Client::open(redis_url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis().await;
 
     // A consumer of the group reads the event and dies before acking it.
     let _: () = redis::cmd("XGROUP")
@@ -35,21 +31,7 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
         .await
         .unwrap();
     let p = partner();
-    let payload = json!({"partner_id": p, "name": "Orphan"}).to_string();
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("event_id")
-        .arg(format!("evt-{p}"))
-        .arg("correlation_id")
-        .arg("corr-orphan")
-        .arg("event_type")
-        .arg("PartnerCreated")
-        .arg("payload")
-        .arg(payload)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    publish_partner(&redis, &stream, &p, &format!("evt-{p}"), "corr-orphan").await;
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("saga-orchestrator")
@@ -146,25 +128,14 @@ async fn events_published_before_the_first_start_are_consumed() {
     let config = TestConfig::new(&alianzas, &integraciones).await;
     let stream = config.channels.partner_events.clone();
     let p = partner();
-    let mut redis = redis::Client::open(std::env::var("TEST_REDIS_URL").unwrap())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("event_id")
-        .arg(format!("evt-{p}"))
-        .arg("correlation_id")
-        .arg("corr-early")
-        .arg("event_type")
-        .arg("PartnerCreated")
-        .arg("payload")
-        .arg(json!({"partner_id": p, "name": "Early"}).to_string())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    publish_partner(
+        &redis().await,
+        &stream,
+        &p,
+        &format!("evt-{p}"),
+        "corr-early",
+    )
+    .await;
 
     let app = spawn_app_with(alianzas, integraciones, config).await;
     assert_eq!(app.settled(&p).await["state"], "completed");
