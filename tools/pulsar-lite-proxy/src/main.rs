@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("pulsar-lite-proxy: not built yet");
+    std::process::exit(2);
+}
