@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{ParticipantMode, Settings};
+use crate::config::Settings;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::participants::HttpParticipants;
 use crate::store::{SagaStore, StoreError};
@@ -30,8 +30,6 @@ pub enum StartupError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// The service, built and bound, not yet running.
@@ -61,13 +59,6 @@ impl Application {
         store: Arc<dyn SagaStore>,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, StartupError> {
-        if settings.alianzas_mode == ParticipantMode::Broker
-            || settings.integraciones_mode == ParticipantMode::Broker
-        {
-            return Err(StartupError::Unsupported(
-                "invalid setting ALIANZAS_MODE/INTEGRACIONES_MODE: broker mode is not available in this version; use http",
-            ));
-        }
         let participants = HttpParticipants::new(
             settings.alianzas_api_url.clone(),
             settings.integraciones_api_url.clone(),

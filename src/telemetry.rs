@@ -34,6 +34,13 @@ pub const IN_FLIGHT: &str = "saga_in_flight";
 pub const RELAYED: &str = "saga_outbox_relayed_total";
 /// Outbox messages waiting (gauge, refreshed on scrape).
 pub const OUTBOX_BACKLOG: &str = "saga_outbox_backlog";
+/// Participants' replies (broker mode), by `step`, `status` and `outcome`
+/// (`applied` | `stale` | `unknown_saga`).
+pub const REPLIES: &str = "saga_replies_total";
+/// Commands sent to participants (broker mode), by `step`.
+pub const COMMANDS: &str = "saga_commands_total";
+/// Broker consumers rebuilt after a failure, by `channel`.
+pub const CONSUMER_RECONNECTS: &str = "saga_consumer_reconnects_total";
 /// Broker or store errors that made a loop back off, by `component`.
 pub const LOOP_ERRORS: &str = "saga_loop_errors_total";
 

@@ -15,33 +15,64 @@ use crate::transport::{Delivery, Subscription};
 const BATCH: usize = 64;
 
 pub(super) async fn run(orch: Orchestrator) {
+    let channel = orch.inner.config.channels.partner_events.clone();
+    read_loop(&orch, &channel, Gate::FreeSlots, |deliveries| {
+        handle(&orch, deliveries)
+    })
+    .await;
+}
+
+/// How much one read may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// No more than the free in-flight slots: each message may start a saga.
+    FreeSlots,
+    /// A full batch: handling needs no slot of its own.
+    Batch,
+}
+
+/// Subscribes to `channel` and hands each batch read to `handle` until
+/// cancelled; broker errors back off and are logged once per outage.
+pub(super) async fn read_loop<F, Fut>(orch: &Orchestrator, channel: &str, gate: Gate, mut handle: F)
+where
+    F: FnMut(Vec<Delivery>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let inner = &orch.inner;
-    let channel = inner.config.channels.partner_events.clone();
-    let Some(mut subscription) = subscribe(&orch, &channel).await else {
+    let Some(mut subscription) = subscribe(orch, channel).await else {
         return;
     };
     tracing::info!(%channel, "consuming");
     let mut failures = 0;
     loop {
-        // Read no more than there are free slots for, so a burst queues in
-        // the broker; but hold no slot while waiting on the broker, or an
-        // idle consumer would starve the sweeper and the API.
-        let free = inner.permits.available_permits();
-        if free == 0 {
-            tokio::select! {
-                permit = inner.permits.acquire() => drop(permit),
-                () = inner.cancel.cancelled() => return,
+        let mut max = BATCH;
+        if gate == Gate::FreeSlots {
+            // Read no more than there are free slots for, so a burst queues
+            // in the broker; but hold no slot while waiting on the broker, or
+            // an idle consumer would starve the sweeper and the API.
+            let free = inner.permits.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    permit = inner.permits.acquire() => drop(permit),
+                    () = inner.cancel.cancelled() => return,
+                }
+                continue;
             }
-            continue;
+            max = free.min(BATCH);
         }
         let batch = tokio::select! {
-            batch = subscription.next_batch(free.min(BATCH)) => batch,
+            batch = subscription.next_batch(max) => batch,
             () = inner.cancel.cancelled() => return,
         };
         match batch {
             Ok(deliveries) => {
+                if failures > 0 {
+                    tracing::info!(%channel, "broker reads recovered");
+                }
                 failures = 0;
-                handle(&orch, deliveries).await;
+                if !deliveries.is_empty() {
+                    handle(deliveries).await;
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -111,15 +142,7 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
                 starts.push(request);
                 to_ack.push(delivery);
             }
-            Verdict::Ignore(event_type) => {
-                tracing::debug!(channel = %delivery.channel, %event_type, "ignoring event type");
-                // Only known types become label values: an arbitrary string from
-                // the wire would create a time series per distinct value.
-                let label = EventType::parse(&event_type).map_or("other", EventType::as_str);
-                metrics::counter!(telemetry::IGNORED, "channel" => delivery.channel.clone(), "event_type" => label)
-                    .increment(1);
-                settle(delivery.ack().await, "ack");
-            }
+            Verdict::Ignore(event_type) => ignore(delivery, &event_type).await,
             Verdict::DeadLetter(reason) => dead_letter(orch, delivery, &reason).await,
         }
     }
@@ -184,7 +207,18 @@ async fn start_one(orch: &Orchestrator, delivery: Delivery, request: StartReques
     }
 }
 
-async fn dead_letter(orch: &Orchestrator, delivery: Delivery, reason: &str) {
+/// Acks a message of a type this channel does not carry, and counts it.
+pub(super) async fn ignore(delivery: Delivery, event_type: &str) {
+    tracing::debug!(channel = %delivery.channel, %event_type, "ignoring event type");
+    // Only known types become label values: an arbitrary string from the
+    // wire would create a time series per distinct value.
+    let label = EventType::parse(event_type).map_or("other", EventType::as_str);
+    metrics::counter!(telemetry::IGNORED, "channel" => delivery.channel.clone(), "event_type" => label)
+        .increment(1);
+    settle(delivery.ack().await, "ack");
+}
+
+pub(super) async fn dead_letter(orch: &Orchestrator, delivery: Delivery, reason: &str) {
     let channel = delivery.channel.clone();
     let id = delivery.id.clone();
     tracing::warn!(%channel, message_id = %id, %reason, "dead-lettering message");
@@ -197,7 +231,7 @@ async fn dead_letter(orch: &Orchestrator, delivery: Delivery, reason: &str) {
     }
 }
 
-fn settle(result: Result<(), crate::transport::TransportError>, what: &str) {
+pub(super) fn settle(result: Result<(), crate::transport::TransportError>, what: &str) {
     if let Err(e) = result {
         // An unacked message is redelivered and deduplicated, so this costs
         // a repeat, never a loss.

@@ -1,5 +1,8 @@
 //! Drives one saga: call the participant, store the outcome, repeat until
-//! terminal or until the saga is no longer ours.
+//! terminal or until the saga is no longer ours. In broker mode a step's
+//! command goes out with its transition and the driver stops there: the
+//! reply is applied by the `saga-replies` consumer, a missed reply
+//! deadline by the sweeper.
 
 use std::time::Instant;
 
@@ -63,10 +66,20 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
                 }
             }
         }
+        let now = Utc::now();
         let input = if saga.state == SagaState::Started {
             Input::Begin
-        } else if saga.state.is_forward() && Utc::now() >= saga.deadline_at {
+        } else if saga.state.is_forward() && now >= saga.deadline_at {
             Input::DeadlinePassed
+        } else if saga.awaiting_reply {
+            // Only the sweeper hands us an awaiting saga: its reply deadline passed.
+            Input::ReplyTimedOut { step }
+        } else if orch.inner.config.over_broker(step) {
+            // The command goes out with this transition, through the outbox.
+            Input::CommandSent {
+                step,
+                reply_by: saga::later(now, orch.inner.config.step_timeout),
+            }
         } else {
             call(orch, &saga, step).await
         };

@@ -6,9 +6,11 @@
 //! nobody holds a live lease on (crashes, other instances, sagas recorded
 //! while this instance was at capacity).
 
+mod commands;
 mod consumer;
 mod driver;
 mod relay;
+mod replies;
 mod sweeper;
 
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::{Channels, Settings};
+use crate::config::{Channels, ParticipantMode, Settings};
 use crate::envelope::{Envelope, PartnerCreated};
 use crate::participants::Participants;
 use crate::saga::{self, Decision, HistoryEntry, Input, RetryPolicy, Saga, SagaState, Step};
@@ -44,6 +46,26 @@ pub struct OrchestratorConfig {
     pub max_in_flight: usize,
     pub sweep_interval: Duration,
     pub shutdown_grace: Duration,
+    /// How alliances are asked: HTTP calls or broker commands.
+    pub alianzas_mode: ParticipantMode,
+    /// How integrations are asked: HTTP calls or broker commands.
+    pub integraciones_mode: ParticipantMode,
+}
+
+impl OrchestratorConfig {
+    /// Whether `step` goes out as a broker command rather than an HTTP call.
+    pub fn over_broker(&self, step: Step) -> bool {
+        let mode = match step {
+            Step::CreateAlliance => self.alianzas_mode,
+            Step::DeletePartner => self.integraciones_mode,
+        };
+        mode == ParticipantMode::Broker
+    }
+
+    /// Whether any participant answers on `saga-replies`.
+    pub fn uses_replies(&self) -> bool {
+        self.over_broker(Step::CreateAlliance) || self.over_broker(Step::DeletePartner)
+    }
 }
 
 impl From<&Settings> for OrchestratorConfig {
@@ -58,6 +80,8 @@ impl From<&Settings> for OrchestratorConfig {
             max_in_flight: s.max_in_flight,
             sweep_interval: s.sweep_interval,
             shutdown_grace: s.shutdown_grace,
+            alianzas_mode: s.alianzas_mode,
+            integraciones_mode: s.integraciones_mode,
         }
     }
 }
@@ -145,9 +169,13 @@ impl Orchestrator {
         }
     }
 
-    /// Starts the partner-events consumer, the outbox relay and the sweeper.
+    /// Starts the partner-events consumer, the outbox relay and the
+    /// sweeper, and in broker mode the `saga-replies` consumer.
     pub fn spawn_background(&self) {
         self.inner.tasks.spawn(consumer::run(self.clone()));
+        if self.inner.config.uses_replies() {
+            self.inner.tasks.spawn(replies::run(self.clone()));
+        }
         self.inner.tasks.spawn(relay::run(self.clone()));
         self.inner.tasks.spawn(sweeper::run(self.clone()));
     }
@@ -207,8 +235,9 @@ impl Orchestrator {
         Ok(created)
     }
 
-    /// Applies an operator's input (force compensation, retry) and drives
-    /// the saga from there.
+    /// Applies an input from outside a driver (an operator's retry or
+    /// forced compensation, a participant's reply) to the saga as stored
+    /// now, and drives the saga from there.
     pub async fn operate(&self, saga_id: Uuid, input: Input) -> Result<Saga, OperateError> {
         for _ in 0..3 {
             let saga = self
@@ -268,6 +297,7 @@ impl Orchestrator {
             deadline_at: saga::later(now, cfg.saga_deadline),
             next_attempt_at: Some(now),
             traceparent: request.traceparent,
+            awaiting_reply: false,
             version: 1,
         };
         let created = HistoryEntry {
@@ -303,9 +333,13 @@ impl Orchestrator {
             saga::NextAction::Call { at, .. } if keep_lease => Some(self.lease_until(at)),
             _ => None,
         };
+        let mut outbox = self.saga_events(&after, decision);
+        if let Some(step) = decision.command {
+            outbox.push(commands::command(&self.inner.config.channels, &after, step));
+        }
         let write = crate::store::TransitionWrite {
             history: history_entry(decision, after.version, now),
-            outbox: self.saga_events(&after, decision),
+            outbox,
             expected_version: saga.version,
             lease,
             saga: after,
@@ -315,6 +349,9 @@ impl Orchestrator {
         }
         let after = write.saga;
         metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
+        if let Some(step) = decision.command {
+            metrics::counter!(telemetry::COMMANDS, "step" => step.as_str()).increment(1);
+        }
         if after.state.is_terminal() {
             let seconds = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!(telemetry::SAGA_SECONDS, "outcome" => after.state.as_str())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{RetryPolicy, Saga, SagaState, Step};
+use super::{Reply, ReplyStatus, RetryPolicy, Saga, SagaState, Step};
 use crate::envelope::{EventType, MessageStatus};
 
 /// Something that happened to a saga.
@@ -38,6 +38,17 @@ pub enum Input {
     ForceCompensate { reason: String },
     /// An operator re-drives a `failed` saga's compensation.
     RetryFailed { reason: String },
+    /// Broker mode: the step's command is committed to the outbox; its
+    /// reply is due by `reply_by`.
+    CommandSent { step: Step, reply_by: DateTime<Utc> },
+    /// Broker mode: a participant replied on `saga-replies`. A heartbeat
+    /// (`started`, `progress`) moves the reply deadline to `reply_by`.
+    Replied {
+        reply: Reply,
+        reply_by: DateTime<Utc>,
+    },
+    /// Broker mode: no final reply came before the reply deadline.
+    ReplyTimedOut { step: Step },
 }
 
 /// Why a transition happened; stored in the history.
@@ -54,6 +65,9 @@ pub enum Reason {
     CompensationExhausted,
     ForcedByOperator,
     RetriedByOperator,
+    CommandSent,
+    ParticipantStarted,
+    ParticipantProgress,
 }
 
 impl Reason {
@@ -71,6 +85,9 @@ impl Reason {
             Self::CompensationExhausted => "compensation_exhausted",
             Self::ForcedByOperator => "forced_by_operator",
             Self::RetriedByOperator => "retried_by_operator",
+            Self::CommandSent => "command_sent",
+            Self::ParticipantStarted => "participant_started",
+            Self::ParticipantProgress => "participant_progress",
         }
     }
 }
@@ -87,8 +104,12 @@ pub struct SagaEvent {
 /// What to do once the decision is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextAction {
-    /// Call the participant for `step` at `at` (now, or after a backoff).
+    /// Call the participant for `step` at `at` (now, or after a backoff);
+    /// in broker mode, send its command then.
     Call { step: Step, at: DateTime<Utc> },
+    /// Broker mode: wait for the participant's reply; with none by
+    /// `until`, the attempt has failed.
+    AwaitReply { step: Step, until: DateTime<Utc> },
     /// Terminal: nothing more to do.
     Done,
 }
@@ -105,6 +126,8 @@ pub struct Decision {
     pub reason: Reason,
     pub detail: Option<String>,
     pub events: Vec<SagaEvent>,
+    /// Broker mode: the command for this step goes out with the decision.
+    pub command: Option<Step>,
     pub next: NextAction,
 }
 
@@ -119,9 +142,10 @@ impl Decision {
             last_error: self.last_error.clone(),
             updated_at: now,
             next_attempt_at: match self.next {
-                NextAction::Call { at, .. } => Some(at),
+                NextAction::Call { at, .. } | NextAction::AwaitReply { until: at, .. } => Some(at),
                 NextAction::Done => None,
             },
+            awaiting_reply: matches!(self.next, NextAction::AwaitReply { .. }),
             version: saga.version + 1,
             ..saga.clone()
         }
@@ -175,9 +199,39 @@ pub fn decide(
         input: input_name(input),
     };
     let on_step = |step: &Step| *step == saga.step;
+    // The command of an attempt goes out once; its outcome comes back once.
+    let awaiting = |step: &Step| on_step(step) && saga.awaiting_reply;
 
     match (saga.state, input) {
+        (_, Input::Replied { reply, reply_by }) => replied(saga, reply, *reply_by, policy, now),
+
         (Started, Input::Begin) => Ok(begin(saga, now)),
+
+        (CreatingAlliance | Compensating, Input::CommandSent { step, reply_by })
+            if on_step(step) && !saga.awaiting_reply =>
+        {
+            let to = match saga.state {
+                CreatingAlliance => AwaitingAlliance,
+                state => state,
+            };
+            Ok(Decision {
+                to,
+                reason: Reason::CommandSent,
+                detail: Some(format!("attempt {}", saga.attempts)),
+                command: Some(*step),
+                next: await_reply(saga, *step, *reply_by),
+                ..keep(saga)
+            })
+        }
+
+        (AwaitingAlliance | Compensating, Input::ReplyTimedOut { step }) if awaiting(step) => {
+            let failed = Input::StepFailed {
+                step: *step,
+                error: "no reply before the step deadline".into(),
+                retry_after: None,
+            };
+            decide(saga, &failed, policy, now)
+        }
 
         (CreatingAlliance | AwaitingAlliance, Input::StepSucceeded { step, alliance_id })
             if on_step(step) =>
@@ -346,6 +400,86 @@ pub fn decide(
     }
 }
 
+/// A participant's reply. A final one settles the attempt it answers; a
+/// heartbeat keeps that attempt alive. A reply to an attempt no longer
+/// awaited is stale, except success: the participant did the step under
+/// its idempotency key, so a late `completed` still counts.
+fn replied(
+    saga: &Saga,
+    reply: &Reply,
+    reply_by: DateTime<Utc>,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Result<Decision, InvalidTransition> {
+    let step = reply.step;
+    let current = saga.awaiting_reply
+        && step == saga.step
+        && reply.attempt.map_or(true, |a| a == saga.attempts);
+    let stale = || InvalidTransition {
+        state: saga.state,
+        step: saga.step,
+        input: "stale_reply",
+    };
+    match &reply.status {
+        ReplyStatus::Completed { alliance_id } => {
+            let succeeded = Input::StepSucceeded {
+                step,
+                alliance_id: alliance_id.clone(),
+            };
+            decide(saga, &succeeded, policy, now)
+        }
+        _ if !current => Err(stale()),
+        ReplyStatus::Started => Ok(heartbeat(saga, Reason::ParticipantStarted, None, reply_by)),
+        ReplyStatus::Progress { detail } => Ok(heartbeat(
+            saga,
+            Reason::ParticipantProgress,
+            detail.clone(),
+            reply_by,
+        )),
+        ReplyStatus::Failed { error, retryable } => {
+            let input = if *retryable {
+                Input::StepFailed {
+                    step,
+                    error: error.clone(),
+                    retry_after: None,
+                }
+            } else {
+                Input::StepRejected {
+                    step,
+                    error: error.clone(),
+                }
+            };
+            decide(saga, &input, policy, now)
+        }
+    }
+}
+
+/// The participant is working on it: wait for it until `reply_by`.
+fn heartbeat(
+    saga: &Saga,
+    reason: Reason,
+    detail: Option<String>,
+    reply_by: DateTime<Utc>,
+) -> Decision {
+    Decision {
+        reason,
+        detail,
+        next: await_reply(saga, saga.step, reply_by),
+        ..keep(saga)
+    }
+}
+
+/// Waiting for a reply never outlasts the saga's deadline while it moves
+/// forward: at the deadline the saga compensates, reply or not.
+fn await_reply(saga: &Saga, step: Step, reply_by: DateTime<Utc>) -> NextAction {
+    let until = if saga.state.is_forward() {
+        reply_by.min(saga.deadline_at)
+    } else {
+        reply_by
+    };
+    NextAction::AwaitReply { step, until }
+}
+
 /// A decision that changes nothing yet: the base the arms above override.
 fn keep(saga: &Saga) -> Decision {
     Decision {
@@ -358,6 +492,7 @@ fn keep(saga: &Saga) -> Decision {
         reason: Reason::AttemptFailed,
         detail: None,
         events: Vec::new(),
+        command: None,
         next: NextAction::Done,
     }
 }
@@ -392,9 +527,14 @@ fn compensate(
     }
 }
 
-/// Stay on the step and try it again at `at`.
+/// Stay on the step and try it again at `at` (in broker mode: send a new
+/// command then, under the same idempotency key).
 fn retry(saga: &Saga, error: &str, at: DateTime<Utc>) -> Decision {
     Decision {
+        to: match saga.state {
+            SagaState::AwaitingAlliance => SagaState::CreatingAlliance,
+            state => state,
+        },
         attempts: saga.attempts + 1,
         last_error: Some(error.to_string()),
         reason: Reason::AttemptFailed,
@@ -455,6 +595,9 @@ fn input_name(input: &Input) -> &'static str {
         Input::DeadlinePassed => "deadline_passed",
         Input::ForceCompensate { .. } => "force_compensate",
         Input::RetryFailed { .. } => "retry_failed",
+        Input::CommandSent { .. } => "command_sent",
+        Input::Replied { .. } => "reply",
+        Input::ReplyTimedOut { .. } => "reply_timed_out",
     }
 }
 

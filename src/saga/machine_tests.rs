@@ -34,6 +34,7 @@ fn saga(state: SagaState, step: Step, attempts: u32) -> Saga {
         deadline_at: now() + chrono::Duration::seconds(300),
         next_attempt_at: None,
         traceparent: None,
+        awaiting_reply: false,
         version: 1,
     }
 }
@@ -486,4 +487,373 @@ fn a_full_unhappy_path_walks_to_failed() {
         ]
     );
     assert_eq!(s.version, 8);
+}
+
+// --- Broker mode: commands, replies, reply deadlines ---
+
+fn reply_by() -> DateTime<Utc> {
+    now() + chrono::Duration::seconds(10)
+}
+
+/// A saga whose command for `step`, attempt `attempts`, is out.
+fn awaiting(state: SagaState, step: Step, attempts: u32) -> Saga {
+    Saga {
+        awaiting_reply: true,
+        next_attempt_at: Some(reply_by()),
+        ..saga(state, step, attempts)
+    }
+}
+
+fn replied(step: Step, attempt: Option<u32>, status: ReplyStatus) -> Input {
+    Input::Replied {
+        reply: Reply {
+            step,
+            attempt,
+            status,
+        },
+        reply_by: reply_by() + chrono::Duration::seconds(5),
+    }
+}
+
+fn completed_reply(step: Step, attempt: Option<u32>) -> Input {
+    replied(
+        step,
+        attempt,
+        ReplyStatus::Completed {
+            alliance_id: Some("a-7".into()),
+        },
+    )
+}
+
+fn failed_reply(step: Step, retryable: bool) -> Input {
+    replied(
+        step,
+        Some(1),
+        ReplyStatus::Failed {
+            error: "partner blocked".into(),
+            retryable,
+        },
+    )
+}
+
+fn invalid(s: &Saga, input: Input) -> InvalidTransition {
+    decide(s, &input, &policy(), now()).expect_err("must not apply")
+}
+
+#[test]
+fn sending_create_alliance_awaits_its_reply() {
+    let s = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1);
+    let d = ok(
+        &s,
+        Input::CommandSent {
+            step: Step::CreateAlliance,
+            reply_by: reply_by(),
+        },
+    );
+    assert_eq!(
+        (d.from, d.to, d.reason),
+        (
+            SagaState::CreatingAlliance,
+            SagaState::AwaitingAlliance,
+            Reason::CommandSent
+        )
+    );
+    assert_eq!(d.command, Some(Step::CreateAlliance));
+    assert_eq!(d.attempts, 1, "sending is the attempt, not a new one");
+    assert!(d.events.is_empty());
+    assert_eq!(
+        d.next,
+        NextAction::AwaitReply {
+            step: Step::CreateAlliance,
+            until: reply_by()
+        }
+    );
+    let after = d.apply(&s, now());
+    assert!(after.awaiting_reply);
+    assert_eq!(after.next_attempt_at, Some(reply_by()));
+}
+
+#[test]
+fn sending_delete_partner_awaits_while_compensating() {
+    let s = saga(SagaState::Compensating, Step::DeletePartner, 2);
+    let far = now() + chrono::Duration::days(1);
+    let d = ok(
+        &s,
+        Input::CommandSent {
+            step: Step::DeletePartner,
+            reply_by: far,
+        },
+    );
+    assert_eq!(d.to, SagaState::Compensating);
+    assert_eq!(d.command, Some(Step::DeletePartner));
+    // Compensation ignores the saga deadline, so its wait does too.
+    assert_eq!(
+        d.next,
+        NextAction::AwaitReply {
+            step: Step::DeletePartner,
+            until: far
+        }
+    );
+}
+
+#[test]
+fn a_forward_wait_never_outlasts_the_saga_deadline() {
+    let s = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1);
+    let d = ok(
+        &s,
+        Input::CommandSent {
+            step: Step::CreateAlliance,
+            reply_by: now() + chrono::Duration::days(1),
+        },
+    );
+    assert_eq!(
+        d.next,
+        NextAction::AwaitReply {
+            step: Step::CreateAlliance,
+            until: s.deadline_at
+        }
+    );
+}
+
+#[test]
+fn a_command_goes_out_once_per_attempt_and_only_on_its_step() {
+    let send = |step| Input::CommandSent {
+        step,
+        reply_by: reply_by(),
+    };
+    invalid(
+        &awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1),
+        send(Step::CreateAlliance),
+    );
+    invalid(
+        &awaiting(SagaState::Compensating, Step::DeletePartner, 1),
+        send(Step::DeletePartner),
+    );
+    invalid(
+        &saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1),
+        send(Step::DeletePartner),
+    );
+    for state in [
+        SagaState::Started,
+        SagaState::Completed,
+        SagaState::Compensated,
+        SagaState::Failed,
+    ] {
+        invalid(
+            &saga(state, Step::CreateAlliance, 1),
+            send(Step::CreateAlliance),
+        );
+    }
+}
+
+#[test]
+fn heartbeats_keep_the_attempt_alive_without_moving_it() {
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    let started = ok(
+        &s,
+        replied(Step::CreateAlliance, Some(1), ReplyStatus::Started),
+    );
+    assert_eq!(started.reason, Reason::ParticipantStarted);
+    let progress = ok(
+        &s,
+        replied(
+            Step::CreateAlliance,
+            None,
+            ReplyStatus::Progress {
+                detail: Some("half way".into()),
+            },
+        ),
+    );
+    assert_eq!(progress.reason, Reason::ParticipantProgress);
+    assert_eq!(progress.detail.as_deref(), Some("half way"));
+    for d in [started, progress] {
+        assert_eq!(d.to, SagaState::AwaitingAlliance);
+        assert_eq!(d.attempts, 1);
+        assert!(d.events.is_empty() && d.command.is_none());
+        assert_eq!(
+            d.next,
+            NextAction::AwaitReply {
+                step: Step::CreateAlliance,
+                until: reply_by() + chrono::Duration::seconds(5)
+            }
+        );
+        assert!(d.apply(&s, now()).awaiting_reply);
+    }
+    let deleting = awaiting(SagaState::Compensating, Step::DeletePartner, 1);
+    let d = ok(
+        &deleting,
+        replied(Step::DeletePartner, Some(1), ReplyStatus::Started),
+    );
+    assert_eq!(d.to, SagaState::Compensating);
+}
+
+#[test]
+fn a_completed_reply_finishes_the_step() {
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    let d = ok(&s, completed_reply(Step::CreateAlliance, Some(1)));
+    assert_eq!(d.to, SagaState::Completed);
+    assert_eq!(d.alliance_id.as_deref(), Some("a-7"));
+    assert!(!d.apply(&s, now()).awaiting_reply);
+
+    let s = awaiting(SagaState::Compensating, Step::DeletePartner, 1);
+    let d = ok(&s, completed_reply(Step::DeletePartner, Some(1)));
+    assert_eq!(d.to, SagaState::Compensated);
+}
+
+#[test]
+fn a_failed_reply_is_a_rejection_unless_marked_retryable() {
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    let d = ok(&s, failed_reply(Step::CreateAlliance, false));
+    assert_eq!(
+        (d.to, d.reason),
+        (SagaState::Compensating, Reason::AllianceRejected)
+    );
+    assert_eq!(d.step, Step::DeletePartner);
+
+    let d = ok(&s, failed_reply(Step::CreateAlliance, true));
+    assert_eq!(
+        (d.to, d.reason),
+        (SagaState::CreatingAlliance, Reason::AttemptFailed),
+        "a retry sends a new command, so the saga is no longer awaiting"
+    );
+    assert_eq!(d.attempts, 2);
+    assert!(matches!(d.next, NextAction::Call { step: Step::CreateAlliance, at } if at > now()));
+    assert!(!d.apply(&s, now()).awaiting_reply);
+
+    // Deleting has no business refusal: a failed reply is retried.
+    let s = awaiting(SagaState::Compensating, Step::DeletePartner, 1);
+    let d = ok(&s, failed_reply(Step::DeletePartner, false));
+    assert_eq!((d.to, d.attempts), (SagaState::Compensating, 2));
+}
+
+#[test]
+fn a_missed_reply_deadline_is_a_failed_attempt() {
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    let d = ok(
+        &s,
+        Input::ReplyTimedOut {
+            step: Step::CreateAlliance,
+        },
+    );
+    assert_eq!((d.to, d.attempts), (SagaState::CreatingAlliance, 2));
+    assert!(d.last_error.as_deref().unwrap_or("").contains("no reply"));
+    assert!(types(&d).contains(&EventType::SagaStepFailed));
+
+    let last = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 3);
+    let d = ok(
+        &last,
+        Input::ReplyTimedOut {
+            step: Step::CreateAlliance,
+        },
+    );
+    assert_eq!(
+        (d.to, d.reason),
+        (SagaState::Compensating, Reason::RetriesExhausted)
+    );
+
+    let deleting = awaiting(SagaState::Compensating, Step::DeletePartner, 3);
+    let d = ok(
+        &deleting,
+        Input::ReplyTimedOut {
+            step: Step::DeletePartner,
+        },
+    );
+    assert_eq!(
+        (d.to, d.reason),
+        (SagaState::Failed, Reason::CompensationExhausted)
+    );
+}
+
+#[test]
+fn a_reply_deadline_only_applies_to_an_awaited_attempt() {
+    let timed_out = Input::ReplyTimedOut {
+        step: Step::CreateAlliance,
+    };
+    invalid(
+        &saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1),
+        timed_out.clone(),
+    );
+    invalid(
+        &awaiting(SagaState::Compensating, Step::DeletePartner, 1),
+        timed_out,
+    );
+}
+
+#[test]
+fn replies_to_an_attempt_no_longer_awaited_are_stale() {
+    // Attempt 1 timed out; attempt 2's command is out.
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 2);
+    for status in [
+        ReplyStatus::Started,
+        ReplyStatus::Progress { detail: None },
+        ReplyStatus::Failed {
+            error: "late".into(),
+            retryable: false,
+        },
+    ] {
+        let e = invalid(&s, replied(Step::CreateAlliance, Some(1), status));
+        assert_eq!(e.input, "stale_reply");
+    }
+    // Waiting out a backoff: nothing is awaited at all.
+    let backing_off = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 2);
+    invalid(&backing_off, failed_reply(Step::CreateAlliance, false));
+    invalid(
+        &backing_off,
+        replied(Step::CreateAlliance, None, ReplyStatus::Started),
+    );
+    // A reply for the other step.
+    invalid(
+        &awaiting(SagaState::Compensating, Step::DeletePartner, 1),
+        failed_reply(Step::CreateAlliance, false),
+    );
+}
+
+#[test]
+fn a_late_success_still_counts_while_the_step_is_live() {
+    // The participant did it under the step's idempotency key.
+    let backing_off = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 2);
+    let d = ok(&backing_off, completed_reply(Step::CreateAlliance, Some(1)));
+    assert_eq!(d.to, SagaState::Completed);
+    let newer = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 3);
+    assert_eq!(
+        ok(&newer, completed_reply(Step::CreateAlliance, Some(2))).to,
+        SagaState::Completed
+    );
+    // Too late once compensation began, and once terminal.
+    invalid(
+        &saga(SagaState::Compensating, Step::DeletePartner, 1),
+        completed_reply(Step::CreateAlliance, Some(1)),
+    );
+    for state in [
+        SagaState::Completed,
+        SagaState::Compensated,
+        SagaState::Failed,
+    ] {
+        invalid(
+            &saga(state, Step::CreateAlliance, 1),
+            completed_reply(Step::CreateAlliance, None),
+        );
+    }
+}
+
+#[test]
+fn deadline_and_operators_override_an_awaited_reply() {
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    let d = ok(&s, Input::DeadlinePassed);
+    assert_eq!(d.to, SagaState::Compensating);
+    assert!(!d.apply(&s, now()).awaiting_reply);
+    let d = ok(
+        &s,
+        Input::ForceCompensate {
+            reason: "ops".into(),
+        },
+    );
+    assert_eq!(d.to, SagaState::Compensating);
+    assert_eq!(
+        d.next,
+        NextAction::Call {
+            step: Step::DeletePartner,
+            at: now()
+        }
+    );
 }

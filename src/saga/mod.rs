@@ -2,6 +2,7 @@
 //! pure state machine. Nothing in here does I/O.
 
 mod machine;
+mod reply;
 mod retry;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 pub use machine::{
     begin, decide, Decision, Input, InvalidTransition, NextAction, Reason, SagaEvent,
 };
+pub use reply::{Reply, ReplyStatus};
 pub use retry::{RetryKind, RetryPolicy, MAX_RETRY_AFTER};
 
 /// Where a saga is (CONTRACT §1). Stored as text, checked by the schema.
@@ -155,6 +157,9 @@ pub struct Saga {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// W3C trace context of the event that started it.
     pub traceparent: Option<String>,
+    /// Broker mode: the command for `step` (attempt `attempts`) is out and
+    /// its reply is awaited until `next_attempt_at`.
+    pub awaiting_reply: bool,
     /// Bumped by every transition: the optimistic-concurrency check that
     /// keeps two drivers from both moving one saga.
     pub version: i32,

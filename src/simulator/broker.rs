@@ -128,6 +128,11 @@ async fn handle(ctx: &Context, delivery: Delivery) -> Result<(), TransportError>
     let reply = |status: MessageStatus, extra: Value| {
         let mut payload = Map::new();
         payload.insert("partner_id".into(), partner_id.clone().into());
+        // Echoed so the orchestrator can tell a late reply to an earlier
+        // attempt from the answer it is waiting for.
+        if let Some(attempt) = command.payload.get("attempt") {
+            payload.insert("attempt".into(), attempt.clone());
+        }
         if let Value::Object(extra) = extra {
             payload.extend(extra);
         }

@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
     alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-    next_attempt_at, version";
+    next_attempt_at, awaiting_reply, version";
 
 /// Sagas in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -172,7 +172,7 @@ impl SagaStore for PostgresStore {
             "WITH upd AS ( \
                 UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
                     last_error = $7, updated_at = $8, next_attempt_at = $9, lease_owner = $10, \
-                    lease_until = $11, version = $12 \
+                    lease_until = $11, version = $12, awaiting_reply = $21 \
                 WHERE saga_id = $1 AND version = $2 \
                 RETURNING saga_id \
              ), hist AS ( \
@@ -206,6 +206,7 @@ impl SagaStore for PostgresStore {
         .bind(h.at)
         .bind(channels)
         .bind(messages)
+        .bind(s.awaiting_reply)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<i64, _>("updated")? == 1)
@@ -503,6 +504,7 @@ fn saga_from_row(row: &PgRow) -> Result<Saga, StoreError> {
         deadline_at: row.try_get("deadline_at")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
         traceparent: row.try_get("traceparent")?,
+        awaiting_reply: row.try_get("awaiting_reply")?,
         version: row.try_get("version")?,
     })
 }

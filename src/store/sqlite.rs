@@ -28,7 +28,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
     alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-    next_attempt_at, version";
+    next_attempt_at, awaiting_reply, version";
 
 /// Sagas in a SQLite file.
 #[derive(Debug, Clone)]
@@ -140,7 +140,8 @@ impl SagaStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE sagas SET state = ?, step = ?, attempts = ?, alliance_id = ?, last_error = ?, \
-                updated_at = ?, next_attempt_at = ?, lease_owner = ?, lease_until = ?, version = ? \
+                updated_at = ?, next_attempt_at = ?, lease_owner = ?, lease_until = ?, version = ?, \
+                awaiting_reply = ? \
              WHERE saga_id = ? AND version = ?",
         )
         .bind(s.state.as_str())
@@ -153,6 +154,7 @@ impl SagaStore for SqliteStore {
         .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
         .bind(write.lease.as_ref().map(|l| micros(l.until)))
         .bind(s.version)
+        .bind(s.awaiting_reply)
         .bind(s.saga_id.to_string())
         .bind(write.expected_version)
         .execute(&mut *tx)
@@ -404,6 +406,7 @@ fn saga_from_row(row: &SqliteRow) -> Result<Saga, StoreError> {
         deadline_at: time(saga_id, row.try_get("deadline_at")?)?,
         next_attempt_at: next.map(|v| time(saga_id, v)).transpose()?,
         traceparent: row.try_get("traceparent")?,
+        awaiting_reply: row.try_get("awaiting_reply")?,
         version: row.try_get("version")?,
     })
 }

@@ -98,6 +98,7 @@ fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
         deadline_at: now + chrono::Duration::seconds(300),
         next_attempt_at: Some(now),
         traceparent: None,
+        awaiting_reply: false,
         version: 1,
     };
     let decision = saga::begin(&started, now);
