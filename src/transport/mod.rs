@@ -6,6 +6,7 @@
 //! default methods, so every broker dead-letters the same way.
 
 mod memory;
+mod pulsar;
 mod redis_streams;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 
+pub use self::pulsar::{topic as pulsar_topic, PulsarTransport};
 pub use memory::MemoryTransport;
 pub use redis_streams::RedisTransport;
 
@@ -25,10 +27,24 @@ use crate::envelope::{format_time, DecodeError, Envelope};
 pub enum TransportError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("BROKER_URL: the {0} adapter is not available in this version; use redis:// (or memory:// to try it locally)")]
-    Unsupported(&'static str),
+    #[error("pulsar: {0}")]
+    Pulsar(Box<::pulsar::Error>),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
     #[error("subscription closed")]
     Closed,
+}
+
+impl From<::pulsar::Error> for TransportError {
+    fn from(e: ::pulsar::Error) -> Self {
+        Self::Pulsar(Box::new(e))
+    }
+}
+
+impl From<::pulsar::error::ConsumerError> for TransportError {
+    fn from(e: ::pulsar::error::ConsumerError) -> Self {
+        Self::Pulsar(Box::new(e.into()))
+    }
 }
 
 /// A message as it is on the wire, before or without decoding.
@@ -296,7 +312,10 @@ pub async fn from_settings(settings: &Settings) -> Result<Arc<dyn Transport>, Tr
             .await?,
         )),
         BrokerUrl::Memory => Ok(Arc::new(MemoryTransport::new())),
-        BrokerUrl::Pulsar(_) => Err(TransportError::Unsupported("pulsar")),
+        BrokerUrl::Pulsar(url) => Ok(Arc::new(
+            PulsarTransport::connect(url.as_str(), &settings.subscription, &settings.instance_id)
+                .await?,
+        )),
     }
 }
 

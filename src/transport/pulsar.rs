@@ -1,0 +1,544 @@
+//! Apache Pulsar adapter (crate `pulsar`, tokio runtime).
+//!
+//! - Each channel is the topic `persistent://public/default/<channel>`; the
+//!   subscription is Shared and durable, created at `Earliest`.
+//! - Messages carry the envelope as JSON, the partner as key and the
+//!   routing fields as properties (built by [`OutboundMessage::encode`]).
+//! - One task per subscription owns the crate's consumer: it forwards
+//!   messages, performs acks and nacks by message id, and rebuilds the
+//!   consumer when its stream ends, errors, or a periodic connection check
+//!   fails while idle. The crate reconnects on its own, but consumers have
+//!   been seen to stop yielding after a broker restart; the rebuild does not
+//!   rely on that. Unacked messages of a dropped consumer are redelivered and
+//!   deduplicated downstream.
+//! - Sends go through one producer per topic with the outbound queue bounded:
+//!   receipts are awaited every [`SEND_WINDOW`] messages, and a `SlowDown`
+//!   (queue full) waits for the receipts out before resending.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use pulsar::consumer::{InitialPosition, Message};
+use pulsar::error::{ConnectionError, ProducerError};
+use pulsar::producer::{self, SendFuture};
+use pulsar::proto::MessageIdData;
+use pulsar::{
+    ConnectionRetryOptions, Consumer, ConsumerOptions, OperationRetryOptions, Producer,
+    ProducerOptions, Pulsar, SubType, TokioExecutor,
+};
+use tokio::sync::{mpsc, Mutex};
+
+use super::{
+    Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport, TransportError,
+    WireFormat,
+};
+use crate::telemetry;
+
+/// Messages sent before their receipts are awaited: bounds memory and the
+/// crate's outbound queue.
+const SEND_WINDOW: usize = 256;
+/// The crate's per-connection outbound queue (default 100).
+const OUTBOUND_QUEUE: usize = 1024;
+/// Messages the broker may push to one consumer ahead of our reads.
+const RECEIVER_QUEUE: u32 = 512;
+/// How long one `next_batch` waits for a first message.
+const POLL: Duration = Duration::from_millis(500);
+/// Idle this long, the consumer's connection is checked.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+/// Consecutive stream errors after which the consumer is rebuilt.
+const MAX_STREAM_ERRORS: u32 = 3;
+/// Time allowed for a health check.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The topic of a channel; a full topic name is kept as given.
+pub fn topic(channel: &str) -> String {
+    if channel.contains("://") {
+        channel.to_string()
+    } else {
+        format!("persistent://public/default/{channel}")
+    }
+}
+
+/// One shared producer per channel, built on first send.
+type Producers = Arc<Mutex<HashMap<String, Arc<Mutex<Producer<TokioExecutor>>>>>>;
+
+/// A Pulsar cluster.
+#[derive(Clone)]
+pub struct PulsarTransport {
+    client: Pulsar<TokioExecutor>,
+    subscription: String,
+    consumer_name: String,
+    producers: Producers,
+    /// Makes every consumer name unique: a rebuilt consumer must not
+    /// collide with the registration of the one it replaces.
+    generation: Arc<AtomicU64>,
+}
+
+impl PulsarTransport {
+    /// Connects to `url` (`pulsar://` or `pulsar+ssl://`); `subscription`
+    /// is the shared subscription, `consumer_name` this instance's name in it.
+    pub async fn connect(
+        url: &str,
+        subscription: &str,
+        consumer_name: &str,
+    ) -> Result<Self, TransportError> {
+        let client = Pulsar::builder(url, TokioExecutor)
+            .with_connection_retry_options(ConnectionRetryOptions {
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                max_retries: 8,
+                connection_timeout: Duration::from_secs(5),
+                keep_alive: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .with_operation_retry_options(OperationRetryOptions {
+                operation_timeout: Duration::from_secs(10),
+                retry_delay: Duration::from_millis(500),
+                max_retries: Some(5),
+            })
+            .with_outbound_channel_size(OUTBOUND_QUEUE)
+            .build()
+            .await?;
+        Ok(Self {
+            client,
+            subscription: subscription.to_string(),
+            consumer_name: consumer_name.to_string(),
+            producers: Arc::default(),
+            generation: Arc::default(),
+        })
+    }
+
+    async fn producer(
+        &self,
+        channel: &str,
+    ) -> Result<Arc<Mutex<Producer<TokioExecutor>>>, TransportError> {
+        let mut producers = self.producers.lock().await;
+        if let Some(p) = producers.get(channel) {
+            return Ok(p.clone());
+        }
+        let producer = self
+            .client
+            .producer()
+            .with_topic(topic(channel))
+            .with_options(ProducerOptions {
+                // Wait for room in the outbound queue rather than fail.
+                block_queue_if_full: true,
+                ..Default::default()
+            })
+            .build()
+            .await?;
+        let producer = Arc::new(Mutex::new(producer));
+        producers.insert(channel.to_string(), producer.clone());
+        Ok(producer)
+    }
+
+    /// Drops a producer after an error so the next send builds a fresh one.
+    async fn forget_producer(&self, channel: &str) {
+        self.producers.lock().await.remove(channel);
+    }
+
+    async fn build_consumer(
+        &self,
+        channel: &str,
+    ) -> Result<Consumer<Vec<u8>, TokioExecutor>, TransportError> {
+        let n = self.generation.fetch_add(1, Ordering::Relaxed);
+        let consumer = self
+            .client
+            .consumer()
+            .with_topic(topic(channel))
+            .with_subscription(&self.subscription)
+            // Key_Shared needs metadata the crate does not send; correctness
+            // does not depend on it (each saga is serialized in the store).
+            .with_subscription_type(SubType::Shared)
+            .with_consumer_name(format!("{}-{channel}-{n}", self.consumer_name))
+            .with_options(
+                ConsumerOptions::default()
+                    .with_initial_position(InitialPosition::Earliest)
+                    .with_receiver_queue_size(RECEIVER_QUEUE),
+            )
+            .build::<Vec<u8>>()
+            .await?;
+        Ok(consumer)
+    }
+
+    async fn send_all(
+        &self,
+        channel: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<(), TransportError> {
+        let producer = self.producer(channel).await?;
+        let mut receipts: Vec<SendFuture> = Vec::with_capacity(messages.len().min(SEND_WINDOW));
+        for message in messages {
+            let message = to_pulsar(message);
+            loop {
+                let sent = producer
+                    .lock()
+                    .await
+                    .send_non_blocking(message.clone())
+                    .await;
+                match sent {
+                    Ok(receipt) => {
+                        receipts.push(receipt);
+                        break;
+                    }
+                    Err(pulsar::Error::Producer(ProducerError::Connection(
+                        ConnectionError::SlowDown,
+                    ))) => {
+                        // The queue is full: let what is in it drain first.
+                        if receipts.is_empty() {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        await_receipts(&mut receipts).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if receipts.len() >= SEND_WINDOW {
+                await_receipts(&mut receipts).await?;
+            }
+        }
+        await_receipts(&mut receipts).await
+    }
+}
+
+async fn await_receipts(receipts: &mut Vec<SendFuture>) -> Result<(), TransportError> {
+    for receipt in receipts.drain(..) {
+        receipt.await?;
+    }
+    Ok(())
+}
+
+fn to_pulsar(message: OutboundMessage) -> producer::Message {
+    let (payload, properties) = match message.raw {
+        RawMessage::Body { data, properties } => (data, properties.into_iter().collect()),
+        // Fields only come from Redis; carried as a JSON object if ever sent here.
+        RawMessage::Fields(fields) => {
+            let obj: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned().into()))
+                .collect();
+            (serde_json::to_vec(&obj).unwrap_or_default(), HashMap::new())
+        }
+    };
+    producer::Message {
+        payload,
+        properties,
+        partition_key: message.key,
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Transport for PulsarTransport {
+    fn format(&self) -> WireFormat {
+        WireFormat::Body
+    }
+
+    async fn send(
+        &self,
+        channel: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<(), TransportError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let result = self.send_all(channel, messages).await;
+        if result.is_err() {
+            self.forget_producer(channel).await;
+        }
+        result
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError> {
+        // Built here once so a broker that is down is reported to the caller.
+        let consumer = self.build_consumer(channel).await?;
+        let (deliveries, rx) = mpsc::channel(RECEIVER_QUEUE as usize);
+        let (settle, settlements) = mpsc::unbounded_channel();
+        let owner = ConsumerTask {
+            transport: self.clone(),
+            channel: channel.to_string(),
+            deliveries,
+            settle,
+            settlements,
+        };
+        tokio::spawn(owner.run(consumer));
+        Ok(Box::new(PulsarSubscription { rx }))
+    }
+
+    async fn ping(&self) -> Result<(), TransportError> {
+        let lookup = self.client.lookup_topic(topic("saga-orchestrator-ping"));
+        match tokio::time::timeout(PING_TIMEOUT, lookup).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(TransportError::Timeout("pulsar lookup")),
+        }
+    }
+}
+
+/// An ack or nack for the consumer task to carry out.
+struct Settlement {
+    topic: String,
+    id: MessageIdData,
+    ack: bool,
+}
+
+struct PulsarSettle {
+    settlement: std::sync::Mutex<Option<Settlement>>,
+    tx: mpsc::UnboundedSender<Settlement>,
+}
+
+#[async_trait]
+impl Settle for PulsarSettle {
+    async fn ack(&self) -> Result<(), TransportError> {
+        self.send(true)
+    }
+
+    async fn nack(&self) -> Result<(), TransportError> {
+        self.send(false)
+    }
+}
+
+impl PulsarSettle {
+    fn send(&self, ack: bool) -> Result<(), TransportError> {
+        let taken = self
+            .settlement
+            .lock()
+            .map_err(|_| TransportError::Closed)?
+            .take();
+        let Some(mut settlement) = taken else {
+            return Ok(());
+        };
+        settlement.ack = ack;
+        self.tx.send(settlement).map_err(|_| TransportError::Closed)
+    }
+}
+
+struct PulsarSubscription {
+    rx: mpsc::Receiver<Delivery>,
+}
+
+#[async_trait]
+impl Subscription for PulsarSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        let first = match tokio::time::timeout(POLL, self.rx.recv()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => return Err(TransportError::Closed),
+            Ok(Some(d)) => d,
+        };
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// Owns one channel's consumer for as long as its subscription lives.
+struct ConsumerTask {
+    transport: PulsarTransport,
+    channel: String,
+    deliveries: mpsc::Sender<Delivery>,
+    settle: mpsc::UnboundedSender<Settlement>,
+    settlements: mpsc::UnboundedReceiver<Settlement>,
+}
+
+/// Why a consumer is being replaced.
+enum Rebuild {
+    Because(String),
+    /// The subscription was dropped: stop.
+    Stop,
+}
+
+impl ConsumerTask {
+    async fn run(mut self, first: Consumer<Vec<u8>, TokioExecutor>) {
+        let mut consumer = first;
+        loop {
+            let why = match self.serve(&mut consumer).await {
+                Rebuild::Stop => {
+                    let _ = consumer.close().await;
+                    return;
+                }
+                Rebuild::Because(why) => why,
+            };
+            tracing::warn!(channel = %self.channel, reason = %why, "rebuilding the Pulsar consumer");
+            metrics::counter!(telemetry::CONSUMER_RECONNECTS, "channel" => self.channel.clone())
+                .increment(1);
+            let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
+            match self.rebuild().await {
+                Some(fresh) => consumer = fresh,
+                None => return,
+            }
+        }
+    }
+
+    /// Builds a new consumer, backing off; logs the first failure and the
+    /// recovery, not every attempt. `None` when the subscription is gone.
+    async fn rebuild(&self) -> Option<Consumer<Vec<u8>, TokioExecutor>> {
+        let mut failures: u32 = 0;
+        loop {
+            if self.deliveries.is_closed() {
+                return None;
+            }
+            match self.transport.build_consumer(&self.channel).await {
+                Ok(consumer) => {
+                    tracing::info!(channel = %self.channel, attempts = failures + 1, "Pulsar consumer rebuilt");
+                    return Some(consumer);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(channel = %self.channel, error = %e, "cannot rebuild the Pulsar consumer yet; retrying with backoff");
+                    } else {
+                        tracing::debug!(channel = %self.channel, error = %e, failures, "consumer rebuild failed");
+                    }
+                    let delay = Duration::from_millis(200u64 << failures.min(5));
+                    tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+                }
+            }
+        }
+    }
+
+    /// Forwards messages and settlements until the consumer needs replacing.
+    async fn serve(&mut self, consumer: &mut Consumer<Vec<u8>, TokioExecutor>) -> Rebuild {
+        let mut pending: Option<Delivery> = None;
+        let mut errors = 0;
+        let mut last_activity = Instant::now();
+        let mut watchdog = tokio::time::interval(IDLE_CHECK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                settlement = self.settlements.recv() => {
+                    let Some(s) = settlement else { return Rebuild::Stop };
+                    if let Err(e) = settle(consumer, s).await {
+                        // Not acked: the broker redelivers it and the
+                        // store's dedup makes that harmless.
+                        return Rebuild::Because(format!("ack failed: {e}"));
+                    }
+                }
+                permit = self.deliveries.reserve(), if pending.is_some() => {
+                    let Ok(permit) = permit else { return Rebuild::Stop };
+                    if let Some(d) = pending.take() {
+                        permit.send(d);
+                    }
+                }
+                next = consumer.next(), if pending.is_none() => {
+                    last_activity = Instant::now();
+                    match next {
+                        Some(Ok(message)) => {
+                            errors = 0;
+                            pending = Some(self.delivery(message));
+                        }
+                        Some(Err(e)) => {
+                            errors += 1;
+                            tracing::debug!(channel = %self.channel, error = %e, "Pulsar consumer error");
+                            if errors >= MAX_STREAM_ERRORS {
+                                return Rebuild::Because(format!("{errors} consecutive errors, last: {e}"));
+                            }
+                        }
+                        None => return Rebuild::Because("the consumer stream ended".into()),
+                    }
+                }
+                _ = watchdog.tick() => {
+                    if self.deliveries.is_closed() {
+                        return Rebuild::Stop;
+                    }
+                    if last_activity.elapsed() >= IDLE_CHECK {
+                        let check = tokio::time::timeout(PING_TIMEOUT, consumer.check_connection()).await;
+                        match check {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Rebuild::Because(format!("connection check failed: {e}")),
+                            Err(_) => return Rebuild::Because("connection check timed out".into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn delivery(&self, message: Message<Vec<u8>>) -> Delivery {
+        let id = message.message_id.id.clone();
+        let properties = message
+            .payload
+            .metadata
+            .properties
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let settle = PulsarSettle {
+            settlement: std::sync::Mutex::new(Some(Settlement {
+                topic: message.topic.clone(),
+                id: id.clone(),
+                ack: true,
+            })),
+            tx: self.settle.clone(),
+        };
+        Delivery::new(
+            self.channel.clone(),
+            format!(
+                "{}:{}:{}:{}",
+                id.ledger_id,
+                id.entry_id,
+                id.partition.unwrap_or(-1),
+                id.batch_index.unwrap_or(-1)
+            ),
+            RawMessage::Body {
+                data: message.payload.data,
+                properties,
+            },
+            Box::new(settle),
+        )
+    }
+}
+
+async fn settle(
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    s: Settlement,
+) -> Result<(), pulsar::error::ConsumerError> {
+    if s.ack {
+        consumer.ack_with_id(&s.topic, s.id).await
+    } else {
+        consumer.nack_with_id(&s.topic, s.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_map_to_default_namespace_topics() {
+        assert_eq!(
+            topic("partner-events"),
+            "persistent://public/default/partner-events"
+        );
+        assert_eq!(
+            topic("persistent://acme/saga/partner-events"),
+            "persistent://acme/saga/partner-events"
+        );
+    }
+
+    #[test]
+    fn outbound_messages_keep_key_and_properties() {
+        let m = to_pulsar(OutboundMessage {
+            key: Some("p-1".into()),
+            raw: RawMessage::Body {
+                data: b"{}".to_vec(),
+                properties: vec![("correlation_id".into(), "c-1".into())],
+            },
+        });
+        assert_eq!(m.partition_key.as_deref(), Some("p-1"));
+        assert_eq!(
+            m.properties.get("correlation_id").map(String::as_str),
+            Some("c-1")
+        );
+        assert_eq!(m.payload, b"{}");
+    }
+}
