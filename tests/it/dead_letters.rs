@@ -30,7 +30,7 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
     on_create_alliance(&alianzas, alliance_created("a-1"), None).await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("MAX_MESSAGE_BYTES", "4096");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alianzas, integraciones, config).await;
     let stream = app.channels.partner_events.clone();
 
     let poison = [
@@ -102,10 +102,10 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
         ),
     ];
     for (_, f, _) in &poison {
-        app.xadd(&stream, f).await;
+        app.publish_fields(&stream, f).await;
     }
     // An event type we do not handle: acked and ignored, not dead-lettered.
-    app.xadd(
+    app.publish_fields(
         &stream,
         &entry(
             "other-type",
@@ -130,9 +130,15 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
         "exactly the poison entries: {letters:?}"
     );
     for (event_id, original, reason) in &poison {
+        // An unparseable body is kept whole under `raw` (CONTRACT §3);
+        // Redis fields are always kept one by one.
+        let raw_id = format!("\"event_id\":\"{event_id}\"");
         let letter = letters
             .iter()
-            .find(|l| l.get("event_id").map(String::as_str) == Some(*event_id))
+            .find(|l| {
+                l.get("event_id").map(String::as_str) == Some(*event_id)
+                    || l.get("raw").is_some_and(|raw| raw.contains(&raw_id))
+            })
             .unwrap_or_else(|| panic!("{event_id} not dead-lettered"));
         assert!(
             letter["dlq_reason"].contains(reason),
@@ -142,19 +148,26 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
         assert_eq!(letter["source_channel"], stream);
         assert!(letter.contains_key("failed_at"));
         for (k, v) in original {
-            assert_eq!(
-                &letter[k], v,
-                "{event_id}: original field {k} kept as received"
-            );
+            match letter.get("raw") {
+                Some(raw) => assert!(raw.contains(v.as_str()), "{event_id}: {k} kept in raw"),
+                None => assert_eq!(
+                    &letter[k], v,
+                    "{event_id}: original field {k} kept as received"
+                ),
+            }
         }
     }
     assert!(!letters
         .iter()
         .any(|l| l.get("event_id").map(String::as_str) == Some("other-type")));
-    assert_eq!(app.pending(&stream).await, 0, "every entry acked");
     assert_eq!(app.sagas_of("p").await.len(), 0, "no saga from poison");
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("saga_dead_letters_total"), "{metrics}");
     assert!(metrics.contains("saga_ignored_messages_total"));
+    assert_eq!(
+        app.stop_and_count_unacked(&stream).await,
+        0,
+        "every entry acked"
+    );
 }

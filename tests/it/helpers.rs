@@ -1,16 +1,16 @@
 //! Test harness: a real service on port 0, a fresh PostgreSQL database and
-//! its own channel names per test, Redis Streams as the broker, and
-//! wiremock standing in for the participants' HTTP APIs.
+//! its own channel names per test, the broker `TEST_BROKER` names (Redis
+//! Streams or Pulsar, see `broker.rs`), and wiremock standing in for the
+//! participants' HTTP APIs.
 //!
 //! Needs `TEST_DATABASE_URL` (a superuser URL; each test creates its own
-//! database) and `TEST_REDIS_URL`: `make test` starts both.
+//! database) and `TEST_REDIS_URL` / `TEST_PULSAR_URL`: `make test` starts
+//! them all.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use saga_orchestrator::config::{Channels, Settings};
-use saga_orchestrator::envelope::{Envelope, EventType};
 use saga_orchestrator::startup::Application;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -25,7 +25,9 @@ pub const TERMINAL: [&str; 3] = ["completed", "compensated", "failed"];
 /// How long a test waits for a saga to settle before failing.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn env(name: &str) -> String {
+pub use crate::broker::{BrokerKind, Entry, TestBroker};
+
+pub fn env(name: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
 }
@@ -63,7 +65,7 @@ impl TestConfig {
         let mut set = |k: &str, v: &str| {
             values.insert(k.to_ascii_lowercase(), v.to_string());
         };
-        set("BROKER_URL", &env("TEST_REDIS_URL"));
+        set("BROKER_URL", &BrokerKind::from_env().url());
         set("DATABASE_URL", &database_url);
         set("DATABASE_MAX_CONNECTIONS", "5");
         set("API_ADDR", "127.0.0.1:0");
@@ -110,7 +112,7 @@ pub struct TestApp {
     pub alianzas: MockServer,
     pub integraciones: MockServer,
     pub channels: Channels,
-    pub redis: MultiplexedConnection,
+    pub broker: TestBroker,
     pub config: TestConfig,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -157,63 +159,18 @@ pub async fn spawn_app_with(
         );
     }
     let (address, stop, server) = launch(&config).await;
-    let redis = redis().await;
+    let broker = TestBroker::connect().await;
     TestApp {
         address,
         http: reqwest::Client::new(),
         alianzas,
         integraciones,
         channels: config.channels.clone(),
-        redis,
+        broker,
         config,
         stop,
         server: Some(server),
     }
-}
-
-/// A connection to the test Redis.
-pub async fn redis() -> MultiplexedConnection {
-    let client = redis::Client::open(env("TEST_REDIS_URL")).expect("redis url");
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis")
-}
-
-/// Publishes a `PartnerCreated` on `stream` the way integrations does;
-/// usable before any service is running.
-pub async fn publish_partner(
-    redis: &MultiplexedConnection,
-    stream: &str,
-    partner_id: &str,
-    event_id: &str,
-    correlation_id: &str,
-) {
-    let payload = json!({"partner_id": partner_id, "name": format!("Partner {partner_id}"), "email": format!("{partner_id}@example.test"), "tier": "gold"});
-    let mut envelope = Envelope::new(
-        EventType::PartnerCreated,
-        correlation_id,
-        None,
-        None,
-        payload.as_object().cloned().expect("object"),
-    );
-    envelope.event_id = event_id.to_string();
-    let fields: Vec<(String, String)> = envelope
-        .to_fields()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    xadd(redis, stream, &fields).await;
-}
-
-/// Adds raw fields to a stream.
-pub async fn xadd(redis: &MultiplexedConnection, stream: &str, fields: &[(String, String)]) {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(k).arg(v);
-    }
-    let _: String = cmd.query_async(&mut redis.clone()).await.expect("XADD");
 }
 
 async fn launch(config: &TestConfig) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
@@ -250,42 +207,27 @@ impl TestApp {
 
     /// Publishes a `PartnerCreated` on `partner-events` the way integrations does.
     pub async fn publish_partner(&self, partner_id: &str, event_id: &str, correlation_id: &str) {
-        let stream = &self.channels.partner_events;
-        publish_partner(&self.redis, stream, partner_id, event_id, correlation_id).await;
+        let channel = &self.channels.partner_events;
+        self.broker
+            .publish_partner(channel, partner_id, event_id, correlation_id)
+            .await;
     }
 
-    /// Adds raw fields to a stream.
-    pub async fn xadd(&self, stream: &str, fields: &[(String, String)]) {
-        xadd(&self.redis, stream, fields).await;
+    /// Publishes an entry given as text fields (see [`TestBroker::publish_fields`]).
+    pub async fn publish_fields(&self, channel: &str, fields: &[(String, String)]) {
+        self.broker.publish_fields(channel, fields).await;
     }
 
-    /// Every entry of a stream, as field maps, oldest first.
-    pub async fn stream(&self, stream: &str) -> Vec<HashMap<String, String>> {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis.clone())
-            .await
-            .expect("XRANGE");
-        entries
-            .into_iter()
-            .map(|(_, fields)| fields.into_iter().collect())
-            .collect()
+    /// Every entry of a channel so far, as text fields, oldest first.
+    pub async fn entries(&self, channel: &str) -> Vec<Entry> {
+        self.broker.entries(channel).await
     }
 
-    /// Entries read by the group but not yet acked.
-    pub async fn pending(&self, stream: &str) -> i64 {
-        let summary: Vec<redis::Value> = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg("saga-orchestrator")
-            .query_async(&mut self.redis.clone())
-            .await
-            .expect("XPENDING");
-        match summary.first() {
-            Some(redis::Value::Int(n)) => *n,
-            other => panic!("unexpected XPENDING reply: {other:?}"),
-        }
+    /// Stops the service, then counts what its subscription left unacked
+    /// on `channel` (see [`TestBroker::unacked`]).
+    pub async fn stop_and_count_unacked(&mut self, channel: &str) -> usize {
+        self.stop().await;
+        self.broker.unacked(channel).await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -357,12 +299,12 @@ impl TestApp {
         &self,
         stream: &str,
         n: usize,
-        pred: impl Fn(&HashMap<String, String>) -> bool,
-    ) -> Vec<HashMap<String, String>> {
+        pred: impl Fn(&Entry) -> bool,
+    ) -> Vec<Entry> {
         let started = Instant::now();
         loop {
             let matching: Vec<_> = self
-                .stream(stream)
+                .entries(stream)
                 .await
                 .into_iter()
                 .filter(|e| pred(e))

@@ -1,7 +1,10 @@
 //! One integration-test binary (faster to build than one per file): the
-//! real service against real PostgreSQL and Redis, participants mocked.
+//! real service against real PostgreSQL and a real broker (Redis or Pulsar,
+//! by `TEST_BROKER`), participants mocked.
 
 mod api;
+mod broker;
+mod broker_mode;
 mod dead_letters;
 mod demo;
 mod helpers;

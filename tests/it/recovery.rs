@@ -7,8 +7,7 @@ use serde_json::json;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, publish_partner, redis, spawn_app_with,
-    TestConfig,
+    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, TestBroker, TestConfig,
 };
 
 #[tokio::test]
@@ -18,39 +17,21 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("REDIS_CLAIM_IDLE_MS", "500");
     let stream = config.channels.partner_events.clone();
-    let mut redis = redis().await;
+    let broker = TestBroker::connect().await;
 
-    // A consumer of the group reads the event and dies before acking it.
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("saga-orchestrator")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    // A consumer of the subscription takes the event and dies before acking it.
     let p = partner();
-    publish_partner(&redis, &stream, &p, &format!("evt-{p}"), "corr-orphan").await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("saga-orchestrator")
-        .arg("dead-consumer")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    broker
+        .publish_partner(&stream, &p, &format!("evt-{p}"), "corr-orphan")
+        .await;
+    broker.leave_unacked_by_a_dead_consumer(&stream).await;
 
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alianzas, integraciones, config).await;
     let saga = app.settled(&p).await;
 
     assert_eq!(saga["state"], "completed");
     assert_eq!(saga["correlation_id"], "corr-orphan");
-    assert_eq!(app.pending(&stream).await, 0);
+    assert_eq!(app.stop_and_count_unacked(&stream).await, 0);
 }
 
 #[tokio::test]
@@ -128,14 +109,10 @@ async fn events_published_before_the_first_start_are_consumed() {
     let config = TestConfig::new(&alianzas, &integraciones).await;
     let stream = config.channels.partner_events.clone();
     let p = partner();
-    publish_partner(
-        &redis().await,
-        &stream,
-        &p,
-        &format!("evt-{p}"),
-        "corr-early",
-    )
-    .await;
+    TestBroker::connect()
+        .await
+        .publish_partner(&stream, &p, &format!("evt-{p}"), "corr-early")
+        .await;
 
     let app = spawn_app_with(alianzas, integraciones, config).await;
     assert_eq!(app.settled(&p).await["state"], "completed");

@@ -280,7 +280,7 @@ async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
 async fn the_same_event_three_times_runs_one_saga() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, alliance_created("a-once"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let mut app = spawn_app(alianzas, integraciones).await;
     let p = partner();
     let event_id = format!("evt-{p}");
 
@@ -299,8 +299,9 @@ async fn the_same_event_three_times_runs_one_saga() {
         requests[0].headers["idempotency-key"],
         format!("{}:create-alliance", saga["saga_id"].as_str().unwrap()).as_str()
     );
+    let channel = app.channels.partner_events.clone();
     assert_eq!(
-        app.pending(&app.channels.partner_events).await,
+        app.stop_and_count_unacked(&channel).await,
         0,
         "all three deliveries acked"
     );

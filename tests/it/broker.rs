@@ -1,0 +1,384 @@
+//! The tests' own view of the broker, independent of the service's
+//! adapters: publishes what integrations and participants would, reads
+//! channels the way an operator would, and tells what the orchestrator
+//! left unacknowledged.
+//!
+//! `TEST_BROKER` picks the broker for the whole suite: `redis` (default,
+//! `TEST_REDIS_URL`) or `pulsar` (`TEST_PULSAR_URL`); `make test` runs the
+//! suite once on each.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pulsar::consumer::InitialPosition;
+use pulsar::{Consumer, ConsumerOptions, Producer, Pulsar, SubType, TokioExecutor};
+use redis::aio::MultiplexedConnection;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use saga_orchestrator::envelope::{Envelope, EventType};
+
+/// The orchestrator's subscription / consumer group (the default setting).
+pub const SUBSCRIPTION: &str = "saga-orchestrator";
+
+/// Which broker the suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Redis,
+    Pulsar,
+}
+
+impl BrokerKind {
+    /// From `TEST_BROKER`.
+    pub fn from_env() -> Self {
+        match std::env::var("TEST_BROKER").as_deref() {
+            Ok("pulsar") => Self::Pulsar,
+            Ok("redis") | Err(_) => Self::Redis,
+            Ok(other) => panic!("TEST_BROKER={other}: expected redis or pulsar"),
+        }
+    }
+
+    /// The `BROKER_URL` the service under test gets.
+    pub fn url(self) -> String {
+        match self {
+            Self::Redis => crate::helpers::env("TEST_REDIS_URL"),
+            Self::Pulsar => crate::helpers::env("TEST_PULSAR_URL"),
+        }
+    }
+}
+
+/// A channel entry as flat text fields (Redis's shape; on Pulsar the JSON
+/// body's top-level keys, with `payload` as JSON text).
+pub type Entry = HashMap<String, String>;
+
+/// A connection to the suite's broker.
+pub enum TestBroker {
+    Redis(MultiplexedConnection),
+    Pulsar(Box<PulsarProbe>),
+}
+
+/// A channel's private reader and everything it has read so far.
+type Reader = (Consumer<Vec<u8>, TokioExecutor>, Vec<Entry>);
+
+/// Pulsar, through the `pulsar` crate directly.
+pub struct PulsarProbe {
+    client: Pulsar<TokioExecutor>,
+    producers: Mutex<HashMap<String, Producer<TokioExecutor>>>,
+    /// Per channel: a private subscription and everything read so far.
+    readers: Mutex<HashMap<String, Reader>>,
+}
+
+fn topic(channel: &str) -> String {
+    format!("persistent://public/default/{channel}")
+}
+
+impl TestBroker {
+    /// Connects to the broker `TEST_BROKER` names.
+    pub async fn connect() -> Self {
+        Self::connect_to(BrokerKind::from_env()).await
+    }
+
+    pub async fn connect_to(kind: BrokerKind) -> Self {
+        match kind {
+            BrokerKind::Redis => {
+                let client = redis::Client::open(kind.url()).expect("redis url");
+                Self::Redis(
+                    client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("connect to redis"),
+                )
+            }
+            BrokerKind::Pulsar => {
+                let client = Pulsar::builder(kind.url(), TokioExecutor)
+                    .build()
+                    .await
+                    .expect("connect to pulsar");
+                Self::Pulsar(Box::new(PulsarProbe {
+                    client,
+                    producers: Mutex::default(),
+                    readers: Mutex::default(),
+                }))
+            }
+        }
+    }
+
+    /// Publishes a `PartnerCreated` the way integrations does.
+    pub async fn publish_partner(
+        &self,
+        channel: &str,
+        partner_id: &str,
+        event_id: &str,
+        correlation_id: &str,
+    ) {
+        let envelope = partner_created(partner_id, event_id, correlation_id);
+        let fields: Vec<(String, String)> = envelope
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        self.publish_fields(channel, &fields).await;
+    }
+
+    /// Publishes an entry given as text fields. On Pulsar the body is a
+    /// JSON object of them with `payload` spliced in verbatim, so a
+    /// payload that is not JSON makes the whole body invalid JSON, as a
+    /// broken producer's would be.
+    pub async fn publish_fields(&self, channel: &str, fields: &[(String, String)]) {
+        match self {
+            Self::Redis(conn) => {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(channel).arg("*");
+                for (k, v) in fields {
+                    cmd.arg(k).arg(v);
+                }
+                let _: String = cmd.query_async(&mut conn.clone()).await.expect("XADD");
+            }
+            Self::Pulsar(probe) => {
+                let members: Vec<String> = fields
+                    .iter()
+                    .map(|(k, v)| {
+                        let value = if k == "payload" {
+                            v.clone()
+                        } else {
+                            Value::from(v.as_str()).to_string()
+                        };
+                        format!("{}:{value}", Value::from(k.as_str()))
+                    })
+                    .collect();
+                let body = format!("{{{}}}", members.join(","));
+                let get = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
+                let key = get("payload")
+                    .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                    .and_then(|p| p["partner_id"].as_str().map(str::to_string));
+                let mut properties = HashMap::new();
+                for name in ["correlation_id", "event_type", "saga_id", "traceparent"] {
+                    if let Some(v) = get(name) {
+                        properties.insert(name.to_string(), v);
+                    }
+                }
+                probe
+                    .send(channel, body.into_bytes(), key, properties)
+                    .await;
+            }
+        }
+    }
+
+    /// Publishes an envelope as a participant or integrations would.
+    pub async fn publish_envelope(&self, channel: &str, envelope: &Envelope) {
+        let fields: Vec<(String, String)> = envelope
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        self.publish_fields(channel, &fields).await;
+    }
+
+    /// Every entry of a channel so far, oldest first.
+    pub async fn entries(&self, channel: &str) -> Vec<Entry> {
+        match self {
+            Self::Redis(conn) => {
+                let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                    .arg(channel)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn.clone())
+                    .await
+                    .expect("XRANGE");
+                entries
+                    .into_iter()
+                    .map(|(_, fields)| fields.into_iter().collect())
+                    .collect()
+            }
+            Self::Pulsar(probe) => probe.read_all(channel).await,
+        }
+    }
+
+    /// Messages of `channel` the orchestrator's subscription holds but has
+    /// not acknowledged. On Pulsar that is only observable once no
+    /// orchestrator is connected: call it after stopping the service. A
+    /// consumer then joins the subscription and counts what the broker
+    /// hands it, without acking.
+    pub async fn unacked(&self, channel: &str) -> usize {
+        match self {
+            Self::Redis(conn) => {
+                let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+                    .arg(channel)
+                    .arg(SUBSCRIPTION)
+                    .query_async(&mut conn.clone())
+                    .await
+                    .expect("XPENDING");
+                match summary.first() {
+                    Some(redis::Value::Int(n)) => usize::try_from(*n).unwrap_or(0),
+                    other => panic!("unexpected XPENDING reply: {other:?}"),
+                }
+            }
+            Self::Pulsar(probe) => {
+                let mut consumer = probe.consumer(channel, SUBSCRIPTION).await;
+                let mut n = 0;
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_millis(1500), consumer.next()).await
+                {
+                    n += 1;
+                }
+                let _ = consumer.close().await;
+                n
+            }
+        }
+    }
+
+    /// Delivers everything on `channel` to a consumer of the
+    /// orchestrator's subscription that then dies without acking: what a
+    /// crashed instance leaves behind.
+    pub async fn leave_unacked_by_a_dead_consumer(&self, channel: &str) {
+        match self {
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                let created: Result<(), _> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(channel)
+                    .arg(SUBSCRIPTION)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = created {
+                    assert_eq!(e.code(), Some("BUSYGROUP"), "XGROUP CREATE: {e}");
+                }
+                let _: redis::Value = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(SUBSCRIPTION)
+                    .arg("dead-consumer")
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(channel)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XREADGROUP");
+            }
+            Self::Pulsar(probe) => {
+                let mut consumer = probe.consumer(channel, SUBSCRIPTION).await;
+                let got = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await;
+                assert!(
+                    matches!(got, Ok(Some(Ok(_)))),
+                    "the doomed consumer got nothing"
+                );
+                // Gone without an ack: the broker must hand it to the next one.
+                let _ = consumer.close().await;
+            }
+        }
+    }
+}
+
+impl PulsarProbe {
+    async fn send(
+        &self,
+        channel: &str,
+        payload: Vec<u8>,
+        key: Option<String>,
+        properties: HashMap<String, String>,
+    ) {
+        let mut producers = self.producers.lock().await;
+        if !producers.contains_key(channel) {
+            let producer = self
+                .client
+                .producer()
+                .with_topic(topic(channel))
+                .build()
+                .await
+                .expect("pulsar producer");
+            producers.insert(channel.to_string(), producer);
+        }
+        let producer = producers.get_mut(channel).expect("just inserted");
+        let message = pulsar::producer::Message {
+            payload,
+            properties,
+            partition_key: key,
+            ..Default::default()
+        };
+        producer
+            .send_non_blocking(message)
+            .await
+            .expect("pulsar send")
+            .await
+            .expect("pulsar receipt");
+    }
+
+    async fn consumer(
+        &self,
+        channel: &str,
+        subscription: &str,
+    ) -> Consumer<Vec<u8>, TokioExecutor> {
+        self.client
+            .consumer()
+            .with_topic(topic(channel))
+            .with_subscription(subscription)
+            .with_subscription_type(SubType::Shared)
+            .with_consumer_name(format!("test-{}", Uuid::new_v4().simple()))
+            .with_options(
+                ConsumerOptions::default().with_initial_position(InitialPosition::Earliest),
+            )
+            .build::<Vec<u8>>()
+            .await
+            .expect("pulsar consumer")
+    }
+
+    async fn read_all(&self, channel: &str) -> Vec<Entry> {
+        let mut readers = self.readers.lock().await;
+        if !readers.contains_key(channel) {
+            let subscription = format!("test-reader-{}", Uuid::new_v4().simple());
+            let consumer = self.consumer(channel, &subscription).await;
+            readers.insert(channel.to_string(), (consumer, Vec::new()));
+        }
+        let (consumer, seen) = readers.get_mut(channel).expect("just inserted");
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+        {
+            consumer.ack(&message).await.expect("ack");
+            seen.push(body_fields(&message.payload.data));
+        }
+        seen.clone()
+    }
+}
+
+/// A JSON body as Redis-shaped fields: strings as they are, other values
+/// as JSON text, nulls left out; a body that is not an object under `raw`.
+fn body_fields(data: &[u8]) -> Entry {
+    match serde_json::from_slice::<Value>(data) {
+        Ok(Value::Object(obj)) => obj
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                (k, text)
+            })
+            .collect(),
+        _ => HashMap::from([(
+            "raw".to_string(),
+            String::from_utf8_lossy(data).into_owned(),
+        )]),
+    }
+}
+
+/// The `PartnerCreated` integrations would announce.
+pub fn partner_created(partner_id: &str, event_id: &str, correlation_id: &str) -> Envelope {
+    let payload = json!({"partner_id": partner_id, "name": format!("Partner {partner_id}"), "email": format!("{partner_id}@example.test"), "tier": "gold"});
+    let mut envelope = Envelope::new(
+        EventType::PartnerCreated,
+        correlation_id,
+        None,
+        None,
+        payload.as_object().cloned().expect("object"),
+    );
+    envelope.event_id = event_id.to_string();
+    envelope
+}

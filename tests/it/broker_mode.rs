@@ -1,0 +1,340 @@
+//! Broker mode (`ALIANZAS_MODE=broker`, `INTEGRACIONES_MODE=broker`): the
+//! test plays both participants on the broker, reading their command
+//! channels and answering on `saga-replies` exactly as CONTRACT §3 says.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use saga_orchestrator::envelope::{Envelope, EventType, MessageStatus};
+
+use crate::helpers::{mocks, partner, spawn_app_with, states, Entry, TestApp, TestConfig};
+
+async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
+    let (alianzas, integraciones) = mocks().await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config
+        .set("ALIANZAS_MODE", "broker")
+        .set("INTEGRACIONES_MODE", "broker")
+        .set("STEP_TIMEOUT_MS", &step_timeout_ms.to_string());
+    spawn_app_with(alianzas, integraciones, config).await
+}
+
+/// The `n`-th command (1-based) on `channel` for `partner_id`.
+async fn command(app: &TestApp, channel: &str, partner_id: &str, n: usize) -> Entry {
+    let of_partner = |e: &Entry| {
+        e.get("payload")
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .is_some_and(|p| p["partner_id"] == partner_id)
+    };
+    let commands = app.wait_for_entries(channel, n, of_partner).await;
+    commands[n - 1].clone()
+}
+
+fn payload(entry: &Entry) -> Value {
+    serde_json::from_str(&entry["payload"]).expect("payload is JSON")
+}
+
+/// The participant's reply to `command`.
+fn reply(command: &Entry, status: MessageStatus, extra: Value) -> Envelope {
+    let kind = match command["event_type"].as_str() {
+        "CreateAlliance" => EventType::CreateAllianceReply,
+        "DeletePartner" => EventType::DeletePartnerReply,
+        other => panic!("not a command: {other}"),
+    };
+    let sent = payload(command);
+    let mut body = json!({"partner_id": sent["partner_id"], "attempt": sent["attempt"]});
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    Envelope::new(
+        kind,
+        command["correlation_id"].clone(),
+        Some(command["saga_id"].parse().expect("saga_id")),
+        Some(status),
+        body.as_object().cloned().unwrap_or_default(),
+    )
+}
+
+async fn answer(app: &TestApp, envelope: Envelope) {
+    app.broker
+        .publish_envelope(&app.channels.saga_replies, &envelope)
+        .await;
+}
+
+async fn wait_for_state(app: &TestApp, partner_id: &str, state: &str) -> Value {
+    for _ in 0..400 {
+        if let Some(saga) = app.sagas_of(partner_id).await.first() {
+            if saga["state"] == state {
+                return saga.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("saga of {partner_id} never reached {state}");
+}
+
+fn reasons(saga: &Value) -> Vec<String> {
+    saga["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_saga_completes_through_commands_and_a_stream_of_replies() {
+    let app = broker_mode_app(5_000).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-broker")
+        .await;
+
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    assert_eq!(create["event_type"], "CreateAlliance");
+    assert_eq!(create["correlation_id"], "corr-broker");
+    let sent = payload(&create);
+    assert_eq!(sent["name"], format!("Partner {p}"));
+    assert_eq!(sent["email"], format!("{p}@example.test"));
+    assert_eq!(sent["tier"], "gold", "whatever else the partner carried");
+    assert_eq!(sent["attempt"], 1);
+    assert_eq!(
+        sent["idempotency_key"],
+        format!("{}:create-alliance", create["saga_id"])
+    );
+    wait_for_state(&app, &p, "awaiting_alliance").await;
+
+    answer(&app, reply(&create, MessageStatus::Started, json!({}))).await;
+    for step in ["a third", "two thirds"] {
+        answer(
+            &app,
+            reply(&create, MessageStatus::Progress, json!({"progress": step})),
+        )
+        .await;
+    }
+    answer(
+        &app,
+        reply(
+            &create,
+            MessageStatus::Completed,
+            json!({"alliance_id": "a-b1"}),
+        ),
+    )
+    .await;
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "completed");
+    assert_eq!(saga["alliance_id"], "a-b1");
+    assert_eq!(saga["saga_id"], create["saga_id"].as_str());
+    assert_eq!(
+        reasons(&saga),
+        [
+            "partner_created",
+            "alliance_requested",
+            "command_sent",
+            "participant_started",
+            "participant_progress",
+            "participant_progress",
+            "alliance_created"
+        ]
+    );
+    let progress: Vec<_> = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["detail"].as_str())
+        .collect();
+    assert!(progress.contains(&"two thirds"), "{progress:?}");
+    assert!(app.alianzas.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_reply_compensates_through_delete_partner_commands() {
+    let app = broker_mode_app(5_000).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-broker-no")
+        .await;
+
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    answer(&app, reply(&create, MessageStatus::Started, json!({}))).await;
+    answer(
+        &app,
+        reply(
+            &create,
+            MessageStatus::Failed,
+            json!({"error": "partner is blacklisted"}),
+        ),
+    )
+    .await;
+
+    let delete = command(&app, &app.channels.integration_commands, &p, 1).await;
+    assert_eq!(delete["event_type"], "DeletePartner");
+    assert_eq!(delete["saga_id"], create["saga_id"]);
+    let sent = payload(&delete);
+    assert!(
+        sent["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("partner is blacklisted"),
+        "{sent}"
+    );
+    assert_eq!(
+        sent["idempotency_key"],
+        format!("{}:delete-partner", create["saga_id"])
+    );
+    answer(&app, reply(&delete, MessageStatus::Started, json!({}))).await;
+    answer(&app, reply(&delete, MessageStatus::Completed, json!({}))).await;
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated");
+    assert_eq!(
+        states(&saga),
+        [
+            "started",
+            "creating_alliance",
+            "awaiting_alliance",
+            "awaiting_alliance",
+            "compensating",
+            "compensating",
+            "compensating",
+            "compensated"
+        ]
+    );
+    assert!(app
+        .integraciones
+        .received_requests()
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_missed_reply_deadline_sends_the_command_again_and_stale_replies_are_ignored() {
+    let app = broker_mode_app(400).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-broker-slow")
+        .await;
+
+    // Attempt 1: the participant starts, reports progress, then goes quiet.
+    let first = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    answer(&app, reply(&first, MessageStatus::Started, json!({}))).await;
+    answer(
+        &app,
+        reply(&first, MessageStatus::Progress, json!({"progress": "1/2"})),
+    )
+    .await;
+
+    // The deadline passes: attempt 2 goes out under the same key.
+    let second = command(&app, &app.channels.alliance_commands, &p, 2).await;
+    assert_eq!(payload(&second)["attempt"], 2);
+    assert_eq!(
+        payload(&second)["idempotency_key"],
+        payload(&first)["idempotency_key"]
+    );
+    assert_ne!(second["event_id"], first["event_id"]);
+
+    // Attempt 1's failure arrives late: it must not fail attempt 2.
+    answer(
+        &app,
+        reply(&first, MessageStatus::Failed, json!({"error": "late"})),
+    )
+    .await;
+    answer(&app, reply(&second, MessageStatus::Started, json!({}))).await;
+    answer(
+        &app,
+        reply(
+            &second,
+            MessageStatus::Completed,
+            json!({"alliance_id": "a-2"}),
+        ),
+    )
+    .await;
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "completed", "{saga}");
+    assert_eq!(saga["alliance_id"], "a-2");
+    let timed_out = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["reason"] == "attempt_failed")
+        .expect("a failed attempt in the history");
+    assert!(
+        timed_out["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no reply"),
+        "{timed_out}"
+    );
+    assert!(!reasons(&saga).contains(&"alliance_rejected".to_string()));
+}
+
+#[tokio::test]
+async fn a_participant_that_never_answers_is_compensated_after_the_last_attempt() {
+    let app = broker_mode_app(300).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-broker-silent")
+        .await;
+
+    // RETRY_MAX_ATTEMPTS is 3 in tests: three commands, no answer.
+    let third = command(&app, &app.channels.alliance_commands, &p, 3).await;
+    assert_eq!(payload(&third)["attempt"], 3);
+    let delete = command(&app, &app.channels.integration_commands, &p, 1).await;
+    assert!(payload(&delete)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("retries_exhausted"));
+    answer(&app, reply(&delete, MessageStatus::Completed, json!({}))).await;
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated");
+    assert!(reasons(&saga).contains(&"retries_exhausted".to_string()));
+}
+
+#[tokio::test]
+async fn replies_for_unknown_or_finished_sagas_are_acked_and_dropped() {
+    let mut app = broker_mode_app(5_000).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-broker-dup")
+        .await;
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    let done = reply(
+        &create,
+        MessageStatus::Completed,
+        json!({"alliance_id": "a-d"}),
+    );
+    answer(&app, done.clone()).await;
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "completed");
+
+    // The same reply again, a late progress, and a reply for a saga
+    // nobody knows: all acked, none changes anything.
+    answer(&app, done).await;
+    answer(&app, reply(&create, MessageStatus::Progress, json!({}))).await;
+    let mut stranger = reply(&create, MessageStatus::Completed, json!({}));
+    stranger.saga_id = Some(Uuid::now_v7());
+    answer(&app, stranger).await;
+    // And a reply that names no saga at all: dead-lettered.
+    let mut anonymous = reply(&create, MessageStatus::Started, json!({}));
+    anonymous.saga_id = None;
+    answer(&app, anonymous).await;
+
+    let dlq = format!("{}-dlq", app.channels.saga_replies);
+    let letters = app.wait_for_entries(&dlq, 1, |_| true).await;
+    assert!(letters[0]["dlq_reason"].contains("saga_id"), "{letters:?}");
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for outcome in ["outcome=\"stale\"", "outcome=\"unknown_saga\""] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("saga_replies_total") && l.contains(outcome)),
+            "{outcome} not counted"
+        );
+    }
+    let after = app.saga(saga["saga_id"].as_str().unwrap()).await;
+    assert_eq!(after["history"], saga["history"], "nothing changed");
+    let replies = app.channels.saga_replies.clone();
+    assert_eq!(app.stop_and_count_unacked(&replies).await, 0);
+}
