@@ -415,6 +415,9 @@ impl ConsumerTask {
         loop {
             tokio::select! {
                 biased;
+                // The subscription was dropped (shutdown): close now, so the
+                // broker hands what we hold to other instances at once.
+                () = self.deliveries.closed() => return Rebuild::Stop,
                 settlement = self.settlements.recv() => {
                     let Some(s) = settlement else { return Rebuild::Stop };
                     if let Err(e) = settle(consumer, s).await {
