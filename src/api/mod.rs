@@ -1,6 +1,7 @@
 //! The orchestrator's HTTP API (CONTRACT §5), with axum; documented by the
-//! OpenAPI document at `/openapi.json`.
+//! OpenAPI document at `/openapi.json` and the page at `/docs`.
 
+mod docs;
 mod error;
 mod health;
 mod openapi;
@@ -15,6 +16,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use docs::SWAGGER_UI_VERSION;
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 
@@ -42,12 +44,14 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sagas::retry))
         .routes(routes!(sagas::compensate))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(docs::page))
 }
 
 /// All routes; request bodies are capped at `max_body_bytes`.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let (documented, _) = routes().split_for_parts();
     documented
+        .merge(docs::asset_routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))

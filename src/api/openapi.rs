@@ -300,6 +300,7 @@ mod tests {
             ("/sagas/{saga_id}/retry", "post"),
             ("/sagas/{saga_id}/compensate", "post"),
             ("/openapi.json", "get"),
+            ("/docs", "get"),
         ];
         let mut documented = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {

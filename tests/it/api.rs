@@ -1,6 +1,6 @@
 //! The HTTP API: starting sagas, listing and paging, errors as JSON with
 //! the right status, health, metrics (text and JSON summary), the admin
-//! routes, and the OpenAPI document.
+//! routes, and the OpenAPI document with its `/docs` page.
 
 use std::time::{Duration, Instant};
 
@@ -457,6 +457,7 @@ async fn openapi_json_documents_every_route_and_the_admin_scheme() {
         ("/sagas/{saga_id}/retry", "post"),
         ("/sagas/{saga_id}/compensate", "post"),
         ("/openapi.json", "get"),
+        ("/docs", "get"),
     ] {
         let op = &doc["paths"][route][method];
         assert!(op.is_object(), "{method} {route} is documented");
@@ -482,6 +483,82 @@ async fn openapi_json_documents_every_route_and_the_admin_scheme() {
     for name in ["state", "partner_id", "correlation_id", "limit", "cursor"] {
         assert!(params.iter().any(|p| p == name), "{name} in {params:?}");
     }
+}
+
+/// Every `src="…"` and `href="…"` of a page.
+fn referenced_urls(html: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            urls.push(part.split('"').next().unwrap_or_default().to_string());
+        }
+    }
+    urls
+}
+
+#[tokio::test]
+async fn docs_page_loads_only_local_assets() {
+    let (alianzas, integraciones) = mocks().await;
+    let app = spawn_app(alianzas, integraciones).await;
+
+    let page = app.get("/docs").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.len() < 2048,
+        "the page stays tiny: {} bytes",
+        html.len()
+    );
+
+    let urls = referenced_urls(&html);
+    assert!(urls.len() >= 3, "{urls:?}");
+    for url in &urls {
+        assert!(
+            url.starts_with('/') && !url.starts_with("//"),
+            "only local URLs: {url}"
+        );
+        let asset = app.get(url).await;
+        assert_eq!(asset.status(), 200, "{url}");
+        let expected = match url.rsplit('.').next() {
+            Some("js") => "text/javascript",
+            Some("css") => "text/css",
+            Some("png") => "image/png",
+            other => panic!("unexpected asset type {other:?} for {url}"),
+        };
+        let content_type = asset.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(content_type.starts_with(expected), "{url}: {content_type}");
+        assert_eq!(asset.headers()["cache-control"], "no-cache", "{url}");
+        let etag = asset.headers()["etag"].clone();
+        let body = asset.bytes().await.unwrap();
+        assert!(!body.is_empty(), "{url}");
+
+        let again = app
+            .http
+            .get(format!("{}{url}", app.address))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{url} revalidates");
+    }
+    let init = app.get("/docs/init.js").await.text().await.unwrap();
+    assert!(init.contains("\"/openapi.json\""), "{init}");
+    let bundle = app
+        .get("/docs/swagger-ui-bundle.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(bundle.contains("SwaggerUIBundle"));
 }
 
 /// Polls `/metrics/summary` until `done` holds for it (or fails after 10 s).
