@@ -15,6 +15,7 @@
 //! - [`participants`]: alliances and integrations clients (HTTP).
 //! - [`orchestrator`]: consumer, saga driver, outbox relay, recovery sweeper.
 //! - [`telemetry`]: logging and metric names.
+//! - [`stats`]: this instance's live counters for the JSON metrics summary.
 //! - [`api`]: the HTTP API.
 //! - [`simulator`]: both participants simulated, over HTTP and the broker.
 //! - [`demo`]: the embedded demo and its report.
@@ -29,6 +30,7 @@ pub mod participants;
 pub mod saga;
 pub mod simulator;
 pub mod startup;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

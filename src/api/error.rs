@@ -5,10 +5,23 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::orchestrator::OperateError;
 use crate::store::StoreError;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `bad_request`, `unprocessable_entity`,
+    /// `invalid_request` (a body refused before parsing: too large, not
+    /// JSON…), `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict` or `unavailable`.
+    pub error: &'static str,
+    /// What went wrong, for a person.
+    pub detail: String,
+}
 
 /// Everything a route can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +78,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(json!({ "error": code, "detail": detail }))).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: code,
+                detail,
+            }),
+        )
+            .into_response()
     }
 }
 

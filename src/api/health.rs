@@ -4,18 +4,90 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::saga::SagaState;
 use crate::telemetry;
 
+/// `GET /health` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`: an answer at all is the signal.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
 /// `GET /health`: the process answers.
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness",
+    description = "Answers while the process runs; checks nothing else (see `/ready`).",
+    responses((status = 200, description = "The process is alive.", body = Health))
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// One dependency's state in a readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    /// `ok` or `down`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// Why it is down; absent when `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Check {
+    fn of(result: Option<String>) -> Self {
+        match result {
+            None => Self {
+                status: "ok",
+                error: None,
+            },
+            Some(e) => Self {
+                status: "down",
+                error: Some(e),
+            },
+        }
+    }
+}
+
+/// The dependencies `/ready` checks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checks {
+    /// The saga store (PostgreSQL or SQLite).
+    pub store: Check,
+    /// The message broker.
+    pub broker: Check,
+}
+
+/// `GET /ready` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` (200) or `unavailable` (503).
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    pub checks: Checks,
 }
 
 /// `GET /ready`: 200 only when the store and the broker both answer.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    summary = "Readiness",
+    description = "200 only when both the store and the broker answer; otherwise 503 naming what is down.",
+    responses(
+        (status = 200, description = "Store and broker answer.", body = Readiness),
+        (status = 503, description = "The store or the broker (or both) is down.", body = Readiness),
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let store = state
         .orchestrator
@@ -31,24 +103,31 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         .await
         .err()
         .map(|e| e.to_string());
-    let check = |err: &Option<String>| match err {
-        None => json!({ "status": "ok" }),
-        Some(e) => json!({ "status": "down", "error": e }),
-    };
     let ok = store.is_none() && broker.is_none();
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ok { "ready" } else { "unavailable" },
-        "checks": { "store": check(&store), "broker": check(&broker) },
-    });
+    let body = Readiness {
+        status: if ok { "ready" } else { "unavailable" },
+        checks: Checks {
+            store: Check::of(store),
+            broker: Check::of(broker),
+        },
+    };
     (status, Json(body))
 }
 
 /// `GET /metrics`: Prometheus text; store-derived gauges refreshed first.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition (format 0.0.4). Store-derived gauges (`saga_sagas`, `saga_outbox_backlog`) are refreshed on each scrape; if the store is down they keep their last values and the scrape still succeeds.",
+    responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     refresh_gauges(&state).await;
     (

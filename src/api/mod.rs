@@ -1,16 +1,24 @@
-//! The orchestrator's HTTP API (CONTRACT §5), with axum.
+//! The orchestrator's HTTP API (CONTRACT §5), with axum; documented by the
+//! OpenAPI document at `/openapi.json` and the page at `/docs`.
 
+mod docs;
 mod error;
 mod health;
+mod openapi;
 mod sagas;
+mod summary;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+pub use docs::SWAGGER_UI_VERSION;
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 use crate::orchestrator::Orchestrator;
 
@@ -23,16 +31,27 @@ pub struct AppState {
     pub admin_token: Option<SecretString>,
 }
 
+/// Every documented route. Each handler's `#[utoipa::path]` gives both its
+/// axum route and its OpenAPI entry, so the two cannot disagree.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(summary::summary))
+        .routes(routes!(sagas::start, sagas::list))
+        .routes(routes!(sagas::get))
+        .routes(routes!(sagas::retry))
+        .routes(routes!(sagas::compensate))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(docs::page))
+}
+
 /// All routes; request bodies are capped at `max_body_bytes`.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/sagas", post(sagas::start).get(sagas::list))
-        .route("/sagas/{saga_id}", get(sagas::get))
-        .route("/sagas/{saga_id}/retry", post(sagas::retry))
-        .route("/sagas/{saga_id}/compensate", post(sagas::compensate))
+    let (documented, _) = routes().split_for_parts();
+    documented
+        .merge(docs::asset_routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))

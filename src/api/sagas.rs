@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::envelope::PartnerCreated;
 use crate::orchestrator::{Source, StartRequest};
@@ -21,19 +22,29 @@ const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
 /// A saga as the API shows it (CONTRACT §5).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Saga)]
 pub struct SagaView {
+    /// The saga's id (UUID v7: time-ordered, also the paging cursor).
     pub saga_id: Uuid,
+    /// Propagated unchanged from the starting event to every message.
     pub correlation_id: String,
     pub partner_id: String,
+    /// The `event_id` of the `PartnerCreated` that started it (the dedup key).
     pub event_id: String,
     pub state: SagaState,
     pub step: crate::saga::Step,
+    /// Attempts made at the current step, the first included.
     pub attempts: u32,
+    /// Set once alliances created the alliance.
+    #[schema(required = true)]
     pub alliance_id: Option<String>,
+    /// The latest failure, if any.
+    #[schema(required = true)]
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// After this a saga still moving forward is compensated.
     pub deadline_at: DateTime<Utc>,
 }
 
@@ -57,19 +68,53 @@ impl From<Saga> for SagaView {
 }
 
 /// `POST /sagas` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct StartBody {
+    /// A `PartnerCreated` payload: `partner_id` and `name` required,
+    /// `email` optional, any other fields kept and passed on to alliances.
+    #[schema(schema_with = super::openapi::partner_payload_schema)]
     pub payload: Map<String, Value>,
+    /// Generated (a UUID) when absent or empty.
     pub correlation_id: Option<String>,
+    /// The dedup key: the same `event_id` twice starts one saga. Generated
+    /// when absent or empty.
     pub event_id: Option<String>,
+}
+
+/// `POST /sagas` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Started {
+    pub saga_id: Uuid,
+    /// The saga's; for a duplicate, the one stored with the first request.
+    pub correlation_id: String,
+    /// The saga's starting event id; for a duplicate, the stored one.
+    pub event_id: String,
+    /// `true` when this `event_id` had already started this saga.
+    pub duplicate: bool,
 }
 
 /// `POST /sagas`: starts a saga from a `PartnerCreated` payload; the same
 /// `event_id` twice answers with the same saga.
+#[utoipa::path(
+    post,
+    path = "/sagas",
+    tag = "sagas",
+    summary = "Start a saga",
+    description = "Records a saga for a `PartnerCreated` payload, as if the event had arrived on `partner-events`, and starts driving it. The same `event_id` twice answers with the same saga (`duplicate: true`).",
+    request_body(content = StartBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded (or already recorded); the saga runs on its own.", body = Started),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 413, description = "The body exceeds `MAX_MESSAGE_BYTES`.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The JSON is not a valid start request (a required field missing or of the wrong type, a NUL character…).", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
 pub async fn start(
     State(state): State<AppState>,
     body: Result<Json<StartBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Started>), ApiError> {
     let Json(body) = body?;
     let partner = PartnerCreated::from_payload(&body.payload)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
@@ -105,30 +150,62 @@ pub async fn start(
     } else {
         (correlation_id, event_id)
     };
-    let body = serde_json::json!({
-        "saga_id": saga_id,
-        "correlation_id": correlation_id,
-        "event_id": event_id,
-        "duplicate": duplicate,
-    });
+    let body = Started {
+        saga_id,
+        correlation_id,
+        event_id,
+        duplicate,
+    };
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
-/// `GET /sagas` query; all text, parsed here so errors can say exactly what is wrong.
-#[derive(Debug, Deserialize)]
+/// `GET /sagas` query; all text, parsed here so errors can say exactly
+/// what is wrong. The documented types are what the parsing accepts.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only sagas in this state.
+    #[param(value_type = Option<SagaState>)]
     state: Option<String>,
+    /// Only this partner's sagas.
     partner_id: Option<String>,
+    /// Only sagas with this correlation id.
     correlation_id: Option<String>,
+    /// Page size, 1 to 500.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
+/// `GET /sagas` answer: one page, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SagaPage {
+    pub items: Vec<SagaView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
 /// `GET /sagas`: newest first, filtered, cursor-paged.
+#[utoipa::path(
+    get,
+    path = "/sagas",
+    tag = "sagas",
+    summary = "List sagas",
+    description = "Newest first; filters combine. Page with `cursor` = the previous page's `next_cursor` until it is `null`.",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of sagas.", body = SagaPage),
+        (status = 400, description = "An unknown `state`, a `limit` outside 1–500 or a malformed `cursor`.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SagaPage>, ApiError> {
     let Query(p) = params?;
     let saga_state = match non_empty(p.state) {
         None => None,
@@ -174,20 +251,33 @@ pub async fn list(
         None
     };
     let items: Vec<SagaView> = sagas.into_iter().map(SagaView::from).collect();
-    Ok(Json(
-        serde_json::json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(SagaPage { items, next_cursor }))
 }
 
 /// A saga with its history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SagaDetail {
     #[serde(flatten)]
     pub saga: SagaView,
+    /// Every transition, oldest first.
     pub history: Vec<HistoryEntry>,
 }
 
 /// `GET /sagas/{saga_id}`: the saga and its full transition history.
+#[utoipa::path(
+    get,
+    path = "/sagas/{saga_id}",
+    tag = "sagas",
+    summary = "Inspect a saga",
+    description = "The saga and its full transition history, oldest first.",
+    params(("saga_id" = Uuid, Path, description = "The saga's id.")),
+    responses(
+        (status = 200, description = "The saga.", body = SagaDetail),
+        (status = 400, description = "`saga_id` is not a UUID.", body = ErrorBody),
+        (status = 404, description = "No such saga.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -205,13 +295,36 @@ pub async fn get(
     }))
 }
 
-/// Admin action body.
-#[derive(Debug, Deserialize)]
+/// Admin action body; the whole body is optional.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ReasonBody {
+    /// Stored in the saga's history; a default is used when absent.
+    #[schema(example = "integrations fixed the partner's record")]
     pub reason: Option<String>,
 }
 
 /// `POST /sagas/{saga_id}/retry`: re-drives a `failed` saga's compensation.
+#[utoipa::path(
+    post,
+    path = "/sagas/{saga_id}/retry",
+    tag = "admin",
+    summary = "Retry a failed saga",
+    description = "Re-drives the compensation of a `failed` saga (admin). The body is optional; without a JSON content type it is ignored.",
+    params(("saga_id" = Uuid, Path, description = "The saga's id.")),
+    request_body(content = Option<ReasonBody>, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Compensation is running again; the saga as it is now.", body = SagaView),
+        (status = 400, description = "`saga_id` is not a UUID, or the body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no `ADMIN_TOKEN` is configured.", body = ErrorBody),
+        (status = 404, description = "No such saga.", body = ErrorBody),
+        (status = 409, description = "The saga is not `failed` (or kept changing; try again).", body = ErrorBody),
+        (status = 413, description = "The body exceeds `MAX_MESSAGE_BYTES`.", body = ErrorBody),
+        (status = 422, description = "The body is JSON but not `{\"reason\": string}`.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     state: State<AppState>,
     headers: HeaderMap,
@@ -225,6 +338,27 @@ pub async fn retry(
 }
 
 /// `POST /sagas/{saga_id}/compensate`: forces compensation of a live saga.
+#[utoipa::path(
+    post,
+    path = "/sagas/{saga_id}/compensate",
+    tag = "admin",
+    summary = "Force compensation",
+    description = "Forces compensation of a saga that is still moving forward (admin): integrations is asked to delete the partner. The body is optional; without a JSON content type it is ignored.",
+    params(("saga_id" = Uuid, Path, description = "The saga's id.")),
+    request_body(content = Option<ReasonBody>, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Compensation started; the saga as it is now.", body = SagaView),
+        (status = 400, description = "`saga_id` is not a UUID, or the body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no `ADMIN_TOKEN` is configured.", body = ErrorBody),
+        (status = 404, description = "No such saga.", body = ErrorBody),
+        (status = 409, description = "The saga is already compensating or terminal (or kept changing; try again).", body = ErrorBody),
+        (status = 413, description = "The body exceeds `MAX_MESSAGE_BYTES`.", body = ErrorBody),
+        (status = 422, description = "The body is JSON but not `{\"reason\": string}`.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
 pub async fn compensate(
     state: State<AppState>,
     headers: HeaderMap,

@@ -223,7 +223,10 @@ pub(super) async fn dead_letter(orch: &Orchestrator, delivery: Delivery, reason:
     let id = delivery.id.clone();
     tracing::warn!(%channel, message_id = %id, %reason, "dead-lettering message");
     match orch.inner.transport.dead_letter(delivery, reason).await {
-        Ok(()) => metrics::counter!(telemetry::DEAD_LETTERS, "channel" => channel).increment(1),
+        Ok(()) => {
+            orch.stats().record_dead_letter(&channel);
+            metrics::counter!(telemetry::DEAD_LETTERS, "channel" => channel).increment(1)
+        }
         // Not acked: it stays with the broker and is dead-lettered on redelivery.
         Err(e) => {
             tracing::error!(%channel, message_id = %id, error = %e, "could not dead-letter; left unacked")

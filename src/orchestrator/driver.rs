@@ -33,7 +33,9 @@ pub(super) async fn drive(
         partner_id = %saga.partner_id,
     );
     metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
+    let in_flight = orch.stats().in_flight();
     run(&orch, saga, next).instrument(span).await;
+    drop(in_flight);
     metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
     drop(permit);
 }

@@ -27,6 +27,7 @@ use crate::config::{Channels, ParticipantMode, Settings};
 use crate::envelope::{Envelope, PartnerCreated};
 use crate::participants::Participants;
 use crate::saga::{self, Decision, HistoryEntry, Input, RetryPolicy, Saga, SagaState, Step};
+use crate::stats::{self, Stats};
 use crate::store::{Created, Lease, NewSaga, OutboxMessage, SagaStore, StoreError};
 use crate::telemetry;
 
@@ -143,6 +144,8 @@ struct Inner {
     relay_wake: Notify,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Live counters for `GET /metrics/summary` (see `crate::stats`).
+    stats: Stats,
 }
 
 impl Orchestrator {
@@ -155,6 +158,11 @@ impl Orchestrator {
         cancel: CancellationToken,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        let stats = Stats::new(
+            config.instance_id.clone(),
+            config.max_in_flight,
+            [config.channels.partner_events.clone()],
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -165,6 +173,7 @@ impl Orchestrator {
                 relay_wake: Notify::new(),
                 tasks: TaskTracker::new(),
                 cancel,
+                stats,
             }),
         }
     }
@@ -220,6 +229,7 @@ impl Orchestrator {
         {
             match outcome {
                 Created::New(_) => {
+                    self.inner.stats.record(stats::Event::Started);
                     metrics::counter!(telemetry::STARTED, "source" => source.label()).increment(1);
                     metrics::counter!(telemetry::TRANSITIONS, "from" => "started", "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
                     if let Some(permit) = permit {
@@ -271,6 +281,11 @@ impl Orchestrator {
     /// The transport, for readiness checks.
     pub fn transport(&self) -> &Arc<dyn crate::transport::Transport> {
         &self.inner.transport
+    }
+
+    /// This instance's live counters, for `GET /metrics/summary`.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
     }
 
     /// A new saga already moved past `started` by its first decision.
@@ -353,6 +368,9 @@ impl Orchestrator {
             metrics::counter!(telemetry::COMMANDS, "step" => step.as_str()).increment(1);
         }
         if after.state.is_terminal() {
+            if let Some(event) = terminal_event(after.state) {
+                self.inner.stats.record(event);
+            }
             let seconds = (now - after.created_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!(telemetry::SAGA_SECONDS, "outcome" => after.state.as_str())
                 .record(seconds);
@@ -394,6 +412,16 @@ impl Orchestrator {
         self.inner
             .tasks
             .spawn(driver::drive(self.clone(), saga, next, permit));
+    }
+}
+
+/// The rate-window event for reaching a terminal state.
+fn terminal_event(state: SagaState) -> Option<stats::Event> {
+    match state {
+        SagaState::Completed => Some(stats::Event::Completed),
+        SagaState::Compensated => Some(stats::Event::Compensated),
+        SagaState::Failed => Some(stats::Event::Failed),
+        _ => None,
     }
 }
 

@@ -1,10 +1,11 @@
 //! The HTTP API: starting sagas, listing and paging, errors as JSON with
-//! the right status, health, metrics, and the admin routes.
+//! the right status, health, metrics (text and JSON summary), the admin
+//! routes, and the OpenAPI document with its `/docs` page.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wiremock::matchers::method;
+use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
@@ -427,4 +428,265 @@ async fn a_forced_compensation_stops_a_driver_waiting_to_retry() {
         "no alliance call after compensation began"
     );
     assert_eq!(app.saga(id).await["state"], "compensated");
+}
+
+#[tokio::test]
+async fn openapi_json_documents_every_route_and_the_admin_scheme() {
+    let (alianzas, integraciones) = mocks().await;
+    let app = spawn_app(alianzas, integraciones).await;
+
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let doc: Value = response.json().await.expect("valid JSON");
+    let version = doc["openapi"].as_str().expect("openapi field");
+    assert!(version.starts_with("3."), "OpenAPI 3.x, got {version}");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+
+    for (route, method) in [
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/metrics/summary", "get"),
+        ("/sagas", "post"),
+        ("/sagas", "get"),
+        ("/sagas/{saga_id}", "get"),
+        ("/sagas/{saga_id}/retry", "post"),
+        ("/sagas/{saga_id}/compensate", "post"),
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+    ] {
+        let op = &doc["paths"][route][method];
+        assert!(op.is_object(), "{method} {route} is documented");
+        assert!(
+            op["responses"].is_object(),
+            "{method} {route} has responses"
+        );
+    }
+    let scheme = &doc["components"]["securitySchemes"]["admin_token"];
+    assert_eq!(scheme["type"], "http");
+    assert_eq!(scheme["scheme"], "bearer");
+    let retry = &doc["paths"]["/sagas/{saga_id}/retry"]["post"];
+    assert_eq!(retry["security"], json!([{"admin_token": []}]));
+    for status in ["202", "401", "403", "404", "409"] {
+        assert!(retry["responses"][status].is_object(), "retry {status}");
+    }
+    let params: Vec<_> = doc["paths"]["/sagas"]["get"]["parameters"]
+        .as_array()
+        .expect("list parameters")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in ["state", "partner_id", "correlation_id", "limit", "cursor"] {
+        assert!(params.iter().any(|p| p == name), "{name} in {params:?}");
+    }
+}
+
+/// Every `src="…"` and `href="…"` of a page.
+fn referenced_urls(html: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            urls.push(part.split('"').next().unwrap_or_default().to_string());
+        }
+    }
+    urls
+}
+
+#[tokio::test]
+async fn docs_page_loads_only_local_assets() {
+    let (alianzas, integraciones) = mocks().await;
+    let app = spawn_app(alianzas, integraciones).await;
+
+    let page = app.get("/docs").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.len() < 2048,
+        "the page stays tiny: {} bytes",
+        html.len()
+    );
+
+    let urls = referenced_urls(&html);
+    assert!(urls.len() >= 3, "{urls:?}");
+    for url in &urls {
+        assert!(
+            url.starts_with('/') && !url.starts_with("//"),
+            "only local URLs: {url}"
+        );
+        let asset = app.get(url).await;
+        assert_eq!(asset.status(), 200, "{url}");
+        let expected = match url.rsplit('.').next() {
+            Some("js") => "text/javascript",
+            Some("css") => "text/css",
+            Some("png") => "image/png",
+            other => panic!("unexpected asset type {other:?} for {url}"),
+        };
+        let content_type = asset.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(content_type.starts_with(expected), "{url}: {content_type}");
+        assert_eq!(asset.headers()["cache-control"], "no-cache", "{url}");
+        let etag = asset.headers()["etag"].clone();
+        let body = asset.bytes().await.unwrap();
+        assert!(!body.is_empty(), "{url}");
+
+        let again = app
+            .http
+            .get(format!("{}{url}", app.address))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{url} revalidates");
+    }
+    let init = app.get("/docs/init.js").await.text().await.unwrap();
+    assert!(init.contains("\"/openapi.json\""), "{init}");
+    let bundle = app
+        .get("/docs/swagger-ui-bundle.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(bundle.contains("SwaggerUIBundle"));
+}
+
+/// Polls `/metrics/summary` until `done` holds for it (or fails after 10 s).
+async fn summary_when(app: &crate::helpers::TestApp, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let response = app.get("/metrics/summary").await;
+        assert_eq!(response.status(), 200);
+        let summary: Value = response.json().await.expect("JSON");
+        if done(&summary) {
+            return summary;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "summary never matched: {summary:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn per_minute(rate: &Value) -> f64 {
+    rate.as_f64().expect("a number") * 60.0
+}
+
+#[tokio::test]
+async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
+    let (alianzas, integraciones) = mocks().await;
+    let (ok, refused) = (partner(), partner());
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .and(body_partial_json(json!({"partner_id": ok})))
+        .respond_with(alliance_created("a-summary"))
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .and(body_partial_json(json!({"partner_id": refused})))
+        .respond_with(ResponseTemplate::new(422))
+        .mount(&alianzas)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let channel = app.channels.partner_events.clone();
+
+    let empty = summary_when(&app, |_| true).await;
+    assert_eq!(empty["sagas"]["total"], 0);
+    assert_eq!(empty["in_flight"], 0);
+    assert_eq!(empty["dead_letters"][&channel], 0, "listed from the start");
+    assert!(empty["instance_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(empty["max_in_flight"].as_u64().is_some_and(|n| n > 0));
+    assert!(chrono::DateTime::parse_from_rfc3339(empty["generated_at"].as_str().unwrap()).is_ok());
+
+    app.post(
+        "/sagas",
+        &json!({"payload": {"partner_id": ok, "name": "Ok"}}),
+    )
+    .await;
+    app.publish_partner(&refused, &format!("evt-{refused}"), "corr-summary")
+        .await;
+    assert_eq!(app.settled(&ok).await["state"], "completed");
+    assert_eq!(app.settled(&refused).await["state"], "compensated");
+
+    // The drivers let go of their sagas just after the last commit.
+    let summary = summary_when(&app, |s| s["in_flight"] == 0 && s["outbox_backlog"] == 0).await;
+    let sagas = &summary["sagas"];
+    assert_eq!(sagas["completed"], 1, "{summary:#}");
+    assert_eq!(sagas["compensated"], 1);
+    assert_eq!(sagas["total"], 2);
+    for state in [
+        "started",
+        "creating_alliance",
+        "awaiting_alliance",
+        "compensating",
+        "failed",
+    ] {
+        assert_eq!(sagas[state], 0, "{state}");
+    }
+    // Everything happened within the last minute: rate × 60 = count.
+    let rates = &summary["rates"];
+    let close = |rate: &Value, n: f64| (per_minute(rate) - n).abs() < 1e-6;
+    assert!(close(&rates["started_per_sec_1m"], 2.0), "{rates}");
+    assert!(close(&rates["completed_per_sec_1m"], 1.0), "{rates}");
+    assert!(close(&rates["compensated_per_sec_1m"], 1.0), "{rates}");
+    assert!(close(&rates["failed_per_sec_1m"], 0.0), "{rates}");
+    assert!(close(&rates["dead_letters_per_sec_1m"], 0.0), "{rates}");
+    assert_eq!(summary["dead_letters"][&channel], 0);
+
+    // A poison message: dead-lettered and counted.
+    app.xadd(
+        &channel,
+        &[
+            ("event_id".to_string(), "poison-summary".to_string()),
+            ("correlation_id".to_string(), "corr-poison".to_string()),
+            ("event_type".to_string(), "PartnerCreated".to_string()),
+            ("payload".to_string(), "{not json".to_string()),
+        ],
+    )
+    .await;
+    let summary = summary_when(&app, |s| s["dead_letters"][&channel] == 1).await;
+    assert!(
+        close(&summary["rates"]["dead_letters_per_sec_1m"], 1.0),
+        "{summary:#}"
+    );
+    assert_eq!(summary["sagas"]["total"], 2, "poison starts no saga");
+    assert_eq!(app.stream(&format!("{channel}-dlq")).await.len(), 1);
+}
+
+#[tokio::test]
+async fn metrics_summary_is_503_json_when_the_store_is_down() {
+    let (alianzas, integraciones) = mocks().await;
+    let app = spawn_app(alianzas, integraciones).await;
+    assert_eq!(app.get("/metrics/summary").await.status(), 200);
+
+    // Take the service's database away from under it.
+    let url = url::Url::parse(&app.config.values["database_url"]).unwrap();
+    let name = url.path().trim_start_matches('/').to_string();
+    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let detail = error_of(app.get("/metrics/summary").await, 503).await;
+    assert!(detail.contains("store"), "{detail}");
 }
