@@ -650,7 +650,7 @@ async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
     assert_eq!(summary["dead_letters"][&channel], 0);
 
     // A poison message: dead-lettered and counted.
-    app.xadd(
+    app.publish_fields(
         &channel,
         &[
             ("event_id".to_string(), "poison-summary".to_string()),
@@ -666,7 +666,7 @@ async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
         "{summary:#}"
     );
     assert_eq!(summary["sagas"]["total"], 2, "poison starts no saga");
-    assert_eq!(app.stream(&format!("{channel}-dlq")).await.len(), 1);
+    assert_eq!(app.entries(&format!("{channel}-dlq")).await.len(), 1);
 }
 
 #[tokio::test]
