@@ -81,9 +81,14 @@ impl TestBroker {
     }
 
     pub async fn connect_to(kind: BrokerKind) -> Self {
-        match kind {
-            BrokerKind::Redis => {
-                let client = redis::Client::open(kind.url()).expect("redis url");
+        Self::connect_url(&kind.url()).await
+    }
+
+    /// Connects to the broker at `url` (`redis://…` or `pulsar://…`).
+    pub async fn connect_url(url: &str) -> Self {
+        match url.starts_with("pulsar") {
+            false => {
+                let client = redis::Client::open(url).expect("redis url");
                 Self::Redis(
                     client
                         .get_multiplexed_async_connection()
@@ -91,8 +96,8 @@ impl TestBroker {
                         .expect("connect to redis"),
                 )
             }
-            BrokerKind::Pulsar => {
-                let client = Pulsar::builder(kind.url(), TokioExecutor)
+            true => {
+                let client = Pulsar::builder(url, TokioExecutor)
                     .build()
                     .await
                     .expect("connect to pulsar");
@@ -381,4 +386,72 @@ pub fn partner_created(partner_id: &str, event_id: &str, correlation_id: &str) -
     );
     envelope.event_id = event_id.to_string();
     envelope
+}
+
+/// A pulsar-lite (behind its compatibility proxy) of one test's own, for
+/// tests that kill the broker: the suite's shared one must stay up.
+pub struct PrivatePulsar {
+    dir: std::path::PathBuf,
+    /// The proxy's address: what clients use. It outlives broker restarts.
+    pub url: String,
+}
+
+impl PrivatePulsar {
+    fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pulsar-lite.sh");
+        let mut cmd = std::process::Command::new(script);
+        cmd.args(args).env("PULSAR_LITE_DIR", dir);
+        let proxy = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/debug/pulsar-lite-proxy"
+        );
+        if std::path::Path::new(proxy).exists() {
+            cmd.env("PULSAR_PROXY_BIN", proxy);
+        }
+        cmd.output().expect("run scripts/pulsar-lite.sh")
+    }
+
+    /// Starts one on free loopback ports, with its data in a fresh directory.
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("saga-it-pulsar-{}", Uuid::new_v4().simple()));
+        let started = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || Self::ctl(&dir, &["start"])
+        })
+        .await
+        .expect("join");
+        let stdout = String::from_utf8_lossy(&started.stdout);
+        assert!(
+            started.status.success(),
+            "pulsar-lite did not start: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export TEST_PULSAR_URL="))
+            .expect("TEST_PULSAR_URL in the script's output")
+            .to_string();
+        Self { dir, url }
+    }
+
+    /// Kills the broker (SIGKILL: no clean shutdown) and starts it again on
+    /// the same port and data.
+    pub async fn kill_and_restart(&self) {
+        let dir = self.dir.clone();
+        let out =
+            tokio::task::spawn_blocking(move || Self::ctl(&dir, &["restart-broker", "--kill"]))
+                .await
+                .expect("join");
+        assert!(
+            out.status.success(),
+            "restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePulsar {
+    fn drop(&mut self) {
+        let _ = Self::ctl(&self.dir, &["stop", "--purge"]);
+    }
 }

@@ -25,7 +25,7 @@ pub const TERMINAL: [&str; 3] = ["completed", "compensated", "failed"];
 /// How long a test waits for a saga to settle before failing.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub use crate::broker::{BrokerKind, Entry, TestBroker};
+pub use crate::broker::{BrokerKind, Entry, PrivatePulsar, TestBroker};
 
 pub fn env(name: &str) -> String {
     std::env::var(name)
@@ -159,7 +159,7 @@ pub async fn spawn_app_with(
         );
     }
     let (address, stop, server) = launch(&config).await;
-    let broker = TestBroker::connect().await;
+    let broker = TestBroker::connect_url(&config.values["broker_url"]).await;
     TestApp {
         address,
         http: reqwest::Client::new(),

@@ -1,0 +1,145 @@
+//! The broker dies mid-stream (SIGKILL) and comes back on the same data:
+//! every saga still reaches a terminal state, and none runs twice.
+//!
+//! Always on Pulsar, on a pulsar-lite of its own: the suite's shared broker
+//! must stay up for the tests running beside this one.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{
+    alliance_created, mocks, on_create_alliance, spawn_app_with, PrivatePulsar, TestApp,
+    TestBroker, TestConfig, TERMINAL,
+};
+
+const PER_HALF: usize = 100;
+
+/// Every saga the service has, by partner (all pages).
+async fn all_sagas(app: &TestApp) -> Vec<Value> {
+    let mut sagas = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/sagas?limit=500&cursor={c}"),
+            None => "/sagas?limit=500".to_string(),
+        };
+        let page: Value = app.get(&path).await.json().await.expect("json");
+        sagas.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return sagas,
+        }
+    }
+}
+
+async fn publish_half(url: &str, app: &TestApp, half: usize) -> Vec<String> {
+    let broker = TestBroker::connect_url(url).await;
+    let mut partners = Vec::with_capacity(PER_HALF);
+    for i in 0..PER_HALF {
+        let p = format!("p-restart-{half}-{i}");
+        broker
+            .publish_partner(
+                &app.channels.partner_events,
+                &p,
+                &format!("evt-{p}"),
+                "corr-restart",
+            )
+            .await;
+        partners.push(p);
+    }
+    partners
+}
+
+#[tokio::test]
+async fn pulsar_broker_restart_mid_stream_loses_and_repeats_nothing() {
+    let pulsar = PrivatePulsar::start().await;
+    let (alianzas, integraciones) = mocks().await;
+    // A little latency, so work is in flight when the broker dies.
+    on_create_alliance(
+        &alianzas,
+        alliance_created("a-restart").set_delay(Duration::from_millis(20)),
+        None,
+    )
+    .await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config.set("BROKER_URL", &pulsar.url);
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+
+    let mut partners = publish_half(&pulsar.url, &app, 1).await;
+    // Kill it once some sagas are done and others are still coming in.
+    let started = Instant::now();
+    loop {
+        let done = all_sagas(&app)
+            .await
+            .iter()
+            .filter(|s| s["state"] == "completed")
+            .count();
+        if done >= 10 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no progress before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pulsar.kill_and_restart().await;
+    partners.extend(publish_half(&pulsar.url, &app, 2).await);
+
+    let started = Instant::now();
+    let sagas = loop {
+        let sagas = all_sagas(&app).await;
+        let terminal = sagas
+            .iter()
+            .filter(|s| TERMINAL.contains(&s["state"].as_str().unwrap_or_default()))
+            .count();
+        if terminal >= partners.len() {
+            break sagas;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{terminal} of {} sagas terminal after the restart",
+            partners.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Once more after a pause: a late redelivery must not start a second saga.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sagas = if all_sagas(&app).await.len() == sagas.len() {
+        sagas
+    } else {
+        all_sagas(&app).await
+    };
+    let mut per_partner: HashMap<&str, usize> = HashMap::new();
+    for saga in &sagas {
+        *per_partner
+            .entry(saga["partner_id"].as_str().unwrap_or_default())
+            .or_default() += 1;
+        assert_eq!(saga["state"], "completed", "{saga}");
+    }
+    assert_eq!(
+        sagas.len(),
+        partners.len(),
+        "one saga per event, none twice"
+    );
+    for p in &partners {
+        assert_eq!(per_partner.get(p.as_str()), Some(&1), "{p}");
+    }
+    // Every alliance was asked for under its saga's key; retries reuse it.
+    let keys: HashSet<String> = app
+        .alianzas
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .get("idempotency-key")
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert_eq!(keys.len(), partners.len());
+}
