@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Install the system tools the build and the test suite need, idempotently.
 #
-#   scripts/install-deps.sh [protoc] [postgres] [redis] ...
+#   scripts/install-deps.sh [protoc] [postgres] [redis] [pulsar-lite] ...
 #
-# With no arguments all three are checked. Only missing tools are installed,
-# and apt-get runs only when something is actually missing.
+# With no arguments all four are checked. Only missing tools are installed,
+# and apt-get runs only when something is actually missing. pulsar-lite (the
+# tests' Pulsar broker) comes from PyPI, through scripts/pulsar-lite.sh.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
 usage() {
-    echo "usage: $0 [protoc] [postgres] [redis] ...   (default: all)" >&2
+    echo "usage: $0 [protoc] [postgres] [redis] [pulsar-lite] ...   (default: all)" >&2
 }
 
 log() { printf 'install-deps: %s\n' "$*"; }
@@ -33,13 +36,22 @@ have_redis() {
     command -v redis-server >/dev/null 2>&1
 }
 
+have_pip() {
+    command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1
+}
+
+have_pulsar_lite() {
+    "$ROOT/scripts/pulsar-lite.sh" install --check >/dev/null 2>&1
+}
+
 needs=("$@")
 if [[ ${#needs[@]} -eq 0 ]]; then
-    needs=(protoc postgres redis)
+    needs=(protoc postgres redis pulsar-lite)
 fi
 
 # Each entry is "thing:debian-package", each at most once.
 missing=()
+install_pulsar_lite=0
 add_missing() {
     case " ${missing[*]-} " in
         *" $1 "*) ;;
@@ -54,6 +66,13 @@ for need in "${needs[@]}"; do
             have_initdb || add_missing postgres:postgresql ;;
         redis | redis-server)
             have_redis || add_missing redis:redis-server ;;
+        pulsar-lite | pulsar)
+            if ! have_pulsar_lite; then
+                install_pulsar_lite=1
+                # pip comes from apt; pulsar-lite itself from PyPI, below.
+                have_pip || add_missing pip:python3-pip
+            fi
+            ;;
         -h | --help)
             usage; exit 0 ;;
         *)
@@ -61,8 +80,19 @@ for need in "${needs[@]}"; do
     esac
 done
 
-if [[ ${#missing[@]} -eq 0 ]]; then
+if [[ ${#missing[@]} -eq 0 && $install_pulsar_lite -eq 0 ]]; then
     log "all present (${needs[*]})"
+    exit 0
+fi
+
+# Last, once apt has provided pip if it had to.
+install_pulsar_lite_now() {
+    [[ $install_pulsar_lite -eq 1 ]] || return 0
+    "$ROOT/scripts/pulsar-lite.sh" install >/dev/null || die "installing pulsar-lite failed"
+    log "installed pulsar-lite ($("$ROOT/scripts/pulsar-lite.sh" install --check))"
+}
+if [[ ${#missing[@]} -eq 0 ]]; then
+    install_pulsar_lite_now
     exit 0
 fi
 
@@ -104,6 +134,8 @@ for m in "${missing[@]}"; do
         protoc) have_protoc || die "protobuf-compiler installed but protoc still not found" ;;
         postgres) have_initdb || die "postgresql installed but initdb still not found" ;;
         redis) have_redis || die "redis-server installed but redis-server still not found" ;;
+        pip) have_pip || die "python3-pip installed but python3 -m pip still fails" ;;
     esac
     log "installed $thing (package ${m#*:})"
 done
+install_pulsar_lite_now

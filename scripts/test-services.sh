@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Private, throw-away PostgreSQL and Redis for the test suite, bound to
-# 127.0.0.1 on free ports, so tests never touch a developer's real servers.
+# Private, throw-away PostgreSQL, Redis and Pulsar (pulsar-lite behind its
+# compatibility proxy, see scripts/pulsar-lite.sh) for the test suite, bound
+# to 127.0.0.1 on free ports, so tests never touch a developer's real servers.
 #
 #   scripts/test-services.sh start|stop|status
 #
-# State (data, logs, PIDs, env file) lives in ${TEST_SERVICES_DIR:-.dev/test-services}.
-# After `start`, `source <state dir>/env` exports TEST_DATABASE_URL and
-# TEST_REDIS_URL. `status` exits 0 only when both servers run.
+# State (data, logs, PIDs, env file) lives in ${TEST_SERVICES_DIR:-.dev/test-services},
+# Pulsar's in its pulsar/ subdirectory. After `start`, `source <state dir>/env`
+# exports TEST_DATABASE_URL, TEST_REDIS_URL and TEST_PULSAR_URL, plus
+# TEST_PULSAR_DIRECT_URL, TEST_PULSAR_DIR and TEST_PULSAR_CTL, with which a
+# test restarts the broker:
+#   PULSAR_LITE_DIR=$TEST_PULSAR_DIR $TEST_PULSAR_CTL restart-broker [--kill]
+# `status` exits 0 only when all servers run. TEST_SERVICES_PULSAR=0 leaves
+# Pulsar out.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +24,8 @@ case $STATE_DIR in
 esac
 STATE_DIR=${STATE_DIR%/}
 TIMEOUT=${TEST_SERVICES_TIMEOUT:-60}
+PULSAR_DIR=$STATE_DIR/pulsar
+WITH_PULSAR=${TEST_SERVICES_PULSAR:-1}
 # initdb/postgres refuse to run as root; this user runs them instead.
 PG_RUN_USER=${TEST_SERVICES_PG_USER:-sagatest}
 
@@ -160,6 +168,17 @@ redis_pid() { read_first_line "$STATE_DIR/redis.pid"; }
 pg_running() { alive "$(pg_pid)" postgres; }
 redis_running() { alive "$(redis_pid)" redis-server; }
 
+# scripts/pulsar-lite.sh on this state dir, always on free ports: fixed ones
+# exported for a developer's own broker (say, 6650) must not leak in here.
+pulsar_ctl() {
+    env -u PULSAR_LITE_PORT -u PULSAR_PROXY_PORT -u PULSAR_LITE_METRICS_PORT \
+        PULSAR_LITE_DIR="$PULSAR_DIR" PULSAR_LITE_TIMEOUT="$TIMEOUT" \
+        "$ROOT/scripts/pulsar-lite.sh" "$@"
+}
+
+pulsar_wanted() { [[ $WITH_PULSAR != 0 ]]; }
+pulsar_running() { pulsar_ctl status >/dev/null 2>&1; }
+
 print_env() {
     cat "$STATE_DIR/env"
 }
@@ -258,7 +277,8 @@ start_redis() {
 
 cmd_start() {
     local pg_port redis_port
-    if [[ -f $STATE_DIR/env ]] && pg_running && redis_running; then
+    if [[ -f $STATE_DIR/env ]] && pg_running && redis_running &&
+        { ! pulsar_wanted || pulsar_running; }; then
         log "already running, reusing $STATE_DIR"
         print_env
         return 0
@@ -276,11 +296,17 @@ cmd_start() {
 
     start_postgres "$pg_port"
     start_redis "$redis_port"
+    if pulsar_wanted; then
+        pulsar_ctl start >/dev/null
+    fi
 
     cat >"$STATE_DIR/env.tmp" <<EOF
 export TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
 export TEST_REDIS_URL=redis://127.0.0.1:$redis_port
 EOF
+    if pulsar_wanted; then
+        cat "$PULSAR_DIR/env" >>"$STATE_DIR/env.tmp"
+    fi
     mv "$STATE_DIR/env.tmp" "$STATE_DIR/env"
     trap - EXIT
     log "PostgreSQL (pid $(pg_pid)) on 127.0.0.1:$pg_port, Redis (pid $(redis_pid)) on 127.0.0.1:$redis_port"
@@ -331,6 +357,9 @@ cmd_stop() {
         log "nothing to stop ($STATE_DIR does not exist)"
         return 0
     fi
+    if [[ -d $PULSAR_DIR ]]; then
+        pulsar_ctl stop || true
+    fi
     stop_redis
     stop_postgres
     home=$(pg_home)
@@ -343,7 +372,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local ok=0
+    local ok=0 pulsar_status
     if pg_running; then
         echo "postgres: running (pid $(pg_pid), 127.0.0.1:$(read_first_line "$STATE_DIR/postgres.port"), data $(pg_home)/data)"
     else
@@ -355,6 +384,10 @@ cmd_status() {
     else
         echo "redis:    not running"
         ok=1
+    fi
+    if pulsar_wanted; then
+        pulsar_status=$(pulsar_ctl status) || ok=1
+        sed '/^env:/d' <<<"$pulsar_status"
     fi
     if [[ $ok -eq 0 && -f $STATE_DIR/env ]]; then
         echo "env:      $STATE_DIR/env"
