@@ -43,6 +43,22 @@ pub enum BrokerUrl {
     Memory,
 }
 
+impl BrokerUrl {
+    /// The URL without any password, for logs and output.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Pulsar(url) | Self::Redis(url) => {
+                let mut url = url.clone();
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                url.to_string()
+            }
+            Self::Memory => "memory://".to_string(),
+        }
+    }
+}
+
 /// How the orchestrator talks to a participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParticipantMode {
@@ -439,6 +455,19 @@ fn default_instance_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_urls_are_shown_without_passwords() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(
+            BrokerUrl::Redis(url("redis://:s3cret@cache:6379/0")).redacted(),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            BrokerUrl::Pulsar(url("pulsar://localhost:6650")).redacted(),
+            "pulsar://localhost:6650"
+        );
+    }
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map = pairs

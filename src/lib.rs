@@ -11,20 +11,23 @@
 //! - [`envelope`]: the message envelope and its wire codecs.
 //! - [`saga`]: states, the stored saga and the pure state machine.
 //! - [`store`]: the `SagaStore` trait and PostgreSQL, with history and outbox.
-//! - [`transport`]: the `Transport` trait; Redis Streams and in-memory adapters.
-//! - [`participants`]: alliances and integrations clients (HTTP).
+//! - [`transport`]: the `Transport` trait; Pulsar, Redis Streams and in-memory adapters.
+//! - [`participants`]: alliances and integrations clients (HTTP; broker mode
+//!   sends commands from the orchestrator instead).
 //! - [`orchestrator`]: consumer, saga driver, outbox relay, recovery sweeper.
 //! - [`telemetry`]: logging and metric names.
 //! - [`stats`]: this instance's live counters for the JSON metrics summary.
 //! - [`api`]: the HTTP API.
 //! - [`simulator`]: both participants simulated, over HTTP and the broker.
 //! - [`demo`]: the embedded demo and its report.
+//! - [`load`]: `publish` and `load-test`: test events out, sagas read back, a report.
 //! - [`startup`]: builds and runs the whole service.
 
 pub mod api;
 pub mod config;
 pub mod demo;
 pub mod envelope;
+pub mod load;
 pub mod orchestrator;
 pub mod participants;
 pub mod saga;

@@ -15,6 +15,8 @@ use saga_orchestrator::startup::Application;
 use saga_orchestrator::{telemetry, transport};
 use tokio_util::sync::CancellationToken;
 
+mod load_cli;
+
 #[derive(Parser)]
 #[command(
     name = "saga-orchestrator",
@@ -45,6 +47,10 @@ enum Command {
     Simulate(SimulateArgs),
     /// Everything embedded (SQLite, in-memory broker, simulators): run a batch and show the outcome.
     Demo(DemoArgs),
+    /// Publish test PartnerCreated events on the broker, as integrations would.
+    Publish(load_cli::PublishCmd),
+    /// Publish at a rate, wait for every saga to settle, report throughput and latency.
+    LoadTest(load_cli::LoadTestCmd),
 }
 
 /// How the simulated participants behave.
@@ -115,7 +121,7 @@ struct DemoArgs {
     timeout_secs: u64,
 }
 
-fn ratio(s: &str) -> Result<f64, String> {
+pub(crate) fn ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("expected a ratio from 0 to 1, got {s:?}")),
@@ -166,6 +172,8 @@ fn main() -> ExitCode {
             (Command::Migrate, Some(settings)) => migrate(&settings).await,
             (Command::Simulate(args), Some(settings)) => simulate(&args, &settings).await,
             (Command::Demo(args), _) => run_demo(&args).await,
+            (Command::Publish(cmd), Some(settings)) => load_cli::publish(&cmd, &settings).await,
+            (Command::LoadTest(cmd), Some(settings)) => load_cli::load_test(&cmd, &settings).await,
             (_, None) => Err(anyhow::anyhow!("settings were not loaded")),
         }
     });

@@ -164,7 +164,10 @@ async fn handle(ctx: &Context, delivery: Delivery) -> Result<(), TransportError>
 
     let key = step.idempotency_key(saga_id);
     let answer = match step {
-        Step::CreateAlliance => ctx.sim.create_alliance(Some(&key)),
+        Step::CreateAlliance => ctx.sim.create_alliance(
+            Some(&key),
+            command.payload.get("email").and_then(Value::as_str),
+        ),
         Step::DeletePartner => ctx.sim.delete_partner(Some(&key), &partner_id),
     };
     let last = match answer {

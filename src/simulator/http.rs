@@ -69,7 +69,11 @@ async fn create_alliance(
             .into_response();
     };
     tokio::time::sleep(sim.config().latency).await;
-    match sim.create_alliance(idempotency_key(&headers)) {
+    let email = body
+        .as_ref()
+        .and_then(|Json(b)| b.get("email"))
+        .and_then(Value::as_str);
+    match sim.create_alliance(idempotency_key(&headers), email) {
         Answer::Done {
             alliance_id,
             replay,

@@ -117,6 +117,9 @@ struct State {
     stats: Stats,
 }
 
+/// Partners whose email is at this domain never get an alliance.
+pub const REFUSED_DOMAIN: &str = "@reject.test";
+
 impl Simulator {
     /// Fresh participants with no history.
     pub fn new(config: SimulatorConfig) -> Self {
@@ -146,7 +149,9 @@ impl Simulator {
 
     /// Alliances: create `partner_id`'s alliance. `key` is the idempotency
     /// key; without one every request is new.
-    pub fn create_alliance(&self, key: Option<&str>) -> Answer {
+    /// A partner whose email is at [`REFUSED_DOMAIN`] is always refused, so
+    /// load tools can ask for failures (`publish --fail-ratio`).
+    pub fn create_alliance(&self, key: Option<&str>, email: Option<&str>) -> Answer {
         let mut st = self.lock();
         st.stats.alliances.requests += 1;
         let key = key.map_or_else(|| Uuid::new_v4().to_string(), str::to_string);
@@ -164,9 +169,14 @@ impl Simulator {
             st.stats.alliances.transient_failures += 1;
             return Answer::Unavailable;
         }
-        if st.rng.random::<f64>() < self.config.reject_ratio {
+        let refused_domain = email.is_some_and(|e| e.ends_with(REFUSED_DOMAIN));
+        if refused_domain || st.rng.random::<f64>() < self.config.reject_ratio {
             st.stats.alliances.rejected += 1;
-            let error = "simulated rejection: partner does not qualify for an alliance".to_string();
+            let error = if refused_domain {
+                format!("simulated rejection: email domain {REFUSED_DOMAIN} is refused")
+            } else {
+                "simulated rejection: partner does not qualify for an alliance".to_string()
+            };
             st.alliances.insert(key, Err(error.clone()));
             return Answer::Refused { error };
         }
@@ -258,8 +268,8 @@ mod tests {
     #[test]
     fn the_same_key_gets_the_same_alliance_counted_once() {
         let s = sim(0.0, 0.0, 0.0);
-        let first = s.create_alliance(Some("k1"));
-        let again = s.create_alliance(Some("k1"));
+        let first = s.create_alliance(Some("k1"), None);
+        let again = s.create_alliance(Some("k1"), None);
         let Answer::Done {
             alliance_id: a,
             replay: false,
@@ -278,7 +288,7 @@ mod tests {
         let stats = s.stats().alliances;
         assert_eq!((stats.requests, stats.created, stats.replayed), (2, 1, 1));
         assert_ne!(
-            s.create_alliance(Some("k2")),
+            s.create_alliance(Some("k2"), None),
             first,
             "another key, another alliance"
         );
@@ -288,11 +298,11 @@ mod tests {
     fn a_rejection_is_decided_once_per_key() {
         let s = sim(1.0, 0.0, 0.0);
         assert!(matches!(
-            s.create_alliance(Some("k")),
+            s.create_alliance(Some("k"), None),
             Answer::Refused { .. }
         ));
         assert!(matches!(
-            s.create_alliance(Some("k")),
+            s.create_alliance(Some("k"), None),
             Answer::Refused { .. }
         ));
         assert_eq!(s.stats().alliances.rejected, 1);
@@ -302,14 +312,14 @@ mod tests {
     #[test]
     fn transient_failures_are_rolled_per_attempt() {
         let s = sim(0.0, 1.0, 0.0);
-        assert_eq!(s.create_alliance(Some("k")), Answer::Unavailable);
-        assert_eq!(s.create_alliance(Some("k")), Answer::Unavailable);
+        assert_eq!(s.create_alliance(Some("k"), None), Answer::Unavailable);
+        assert_eq!(s.create_alliance(Some("k"), None), Answer::Unavailable);
         assert_eq!(s.stats().alliances.transient_failures, 2);
         let half = sim(0.0, 0.5, 0.0);
         let done = (0..200)
             .filter(|i| {
                 matches!(
-                    half.create_alliance(Some(&format!("k{i}"))),
+                    half.create_alliance(Some(&format!("k{i}")), None),
                     Answer::Done { .. }
                 )
             })
@@ -349,7 +359,7 @@ mod tests {
     fn lookups_by_saga_use_the_contracts_idempotency_keys() {
         let s = sim(0.0, 0.0, 0.0);
         let saga = Uuid::new_v4();
-        s.create_alliance(Some(&Step::CreateAlliance.idempotency_key(saga)));
+        s.create_alliance(Some(&Step::CreateAlliance.idempotency_key(saga)), None);
         s.delete_partner(Some(&Step::DeletePartner.idempotency_key(saga)), "p");
         assert_eq!(s.alliance_of(saga).as_deref(), Some("al-000001"));
         assert!(s.deleted_for(saga));
@@ -361,9 +371,24 @@ mod tests {
         let run = || {
             let s = sim(0.3, 0.3, 0.0);
             (0..50)
-                .map(|i| s.create_alliance(Some(&format!("k{i}"))))
+                .map(|i| s.create_alliance(Some(&format!("k{i}")), None))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn partners_at_the_refused_domain_never_get_an_alliance() {
+        let s = Simulator::new(SimulatorConfig::default());
+        let refused = s.create_alliance(Some("k-r"), Some("p-1@reject.test"));
+        assert!(
+            matches!(&refused, Answer::Refused { error } if error.contains("@reject.test")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            s.create_alliance(Some("k-ok"), Some("p-2@example.test")),
+            Answer::Done { .. }
+        ));
+        assert_eq!(s.stats().alliances.rejected, 1);
     }
 }

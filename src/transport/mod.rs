@@ -31,6 +31,8 @@ pub enum TransportError {
     Pulsar(Box<::pulsar::Error>),
     #[error("{0} timed out")]
     Timeout(&'static str),
+    #[error("a publishing task failed: {0}")]
+    Task(String),
     #[error("subscription closed")]
     Closed,
 }

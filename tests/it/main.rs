@@ -9,6 +9,7 @@ mod broker_restart;
 mod dead_letters;
 mod demo;
 mod helpers;
+mod load;
 mod recovery;
 mod saga_flow;
 mod store;

@@ -1,0 +1,299 @@
+//! Load tools: `publish` announces test partners on the broker the way
+//! integrations would; `load-test` also waits for their sagas through the
+//! API and reports throughput and latency.
+//!
+//! A share of the partners can be made to fail on purpose: their email is
+//! at the simulator's refused domain, so alliances refuses them and their
+//! sagas compensate.
+
+mod report;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use uuid::Uuid;
+
+pub use report::{collect, LoadReport, OutcomeStats, SagaOutcome};
+
+use crate::envelope::{Envelope, EventType};
+use crate::simulator::REFUSED_DOMAIN;
+use crate::transport::{Transport, TransportError};
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    pub count: usize,
+    /// Events per second across all publishers; `None`: as fast as the broker takes them.
+    pub rate: Option<f64>,
+    /// Publishers working side by side.
+    pub concurrency: usize,
+    /// Share of partners (0–1) made to fail on purpose.
+    pub fail_ratio: f64,
+    /// Shared by every event, so the run's sagas can be found again.
+    pub correlation_id: String,
+}
+
+/// Why a load run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("publishing failed: {0}")]
+    Publish(#[from] TransportError),
+    #[error("the API at {url} did not answer: {source}")]
+    Api { url: String, source: reqwest::Error },
+    #[error("the API at {url} answered {status}: {body}")]
+    ApiStatus {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{settled} of {expected} sagas settled within {timeout:?}")]
+    Timeout {
+        settled: usize,
+        expected: usize,
+        timeout: Duration,
+    },
+}
+
+/// The run's `PartnerCreated` events: unique partners, every
+/// `1/fail_ratio`-th one at the refused domain (spread evenly, so any
+/// prefix of the run has about the right share).
+pub fn events(plan: &PublishPlan) -> Vec<Envelope> {
+    let run = &Uuid::new_v4().simple().to_string()[..8];
+    let mut failed_so_far = 0usize;
+    (0..plan.count)
+        .map(|i| {
+            let fail_by_now = ((i + 1) as f64 * plan.fail_ratio.clamp(0.0, 1.0)).floor() as usize;
+            let fails = fail_by_now > failed_so_far;
+            failed_so_far = fail_by_now;
+            let partner_id = format!("load-{run}-{i:06}");
+            let domain = if fails {
+                REFUSED_DOMAIN
+            } else {
+                "@example.test"
+            };
+            let payload = json!({
+                "partner_id": partner_id,
+                "name": format!("Load partner {i}"),
+                "email": format!("{partner_id}{domain}"),
+            });
+            Envelope::new(
+                EventType::PartnerCreated,
+                plan.correlation_id.clone(),
+                None,
+                None,
+                payload.as_object().cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Publishes `events` to `channel`, paced to `plan.rate` across
+/// `plan.concurrency` publishers; `on_sent` is called with each count sent.
+/// Returns how long publishing took.
+pub async fn publish(
+    transport: Arc<dyn Transport>,
+    channel: &str,
+    events: Vec<Envelope>,
+    plan: &PublishPlan,
+    on_sent: impl Fn(usize) + Send + Sync + 'static,
+) -> Result<Duration, LoadError> {
+    let started = Instant::now();
+    let workers = plan.concurrency.clamp(1, events.len().max(1));
+    // Unpaced, events go in batches; paced, one at a time on a schedule.
+    let batch = if plan.rate.is_some() { 1 } else { 100 };
+    let per_worker_interval = plan
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(workers as f64 / r));
+    let on_sent = Arc::new(on_sent);
+    let mut shares: Vec<Vec<Envelope>> = vec![Vec::new(); workers];
+    for (i, event) in events.into_iter().enumerate() {
+        shares[i % workers].push(event);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, share) in shares.into_iter().enumerate() {
+        let transport = transport.clone();
+        let channel = channel.to_string();
+        let on_sent = on_sent.clone();
+        tasks.spawn(async move {
+            // Workers start staggered so the combined rate is even.
+            let offset = per_worker_interval.map(|i| i.mul_f64(w as f64 / workers as f64));
+            let start = tokio::time::Instant::now() + offset.unwrap_or_default();
+            for (n, chunk) in share.chunks(batch).enumerate() {
+                if let Some(interval) = per_worker_interval {
+                    tokio::time::sleep_until(start + interval * n as u32).await;
+                }
+                transport.publish(&channel, chunk).await?;
+                on_sent(chunk.len());
+            }
+            Ok::<_, TransportError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(result) => result?,
+            Err(e) => return Err(LoadError::Publish(TransportError::Task(e.to_string()))),
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Polls the API until every saga of `correlation_id` is terminal (or the
+/// timeout); `on_progress` gets (terminal, seen) after each poll.
+pub async fn wait_for_sagas(
+    api: &str,
+    correlation_id: &str,
+    expected: usize,
+    timeout: Duration,
+    on_progress: impl Fn(usize, usize),
+) -> Result<Vec<SagaOutcome>, LoadError> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let sagas = fetch_sagas(&http, api, correlation_id).await?;
+        let terminal = sagas.iter().filter(|s| s.is_terminal()).count();
+        on_progress(terminal, sagas.len());
+        if terminal >= expected {
+            return Ok(sagas);
+        }
+        if started.elapsed() >= timeout {
+            return Err(LoadError::Timeout {
+                settled: terminal,
+                expected,
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every saga of `correlation_id`, all pages.
+async fn fetch_sagas(
+    http: &reqwest::Client,
+    api: &str,
+    correlation_id: &str,
+) -> Result<Vec<SagaOutcome>, LoadError> {
+    let mut sagas = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = format!("{}/sagas", api.trim_end_matches('/'));
+        let mut query = vec![
+            ("correlation_id", correlation_id.to_string()),
+            ("limit", "500".to_string()),
+        ];
+        if let Some(c) = &cursor {
+            query.push(("cursor", c.clone()));
+        }
+        let api_error = |source| LoadError::Api {
+            url: url.clone(),
+            source,
+        };
+        let response = http
+            .get(&url)
+            .query(&query)
+            .send()
+            .await
+            .map_err(api_error)?;
+        let status = response.status();
+        let body = response.text().await.map_err(api_error)?;
+        if !status.is_success() {
+            return Err(LoadError::ApiStatus {
+                url,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        let page = report::parse_page(&body).map_err(|e| LoadError::ApiStatus {
+            url: url.clone(),
+            status: status.as_u16(),
+            body: format!("unexpected body ({e})"),
+        })?;
+        sagas.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(sagas),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(count: usize, fail_ratio: f64) -> PublishPlan {
+        PublishPlan {
+            count,
+            rate: None,
+            concurrency: 1,
+            fail_ratio,
+            correlation_id: "load-c".into(),
+        }
+    }
+
+    fn failing(events: &[Envelope]) -> usize {
+        events
+            .iter()
+            .filter(|e| {
+                e.payload["email"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with(REFUSED_DOMAIN))
+            })
+            .count()
+    }
+
+    #[test]
+    fn events_are_unique_valid_partners_sharing_the_correlation_id() {
+        let events = events(&plan(50, 0.0));
+        assert_eq!(events.len(), 50);
+        let ids: std::collections::HashSet<_> = events
+            .iter()
+            .map(|e| {
+                e.payload["partner_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 50);
+        for e in &events {
+            assert_eq!(e.correlation_id, "load-c");
+            assert!(crate::envelope::PartnerCreated::from_payload(&e.payload).is_ok());
+        }
+        assert_eq!(failing(&events), 0);
+    }
+
+    #[test]
+    fn the_fail_ratio_is_exact_and_spread_out() {
+        let run = events(&plan(1000, 0.1));
+        assert_eq!(failing(&run), 100);
+        assert_eq!(failing(&run[..100]), 10, "any prefix has its share");
+        assert_eq!(failing(&events(&plan(10, 1.0))), 10);
+        assert_eq!(failing(&events(&plan(10, 7.0))), 10, "clamped to 1");
+    }
+
+    #[tokio::test]
+    async fn publishing_paces_to_the_rate_and_sends_everything() {
+        let transport = crate::transport::MemoryTransport::new();
+        let mut p = plan(20, 0.0);
+        p.rate = Some(200.0);
+        p.concurrency = 4;
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        let took = publish(
+            Arc::new(transport.clone()),
+            "partner-events",
+            events(&p),
+            &p,
+            move |n| {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(transport.messages("partner-events").len(), 20);
+        assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 20);
+        // 20 events at 200/s take about 0.1 s: never all at once.
+        assert!(took >= Duration::from_millis(80), "{took:?}");
+    }
+}

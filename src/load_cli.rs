@@ -1,0 +1,212 @@
+//! `publish` and `load-test`: the command-line side (arguments, progress
+//! bars, output) of the library's [`saga_orchestrator::load`].
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use saga_orchestrator::config::Settings;
+use saga_orchestrator::load::{self, PublishPlan};
+use saga_orchestrator::transport;
+use uuid::Uuid;
+
+/// What to publish (shared by `publish` and `load-test`).
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Events per second across all publishers (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    rate: f64,
+    /// Share of partners (0–1) that alliances will refuse (email at @reject.test),
+    /// so their sagas compensate. Needs the simulator (`saga-orchestrator simulate`).
+    #[arg(long, default_value_t = 0.0, value_parser = crate::ratio)]
+    fail_ratio: f64,
+    /// Correlation id shared by every event (default: a fresh `load-…` id).
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// Publishers working side by side.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
+}
+
+#[derive(Args)]
+pub struct PublishCmd {
+    /// How many PartnerCreated events to publish.
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    #[command(flatten)]
+    publish: PublishArgs,
+}
+
+#[derive(Args)]
+pub struct LoadTestCmd {
+    /// How many PartnerCreated events to publish.
+    #[arg(long, default_value_t = 1000)]
+    events: usize,
+    #[command(flatten)]
+    publish: PublishArgs,
+    /// The orchestrator's API, where the sagas are read back (default: from API_ADDR).
+    #[arg(long)]
+    api: Option<String>,
+    /// Give up waiting for sagas after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Print the summary as JSON (for machines) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "expected a number of events per second (0 or more), got {s:?}"
+        )),
+    }
+}
+
+fn plan(count: usize, args: &PublishArgs) -> PublishPlan {
+    PublishPlan {
+        count,
+        rate: (args.rate > 0.0).then_some(args.rate),
+        concurrency: usize::from(args.concurrency),
+        fail_ratio: args.fail_ratio,
+        correlation_id: args
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| format!("load-{}", &Uuid::new_v4().simple().to_string()[..12])),
+    }
+}
+
+fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let template = format!("  {{bar:40.green/dim}} {{pos:>6}}/{{len}} {what}  {{per_sec}} {{msg}}");
+    bar.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn publish_events(
+    settings: &Settings,
+    plan: &PublishPlan,
+    quiet: bool,
+) -> anyhow::Result<(Vec<saga_orchestrator::envelope::Envelope>, Duration)> {
+    let transport = transport::from_settings(settings).await?;
+    let events = load::events(plan);
+    let progress = bar(events.len(), "published", quiet);
+    let counter = progress.clone();
+    let took = load::publish(
+        transport,
+        &settings.channels.partner_events,
+        events.clone(),
+        plan,
+        move |n| counter.inc(n as u64),
+    )
+    .await?;
+    progress.finish_and_clear();
+    Ok((events, took))
+}
+
+pub async fn publish(cmd: &PublishCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let plan = plan(cmd.count, &cmd.publish);
+    let (events, took) = publish_events(settings, &plan, false).await?;
+    println!(
+        "published {} PartnerCreated events to {} in {:.2} s (correlation_id {})",
+        events.len(),
+        settings.channels.partner_events,
+        took.as_secs_f64(),
+        plan.correlation_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let plan = plan(cmd.events, &cmd.publish);
+    let api = cmd
+        .api
+        .clone()
+        .unwrap_or_else(|| api_url(settings.api_addr));
+    if !cmd.json {
+        println!(
+            "load test {}: {} events to {} on {}, sagas read back from {api}",
+            plan.correlation_id,
+            plan.count,
+            settings.channels.partner_events,
+            settings.broker_url.redacted(),
+        );
+    }
+    // Publishing and settling overlap: watch the sagas while publishing.
+    let publishing = {
+        let settings = settings.clone();
+        let plan = plan.clone();
+        let quiet = cmd.json;
+        tokio::spawn(async move { publish_events(&settings, &plan, quiet).await })
+    };
+    let settled = bar(plan.count, "settled", cmd.json);
+    let watcher = settled.clone();
+    let sagas = load::wait_for_sagas(
+        &api,
+        &plan.correlation_id,
+        plan.count,
+        Duration::from_secs(cmd.timeout_secs),
+        move |terminal, seen| {
+            watcher.set_position(terminal as u64);
+            watcher.set_message(format!("({seen} recorded)"));
+        },
+    );
+    let sagas = sagas.await;
+    settled.finish_and_clear();
+    let (events, took) = publishing.await??;
+    let sagas = sagas?;
+    let report = load::collect(&plan.correlation_id, &events, took, &sagas);
+    if cmd.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The API's base URL from `API_ADDR`; a wildcard address means this host.
+fn api_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_url_comes_from_api_addr() {
+        assert_eq!(
+            api_url("0.0.0.0:8000".parse().unwrap()),
+            "http://127.0.0.1:8000"
+        );
+        assert_eq!(
+            api_url("10.1.2.3:9000".parse().unwrap()),
+            "http://10.1.2.3:9000"
+        );
+    }
+
+    #[test]
+    fn rates_must_be_non_negative_numbers() {
+        assert_eq!(non_negative("200"), Ok(200.0));
+        assert!(non_negative("-1").is_err());
+        assert!(non_negative("fast").is_err());
+        assert!(non_negative("inf").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! `publish` and `load-test` against the real service: events go out on
+//! the suite's broker, sagas are read back through the API, and the report
+//! adds up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_orchestrator::config::Settings;
+use saga_orchestrator::load::{self, PublishPlan};
+use saga_orchestrator::transport;
+use wiremock::matchers::{body_string_contains, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{alliance_created, mocks, on_create_alliance, spawn_app};
+
+#[tokio::test]
+async fn a_load_test_reports_every_saga_by_outcome() {
+    let (alianzas, integraciones) = mocks().await;
+    // Alliances refuses what the load tool marks to fail, as the simulator does.
+    Mock::given(method("POST"))
+        .and(path("/alliances"))
+        .and(body_string_contains("@reject.test"))
+        .respond_with(
+            ResponseTemplate::new(422).set_body_json(serde_json::json!({"error": "refused"})),
+        )
+        .with_priority(1)
+        .mount(&alianzas)
+        .await;
+    on_create_alliance(&alianzas, alliance_created("a-load"), None).await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integraciones)
+        .await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let settings = Settings::from_values(&app.config.values).expect("settings");
+    let transport = transport::from_settings(&settings).await.expect("broker");
+
+    let plan = PublishPlan {
+        count: 40,
+        rate: Some(400.0),
+        concurrency: 3,
+        fail_ratio: 0.25,
+        correlation_id: format!("load-{}", app.channels.partner_events),
+    };
+    let events = load::events(&plan);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let took = load::publish(
+        transport,
+        &app.channels.partner_events,
+        events.clone(),
+        &plan,
+        move |n| {
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        },
+    )
+    .await
+    .expect("publish");
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 40);
+
+    let sagas = load::wait_for_sagas(
+        &app.address,
+        &plan.correlation_id,
+        plan.count,
+        Duration::from_secs(30),
+        |_, _| {},
+    )
+    .await
+    .expect("every saga settles");
+    let report = load::collect(&plan.correlation_id, &events, took, &sagas);
+
+    assert!(report.is_clean(), "{}", report.render());
+    assert_eq!(
+        (report.events, report.settled, report.duplicates),
+        (40, 40, 0)
+    );
+    assert_eq!(report.outcomes["completed"].count, 30);
+    assert_eq!(report.outcomes["compensated"].count, 10);
+    assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.p50 <= report.latency_ms.max);
+    assert!(report.sagas_per_sec > 0.0);
+    let text = report.render();
+    assert!(text.contains("settled      40 of 40"), "{text}");
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["outcomes"]["compensated"]["count"], 10);
+}
+
+#[tokio::test]
+async fn waiting_for_sagas_that_never_come_times_out_with_the_count() {
+    let (alianzas, integraciones) = mocks().await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let err = load::wait_for_sagas(
+        &app.address,
+        "nobody",
+        3,
+        Duration::from_millis(300),
+        |_, _| {},
+    )
+    .await
+    .expect_err("nothing was published");
+    assert_eq!(err.to_string(), "0 of 3 sagas settled within 300ms");
+}
