@@ -31,13 +31,25 @@ demo: ## Run the embedded demo: SQLite, in-memory broker, simulated participants
 	$(CARGO) run --release --quiet -- demo $(ARGS)
 
 .PHONY: test
-test: ## Run all tests against a private PostgreSQL and Redis
+test: lint-deploy ## Run all tests (both brokers) against private PostgreSQL, Redis and Pulsar
 	scripts/test.sh
 
 .PHONY: lint
-lint: ## Check formatting and run clippy with warnings as errors
+lint: lint-deploy ## Check formatting, clippy (warnings as errors) and the deployment files
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: lint-deploy
+lint-deploy: ## Check compose files (docker compose config), Dockerfile (hadolint), dashboards
+	scripts/lint-deploy.sh
+
+.PHONY: pulsar-up
+pulsar-up: ## Start pulsar-lite + its compatibility proxy (state in .dev/pulsar-lite)
+	scripts/pulsar-lite.sh start
+
+.PHONY: pulsar-down
+pulsar-down: ## Stop pulsar-lite and its proxy
+	scripts/pulsar-lite.sh stop
 
 .PHONY: fmt
 fmt: ## Format all code with rustfmt
@@ -56,7 +68,7 @@ migrate: ## Apply database migrations (release build)
 	$(CARGO) run --release -- migrate
 
 .PHONY: test-services-up
-test-services-up: ## Start PostgreSQL + Redis for tests (source .dev/test-services/env)
+test-services-up: ## Start PostgreSQL, Redis, Pulsar for tests (source .dev/test-services/env)
 	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh start
 
 .PHONY: test-services-down

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Run the whole Rust test suite against a private PostgreSQL and Redis
-# (what `make test` runs). Extra arguments go to the test runner, e.g.
-#   scripts/test.sh redis        # only tests whose name matches "redis"
+# Run the whole Rust test suite against a private PostgreSQL, Redis and
+# Pulsar (pulsar-lite behind its compatibility proxy); what `make test`
+# runs. The integration suite runs twice, once per broker (TEST_BROKER).
+# Extra arguments go to the test runner, e.g.
+#   scripts/test.sh saga_flow    # only tests whose name matches "saga_flow"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 started=$SECONDS
 
-scripts/install-deps.sh protoc postgres redis
+scripts/install-deps.sh protoc postgres redis pulsar-lite
+
+# Build everything once, up front: the proxy the services need comes from
+# the same build as the tests, so nothing is compiled twice.
+cargo build --workspace --all-targets
+export PULSAR_PROXY_BIN="$ROOT/target/debug/pulsar-lite-proxy"
 
 # Services left behind by earlier runs that were SIGKILLed (their trap never
 # ran): the directory name carries the PID of the test.sh that owned it.
@@ -49,6 +56,7 @@ scripts/test-services.sh start >/dev/null
 source "$TEST_SERVICES_DIR/env"
 echo "test.sh: TEST_DATABASE_URL=$TEST_DATABASE_URL"
 echo "test.sh: TEST_REDIS_URL=$TEST_REDIS_URL"
+echo "test.sh: TEST_PULSAR_URL=$TEST_PULSAR_URL"
 
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
@@ -72,11 +80,19 @@ status=0
 if [[ $run_doctests -eq 1 ]]; then
     cargo test --doc --no-fail-fast "$@" || status=$?
 fi
+# Tests that need no broker (store, demo) or always use their own Pulsar
+# (broker_restart) run in the first pass only.
+broker_free='test(/^store::/) | test(/^demo::/) | test(/^broker_restart::/)'
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --all-targets --no-fail-fast "$@" || status=$?
+    echo "test.sh: unit tests, and the integration suite on Redis"
+    TEST_BROKER=redis cargo nextest run --workspace --all-targets --no-fail-fast "$@" || status=$?
+    echo "test.sh: the integration suite on Pulsar"
+    TEST_BROKER=pulsar cargo nextest run --test it --no-fail-fast \
+        -E "not ($broker_free)" "$@" || status=$?
 else
     echo "test.sh: cargo-nextest not installed, using cargo test"
-    cargo test --all-targets --no-fail-fast "$@" || status=$?
+    TEST_BROKER=redis cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
+    TEST_BROKER=pulsar cargo test --test it --no-fail-fast "$@" || status=$?
 fi
 
 exit "$status"

@@ -414,7 +414,7 @@ fn replied(
     let step = reply.step;
     let current = saga.awaiting_reply
         && step == saga.step
-        && reply.attempt.map_or(true, |a| a == saga.attempts);
+        && reply.attempt.is_none_or(|a| a == saga.attempts);
     let stale = || InvalidTransition {
         state: saga.state,
         step: saga.step,
