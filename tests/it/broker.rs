@@ -119,12 +119,7 @@ impl TestBroker {
         correlation_id: &str,
     ) {
         let envelope = partner_created(partner_id, event_id, correlation_id);
-        let fields: Vec<(String, String)> = envelope
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        self.publish_fields(channel, &fields).await;
+        self.publish_envelope(channel, &envelope).await;
     }
 
     /// Publishes an entry given as text fields. On Pulsar the body is a
