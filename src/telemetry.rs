@@ -47,7 +47,8 @@ pub const LOOP_ERRORS: &str = "saga_loop_errors_total";
 /// Initialises the global tracing subscriber; later calls are no-ops
 /// (tests build many applications in one process).
 pub fn init_tracing(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(quiet_pulsar_retries(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_target(true);
     let _ = match format {
         LogFormat::Json => builder
@@ -58,6 +59,30 @@ pub fn init_tracing(format: LogFormat, filter: &str) {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// Logging for the command-line tools (`publish`, `load-test`): warnings
+/// and errors only, to standard error, so standard output carries just the
+/// tool's own output (`--json` included).
+pub fn init_tool_tracing() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = EnvFilter::try_new(quiet_pulsar_retries(&filter))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// The `pulsar` crate logs every connection attempt at WARN, the first
+/// (successful) one included; real failures reach us as errors anyway.
+/// Kept unless the filter says something about `pulsar` itself.
+fn quiet_pulsar_retries(filter: &str) -> String {
+    if filter.contains("pulsar") {
+        filter.to_string()
+    } else {
+        format!("{filter},pulsar::retry_op=error")
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -80,4 +105,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulsar_connection_attempts_are_quiet_unless_asked_for() {
+        assert_eq!(quiet_pulsar_retries("info"), "info,pulsar::retry_op=error");
+        assert_eq!(
+            quiet_pulsar_retries("info,pulsar=debug"),
+            "info,pulsar=debug"
+        );
+    }
 }
