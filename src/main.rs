@@ -149,13 +149,25 @@ fn main() -> ExitCode {
             }
         },
     };
-    match &settings {
-        Some(s) => telemetry::init_tracing(s.log_format, &s.log_filter),
+    // Held to the end of main: dropping it flushes the spans not yet exported.
+    let _telemetry = match &settings {
+        Some(_) if matches!(command, Command::Publish(_) | Command::LoadTest(_)) => {
+            telemetry::init_tool_tracing();
+            None
+        }
+        Some(s) => match telemetry::init_tracing(s.log_format, &s.log_filter) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         None => telemetry::init_tracing(
             LogFormat::Pretty,
             &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        ),
-    }
+        )
+        .ok(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -3,10 +3,19 @@
 //! Metric names live here so the exposition stays consistent and a reader
 //! finds them all in one place.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{fmt, EnvFilter};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
@@ -44,21 +53,99 @@ pub const CONSUMER_RECONNECTS: &str = "saga_consumer_reconnects_total";
 /// Broker or store errors that made a loop back off, by `component`.
 pub const LOOP_ERRORS: &str = "saga_loop_errors_total";
 
-/// Initialises the global tracing subscriber; later calls are no-ops
-/// (tests build many applications in one process).
-pub fn init_tracing(format: LogFormat, filter: &str) {
-    let filter =
-        EnvFilter::try_new(quiet_pulsar_retries(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
-    let _ = match format {
-        LogFormat::Json => builder
+/// Why telemetry could not be set up; names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid setting OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+/// Keeps the OpenTelemetry pipeline alive; dropping it flushes the spans
+/// not yet exported.
+#[must_use = "dropping the guard stops span export"]
+pub struct TracingGuard(Option<SdkTracerProvider>);
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Initialises the global tracing subscriber: structured logs (JSON or
+/// pretty) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans exported over
+/// OTLP/HTTP. Later calls are no-ops (tests build many applications in one
+/// process).
+pub fn init_tracing(format: LogFormat, filter: &str) -> Result<TracingGuard, TelemetryError> {
+    let filter = EnvFilter::try_new(quiet_pulsar_retries(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = match format {
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .with_target(true)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().with_target(true).boxed(),
     };
+    let provider = otlp_provider()?;
+    let spans = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("saga-orchestrator")));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(spans)
+        .try_init();
+    Ok(TracingGuard(provider))
+}
+
+/// The OTLP/HTTP span pipeline, when an endpoint is configured. The
+/// exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself.
+fn otlp_provider() -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    let configured = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT") && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let mut resource = Resource::builder();
+    if !configured("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("saga-orchestrator");
+    }
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    ))
+}
+
+/// Makes `span` continue the trace of a W3C `traceparent` (an event's, or
+/// the one stored with a saga). Without OpenTelemetry this does nothing.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// `span` as a W3C `traceparent`, when OpenTelemetry records it; `None`
+/// otherwise (then callers pass on the traceparent they were given).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
 }
 
 /// Logging for the command-line tools (`publish`, `load-test`): warnings

@@ -32,6 +32,8 @@ pub(super) async fn drive(
         correlation_id = %saga.correlation_id,
         partner_id = %saga.partner_id,
     );
+    // One trace from the event through every step, across restarts.
+    telemetry::continue_trace(&span, saga.traceparent.as_deref());
     metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
     let in_flight = orch.stats().in_flight();
     run(&orch, saga, next).instrument(span).await;

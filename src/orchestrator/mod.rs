@@ -296,8 +296,16 @@ impl Orchestrator {
         leased: bool,
     ) -> (NewSaga, Decision) {
         let cfg = &self.inner.config;
+        let saga_id = Uuid::now_v7();
+        // The saga's own span in the event's trace (a new trace when the
+        // event carried none); stored, so every later step and message of
+        // the saga joins it. Without OpenTelemetry the event's traceparent
+        // is kept as it came.
+        let span = tracing::info_span!("saga_started", saga_id = %saga_id, correlation_id = %request.correlation_id);
+        telemetry::continue_trace(&span, request.traceparent.as_deref());
+        let traceparent = telemetry::traceparent_of(&span).or(request.traceparent);
         let saga = Saga {
-            saga_id: Uuid::now_v7(),
+            saga_id,
             event_id: request.event_id,
             correlation_id: request.correlation_id,
             partner_id: request.partner.partner_id,
@@ -311,7 +319,7 @@ impl Orchestrator {
             updated_at: now,
             deadline_at: saga::later(now, cfg.saga_deadline),
             next_attempt_at: Some(now),
-            traceparent: request.traceparent,
+            traceparent,
             awaiting_reply: false,
             version: 1,
         };

@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
+use tracing::Instrument;
 use url::Url;
 
 use super::{CallOutcome, Participants};
 use crate::saga::{Saga, Step};
+use crate::telemetry;
 
 /// The longest error body kept in a saga's `last_error`.
 const MAX_ERROR_CHARS: usize = 300;
@@ -43,7 +45,7 @@ impl HttpParticipants {
         })
     }
 
-    async fn create_alliance(&self, saga: &Saga) -> CallOutcome {
+    async fn create_alliance(&self, saga: &Saga, traceparent: Option<&str>) -> CallOutcome {
         let url = join(&self.alianzas, &["alliances"]);
         let body = json!({
             "partner_id": saga.partner_id,
@@ -55,7 +57,7 @@ impl HttpParticipants {
         let request = self
             .client
             .post(url)
-            .headers(headers(saga, Step::CreateAlliance))
+            .headers(headers(saga, Step::CreateAlliance, traceparent))
             .json(&body);
         match request.send().await {
             Err(e) => transport_failure(e),
@@ -63,12 +65,12 @@ impl HttpParticipants {
         }
     }
 
-    async fn delete_partner(&self, saga: &Saga) -> CallOutcome {
+    async fn delete_partner(&self, saga: &Saga, traceparent: Option<&str>) -> CallOutcome {
         let url = join(&self.integraciones, &["partners", &saga.partner_id]);
         let request = self
             .client
             .delete(url)
-            .headers(headers(saga, Step::DeletePartner));
+            .headers(headers(saga, Step::DeletePartner, traceparent));
         match request.send().await {
             Err(e) => transport_failure(e),
             Ok(response) => classify_delete(response).await,
@@ -79,10 +81,17 @@ impl HttpParticipants {
 #[async_trait]
 impl Participants for HttpParticipants {
     async fn call(&self, saga: &Saga, step: Step) -> CallOutcome {
-        match step {
-            Step::CreateAlliance => self.create_alliance(saga).await,
-            Step::DeletePartner => self.delete_partner(saga).await,
-        }
+        // A child of the saga's span: with OpenTelemetry on, the participant
+        // gets this span's traceparent, so its work joins the same trace.
+        let span = tracing::info_span!("participant_call", step = step.as_str());
+        let traceparent = telemetry::traceparent_of(&span).or_else(|| saga.traceparent.clone());
+        let call = async {
+            match step {
+                Step::CreateAlliance => self.create_alliance(saga, traceparent.as_deref()).await,
+                Step::DeletePartner => self.delete_partner(saga, traceparent.as_deref()).await,
+            }
+        };
+        call.instrument(span).await
     }
 }
 
@@ -163,7 +172,7 @@ fn transport_failure(e: reqwest::Error) -> CallOutcome {
     }
 }
 
-fn headers(saga: &Saga, step: Step) -> HeaderMap {
+fn headers(saga: &Saga, step: Step, traceparent: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: &str| {
         // Values from input that are not valid header text are left out
@@ -174,7 +183,7 @@ fn headers(saga: &Saga, step: Step) -> HeaderMap {
     };
     put("idempotency-key", &step.idempotency_key(saga.saga_id));
     put("x-correlation-id", &saga.correlation_id);
-    if let Some(tp) = &saga.traceparent {
+    if let Some(tp) = traceparent {
         put("traceparent", tp);
     }
     headers
@@ -354,4 +363,110 @@ mod tests {
         let long = "x".repeat(1000);
         assert!(describe(s, &long).chars().count() < 340);
     }
+
+    const EVENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const EVENT_SPAN: &str = "00f067aa0ba902b7";
+
+    fn traced_saga() -> Saga {
+        let now = Utc::now();
+        Saga {
+            saga_id: uuid::Uuid::now_v7(),
+            event_id: "e-1".into(),
+            correlation_id: "c-1".into(),
+            partner_id: "p-1".into(),
+            state: crate::saga::SagaState::CreatingAlliance,
+            step: Step::CreateAlliance,
+            attempts: 1,
+            alliance_id: None,
+            last_error: None,
+            payload: serde_json::Map::new(),
+            created_at: now,
+            updated_at: now,
+            deadline_at: now,
+            next_attempt_at: None,
+            traceparent: Some(format!("00-{EVENT_TRACE}-{EVENT_SPAN}-01")),
+            awaiting_reply: false,
+            version: 2,
+        }
+    }
+
+    /// Alliances on a local mock; returns it and the client aimed at it.
+    async fn alliances() -> (wiremock::MockServer, HttpParticipants) {
+        use wiremock::matchers::method;
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("POST"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(201).set_body_json(json!({"alliance_id": "a-t"})),
+            )
+            .mount(&server)
+            .await;
+        let url: Url = server.uri().parse().expect("mock URL");
+        let client = HttpParticipants::new(url.clone(), url, Duration::from_secs(5))
+            .expect("client");
+        (server, client)
+    }
+
+    async fn sent_traceparent(server: &wiremock::MockServer) -> String {
+        let requests = server.received_requests().await.unwrap_or_default();
+        let header = requests[0].headers.get("traceparent").expect("traceparent sent");
+        header.to_str().expect("text").to_string()
+    }
+
+    #[tokio::test]
+    async fn without_opentelemetry_the_events_traceparent_is_passed_on() {
+        let (server, client) = alliances().await;
+        let saga = traced_saga();
+        client.call(&saga, Step::CreateAlliance).await;
+        assert_eq!(Some(sent_traceparent(&server).await), saga.traceparent);
+    }
+
+    #[tokio::test]
+    async fn with_opentelemetry_the_call_is_a_span_in_the_events_trace() {
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        // This test's thread only: the runtime is single-threaded.
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let (server, client) = alliances().await;
+        let saga = traced_saga();
+        let span = tracing::info_span!("saga");
+        telemetry::continue_trace(&span, saga.traceparent.as_deref());
+        let outcome = client
+            .call(&saga, Step::CreateAlliance)
+            .instrument(span.clone())
+            .await;
+        drop(span);
+        assert_eq!(outcome.label(), "succeeded");
+
+        let sent = sent_traceparent(&server).await;
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{sent}");
+        assert_eq!(parts[1], EVENT_TRACE, "the participant joins the event's trace");
+        assert_ne!(parts[2], EVENT_SPAN, "as a new span, not the event's");
+
+        let _ = provider.force_flush();
+        let spans = exporter.get_finished_spans().expect("spans");
+        let named = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("no {name} span in {spans:?}"))
+        };
+        let (saga_span, call) = (named("saga"), named("participant_call"));
+        assert_eq!(call.span_context.span_id().to_string(), parts[2]);
+        assert_eq!(call.parent_span_id, saga_span.span_context.span_id());
+        assert_eq!(saga_span.parent_span_id.to_string(), EVENT_SPAN);
+        for s in [saga_span, call] {
+            assert_eq!(s.span_context.trace_id().to_string(), EVENT_TRACE);
+        }
+    }
+
 }

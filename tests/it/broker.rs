@@ -50,7 +50,8 @@ impl BrokerKind {
 }
 
 /// A channel entry as flat text fields (Redis's shape; on Pulsar the JSON
-/// body's top-level keys, with `payload` as JSON text).
+/// body's top-level keys, with `payload` as JSON text, plus the message's
+/// properties).
 pub type Entry = HashMap<String, String>;
 
 /// A connection to the suite's broker.
@@ -344,7 +345,14 @@ impl PulsarProbe {
             tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
         {
             consumer.ack(&message).await.expect("ack");
-            seen.push(body_fields(&message.payload.data));
+            let mut entry = body_fields(&message.payload.data);
+            // Properties the body does not repeat (traceparent) count too.
+            for kv in &message.payload.metadata.properties {
+                entry
+                    .entry(kv.key.clone())
+                    .or_insert_with(|| kv.value.clone());
+            }
+            seen.push(entry);
         }
         seen.clone()
     }

@@ -153,7 +153,8 @@ pub async fn spawn_app_with(
     config: TestConfig,
 ) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
-        saga_orchestrator::telemetry::init_tracing(
+        // No OTLP endpoint in tests: there is no span pipeline to keep alive.
+        let _ = saga_orchestrator::telemetry::init_tracing(
             saga_orchestrator::config::LogFormat::Pretty,
             "info,sqlx=warn",
         );

@@ -5,6 +5,7 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
+use crate::broker::partner_created;
 use crate::helpers::{
     alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
     TestConfig,
@@ -341,4 +342,40 @@ async fn correlation_id_is_the_same_everywhere() {
     }
     assert_eq!(events[0]["status"], "started");
     assert_eq!(events[2]["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_traceparent_sent_with_the_event_reaches_the_participant() {
+    let (alianzas, integraciones) = mocks().await;
+    on_create_alliance(&alianzas, alliance_created("a-traced"), None).await;
+    let app = spawn_app(alianzas, integraciones).await;
+    let p = partner();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut event = partner_created(&p, &format!("evt-{p}"), "corr-traced");
+    event.traceparent = Some(format!("00-{trace_id}-b7ad6b7169203331-01"));
+    app.broker
+        .publish_envelope(&app.channels.partner_events, &event)
+        .await;
+
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "completed");
+    let requests = app.alianzas.received_requests().await.unwrap();
+    let sent = requests[0].headers["traceparent"].to_str().unwrap().to_string();
+    assert_eq!(
+        sent.split('-').nth(1),
+        Some(trace_id),
+        "the participant's call is in the event's trace: {sent}"
+    );
+    // The saga's own events carry it on too.
+    let events = app
+        .wait_for_entries(&app.channels.saga_events, 1, |e| {
+            e.get("event_type").map(String::as_str) == Some("SagaCompleted")
+        })
+        .await;
+    assert!(
+        events[0]
+            .get("traceparent")
+            .is_some_and(|tp| tp.contains(trace_id)),
+        "{events:?}"
+    );
 }
