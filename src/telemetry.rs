@@ -46,6 +46,8 @@ pub const OUTBOX_BACKLOG: &str = "saga_outbox_backlog";
 /// Participants' replies (broker mode), by `step`, `status` and `outcome`
 /// (`applied` | `stale` | `unknown_saga`).
 pub const REPLIES: &str = "saga_replies_total";
+/// Attempts that failed and were scheduled again, by `step`.
+pub const RETRIES: &str = "saga_retries_total";
 /// Commands sent to participants (broker mode), by `step`.
 pub const COMMANDS: &str = "saga_commands_total";
 /// Broker consumers rebuilt after a failure, by `channel`.

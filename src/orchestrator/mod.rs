@@ -375,6 +375,9 @@ impl Orchestrator {
         if let Some(step) = decision.command {
             metrics::counter!(telemetry::COMMANDS, "step" => step.as_str()).increment(1);
         }
+        if decision.reason == saga::Reason::AttemptFailed {
+            metrics::counter!(telemetry::RETRIES, "step" => decision.step.as_str()).increment(1);
+        }
         if after.state.is_terminal() {
             if let Some(event) = terminal_event(after.state) {
                 self.inner.stats.record(event);

@@ -140,6 +140,13 @@ async fn transient_failures_are_retried_then_complete() {
         keys.windows(2).all(|w| w[0] == w[1]),
         "every retry carries the same idempotency key"
     );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "saga_retries_total{step=\"create_alliance\"} 2"),
+        "two retries counted: {metrics}"
+    );
 }
 
 #[tokio::test]
