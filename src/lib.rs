@@ -21,6 +21,8 @@
 //! - [`simulator`]: both participants simulated, over HTTP and the broker.
 //! - [`demo`]: the embedded demo and its report.
 //! - [`load`]: `publish` and `load-test`: test events out, sagas read back, a report.
+//! - [`monitor`]: a live view of every channel, read beside the orchestrator (never from
+//!   its subscription): parsing, filters, grouping, output.
 //! - [`startup`]: builds and runs the whole service.
 
 pub mod api;
@@ -28,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod envelope;
 pub mod load;
+pub mod monitor;
 pub mod orchestrator;
 pub mod participants;
 pub mod saga;

@@ -16,6 +16,7 @@ use saga_orchestrator::{telemetry, transport};
 use tokio_util::sync::CancellationToken;
 
 mod load_cli;
+mod monitor_cli;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,8 @@ enum Command {
     Publish(load_cli::PublishCmd),
     /// Publish at a rate, wait for every saga to settle, report throughput and latency.
     LoadTest(load_cli::LoadTestCmd),
+    /// Live view of every channel's messages, without taking any from the orchestrator.
+    Monitor(monitor_cli::MonitorCmd),
 }
 
 /// How the simulated participants behave.
@@ -151,6 +154,11 @@ fn main() -> ExitCode {
     };
     // Held to the end of main: dropping it flushes the spans not yet exported.
     let _telemetry = match &settings {
+        // The monitor's standard output is the messages: logs go elsewhere.
+        Some(_) if matches!(command, Command::Monitor(_)) => {
+            monitor_cli::init_tracing();
+            None
+        }
         Some(_) if matches!(command, Command::Publish(_) | Command::LoadTest(_)) => {
             telemetry::init_tool_tracing();
             None
@@ -186,6 +194,7 @@ fn main() -> ExitCode {
             (Command::Demo(args), _) => run_demo(&args).await,
             (Command::Publish(cmd), Some(settings)) => load_cli::publish(&cmd, &settings).await,
             (Command::LoadTest(cmd), Some(settings)) => load_cli::load_test(&cmd, &settings).await,
+            (Command::Monitor(cmd), Some(settings)) => monitor_cli::run(&cmd, &settings).await,
             (_, None) => Err(anyhow::anyhow!("settings were not loaded")),
         }
     });

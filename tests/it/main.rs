@@ -10,6 +10,7 @@ mod dead_letters;
 mod demo;
 mod helpers;
 mod load;
+mod monitor;
 mod recovery;
 mod saga_flow;
 mod store;

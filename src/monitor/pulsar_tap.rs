@@ -1,0 +1,288 @@
+//! Pulsar: per topic, an exclusive *non-durable* subscription of the
+//! monitor's own (`saga-monitor-<random>`), never the orchestrator's.
+//!
+//! This is what the crate's `Reader` does, but done by hand with a consumer
+//! so that the subscription can also be removed explicitly: a real Pulsar
+//! drops a non-durable subscription when its consumer disconnects, but
+//! pulsar-lite (our development broker) keeps it, and a subscription nobody
+//! reads retains every later message. So every message is acked as it is
+//! read, and on a clean stop each subscription is unsubscribed.
+//!
+//! A task per topic owns its consumer and forwards what it reads. Like the
+//! service's consumers, one whose stream ends, keeps failing, or whose
+//! connection check fails while idle is rebuilt on the same subscription,
+//! starting after the last message it forwarded.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use pulsar::consumer::{InitialPosition, Message};
+use pulsar::proto::MessageIdData;
+use pulsar::{ConnectionRetryOptions, Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::tap::{StartAt, Tapped};
+use super::MonitorError;
+use crate::transport::{pulsar_topic, RawMessage};
+
+/// How long one `next_batch` waits for a first message.
+const POLL: Duration = Duration::from_millis(1000);
+/// Messages read ahead of the printer, across all topics.
+const QUEUE: usize = 1024;
+/// Idle this long, a consumer's connection is checked.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+/// Consecutive read errors after which a consumer is rebuilt.
+const MAX_ERRORS: u32 = 3;
+
+/// Subscriptions on a set of topics, merged into one queue.
+pub(super) struct PulsarTap {
+    rx: mpsc::Receiver<Tapped>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PulsarTap {
+    /// Connects and subscribes to every topic before returning, so their
+    /// positions are fixed (and a broker that is down is reported).
+    pub async fn open(
+        url: &str,
+        channels: &[String],
+        start: StartAt,
+    ) -> Result<Self, MonitorError> {
+        let client = Pulsar::builder(url, TokioExecutor)
+            .with_connection_retry_options(ConnectionRetryOptions {
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                max_retries: 8,
+                connection_timeout: Duration::from_secs(5),
+                keep_alive: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .build()
+            .await?;
+        let subscription = format!(
+            "saga-monitor-{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stop = CancellationToken::new();
+        // A topic that cannot be subscribed stops those already subscribed.
+        let undo = stop.clone().drop_guard();
+        let mut tasks = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let task = ReaderTask {
+                client: client.clone(),
+                channel: channel.clone(),
+                subscription: subscription.clone(),
+                start,
+                last: None,
+                tx: tx.clone(),
+            };
+            let consumer = task.build().await?;
+            tasks.push(tokio::spawn(task.run(consumer, stop.clone())));
+        }
+        undo.disarm();
+        Ok(Self { rx, stop, tasks })
+    }
+
+    /// What the consumers forwarded, waiting up to [`POLL`] for the first.
+    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, MonitorError> {
+        let first = match tokio::time::timeout(POLL, self.rx.recv()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => return Err(MonitorError::Closed),
+            Ok(Some(t)) => t,
+        };
+        let mut batch = vec![first];
+        while let Ok(t) = self.rx.try_recv() {
+            batch.push(t);
+        }
+        Ok(batch)
+    }
+
+    /// Stops reading and waits for the subscriptions to be removed.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+}
+
+impl Drop for PulsarTap {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Owns one topic's consumer.
+struct ReaderTask {
+    client: Pulsar<TokioExecutor>,
+    channel: String,
+    subscription: String,
+    start: StartAt,
+    /// The last message forwarded: a rebuilt consumer starts after it.
+    last: Option<MessageIdData>,
+    tx: mpsc::Sender<Tapped>,
+}
+
+type TopicConsumer = Consumer<Vec<u8>, TokioExecutor>;
+
+impl ReaderTask {
+    async fn build(&self) -> Result<TopicConsumer, pulsar::Error> {
+        let position = match self.start {
+            StartAt::Now => InitialPosition::Latest,
+            StartAt::Beginning => InitialPosition::Earliest,
+        };
+        let mut options = ConsumerOptions::default()
+            .durable(false)
+            .with_initial_position(position);
+        if let Some(last) = &self.last {
+            options = options.starting_on_message(last.clone());
+        }
+        self.client
+            .consumer()
+            .with_topic(pulsar_topic(&self.channel))
+            .with_subscription(&self.subscription)
+            .with_subscription_type(SubType::Exclusive)
+            .with_consumer_name(format!("{}-{}", self.subscription, self.channel))
+            .with_options(options)
+            .build()
+            .await
+    }
+
+    async fn run(mut self, mut consumer: TopicConsumer, stop: CancellationToken) {
+        loop {
+            let why = tokio::select! {
+                () = stop.cancelled() => break,
+                why = self.forward(&mut consumer) => match why {
+                    Some(why) => why,
+                    // The monitor is gone.
+                    None => break,
+                },
+            };
+            tracing::warn!(channel = %self.channel, reason = %why, "rebuilding the monitor's Pulsar consumer");
+            drop(consumer);
+            consumer = tokio::select! {
+                () = stop.cancelled() => return,
+                fresh = self.rebuild() => fresh,
+            };
+        }
+        // Unsubscribing removes the subscription on any broker (see the
+        // module overview), not only on one that honours non-durability.
+        let bye = async {
+            if let Err(e) = consumer.unsubscribe().await {
+                tracing::warn!(channel = %self.channel, error = %e, "could not remove the monitor's subscription");
+            }
+            let _ = consumer.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), bye).await;
+    }
+
+    /// Forwards messages; returns why the consumer needs rebuilding, or
+    /// `None` when nobody reads the queue any more.
+    async fn forward(&mut self, consumer: &mut TopicConsumer) -> Option<String> {
+        let mut errors = 0;
+        let mut last_activity = Instant::now();
+        let mut watchdog = tokio::time::interval(IDLE_CHECK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = consumer.next() => {
+                    last_activity = Instant::now();
+                    match next {
+                        Some(Ok(message)) => {
+                            errors = 0;
+                            // Only our own subscription's cursor moves.
+                            if let Err(e) = consumer.ack(&message).await {
+                                return Some(format!("ack failed: {e}"));
+                            }
+                            if let Some(tapped) = self.tapped(message) {
+                                self.tx.send(tapped).await.ok()?;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            errors += 1;
+                            if errors >= MAX_ERRORS {
+                                return Some(format!("{errors} consecutive errors, last: {e}"));
+                            }
+                        }
+                        None => return Some("the consumer's stream ended".into()),
+                    }
+                }
+                _ = watchdog.tick() => {
+                    if self.tx.is_closed() {
+                        return None;
+                    }
+                    if last_activity.elapsed() >= IDLE_CHECK {
+                        match tokio::time::timeout(Duration::from_secs(3), consumer.check_connection()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Some(format!("connection check failed: {e}")),
+                            Err(_) => return Some("connection check timed out".into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds a new consumer, backing off between attempts.
+    async fn rebuild(&self) -> TopicConsumer {
+        let mut failures: u32 = 0;
+        loop {
+            match self.build().await {
+                Ok(consumer) => return consumer,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(channel = %self.channel, error = %e, "cannot rebuild the monitor's Pulsar consumer yet; retrying");
+                    }
+                    let delay = Duration::from_millis(200u64 << failures.min(5));
+                    tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+                }
+            }
+        }
+    }
+
+    /// The message as read; `None` for the one a rebuilt consumer may repeat
+    /// (its start position is the last message forwarded).
+    fn tapped(&mut self, message: Message<Vec<u8>>) -> Option<Tapped> {
+        let id = message.message_id.id;
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|last| same_message(last, &id))
+        {
+            return None;
+        }
+        let metadata = message.payload.metadata;
+        let properties = metadata
+            .properties
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
+        let shown_id = format!("{}:{}", id.ledger_id, id.entry_id);
+        self.last = Some(id);
+        let mut tapped = Tapped::new(
+            self.channel.clone(),
+            shown_id,
+            RawMessage::Body {
+                data: message.payload.data,
+                properties,
+            },
+            Utc::now(),
+        );
+        tapped.broker_time_ms = Some(metadata.publish_time);
+        Some(tapped)
+    }
+}
+
+fn same_message(a: &MessageIdData, b: &MessageIdData) -> bool {
+    a.ledger_id == b.ledger_id
+        && a.entry_id == b.entry_id
+        && a.partition == b.partition
+        && a.batch_index == b.batch_index
+}

@@ -1,0 +1,255 @@
+//! Redis: one `XREAD BLOCK` over every stream, no consumer group, so the
+//! orchestrator's group, its pending lists and its acks are never touched.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Value};
+
+use super::tap::{StartAt, Tapped};
+use super::MonitorError;
+use crate::transport::RawMessage;
+
+/// How long one read blocks before returning an empty batch.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Entries per stream per read.
+const COUNT: usize = 256;
+
+/// Reads streams by position, remembering the last id seen on each.
+pub(super) struct RedisTap {
+    client: Client,
+    /// A connection of its own: a blocking read stalls everything behind it.
+    conn: Option<MultiplexedConnection>,
+    /// Per stream, the id after which to read.
+    cursors: Vec<(String, String)>,
+}
+
+impl RedisTap {
+    /// Connects and fixes each stream's start: `0-0`, or its last entry now.
+    pub async fn open(
+        url: &str,
+        channels: &[String],
+        start: StartAt,
+    ) -> Result<Self, MonitorError> {
+        let mut tap = Self {
+            client: Client::open(url)?,
+            conn: None,
+            cursors: Vec::with_capacity(channels.len()),
+        };
+        let mut conn = tap.connection().await?;
+        for channel in channels {
+            let id = match start {
+                StartAt::Beginning => "0-0".to_string(),
+                // Not `$`: that means "now" anew on every call, so entries
+                // arriving between two reads of a quiet stream would be lost.
+                StartAt::Now => last_id(&mut conn, channel).await?,
+            };
+            tap.cursors.push((channel.clone(), id));
+        }
+        Ok(tap)
+    }
+
+    async fn connection(&mut self) -> Result<MultiplexedConnection, MonitorError> {
+        if let Some(conn) = &self.conn {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The entries after each stream's cursor, waiting up to [`BLOCK`].
+    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, MonitorError> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(COUNT)
+            .arg("BLOCK")
+            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000))
+            .arg("STREAMS");
+        for (stream, _) in &self.cursors {
+            cmd.arg(stream);
+        }
+        for (_, id) in &self.cursors {
+            cmd.arg(id);
+        }
+        let reply: Value = match cmd.query_async(&mut conn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.conn = None;
+                return Err(e.into());
+            }
+        };
+        let mut batch = Vec::new();
+        for (stream, entries) in streams(reply) {
+            let entries = entries_of(entries);
+            if let (Some((last, _)), Some(cursor)) = (
+                entries.last(),
+                self.cursors.iter_mut().find(|(s, _)| *s == stream),
+            ) {
+                cursor.1.clone_from(last);
+            }
+            let now = Utc::now();
+            batch.extend(entries.into_iter().map(|(id, fields)| {
+                let mut t = Tapped::new(stream.clone(), id, RawMessage::Fields(fields), now);
+                t.broker_time_ms = entry_millis(&t.id);
+                t
+            }));
+        }
+        Ok(batch)
+    }
+}
+
+/// The id of a stream's last entry, or `0-0` when it is empty or absent.
+async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<String, MonitorError> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(entries_of(reply)
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_string(), |(id, _)| id))
+}
+
+/// `XREAD`'s reply as (stream, entries): RESP2 `[[stream, entries]…]`,
+/// RESP3 `{stream: entries}`, nil on timeout.
+fn streams(reply: Value) -> Vec<(String, Value)> {
+    match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    Some((text(&pair.next()?)?, pair.next()?))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A stream entry: its id and its fields in order, values as bytes.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+/// Entries `[[id, [field, value, …]], …]`.
+fn entries_of(value: Value) -> Vec<Entry> {
+    let Value::Array(entries) = value else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let mut parts = parts.into_iter();
+            let id = text(&parts.next()?)?;
+            let fields = match parts.next()? {
+                Value::Array(flat) => {
+                    let mut out = Vec::with_capacity(flat.len() / 2);
+                    let mut it = flat.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        if let (Some(k), Some(v)) = (text(&k), bytes(v)) {
+                            out.push((k, v));
+                        }
+                    }
+                    out
+                }
+                Value::Map(map) => map
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((text(&k)?, bytes(v)?)))
+                    .collect(),
+                _ => return None,
+            };
+            Some((id, fields))
+        })
+        .collect()
+}
+
+/// The milliseconds part of an entry id `ms-seq`.
+fn entry_millis(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn xread_replies_parse_in_both_protocols() {
+        let entries = Value::Array(vec![Value::Array(vec![
+            bulk("1700000000000-0"),
+            Value::Array(vec![
+                bulk("event_type"),
+                bulk("X"),
+                bulk("payload"),
+                bulk("{}"),
+            ]),
+        ])]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("s1"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("s1"), entries)]);
+        for reply in [resp2, resp3] {
+            let streams = streams(reply);
+            assert_eq!(streams.len(), 1);
+            let (name, entries) = streams.into_iter().next().unwrap();
+            assert_eq!(name, "s1");
+            let entries = entries_of(entries);
+            assert_eq!(entries[0].0, "1700000000000-0");
+            assert_eq!(entries[0].1[0], ("event_type".into(), b"X".to_vec()));
+        }
+        assert!(streams(Value::Nil).is_empty());
+        assert_eq!(entry_millis("1700000000000-3"), Some(1_700_000_000_000));
+        assert_eq!(entry_millis("garbage"), None);
+    }
+
+    #[test]
+    fn odd_entries_are_skipped_not_fatal() {
+        let odd = Value::Array(vec![
+            Value::Int(3),
+            Value::Array(vec![bulk("1-0"), Value::Nil]),
+            Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("k")])]),
+        ]);
+        let entries = entries_of(odd);
+        assert_eq!(entries.len(), 1, "the dangling key makes an empty entry");
+        assert_eq!(entries[0].0, "2-0");
+        assert!(entries[0].1.is_empty());
+    }
+}

@@ -1,0 +1,105 @@
+//! Reading the channels beside the orchestrator, never from its
+//! subscription: see the module overview in [`super`].
+
+use chrono::{DateTime, Utc};
+
+use super::pulsar_tap::PulsarTap;
+use super::redis_tap::RedisTap;
+use super::MonitorError;
+use crate::config::BrokerUrl;
+use crate::transport::RawMessage;
+
+/// Where reading starts on each channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// Only messages published from now on.
+    #[default]
+    Now,
+    /// Everything the broker still holds (Redis id `0`, Pulsar `Earliest`).
+    Beginning,
+}
+
+/// One message as read, before any interpretation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tapped {
+    pub channel: String,
+    /// The broker's id for it.
+    pub id: String,
+    pub raw: RawMessage,
+    /// When the monitor read it.
+    pub received_at: DateTime<Utc>,
+    /// When the broker took it, in Unix milliseconds, if it says: orders
+    /// one batch read from several channels.
+    pub broker_time_ms: Option<u64>,
+}
+
+impl Tapped {
+    /// A message read from `channel` at `received_at`.
+    pub fn new(
+        channel: impl Into<String>,
+        id: impl Into<String>,
+        raw: RawMessage,
+        received_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            channel: channel.into(),
+            id: id.into(),
+            raw,
+            received_at,
+            broker_time_ms: None,
+        }
+    }
+}
+
+/// Reads a set of channels on the broker of `BROKER_URL`.
+pub struct Tap(Inner);
+
+enum Inner {
+    Redis(Box<RedisTap>),
+    Pulsar(PulsarTap),
+}
+
+impl Tap {
+    /// Starts reading `channels` from `start`. When this returns, every
+    /// channel's position is fixed: anything published afterwards is seen.
+    pub async fn open(
+        broker: &BrokerUrl,
+        channels: &[String],
+        start: StartAt,
+    ) -> Result<Self, MonitorError> {
+        if channels.is_empty() {
+            return Err(MonitorError::NoChannels);
+        }
+        let inner = match broker {
+            BrokerUrl::Redis(url) => Inner::Redis(Box::new(
+                RedisTap::open(url.as_str(), channels, start).await?,
+            )),
+            BrokerUrl::Pulsar(url) => {
+                Inner::Pulsar(PulsarTap::open(url.as_str(), channels, start).await?)
+            }
+            BrokerUrl::Memory => return Err(MonitorError::MemoryBroker),
+        };
+        Ok(Self(inner))
+    }
+
+    /// The next messages, oldest first within the batch. An empty batch
+    /// means nothing arrived within about a second, so callers can check
+    /// for shutdown. After an error the next call reconnects.
+    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, MonitorError> {
+        let mut batch = match &mut self.0 {
+            Inner::Redis(tap) => tap.next_batch().await?,
+            Inner::Pulsar(tap) => tap.next_batch().await?,
+        };
+        // Stable: one channel's own order is kept whatever the clocks say.
+        batch.sort_by_key(|t| t.broker_time_ms.unwrap_or(u64::MAX));
+        Ok(batch)
+    }
+
+    /// Stops reading; Pulsar readers are closed so their subscriptions go.
+    pub async fn close(self) {
+        match self.0 {
+            Inner::Redis(_) => {}
+            Inner::Pulsar(tap) => tap.close().await,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `monitor`: the command-line side (arguments, terminal detection,
+//! printing, Ctrl-C) of the library's [`saga_orchestrator::monitor`].
+//!
+//! Standard output carries only messages (text or JSON lines), so it can be
+//! piped; notes and broker trouble go to standard error.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use saga_orchestrator::config::Settings;
+use saga_orchestrator::monitor::{
+    self, colour_wanted, ChannelKind, Filter, GroupBy, MonitorError, Observed, Printer, StartAt,
+    Style, Tap,
+};
+
+#[derive(Args)]
+pub struct MonitorCmd {
+    /// A channel to watch (repeatable). Default: every configured channel and its -dlq.
+    #[arg(long = "channel", value_name = "NAME")]
+    channels: Vec<String>,
+    /// Only messages with this correlation_id (repeatable: any of them).
+    #[arg(long = "correlation-id", value_name = "ID")]
+    correlation_ids: Vec<String>,
+    /// Only messages of this saga; its start or end is enough, e.g. the short id shown (repeatable).
+    #[arg(long = "saga-id", value_name = "ID")]
+    saga_ids: Vec<String>,
+    /// Only messages of this event_type, e.g. SagaFailed (repeatable).
+    #[arg(long = "event-type", value_name = "TYPE")]
+    event_types: Vec<String>,
+    /// Group the text view: correlation, saga or none. A header line is
+    /// printed when the group changes; each group keeps one colour.
+    #[arg(long, default_value = "correlation", value_name = "KEY")]
+    group_by: GroupBy,
+    /// First replay what the broker still holds (Redis from id 0, Pulsar from
+    /// Earliest), then follow. Default: only messages from now on.
+    #[arg(long)]
+    from_start: bool,
+    /// One JSON object per line (for machines) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many matching messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+}
+
+/// Logs go to standard error, quietly: standard output is the monitor's.
+/// Only the monitor's own warnings (a reader being rebuilt) and the
+/// `pulsar` crate's errors are shown; the fatal error is printed once by
+/// `main`, not logged as well.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::new(
+        "warn,pulsar=error,saga_orchestrator=off,saga_orchestrator::monitor=warn",
+    );
+    let no_color = std::env::var("NO_COLOR").ok();
+    let term = std::env::var("TERM").ok();
+    let ansi = colour_wanted(
+        no_color.as_deref(),
+        term.as_deref(),
+        std::io::stderr().is_terminal(),
+    );
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Runs until Ctrl-C / SIGTERM, `--limit` messages, or standard output closes.
+pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let channels = channels(cmd, settings);
+    let filter = Filter {
+        correlation_ids: cmd.correlation_ids.clone(),
+        saga_ids: cmd.saga_ids.clone(),
+        event_types: cmd.event_types.clone(),
+    };
+    let style = if cmd.json {
+        Style::Json
+    } else {
+        let no_color = std::env::var("NO_COLOR").ok();
+        let term = std::env::var("TERM").ok();
+        Style::Text {
+            colour: colour_wanted(
+                no_color.as_deref(),
+                term.as_deref(),
+                std::io::stdout().is_terminal(),
+            ),
+        }
+    };
+    let start = if cmd.from_start {
+        StartAt::Beginning
+    } else {
+        StartAt::Now
+    };
+    let mut tap = Tap::open(&settings.broker_url, &channels, start).await?;
+    eprintln!(
+        "monitoring {} channel{} on {} {} (Ctrl-C to stop)",
+        channels.len(),
+        if channels.len() == 1 { "" } else { "s" },
+        settings.broker_url.redacted(),
+        if cmd.from_start {
+            "from the start"
+        } else {
+            "from now"
+        },
+    );
+    let kinds: HashMap<&str, ChannelKind> = channels
+        .iter()
+        .map(|c| (c.as_str(), ChannelKind::of(c, &settings.channels)))
+        .collect();
+    let mut printer = Printer::new(style, cmd.group_by, &channels);
+    let mut shown: u64 = 0;
+    let mut failures: u32 = 0;
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let batch = tokio::select! {
+            () = &mut shutdown => break,
+            batch = tap.next_batch() => batch,
+        };
+        let batch = match batch {
+            Ok(batch) => {
+                failures = 0;
+                batch
+            }
+            Err(MonitorError::Closed) => return Err(MonitorError::Closed.into()),
+            Err(e) => {
+                // The broker went away: say so once per attempt and keep
+                // trying; the positions read so far are kept.
+                failures += 1;
+                eprintln!("monitor: {e} (retrying)");
+                let wait = Duration::from_millis(250 << failures.min(4));
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for tapped in batch {
+            let kind = kinds
+                .get(tapped.channel.as_str())
+                .copied()
+                .unwrap_or(ChannelKind::Other);
+            let observed = Observed::parse(&tapped, kind, settings.max_message_bytes);
+            if !filter.matches(&observed) {
+                continue;
+            }
+            for line in printer.lines(&observed) {
+                // The reader went away (`| head`): done, not an error.
+                if writeln!(out, "{line}").is_err() {
+                    drop(out);
+                    tap.close().await;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            shown += 1;
+            if cmd.limit.is_some_and(|limit| shown >= limit) {
+                let _ = out.flush();
+                drop(out);
+                tap.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let _ = out.flush();
+    }
+    tap.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The channels asked for, each once, in the order given; or all of them.
+fn channels(cmd: &MonitorCmd, settings: &Settings) -> Vec<String> {
+    if cmd.channels.is_empty() {
+        return monitor::all_channels(&settings.channels);
+    }
+    let mut seen = Vec::with_capacity(cmd.channels.len());
+    for c in &cmd.channels {
+        if !seen.contains(c) {
+            seen.push(c.clone());
+        }
+    }
+    seen
+}
