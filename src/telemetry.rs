@@ -81,8 +81,8 @@ impl Drop for TracingGuard {
 /// OTLP/HTTP. Later calls are no-ops (tests build many applications in one
 /// process).
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<TracingGuard, TelemetryError> {
-    let filter = EnvFilter::try_new(quiet_pulsar_retries(filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(quiet_pulsar_retries(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
         LogFormat::Json => fmt::layer()
             .json()
@@ -109,7 +109,8 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> Result<TracingGuard, Tel
 /// exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself.
 fn otlp_provider() -> Result<Option<SdkTracerProvider>, TelemetryError> {
     let configured = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT") && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT")
+        && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     {
         return Ok(None);
     }

@@ -67,10 +67,10 @@ impl HttpParticipants {
 
     async fn delete_partner(&self, saga: &Saga, traceparent: Option<&str>) -> CallOutcome {
         let url = join(&self.integraciones, &["partners", &saga.partner_id]);
-        let request = self
-            .client
-            .delete(url)
-            .headers(headers(saga, Step::DeletePartner, traceparent));
+        let request =
+            self.client
+                .delete(url)
+                .headers(headers(saga, Step::DeletePartner, traceparent));
         match request.send().await {
             Err(e) => transport_failure(e),
             Ok(response) => classify_delete(response).await,
@@ -401,14 +401,17 @@ mod tests {
             .mount(&server)
             .await;
         let url: Url = server.uri().parse().expect("mock URL");
-        let client = HttpParticipants::new(url.clone(), url, Duration::from_secs(5))
-            .expect("client");
+        let client =
+            HttpParticipants::new(url.clone(), url, Duration::from_secs(5)).expect("client");
         (server, client)
     }
 
     async fn sent_traceparent(server: &wiremock::MockServer) -> String {
         let requests = server.received_requests().await.unwrap_or_default();
-        let header = requests[0].headers.get("traceparent").expect("traceparent sent");
+        let header = requests[0]
+            .headers
+            .get("traceparent")
+            .expect("traceparent sent");
         header.to_str().expect("text").to_string()
     }
 
@@ -449,7 +452,10 @@ mod tests {
         let sent = sent_traceparent(&server).await;
         let parts: Vec<&str> = sent.split('-').collect();
         assert_eq!(parts.len(), 4, "{sent}");
-        assert_eq!(parts[1], EVENT_TRACE, "the participant joins the event's trace");
+        assert_eq!(
+            parts[1], EVENT_TRACE,
+            "the participant joins the event's trace"
+        );
         assert_ne!(parts[2], EVENT_SPAN, "as a new span, not the event's");
 
         let _ = provider.force_flush();
@@ -468,5 +474,4 @@ mod tests {
             assert_eq!(s.span_context.trace_id().to_string(), EVENT_TRACE);
         }
     }
-
 }

@@ -367,7 +367,10 @@ async fn a_traceparent_sent_with_the_event_reaches_the_participant() {
     let saga = app.settled(&p).await;
     assert_eq!(saga["state"], "completed");
     let requests = app.alianzas.received_requests().await.unwrap();
-    let sent = requests[0].headers["traceparent"].to_str().unwrap().to_string();
+    let sent = requests[0].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
         sent.split('-').nth(1),
         Some(trace_id),
