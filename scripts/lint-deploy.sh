@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lint the deployment files without a Docker engine.
 #
-#   scripts/lint-deploy.sh            # every compose file, the Dockerfile, the dashboards
+#   scripts/lint-deploy.sh            # every docker-compose*.yml, the Dockerfile, the dashboards
 #   scripts/lint-deploy.sh FILE...    # only these (kind picked by name, see below)
 #
 # - Compose files (*.yml / *.yaml): `docker compose config -q`, i.e. the real
@@ -181,7 +181,13 @@ esac
 cd "$ROOT"
 files=("$@")
 if [[ ${#files[@]} -eq 0 ]]; then
-    files=(docker-compose.dev.yml docker-compose.shared-pulsar.yml docker-compose.yml Dockerfile)
+    # Every compose file at the top, so a new one (say docker-compose.simple.yml)
+    # is checked without being listed here.
+    files=()
+    for f in docker-compose*.yml docker-compose*.yaml; do
+        [[ -e $f ]] && files+=("$f")
+    done
+    files+=(Dockerfile)
     for f in deploy/grafana/dashboards/*.json; do
         [[ -e $f ]] && files+=("$f")
     done
