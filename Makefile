@@ -6,6 +6,10 @@
 #   .PHONY: demo
 #   demo: build ## Run the demo scenario
 #   	scripts/demo.sh
+#
+# The stack targets (dev-up … clean) use Docker Compose where a Docker engine
+# answers, local processes under .dev/dev-stack where none does; see
+# scripts/dev-stack.sh and the README ("Development stacks").
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -16,14 +20,17 @@ CARGO ?= cargo
 # Where `make test-services-up` keeps its long-lived servers; `make test`
 # uses its own per-run directory instead.
 TEST_SERVICES_DIR ?= .dev/test-services
+DEV_STACK := scripts/dev-stack.sh
 
 .PHONY: help
 help: ## Show this list of targets
-	@echo "Usage: make <target>"
+	@echo "Usage: make <target>   (ARGS=… passes options where a target says so)"
 	@echo
 	@awk 'BEGIN { FS = ":[^#]*## " } \
 		/^[a-zA-Z0-9_.-]+:[^=]*## / { printf "  %-20s %s\n", $$1, $$2 }' \
 		$(MAKEFILE_LIST)
+
+# --- the two commands ----------------------------------------------------------
 
 .PHONY: demo
 demo: ## Run the embedded demo: SQLite, in-memory broker, simulated participants (ARGS=--keep …)
@@ -34,6 +41,70 @@ demo: ## Run the embedded demo: SQLite, in-memory broker, simulated participants
 test: lint-deploy ## Run all tests (both brokers) against private PostgreSQL, Redis and Pulsar
 	scripts/test.sh
 
+# --- stacks: Docker Compose, or local processes without a Docker engine ---------
+
+.PHONY: dev-up
+dev-up: ## Start PostgreSQL :5432, Redis :6379, Pulsar :6650 for `make run` (compose, or local processes)
+	$(DEV_STACK) up dev
+
+.PHONY: dev-down
+dev-down: ## Stop the dev stack (locally: everything the *-up targets started; data kept)
+	$(DEV_STACK) down dev
+
+.PHONY: simple-up
+simple-up: ## PostgreSQL + Redis + simulators + orchestrator on Redis Streams (no Pulsar/Grafana)
+	$(DEV_STACK) up simple
+
+.PHONY: simple-down
+simple-down: ## Stop the simple stack
+	$(DEV_STACK) down simple
+
+.PHONY: full-up
+full-up: ## Everything: dev services + simulators + orchestrator on Pulsar (+ Prometheus, Grafana with Docker)
+	$(DEV_STACK) up full
+
+.PHONY: full-down
+full-down: ## Stop the full stack
+	$(DEV_STACK) down full
+
+.PHONY: shared-up
+shared-up: ## Orchestrator + PostgreSQL joining a shared Pulsar's Docker network (needs Docker; SHARED_SIMULATORS=1)
+	$(DEV_STACK) up shared
+
+.PHONY: shared-down
+shared-down: ## Stop the shared-Pulsar stack
+	$(DEV_STACK) down shared
+
+.PHONY: status
+status: ## Show each service of the stack(s): running or not, pid, address
+	@$(DEV_STACK) status
+
+.PHONY: logs
+logs: ## Follow the stack's logs (compose logs -f, or the local log files; ARGS="--no-follow orchestrator")
+	@$(DEV_STACK) logs $(ARGS)
+
+# --- running it -------------------------------------------------------------------
+
+.PHONY: run
+run: ## Run the orchestrator (release build) with .env, created from .env.example if missing
+	@$(DEV_STACK) ensure-env
+	scripts/install-deps.sh protoc
+	$(CARGO) run --release -- serve $(ARGS)
+
+.PHONY: monitor
+monitor: ## Live view of the channels' events, grouped by correlation (ARGS=…)
+	scripts/monitor $(ARGS)
+
+.PHONY: bench
+bench: ## Standard load test on the dev stack → .dev/bench/<time>-<broker>.json (BENCH_BROKER=pulsar|redis, BENCH_EVENTS, BENCH_RATE)
+	scripts/bench.sh
+
+.PHONY: migrate
+migrate: ## Apply database migrations (release build)
+	$(CARGO) run --release -- migrate
+
+# --- checks -------------------------------------------------------------------------
+
 .PHONY: lint
 lint: lint-deploy ## Check formatting, clippy (warnings as errors) and the deployment files
 	$(CARGO) fmt --all -- --check
@@ -43,14 +114,6 @@ lint: lint-deploy ## Check formatting, clippy (warnings as errors) and the deplo
 lint-deploy: ## Check compose files (docker compose config), Dockerfile (hadolint), dashboards
 	scripts/lint-deploy.sh
 
-.PHONY: pulsar-up
-pulsar-up: ## Start pulsar-lite + its compatibility proxy (state in .dev/pulsar-lite)
-	scripts/pulsar-lite.sh start
-
-.PHONY: pulsar-down
-pulsar-down: ## Stop pulsar-lite and its proxy
-	scripts/pulsar-lite.sh stop
-
 .PHONY: fmt
 fmt: ## Format all code with rustfmt
 	$(CARGO) fmt --all
@@ -59,13 +122,15 @@ fmt: ## Format all code with rustfmt
 build: ## Build the release binary
 	$(CARGO) build --release
 
-.PHONY: run
-run: ## Run the server (release build)
-	$(CARGO) run --release -- serve
+# --- servers for the tests ------------------------------------------------------
 
-.PHONY: migrate
-migrate: ## Apply database migrations (release build)
-	$(CARGO) run --release -- migrate
+.PHONY: pulsar-up
+pulsar-up: ## Start pulsar-lite + its compatibility proxy on free ports (state in .dev/pulsar-lite)
+	scripts/pulsar-lite.sh start
+
+.PHONY: pulsar-down
+pulsar-down: ## Stop pulsar-lite and its proxy
+	scripts/pulsar-lite.sh stop
 
 .PHONY: test-services-up
 test-services-up: ## Start PostgreSQL, Redis, Pulsar for tests (source .dev/test-services/env)
@@ -76,7 +141,8 @@ test-services-down: ## Stop the servers started by test-services-up
 	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh stop
 
 .PHONY: clean
-clean: ## Stop test services, remove build output and local state (.dev)
+clean: ## Stop the dev stack and test services, remove build output and local state (.dev)
+	$(DEV_STACK) clean
 	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh stop
 	$(CARGO) clean
 	rm -rf .dev

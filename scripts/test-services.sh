@@ -395,6 +395,11 @@ cmd_status() {
     return "$ok"
 }
 
+# Sourced (scripts/dev-stack.sh reuses the helpers above): define, don't run.
+if [[ ${BASH_SOURCE[0]} != "$0" ]]; then
+    return 0
+fi
+
 case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;
