@@ -47,8 +47,15 @@ const OUTBOUND_QUEUE: usize = 1024;
 const RECEIVER_QUEUE: u32 = 512;
 /// How long one `next_batch` waits for a first message.
 const POLL: Duration = Duration::from_millis(500);
-/// Idle this long, the consumer's connection is checked.
+/// Idle this long, the consumer's connection is checked (plus up to
+/// [`CHECK_JITTER`]). The check is a ping, and the crate's own keep-alive
+/// pings the same connection every 30 s: two pings in flight at once cancel
+/// one of them, so checks must not fall into step with it.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
+const CHECK_JITTER: Duration = Duration::from_secs(4);
+/// Failed connection checks in a row that make the consumer be rebuilt: one
+/// can be a ping cancelled by a concurrent keep-alive.
+const FAILED_CHECKS: u32 = 2;
 /// Consecutive stream errors after which the consumer is rebuilt.
 const MAX_STREAM_ERRORS: u32 = 3;
 /// Time allowed for a health check.
@@ -410,8 +417,10 @@ impl ConsumerTask {
         let mut pending: Option<Delivery> = None;
         let mut errors = 0;
         let mut last_activity = Instant::now();
-        let mut watchdog = tokio::time::interval(IDLE_CHECK);
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed_checks = 0;
+        let next_check = || tokio::time::sleep(IDLE_CHECK + CHECK_JITTER.mul_f64(rand::random::<f64>()));
+        let watchdog = next_check();
+        tokio::pin!(watchdog);
         loop {
             tokio::select! {
                 biased;
@@ -449,17 +458,24 @@ impl ConsumerTask {
                         None => return Rebuild::Because("the consumer stream ended".into()),
                     }
                 }
-                _ = watchdog.tick() => {
-                    if self.deliveries.is_closed() {
-                        return Rebuild::Stop;
+                () = &mut watchdog => {
+                    watchdog.set(next_check());
+                    if last_activity.elapsed() < IDLE_CHECK {
+                        continue;
                     }
-                    if last_activity.elapsed() >= IDLE_CHECK {
-                        let check = tokio::time::timeout(PING_TIMEOUT, consumer.check_connection()).await;
-                        match check {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return Rebuild::Because(format!("connection check failed: {e}")),
-                            Err(_) => return Rebuild::Because("connection check timed out".into()),
+                    let check = tokio::time::timeout(PING_TIMEOUT, consumer.check_connection()).await;
+                    let problem = match check {
+                        Ok(Ok(())) => {
+                            failed_checks = 0;
+                            continue;
                         }
+                        Ok(Err(e)) => format!("connection check failed: {e}"),
+                        Err(_) => "connection check timed out".to_string(),
+                    };
+                    failed_checks += 1;
+                    tracing::debug!(channel = %self.channel, %problem, failed_checks, "Pulsar consumer check failed");
+                    if failed_checks >= FAILED_CHECKS {
+                        return Rebuild::Because(format!("{failed_checks} checks in a row: {problem}"));
                     }
                 }
             }
