@@ -95,31 +95,31 @@ async fn publish_events(
     settings: &Settings,
     plan: &PublishPlan,
     quiet: bool,
-) -> anyhow::Result<(Vec<saga_orchestrator::envelope::Envelope>, Duration)> {
+) -> anyhow::Result<load::Published> {
     let transport = transport::from_settings(settings).await?;
     let events = load::events(plan);
     let progress = bar(events.len(), "published", quiet);
     let counter = progress.clone();
-    let took = load::publish(
+    let published = load::publish(
         transport,
         &settings.channels.partner_events,
-        events.clone(),
+        events,
         plan,
         move |n| counter.inc(n as u64),
     )
     .await?;
     progress.finish_and_clear();
-    Ok((events, took))
+    Ok(published)
 }
 
 pub async fn publish(cmd: &PublishCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
     let plan = plan(cmd.count, &cmd.publish);
-    let (events, took) = publish_events(settings, &plan, false).await?;
+    let published = publish_events(settings, &plan, false).await?;
     println!(
         "published {} PartnerCreated events to {} in {:.2} s (correlation_id {})",
-        events.len(),
+        published.events.len(),
         settings.channels.partner_events,
-        took.as_secs_f64(),
+        published.took.as_secs_f64(),
         plan.correlation_id
     );
     Ok(ExitCode::SUCCESS)
@@ -161,9 +161,14 @@ pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result
     );
     let sagas = sagas.await;
     settled.finish_and_clear();
-    let (events, took) = publishing.await??;
+    let published = publishing.await??;
     let sagas = sagas?;
-    let report = load::collect(&plan.correlation_id, &events, took, &sagas);
+    let report = load::collect(
+        &plan.correlation_id,
+        &published.events,
+        published.took,
+        &sagas,
+    );
     if cmd.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -88,16 +88,24 @@ pub fn events(plan: &PublishPlan) -> Vec<Envelope> {
         .collect()
 }
 
+/// What publishing did: the events as sent, and how long it took.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Each event's `timestamp` is when it was sent, so latency measured
+    /// from it never includes the wait for its turn at a paced rate.
+    pub events: Vec<Envelope>,
+    pub took: Duration,
+}
+
 /// Publishes `events` to `channel`, paced to `plan.rate` across
 /// `plan.concurrency` publishers; `on_sent` is called with each count sent.
-/// Returns how long publishing took.
 pub async fn publish(
     transport: Arc<dyn Transport>,
     channel: &str,
     events: Vec<Envelope>,
     plan: &PublishPlan,
     on_sent: impl Fn(usize) + Send + Sync + 'static,
-) -> Result<Duration, LoadError> {
+) -> Result<Published, LoadError> {
     let started = Instant::now();
     let workers = plan.concurrency.clamp(1, events.len().max(1));
     // Unpaced, events go in batches; paced, one at a time on a schedule.
@@ -120,23 +128,32 @@ pub async fn publish(
             // Workers start staggered so the combined rate is even.
             let offset = per_worker_interval.map(|i| i.mul_f64(w as f64 / workers as f64));
             let start = tokio::time::Instant::now() + offset.unwrap_or_default();
-            for (n, chunk) in share.chunks(batch).enumerate() {
+            let mut share = share;
+            for (n, chunk) in share.chunks_mut(batch).enumerate() {
                 if let Some(interval) = per_worker_interval {
                     tokio::time::sleep_until(start + interval * n as u32).await;
+                }
+                let now = chrono::Utc::now();
+                for event in chunk.iter_mut() {
+                    event.timestamp = now;
                 }
                 transport.publish(&channel, chunk).await?;
                 on_sent(chunk.len());
             }
-            Ok::<_, TransportError>(())
+            Ok::<_, TransportError>(share)
         });
     }
+    let mut sent = Vec::new();
     while let Some(done) = tasks.join_next().await {
         match done {
-            Ok(result) => result?,
+            Ok(result) => sent.extend(result?),
             Err(e) => return Err(LoadError::Publish(TransportError::Task(e.to_string()))),
         }
     }
-    Ok(started.elapsed())
+    Ok(Published {
+        events: sent,
+        took: started.elapsed(),
+    })
 }
 
 /// Polls the API until every saga of `correlation_id` is terminal (or the
@@ -280,7 +297,8 @@ mod tests {
         p.concurrency = 4;
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = sent.clone();
-        let took = publish(
+        let before = chrono::Utc::now();
+        let published = publish(
             Arc::new(transport.clone()),
             "partner-events",
             events(&p),
@@ -293,7 +311,21 @@ mod tests {
         .unwrap();
         assert_eq!(transport.messages("partner-events").len(), 20);
         assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 20);
+        assert_eq!(published.events.len(), 20);
         // 20 events at 200/s take about 0.1 s: never all at once.
-        assert!(took >= Duration::from_millis(80), "{took:?}");
+        assert!(
+            published.took >= Duration::from_millis(80),
+            "{:?}",
+            published.took
+        );
+        // Each is stamped when sent, not when the plan was made: the last
+        // went out a pacing interval after the first.
+        let mut stamps: Vec<_> = published.events.iter().map(|e| e.timestamp).collect();
+        stamps.sort();
+        assert!(stamps[0] >= before);
+        assert!(
+            stamps[19] - stamps[0] >= chrono::Duration::milliseconds(80),
+            "{stamps:?}"
+        );
     }
 }

@@ -45,10 +45,10 @@ async fn a_load_test_reports_every_saga_by_outcome() {
     let events = load::events(&plan);
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = sent.clone();
-    let took = load::publish(
+    let published = load::publish(
         transport,
         &app.channels.partner_events,
-        events.clone(),
+        events,
         &plan,
         move |n| {
             counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -67,7 +67,12 @@ async fn a_load_test_reports_every_saga_by_outcome() {
     )
     .await
     .expect("every saga settles");
-    let report = load::collect(&plan.correlation_id, &events, took, &sagas);
+    let report = load::collect(
+        &plan.correlation_id,
+        &published.events,
+        published.took,
+        &sagas,
+    );
 
     assert!(report.is_clean(), "{}", report.render());
     assert_eq!(
