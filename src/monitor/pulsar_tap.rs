@@ -27,14 +27,12 @@ use uuid::Uuid;
 
 use super::tap::{StartAt, Tapped};
 use super::MonitorError;
-use crate::transport::{pulsar_topic, RawMessage};
+use crate::transport::{pulsar_topic, PulsarWatchdog, RawMessage};
 
 /// How long one `next_batch` waits for a first message.
 const POLL: Duration = Duration::from_millis(1000);
 /// Messages read ahead of the printer, across all topics.
 const QUEUE: usize = 1024;
-/// Idle this long, a consumer's connection is checked.
-const IDLE_CHECK: Duration = Duration::from_secs(10);
 /// Consecutive read errors after which a consumer is rebuilt.
 const MAX_ERRORS: u32 = 3;
 
@@ -187,8 +185,7 @@ impl ReaderTask {
     async fn forward(&mut self, consumer: &mut TopicConsumer) -> Option<String> {
         let mut errors = 0;
         let mut last_activity = Instant::now();
-        let mut watchdog = tokio::time::interval(IDLE_CHECK);
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = PulsarWatchdog::new();
         loop {
             tokio::select! {
                 next = consumer.next() => {
@@ -213,16 +210,12 @@ impl ReaderTask {
                         None => return Some("the consumer's stream ended".into()),
                     }
                 }
-                _ = watchdog.tick() => {
+                () = watchdog.due() => {
                     if self.tx.is_closed() {
                         return None;
                     }
-                    if last_activity.elapsed() >= IDLE_CHECK {
-                        match tokio::time::timeout(Duration::from_secs(3), consumer.check_connection()).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return Some(format!("connection check failed: {e}")),
-                            Err(_) => return Some("connection check timed out".into()),
-                        }
+                    if let Some(why) = watchdog.check(consumer, last_activity.elapsed()).await {
+                        return Some(why);
                     }
                 }
             }
@@ -251,11 +244,10 @@ impl ReaderTask {
     /// (its start position is the last message forwarded).
     fn tapped(&mut self, message: Message<Vec<u8>>) -> Option<Tapped> {
         let id = message.message_id.id;
-        if self
-            .last
-            .as_ref()
-            .is_some_and(|last| same_message(last, &id))
-        {
+        // A topic's ids only grow: one at or before the last shown is a
+        // redelivery (a rebuilt consumer's start, or an ack the broker did
+        // not see), already on screen.
+        if self.last.as_ref().is_some_and(|last| !is_after(&id, last)) {
             return None;
         }
         let metadata = message.payload.metadata;
@@ -280,9 +272,32 @@ impl ReaderTask {
     }
 }
 
-fn same_message(a: &MessageIdData, b: &MessageIdData) -> bool {
-    a.ledger_id == b.ledger_id
-        && a.entry_id == b.entry_id
-        && a.partition == b.partition
-        && a.batch_index == b.batch_index
+/// Whether `a` comes after `b` in one topic partition.
+fn is_after(a: &MessageIdData, b: &MessageIdData) -> bool {
+    let key = |m: &MessageIdData| (m.ledger_id, m.entry_id, m.batch_index.unwrap_or(-1));
+    key(a) > key(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ledger: u64, entry: u64, batch: Option<i32>) -> MessageIdData {
+        MessageIdData {
+            ledger_id: ledger,
+            entry_id: entry,
+            batch_index: batch,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_later_messages_are_new() {
+        let last = id(4, 2122, None);
+        assert!(is_after(&id(4, 2123, None), &last));
+        assert!(is_after(&id(5, 0, None), &last));
+        assert!(!is_after(&id(4, 2122, None), &last), "the same one again");
+        assert!(!is_after(&id(4, 2000, None), &last), "a redelivery");
+        assert!(is_after(&id(4, 2122, Some(1)), &id(4, 2122, Some(0))));
+    }
 }

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 
+pub(crate) use self::pulsar::Watchdog as PulsarWatchdog;
 pub use self::pulsar::{topic as pulsar_topic, PulsarTransport};
 pub use memory::MemoryTransport;
 pub use redis_streams::RedisTransport;

@@ -61,6 +61,58 @@ const MAX_STREAM_ERRORS: u32 = 3;
 /// Time allowed for a health check.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Checks an idle consumer's connection now and then, and says when the
+/// consumer should be rebuilt. Shared by the adapter and the monitor.
+pub(crate) struct Watchdog {
+    failed: u32,
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Watchdog {
+    pub(crate) fn new() -> Self {
+        Self {
+            failed: 0,
+            next: Box::pin(tokio::time::sleep(Self::interval())),
+        }
+    }
+
+    fn interval() -> Duration {
+        IDLE_CHECK + CHECK_JITTER.mul_f64(rand::random::<f64>())
+    }
+
+    /// Resolves when the next check is due (cancel-safe: it keeps its deadline).
+    pub(crate) async fn due(&mut self) {
+        (&mut self.next).await;
+    }
+
+    /// Checks the connection unless the consumer was busy lately; `Some`
+    /// (why) when the consumer should be rebuilt.
+    pub(crate) async fn check(
+        &mut self,
+        consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+        idle_for: Duration,
+    ) -> Option<String> {
+        self.next
+            .as_mut()
+            .reset(tokio::time::Instant::now() + Self::interval());
+        if idle_for < IDLE_CHECK {
+            return None;
+        }
+        let problem = match tokio::time::timeout(PING_TIMEOUT, consumer.check_connection()).await {
+            Ok(Ok(())) => {
+                self.failed = 0;
+                return None;
+            }
+            Ok(Err(e)) => format!("connection check failed: {e}"),
+            Err(_) => "connection check timed out".to_string(),
+        };
+        self.failed += 1;
+        tracing::debug!(%problem, failed = self.failed, "Pulsar consumer check failed");
+        (self.failed >= FAILED_CHECKS)
+            .then(|| format!("{} checks in a row: {problem}", self.failed))
+    }
+}
+
 /// The topic of a channel; a full topic name is kept as given.
 pub fn topic(channel: &str) -> String {
     if channel.contains("://") {
@@ -417,10 +469,7 @@ impl ConsumerTask {
         let mut pending: Option<Delivery> = None;
         let mut errors = 0;
         let mut last_activity = Instant::now();
-        let mut failed_checks = 0;
-        let next_check = || tokio::time::sleep(IDLE_CHECK + CHECK_JITTER.mul_f64(rand::random::<f64>()));
-        let watchdog = next_check();
-        tokio::pin!(watchdog);
+        let mut watchdog = Watchdog::new();
         loop {
             tokio::select! {
                 biased;
@@ -458,24 +507,9 @@ impl ConsumerTask {
                         None => return Rebuild::Because("the consumer stream ended".into()),
                     }
                 }
-                () = &mut watchdog => {
-                    watchdog.set(next_check());
-                    if last_activity.elapsed() < IDLE_CHECK {
-                        continue;
-                    }
-                    let check = tokio::time::timeout(PING_TIMEOUT, consumer.check_connection()).await;
-                    let problem = match check {
-                        Ok(Ok(())) => {
-                            failed_checks = 0;
-                            continue;
-                        }
-                        Ok(Err(e)) => format!("connection check failed: {e}"),
-                        Err(_) => "connection check timed out".to_string(),
-                    };
-                    failed_checks += 1;
-                    tracing::debug!(channel = %self.channel, %problem, failed_checks, "Pulsar consumer check failed");
-                    if failed_checks >= FAILED_CHECKS {
-                        return Rebuild::Because(format!("{failed_checks} checks in a row: {problem}"));
+                () = watchdog.due() => {
+                    if let Some(why) = watchdog.check(consumer, last_activity.elapsed()).await {
+                        return Rebuild::Because(why);
                     }
                 }
             }
