@@ -19,7 +19,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use pulsar::consumer::{InitialPosition, Message};
 use pulsar::proto::MessageIdData;
-use pulsar::{ConnectionRetryOptions, Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
+use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::tap::{StartAt, Tapped};
 use super::MonitorError;
-use crate::transport::{pulsar_topic, PulsarWatchdog, RawMessage};
+use crate::transport::{connection_retry_options, pulsar_topic, PulsarWatchdog, RawMessage};
 
 /// How long one `next_batch` waits for a first message.
 const POLL: Duration = Duration::from_millis(1000);
@@ -52,14 +52,7 @@ impl PulsarTap {
         start: StartAt,
     ) -> Result<Self, MonitorError> {
         let client = Pulsar::builder(url, TokioExecutor)
-            .with_connection_retry_options(ConnectionRetryOptions {
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                max_retries: 8,
-                connection_timeout: Duration::from_secs(5),
-                keep_alive: Duration::from_secs(30),
-                ..Default::default()
-            })
+            .with_connection_retry_options(connection_retry_options())
             .build()
             .await?;
         let subscription = format!(

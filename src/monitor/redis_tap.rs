@@ -9,7 +9,9 @@ use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::tap::{StartAt, Tapped};
 use super::MonitorError;
-use crate::transport::RawMessage;
+use crate::transport::{
+    redis_bytes as bytes, redis_pairs as pairs, redis_text as text, RawMessage,
+};
 
 /// How long one read blocks before returning an empty batch.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -162,16 +164,7 @@ fn entries_of(value: Value) -> Vec<Entry> {
             let mut parts = parts.into_iter();
             let id = text(&parts.next()?)?;
             let fields = match parts.next()? {
-                Value::Array(flat) => {
-                    let mut out = Vec::with_capacity(flat.len() / 2);
-                    let mut it = flat.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        if let (Some(k), Some(v)) = (text(&k), bytes(v)) {
-                            out.push((k, v));
-                        }
-                    }
-                    out
-                }
+                Value::Array(flat) => pairs(flat),
                 Value::Map(map) => map
                     .into_iter()
                     .filter_map(|(k, v)| Some((text(&k)?, bytes(v)?)))
@@ -186,23 +179,6 @@ fn entries_of(value: Value) -> Vec<Entry> {
 /// The milliseconds part of an entry id `ms-seq`.
 fn entry_millis(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

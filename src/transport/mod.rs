@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 
-pub(crate) use self::pulsar::Watchdog as PulsarWatchdog;
+pub(crate) use self::pulsar::{connection_retry_options, Watchdog as PulsarWatchdog};
 pub use self::pulsar::{topic as pulsar_topic, PulsarTransport};
 pub use memory::MemoryTransport;
 pub use redis_streams::RedisTransport;
+pub(crate) use redis_streams::{bytes as redis_bytes, pairs as redis_pairs, text as redis_text};
 
 use crate::config::{BrokerUrl, Settings};
 use crate::envelope::{format_time, DecodeError, Envelope};

@@ -113,6 +113,20 @@ impl Watchdog {
     }
 }
 
+/// How clients (the adapter's, the monitor's) reconnect: quickly at first,
+/// never more than 5 s apart, giving up on one attempt after 8 tries (the
+/// consumer watchdog then starts over).
+pub(crate) fn connection_retry_options() -> ConnectionRetryOptions {
+    ConnectionRetryOptions {
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+        max_retries: 8,
+        connection_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
 /// The topic of a channel; a full topic name is kept as given.
 pub fn topic(channel: &str) -> String {
     if channel.contains("://") {
@@ -146,14 +160,7 @@ impl PulsarTransport {
         consumer_name: &str,
     ) -> Result<Self, TransportError> {
         let client = Pulsar::builder(url, TokioExecutor)
-            .with_connection_retry_options(ConnectionRetryOptions {
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                max_retries: 8,
-                connection_timeout: Duration::from_secs(5),
-                keep_alive: Duration::from_secs(30),
-                ..Default::default()
-            })
+            .with_connection_retry_options(connection_retry_options())
             .with_operation_retry_options(OperationRetryOptions {
                 operation_timeout: Duration::from_secs(10),
                 retry_delay: Duration::from_millis(500),

@@ -307,7 +307,8 @@ impl Settle for RedisSettle {
     }
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A reply value as text (bulk or simple string).
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -315,7 +316,8 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn bytes(v: Value) -> Option<Vec<u8>> {
+/// A reply value as bytes (bulk or simple string, or an integer's digits).
+pub(crate) fn bytes(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
@@ -324,7 +326,8 @@ fn bytes(v: Value) -> Option<Vec<u8>> {
     }
 }
 
-fn pairs(flat: Vec<Value>) -> Vec<(String, Vec<u8>)> {
+/// An entry's flat `field value …` array as pairs; unreadable pairs are skipped.
+pub(crate) fn pairs(flat: Vec<Value>) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
