@@ -44,7 +44,7 @@ pub const RELAYED: &str = "saga_outbox_relayed_total";
 /// Outbox messages waiting (gauge, refreshed on scrape).
 pub const OUTBOX_BACKLOG: &str = "saga_outbox_backlog";
 /// Participants' replies (broker mode), by `step`, `status` and `outcome`
-/// (`applied` | `stale` | `unknown_saga`).
+/// (`applied` | `late_success` | `stale` | `unknown_saga`).
 pub const REPLIES: &str = "saga_replies_total";
 /// Attempts that failed and were scheduled again, by `step`.
 pub const RETRIES: &str = "saga_retries_total";

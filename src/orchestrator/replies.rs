@@ -3,10 +3,12 @@
 //! Each reply is applied to its saga as stored now, through the same
 //! version-checked commit as every other transition, and acked only after
 //! that commit. Replies of one saga within a batch are applied in the order
-//! received; different sagas' replies are applied concurrently. A reply for
-//! a saga this store does not know, or one the saga has moved past (a
+//! received (when one cannot be stored, it and the ones after it go back to
+//! the broker); different sagas' replies are applied concurrently. A reply
+//! for a saga this store does not know, or one the saga has moved past (a
 //! duplicate, an earlier attempt's), is acked and logged: redelivering it
-//! would never make it apply.
+//! would never make it apply. An alliance created after compensation began
+//! is recorded on the saga and logged as a warning (`late_success`).
 
 use std::collections::HashMap;
 
@@ -17,7 +19,7 @@ use uuid::Uuid;
 use super::consumer::{dead_letter, ignore, read_loop, settle, Gate};
 use super::{OperateError, Orchestrator};
 use crate::envelope::{EventType, MessageStatus};
-use crate::saga::{self, Input, Reply, ReplyStatus, Step};
+use crate::saga::{self, Input, Reply, ReplyStatus, SagaState, Step};
 use crate::telemetry;
 use crate::transport::Delivery;
 
@@ -129,16 +131,24 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
 }
 
 async fn apply_in_order(orch: &Orchestrator, saga_id: Uuid, replies: Vec<(Delivery, Reply)>) {
-    for (delivery, reply) in replies {
+    let mut replies = replies.into_iter();
+    while let Some((delivery, reply)) = replies.next() {
         let labels = [
             ("step", reply.step.as_str()),
             ("status", status_label(&reply.status)),
         ];
+        let alliance_done = reply.step == Step::CreateAlliance
+            && matches!(reply.status, ReplyStatus::Completed { .. });
         let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
         let outcome = orch
             .operate(saga_id, Input::Replied { reply, reply_by })
             .await;
         let applied = match outcome {
+            Ok(saga) if alliance_done && saga.state != SagaState::Completed => {
+                tracing::warn!(%saga_id, state = %saga.state, alliance_id = ?saga.alliance_id,
+                    "alliance created after compensation began; recorded on the saga for a person to undo");
+                "late_success"
+            }
             Ok(saga) => {
                 tracing::debug!(%saga_id, state = %saga.state, "reply applied");
                 "applied"
@@ -152,11 +162,16 @@ async fn apply_in_order(orch: &Orchestrator, saga_id: Uuid, replies: Vec<(Delive
                 "stale"
             }
             Err(e @ (OperateError::Busy(_) | OperateError::Store(_))) => {
-                // Nothing was stored: the broker redelivers it.
-                tracing::warn!(%saga_id, error = %e, "could not apply reply; it will be redelivered");
+                // Nothing was stored: the broker redelivers it. The saga's
+                // later replies go back too, so they are not applied ahead
+                // of it.
+                tracing::warn!(%saga_id, error = %e, "could not apply reply; it and the saga's later replies will be redelivered");
                 metrics::counter!(telemetry::LOOP_ERRORS, "component" => "replies").increment(1);
                 settle(delivery.nack().await, "nack");
-                continue;
+                for (later, _) in replies.by_ref() {
+                    settle(later.nack().await, "nack");
+                }
+                return;
             }
         };
         metrics::counter!(telemetry::REPLIES, "step" => labels[0].1, "status" => labels[1].1, "outcome" => applied)

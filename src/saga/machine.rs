@@ -68,6 +68,7 @@ pub enum Reason {
     CommandSent,
     ParticipantStarted,
     ParticipantProgress,
+    AllianceCreatedLate,
 }
 
 impl Reason {
@@ -88,6 +89,7 @@ impl Reason {
             Self::CommandSent => "command_sent",
             Self::ParticipantStarted => "participant_started",
             Self::ParticipantProgress => "participant_progress",
+            Self::AllianceCreatedLate => "alliance_created_late",
         }
     }
 }
@@ -427,6 +429,7 @@ fn replied(
                 alliance_id: alliance_id.clone(),
             };
             decide(saga, &succeeded, policy, now)
+                .or_else(|stale| late_success(saga, step, alliance_id).ok_or(stale))
         }
         _ if !current => Err(stale()),
         ReplyStatus::Started => Ok(heartbeat(saga, Reason::ParticipantStarted, None, reply_by)),
@@ -451,6 +454,64 @@ fn replied(
             };
             decide(saga, &input, policy, now)
         }
+    }
+}
+
+/// A step done after the saga stopped waiting for it. Never dropped
+/// silently:
+/// - an alliance created once compensation had begun exists for a partner
+///   that is (being) deleted: it is recorded on the saga, in its history,
+///   for a person to undo; the saga carries on as it was;
+/// - a partner deleted after compensation was given up (`failed`) is gone
+///   after all: the saga is `compensated`.
+///
+/// `None`: nothing new (e.g. the same late alliance reported again).
+fn late_success(saga: &Saga, step: Step, alliance_id: &Option<String>) -> Option<Decision> {
+    use SagaState::*;
+    match (step, saga.state) {
+        (Step::CreateAlliance, Compensating | Compensated | Failed)
+            if saga.alliance_id.is_none() =>
+        {
+            let shown = alliance_id.as_deref().unwrap_or("(no id given)");
+            Some(Decision {
+                alliance_id: alliance_id.clone(),
+                reason: Reason::AllianceCreatedLate,
+                detail: Some(format!(
+                    "alliance {shown} was created after compensation began; the partner is deleted: undo it by hand"
+                )),
+                next: unchanged_next(saga),
+                ..keep(saga)
+            })
+        }
+        (Step::DeletePartner, Failed) => Some(Decision {
+            to: Compensated,
+            reason: Reason::PartnerDeleted,
+            detail: Some("the partner was deleted after compensation had been given up".into()),
+            events: vec![event(
+                EventType::SagaCompensated,
+                MessageStatus::Completed,
+                saga,
+                json!({ "reason": saga.last_error, "late": true }),
+            )],
+            next: NextAction::Done,
+            ..keep(saga)
+        }),
+        _ => None,
+    }
+}
+
+/// What the saga was going to do next, unchanged.
+fn unchanged_next(saga: &Saga) -> NextAction {
+    match saga.next_attempt_at {
+        Some(at) if !saga.state.is_terminal() && saga.awaiting_reply => NextAction::AwaitReply {
+            step: saga.step,
+            until: at,
+        },
+        Some(at) if !saga.state.is_terminal() => NextAction::Call {
+            step: saga.step,
+            at,
+        },
+        _ => NextAction::Done,
     }
 }
 

@@ -819,21 +819,76 @@ fn a_late_success_still_counts_while_the_step_is_live() {
         ok(&newer, completed_reply(Step::CreateAlliance, Some(2))).to,
         SagaState::Completed
     );
-    // Too late once compensation began, and once terminal.
+    // Once completed, the same success again changes nothing.
     invalid(
-        &saga(SagaState::Compensating, Step::DeletePartner, 1),
-        completed_reply(Step::CreateAlliance, Some(1)),
+        &saga(SagaState::Completed, Step::CreateAlliance, 1),
+        completed_reply(Step::CreateAlliance, None),
     );
-    for state in [
-        SagaState::Completed,
-        SagaState::Compensated,
-        SagaState::Failed,
-    ] {
-        invalid(
-            &saga(state, Step::CreateAlliance, 1),
+}
+
+#[test]
+fn an_alliance_created_after_compensation_began_is_recorded_not_dropped() {
+    // Compensating and waiting out a backoff: it carries on with that.
+    let mut compensating = saga(SagaState::Compensating, Step::DeletePartner, 2);
+    compensating.next_attempt_at = Some(now() + chrono::Duration::seconds(1));
+    let d = ok(
+        &compensating,
+        completed_reply(Step::CreateAlliance, Some(3)),
+    );
+    assert_eq!(
+        (d.from, d.to),
+        (SagaState::Compensating, SagaState::Compensating)
+    );
+    assert_eq!(d.reason, Reason::AllianceCreatedLate);
+    assert_eq!(d.alliance_id.as_deref(), Some("a-7"));
+    assert!(d.detail.as_deref().unwrap_or("").contains("by hand"));
+    assert_eq!(
+        d.next,
+        NextAction::Call {
+            step: Step::DeletePartner,
+            at: now() + chrono::Duration::seconds(1)
+        }
+    );
+    // Waiting for the delete's reply: still waiting, same deadline.
+    let waiting = awaiting(SagaState::Compensating, Step::DeletePartner, 1);
+    let d = ok(&waiting, completed_reply(Step::CreateAlliance, Some(1)));
+    assert_eq!(
+        d.next,
+        NextAction::AwaitReply {
+            step: Step::DeletePartner,
+            until: reply_by()
+        }
+    );
+    assert!(d.apply(&waiting, now()).awaiting_reply);
+    // Terminal: recorded, still terminal.
+    for state in [SagaState::Compensated, SagaState::Failed] {
+        let d = ok(
+            &saga(state, Step::DeletePartner, 3),
             completed_reply(Step::CreateAlliance, None),
         );
+        assert_eq!((d.to, d.next), (state, NextAction::Done));
+        assert_eq!(d.reason, Reason::AllianceCreatedLate);
     }
+    // Reported again once recorded: nothing new.
+    let recorded = Saga {
+        alliance_id: Some("a-7".into()),
+        ..saga(SagaState::Compensated, Step::DeletePartner, 3)
+    };
+    invalid(&recorded, completed_reply(Step::CreateAlliance, None));
+}
+
+#[test]
+fn a_partner_deleted_after_compensation_was_given_up_is_compensated() {
+    let parked = saga(SagaState::Failed, Step::DeletePartner, 3);
+    let d = ok(&parked, completed_reply(Step::DeletePartner, Some(3)));
+    assert_eq!(
+        (d.to, d.reason),
+        (SagaState::Compensated, Reason::PartnerDeleted)
+    );
+    assert_eq!(types(&d), [EventType::SagaCompensated]);
+    assert_eq!(d.next, NextAction::Done);
+    // Other late news for a parked saga is stale.
+    invalid(&parked, failed_reply(Step::DeletePartner, false));
 }
 
 #[test]

@@ -338,3 +338,52 @@ async fn replies_for_unknown_or_finished_sagas_are_acked_and_dropped() {
     let replies = app.channels.saga_replies.clone();
     assert_eq!(app.stop_and_count_unacked(&replies).await, 0);
 }
+
+#[tokio::test]
+async fn an_alliance_created_after_compensation_is_recorded_for_a_person() {
+    let app = broker_mode_app(5_000).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-broker-late")
+        .await;
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    answer(
+        &app,
+        reply(&create, MessageStatus::Failed, json!({"error": "not now"})),
+    )
+    .await;
+    let delete = command(&app, &app.channels.integration_commands, &p, 1).await;
+    answer(&app, reply(&delete, MessageStatus::Completed, json!({}))).await;
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated");
+
+    // Alliances changes its mind after all: the alliance now exists for a
+    // deleted partner. That must show, not vanish.
+    answer(
+        &app,
+        reply(
+            &create,
+            MessageStatus::Completed,
+            json!({"alliance_id": "a-late"}),
+        ),
+    )
+    .await;
+    let id = saga["saga_id"].as_str().unwrap().to_string();
+    let mut after = app.saga(&id).await;
+    for _ in 0..100 {
+        if after["alliance_id"] == "a-late" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = app.saga(&id).await;
+    }
+    assert_eq!(after["state"], "compensated", "still compensated");
+    assert_eq!(after["alliance_id"], "a-late");
+    assert_eq!(
+        reasons(&after).last().map(String::as_str),
+        Some("alliance_created_late")
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("saga_replies_total") && l.contains("outcome=\"late_success\"")));
+}
