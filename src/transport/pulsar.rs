@@ -330,6 +330,7 @@ impl Transport for PulsarTransport {
             deliveries,
             settle,
             settlements,
+            batches: Batches::default(),
         };
         tokio::spawn(owner.run(consumer));
         Ok(Box::new(PulsarSubscription { rx }))
@@ -349,7 +350,79 @@ impl Transport for PulsarTransport {
 struct Settlement {
     topic: String,
     id: MessageIdData,
+    /// Messages in the broker entry this one came in (producer batching).
+    batch_size: i32,
     ack: bool,
+}
+
+/// Entries that carry several messages (a batching producer, the default
+/// of the Java and Go clients). The crate acks by entry, so acking one
+/// message would ack its whole entry, and the rest would be lost if this
+/// instance died before handling them. An entry is therefore settled only
+/// once every message in it is: acked if all were, else given back whole
+/// (the ones already handled are deduplicated on redelivery).
+#[derive(Debug, Default)]
+struct Batches {
+    open: HashMap<(u64, u64, i32), OpenEntry>,
+}
+
+#[derive(Debug)]
+struct OpenEntry {
+    unsettled: i32,
+    nacked: bool,
+}
+
+/// What to tell the broker about an entry.
+#[derive(Debug, PartialEq, Eq)]
+enum EntryVerdict {
+    Ack,
+    Nack,
+    /// Some of its messages are still being handled.
+    Wait,
+}
+
+fn entry_key(id: &MessageIdData) -> (u64, u64, i32) {
+    (id.ledger_id, id.entry_id, id.partition.unwrap_or(-1))
+}
+
+impl Batches {
+    /// A message was handed out (once per message of an entry).
+    fn delivered(&mut self, id: &MessageIdData, batch_size: i32) {
+        if batch_size > 1 {
+            self.open.entry(entry_key(id)).or_insert(OpenEntry {
+                unsettled: batch_size,
+                nacked: false,
+            });
+        }
+    }
+
+    /// One message was settled: what its entry needs now.
+    fn settled(&mut self, id: &MessageIdData, batch_size: i32, ack: bool) -> EntryVerdict {
+        if batch_size <= 1 {
+            return if ack {
+                EntryVerdict::Ack
+            } else {
+                EntryVerdict::Nack
+            };
+        }
+        let key = entry_key(id);
+        let Some(entry) = self.open.get_mut(&key) else {
+            // Delivered by a consumer since replaced: its entry comes again.
+            return EntryVerdict::Wait;
+        };
+        entry.unsettled -= 1;
+        entry.nacked |= !ack;
+        if entry.unsettled > 0 {
+            return EntryVerdict::Wait;
+        }
+        let nacked = entry.nacked;
+        self.open.remove(&key);
+        if nacked {
+            EntryVerdict::Nack
+        } else {
+            EntryVerdict::Ack
+        }
+    }
 }
 
 struct PulsarSettle {
@@ -413,6 +486,7 @@ struct ConsumerTask {
     deliveries: mpsc::Sender<Delivery>,
     settle: mpsc::UnboundedSender<Settlement>,
     settlements: mpsc::UnboundedReceiver<Settlement>,
+    batches: Batches,
 }
 
 /// Why a consumer is being replaced.
@@ -438,7 +512,11 @@ impl ConsumerTask {
                 .increment(1);
             let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
             match self.rebuild().await {
-                Some(fresh) => consumer = fresh,
+                Some(fresh) => {
+                    // The new consumer gets the unsettled entries again.
+                    self.batches = Batches::default();
+                    consumer = fresh;
+                }
                 None => return,
             }
         }
@@ -482,10 +560,18 @@ impl ConsumerTask {
                 biased;
                 // The subscription was dropped (shutdown): close now, so the
                 // broker hands what we hold to other instances at once.
-                () = self.deliveries.closed() => return Rebuild::Stop,
+                () = self.deliveries.closed() => {
+                    // Acks of the last batch handled may still be queued.
+                    while let Ok(s) = self.settlements.try_recv() {
+                        if settle(&mut self.batches, consumer, s).await.is_err() {
+                            break;
+                        }
+                    }
+                    return Rebuild::Stop;
+                }
                 settlement = self.settlements.recv() => {
                     let Some(s) = settlement else { return Rebuild::Stop };
-                    if let Err(e) = settle(consumer, s).await {
+                    if let Err(e) = settle(&mut self.batches, consumer, s).await {
                         // Not acked: the broker redelivers it and the
                         // store's dedup makes that harmless.
                         return Rebuild::Because(format!("ack failed: {e}"));
@@ -502,6 +588,7 @@ impl ConsumerTask {
                     match next {
                         Some(Ok(message)) => {
                             errors = 0;
+                            self.batches.delivered(&message.message_id.id, message.message_id.batch_size.unwrap_or(1));
                             pending = Some(self.delivery(message));
                         }
                         Some(Err(e)) => {
@@ -525,6 +612,7 @@ impl ConsumerTask {
 
     fn delivery(&self, message: Message<Vec<u8>>) -> Delivery {
         let id = message.message_id.id.clone();
+        let batch_size = message.message_id.batch_size.unwrap_or(1);
         let properties = message
             .payload
             .metadata
@@ -536,6 +624,7 @@ impl ConsumerTask {
             settlement: std::sync::Mutex::new(Some(Settlement {
                 topic: message.topic.clone(),
                 id: id.clone(),
+                batch_size,
                 ack: true,
             })),
             tx: self.settle.clone(),
@@ -558,20 +647,66 @@ impl ConsumerTask {
     }
 }
 
+/// Tells the broker about a settled message, entry by entry.
 async fn settle(
+    batches: &mut Batches,
     consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
     s: Settlement,
 ) -> Result<(), pulsar::error::ConsumerError> {
-    if s.ack {
-        consumer.ack_with_id(&s.topic, s.id).await
-    } else {
-        consumer.nack_with_id(&s.topic, s.id).await
+    match batches.settled(&s.id, s.batch_size, s.ack) {
+        EntryVerdict::Ack => consumer.ack_with_id(&s.topic, s.id).await,
+        EntryVerdict::Nack => consumer.nack_with_id(&s.topic, s.id).await,
+        EntryVerdict::Wait => Ok(()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(entry: u64, batch_index: i32) -> MessageIdData {
+        MessageIdData {
+            ledger_id: 7,
+            entry_id: entry,
+            batch_index: Some(batch_index),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batched_entry_is_acked_once_all_its_messages_are() {
+        let mut b = Batches::default();
+        for i in 0..3 {
+            b.delivered(&id(1, i), 3);
+        }
+        assert_eq!(b.settled(&id(1, 0), 3, true), EntryVerdict::Wait);
+        assert_eq!(b.settled(&id(1, 2), 3, true), EntryVerdict::Wait);
+        assert_eq!(b.settled(&id(1, 1), 3, true), EntryVerdict::Ack);
+        assert!(b.open.is_empty());
+    }
+
+    #[test]
+    fn one_nacked_message_gives_its_whole_entry_back() {
+        let mut b = Batches::default();
+        b.delivered(&id(2, 0), 2);
+        b.delivered(&id(2, 1), 2);
+        assert_eq!(b.settled(&id(2, 0), 2, false), EntryVerdict::Wait);
+        assert_eq!(b.settled(&id(2, 1), 2, true), EntryVerdict::Nack);
+    }
+
+    #[test]
+    fn single_messages_settle_at_once_and_strangers_wait() {
+        let mut b = Batches::default();
+        let single = MessageIdData {
+            ledger_id: 7,
+            entry_id: 9,
+            ..Default::default()
+        };
+        assert_eq!(b.settled(&single, 1, true), EntryVerdict::Ack);
+        assert_eq!(b.settled(&single, 1, false), EntryVerdict::Nack);
+        // From an entry a replaced consumer delivered: it comes again whole.
+        assert_eq!(b.settled(&id(3, 0), 4, true), EntryVerdict::Wait);
+    }
 
     #[test]
     fn channels_map_to_default_namespace_topics() {

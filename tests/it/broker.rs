@@ -182,6 +182,47 @@ impl TestBroker {
         self.publish_fields(channel, &fields).await;
     }
 
+    /// Publishes `PartnerCreated` events the way a batching producer does
+    /// (the Java and Go clients' default): on Pulsar all in one broker
+    /// entry; Redis has no such thing, so there they go one by one.
+    pub async fn publish_partners_batched(&self, channel: &str, partners: &[String]) {
+        match self {
+            Self::Redis(_) => {
+                for p in partners {
+                    self.publish_partner(channel, p, &format!("evt-{p}"), "corr-batched")
+                        .await;
+                }
+            }
+            Self::Pulsar(probe) => {
+                let mut producer = probe
+                    .client
+                    .producer()
+                    .with_topic(topic(channel))
+                    .with_options(pulsar::ProducerOptions {
+                        batch_size: Some(u32::try_from(partners.len()).expect("few")),
+                        batch_timeout: Some(Duration::from_millis(200)),
+                        ..Default::default()
+                    })
+                    .build()
+                    .await
+                    .expect("batching producer");
+                let mut receipts = Vec::new();
+                for p in partners {
+                    let envelope = partner_created(p, &format!("evt-{p}"), "corr-batched");
+                    let message = pulsar::producer::Message {
+                        payload: envelope.to_json_bytes(),
+                        partition_key: Some(p.clone()),
+                        ..Default::default()
+                    };
+                    receipts.push(producer.send_non_blocking(message).await.expect("send"));
+                }
+                for receipt in receipts {
+                    receipt.await.expect("receipt");
+                }
+            }
+        }
+    }
+
     /// Every entry of a channel so far, oldest first.
     pub async fn entries(&self, channel: &str) -> Vec<Entry> {
         match self {

@@ -117,3 +117,49 @@ async fn events_published_before_the_first_start_are_consumed() {
     let app = spawn_app_with(alianzas, integraciones, config).await;
     assert_eq!(app.settled(&p).await["state"], "completed");
 }
+
+#[tokio::test]
+async fn a_batching_producers_events_survive_a_crash_part_way_through_the_batch() {
+    let (alianzas, integraciones) = mocks().await;
+    // Slow enough that the instance dies with most of the batch unhandled.
+    on_create_alliance(
+        &alianzas,
+        alliance_created("a-batch").set_delay(Duration::from_millis(500)),
+        None,
+    )
+    .await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    // Fewer slots than the batch: its messages are handled (and acked) in parts.
+    config.set("MAX_IN_FLIGHT", "3");
+    let stream = config.channels.partner_events.clone();
+    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let partners: Vec<String> = (0..12).map(|_| partner()).collect();
+    app.broker
+        .publish_partners_batched(&stream, &partners)
+        .await;
+
+    // The first few are recorded (and their messages acked)...
+    let started = std::time::Instant::now();
+    while app
+        .get("/sagas?limit=500")
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["items"]
+        .as_array()
+        .map_or(0, Vec::len)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...then the instance goes. The rest of the batch must come again.
+    app.restart().await;
+    for p in &partners {
+        assert_eq!(app.settled(p).await["state"], "completed", "{p}");
+    }
+    assert_eq!(app.stop_and_count_unacked(&stream).await, 0);
+}
