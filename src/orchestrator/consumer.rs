@@ -83,6 +83,14 @@ where
                 if !pause(&inner.cancel, loop_backoff(failures)).await {
                     return;
                 }
+                if matches!(e, crate::transport::TransportError::Closed) {
+                    // The subscription itself is gone: reading it again
+                    // would fail forever.
+                    let Some(fresh) = subscribe(orch, channel).await else {
+                        return;
+                    };
+                    subscription = fresh;
+                }
             }
         }
     }

@@ -251,12 +251,18 @@ pub trait Transport: Send + Sync + 'static {
     }
 
     /// Moves a delivery to `<channel>-dlq` with the reason, then acks it.
-    /// On failure nothing is acked, so the message is not lost.
+    /// When the dead letter cannot be sent the delivery is nacked, so the
+    /// broker hands it out again (and it is dead-lettered then).
     async fn dead_letter(&self, delivery: Delivery, reason: &str) -> Result<(), TransportError> {
         let dlq = dead_letter_channel(&delivery.channel);
         let raw = dead_letter_message(&delivery.raw, reason, &delivery.channel);
-        self.send(&dlq, vec![OutboundMessage { key: None, raw }])
-            .await?;
+        if let Err(e) = self
+            .send(&dlq, vec![OutboundMessage { key: None, raw }])
+            .await
+        {
+            let _ = delivery.nack().await;
+            return Err(e);
+        }
         delivery.ack().await
     }
 }
