@@ -1,6 +1,7 @@
 //! `publish` and `load-test`: the command-line side (arguments, progress
 //! bars, output) of the library's [`saga_orchestrator::load`].
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -94,10 +95,10 @@ fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
 async fn publish_events(
     settings: &Settings,
     plan: &PublishPlan,
+    events: Vec<saga_orchestrator::envelope::Envelope>,
     quiet: bool,
 ) -> anyhow::Result<load::Published> {
     let transport = transport::from_settings(settings).await?;
-    let events = load::events(plan);
     let progress = bar(events.len(), "published", quiet);
     let counter = progress.clone();
     let published = load::publish(
@@ -114,7 +115,7 @@ async fn publish_events(
 
 pub async fn publish(cmd: &PublishCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
     let plan = plan(cmd.count, &cmd.publish);
-    let published = publish_events(settings, &plan, false).await?;
+    let published = publish_events(settings, &plan, load::events(&plan), false).await?;
     println!(
         "published {} PartnerCreated events to {} in {:.2} s (correlation_id {})",
         published.events.len(),
@@ -140,41 +141,59 @@ pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result
             settings.broker_url.redacted(),
         );
     }
+    let events = load::events(&plan);
+    let partners: HashSet<String> = events
+        .iter()
+        .filter_map(|e| e.partner_id().map(str::to_string))
+        .collect();
     // Publishing and settling overlap: watch the sagas while publishing.
-    let publishing = {
+    let mut publishing = {
         let settings = settings.clone();
         let plan = plan.clone();
         let quiet = cmd.json;
-        tokio::spawn(async move { publish_events(&settings, &plan, quiet).await })
+        tokio::spawn(async move { publish_events(&settings, &plan, events, quiet).await })
     };
     let settled = bar(plan.count, "settled", cmd.json);
     let watcher = settled.clone();
-    let sagas = load::wait_for_sagas(
+    let timeout = Duration::from_secs(cmd.timeout_secs);
+    let waiting = load::wait_for_sagas(
         &api,
         &plan.correlation_id,
-        plan.count,
-        Duration::from_secs(cmd.timeout_secs),
-        move |terminal, seen| {
-            watcher.set_position(terminal as u64);
+        &partners,
+        timeout,
+        move |done, seen| {
+            watcher.set_position(done as u64);
             watcher.set_message(format!("({seen} recorded)"));
         },
     );
-    let sagas = sagas.await;
+    tokio::pin!(waiting);
+    // A failed publish ends the run at once rather than after the timeout.
+    let (published, waited) = tokio::select! {
+        published = &mut publishing => {
+            let published = published??;
+            (published, waiting.await?)
+        }
+        waited = &mut waiting => (publishing.await??, waited?),
+    };
     settled.finish_and_clear();
-    let published = publishing.await??;
-    let sagas = sagas?;
     let report = load::collect(
         &plan.correlation_id,
         &published.events,
         published.took,
-        &sagas,
+        &waited.sagas,
     );
     if cmd.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
     }
-    Ok(if report.is_clean() {
+    if !waited.complete {
+        eprintln!(
+            "error: {} of {} sagas settled within {} s",
+            waited.settled, plan.count, cmd.timeout_secs
+        );
+    }
+    Ok(if report.is_clean() && waited.complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

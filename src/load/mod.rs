@@ -8,6 +8,7 @@
 
 mod report;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,12 +47,6 @@ pub enum LoadError {
         url: String,
         status: u16,
         body: String,
-    },
-    #[error("{settled} of {expected} sagas settled within {timeout:?}")]
-    Timeout {
-        settled: usize,
-        expected: usize,
-        timeout: Duration,
     },
 }
 
@@ -156,29 +151,46 @@ pub async fn publish(
     })
 }
 
-/// Polls the API until every saga of `correlation_id` is terminal (or the
-/// timeout); `on_progress` gets (terminal, seen) after each poll.
+/// What waiting for a run's sagas found.
+#[derive(Debug, Clone)]
+pub struct Waited {
+    /// Every saga of the run, as last read.
+    pub sagas: Vec<SagaOutcome>,
+    /// Partners of the run with a terminal saga.
+    pub settled: usize,
+    /// Whether every partner had one before the timeout.
+    pub complete: bool,
+}
+
+/// Polls the API until every partner in `partners` has a terminal saga of
+/// `correlation_id`, or the timeout; `on_progress` gets (settled, sagas
+/// seen) after each poll. Counting partners, not sagas, keeps a duplicate
+/// (or a saga of an earlier run with the same correlation id) from ending
+/// the wait early.
 pub async fn wait_for_sagas(
     api: &str,
     correlation_id: &str,
-    expected: usize,
+    partners: &HashSet<String>,
     timeout: Duration,
     on_progress: impl Fn(usize, usize),
-) -> Result<Vec<SagaOutcome>, LoadError> {
+) -> Result<Waited, LoadError> {
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {
         let sagas = fetch_sagas(&http, api, correlation_id).await?;
-        let terminal = sagas.iter().filter(|s| s.is_terminal()).count();
-        on_progress(terminal, sagas.len());
-        if terminal >= expected {
-            return Ok(sagas);
-        }
-        if started.elapsed() >= timeout {
-            return Err(LoadError::Timeout {
-                settled: terminal,
-                expected,
-                timeout,
+        let settled: HashSet<&str> = sagas
+            .iter()
+            .filter(|s| s.is_terminal() && partners.contains(&s.partner_id))
+            .map(|s| s.partner_id.as_str())
+            .collect();
+        let settled = settled.len();
+        on_progress(settled, sagas.len());
+        let complete = settled >= partners.len();
+        if complete || started.elapsed() >= timeout {
+            return Ok(Waited {
+                sagas,
+                settled,
+                complete,
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

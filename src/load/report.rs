@@ -80,7 +80,7 @@ pub struct LoadReport {
     pub correlation_id: String,
     pub events: usize,
     pub publish_secs: f64,
-    /// Sagas in a terminal state.
+    /// Events (partners) with a terminal saga.
     pub settled: usize,
     /// Events with no terminal saga (yet).
     pub unsettled: usize,
@@ -106,6 +106,7 @@ pub fn collect(
         .filter_map(|e| e.partner_id().map(|p| (p, e.timestamp)))
         .collect();
     let mut per_partner: HashMap<&str, usize> = HashMap::new();
+    let mut settled_partners: std::collections::HashSet<&str> = Default::default();
     let mut all = Vec::new();
     let mut by_state: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut last_end: Option<DateTime<Utc>> = None;
@@ -117,6 +118,7 @@ pub fn collect(
         if !saga.is_terminal() {
             continue;
         }
+        settled_partners.insert(saga.partner_id.as_str());
         let took = (saga.updated_at - *sent).to_std().unwrap_or_default();
         all.push(took);
         by_state.entry(saga.state.clone()).or_default().push(took);
@@ -127,7 +129,8 @@ pub fn collect(
         (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
         _ => Duration::ZERO,
     };
-    let settled = all.len();
+    // Partners, not sagas: a duplicate must not hide a missing one.
+    let settled = settled_partners.len();
     LoadReport {
         correlation_id: correlation_id.to_string(),
         events: events.len(),
@@ -307,6 +310,11 @@ mod tests {
         let r = collect("c", &events, Duration::ZERO, &sagas);
         assert_eq!(r.duplicates, 1);
         assert!(r.render().contains("✗ 1 duplicate sagas"));
+
+        // One duplicate and one missing must not cancel out.
+        let events = [event("p0", t(0)), event("p1", t(0))];
+        let r = collect("c", &events, Duration::ZERO, &sagas);
+        assert_eq!((r.settled, r.unsettled, r.duplicates), (1, 1, 1));
     }
 
     #[test]
