@@ -13,9 +13,12 @@ use tracing::Instrument;
 use super::{loop_backoff, pause, Orchestrator};
 use crate::saga::{self, Input, NextAction, Saga, SagaState};
 use crate::telemetry;
+use crate::transport::TransportError;
 
 /// Store errors tolerated on one commit before the saga is left to recovery.
 const COMMIT_TRIES: u32 = 4;
+/// How long the broker may take to answer before it counts as unreachable.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Waits longer than this free the saga's slot and go to the sweeper.
 const HAND_OFF_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -76,8 +79,20 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
         } else if saga.state.is_forward() && now >= saga.deadline_at {
             Input::DeadlinePassed
         } else if saga.awaiting_reply {
-            // Only the sweeper hands us an awaiting saga: its reply deadline passed.
-            Input::ReplyTimedOut { step }
+            // Only the sweeper hands us an awaiting saga: its reply deadline
+            // passed. With the broker down, no command went out and no
+            // reply could come: that is not the participant's failure.
+            let ping = tokio::time::timeout(PING_TIMEOUT, orch.inner.transport.ping()).await;
+            match ping.unwrap_or(Err(TransportError::Timeout("broker ping"))) {
+                Ok(()) => Input::ReplyTimedOut { step },
+                Err(e) => {
+                    tracing::warn!(error = %e, "reply deadline passed with the broker unreachable; waiting longer");
+                    Input::BrokerUnreachable {
+                        step,
+                        until: saga::later(now, orch.inner.config.step_timeout),
+                    }
+                }
+            }
         } else if orch.inner.config.over_broker(step) {
             // The command goes out with this transition, through the outbox.
             Input::CommandSent {

@@ -49,6 +49,10 @@ pub enum Input {
     },
     /// Broker mode: no final reply came before the reply deadline.
     ReplyTimedOut { step: Step },
+    /// Broker mode: the reply deadline passed while the broker does not
+    /// answer, so neither the command nor a reply can have moved: wait
+    /// until `until` without spending an attempt.
+    BrokerUnreachable { step: Step, until: DateTime<Utc> },
 }
 
 /// Why a transition happened; stored in the history.
@@ -69,6 +73,7 @@ pub enum Reason {
     ParticipantStarted,
     ParticipantProgress,
     AllianceCreatedLate,
+    BrokerUnreachable,
 }
 
 impl Reason {
@@ -90,6 +95,7 @@ impl Reason {
             Self::ParticipantStarted => "participant_started",
             Self::ParticipantProgress => "participant_progress",
             Self::AllianceCreatedLate => "alliance_created_late",
+            Self::BrokerUnreachable => "broker_unreachable",
         }
     }
 }
@@ -222,6 +228,20 @@ pub fn decide(
                 detail: Some(format!("attempt {}", saga.attempts)),
                 command: Some(*step),
                 next: await_reply(saga, *step, *reply_by),
+                ..keep(saga)
+            })
+        }
+
+        (AwaitingAlliance | Compensating, Input::BrokerUnreachable { step, until })
+            if awaiting(step) =>
+        {
+            Ok(Decision {
+                reason: Reason::BrokerUnreachable,
+                detail: Some(format!(
+                    "no reply to attempt {} and the broker does not answer; waiting without spending an attempt",
+                    saga.attempts
+                )),
+                next: await_reply(saga, *step, *until),
                 ..keep(saga)
             })
         }
@@ -659,6 +679,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::CommandSent { .. } => "command_sent",
         Input::Replied { .. } => "reply",
         Input::ReplyTimedOut { .. } => "reply_timed_out",
+        Input::BrokerUnreachable { .. } => "broker_unreachable",
     }
 }
 

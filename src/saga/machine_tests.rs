@@ -912,3 +912,46 @@ fn deadline_and_operators_override_an_awaited_reply() {
         }
     );
 }
+
+#[test]
+fn an_unreachable_broker_extends_the_wait_without_spending_an_attempt() {
+    let later = now() + chrono::Duration::seconds(10);
+    for (state, step) in [
+        (SagaState::AwaitingAlliance, Step::CreateAlliance),
+        (SagaState::Compensating, Step::DeletePartner),
+    ] {
+        let s = awaiting(state, step, 2);
+        let d = ok(&s, Input::BrokerUnreachable { step, until: later });
+        assert_eq!(
+            (d.to, d.attempts, d.reason),
+            (state, 2, Reason::BrokerUnreachable)
+        );
+        assert!(d.command.is_none() && d.events.is_empty());
+        assert_eq!(d.next, NextAction::AwaitReply { step, until: later });
+    }
+    // Still never past the saga's deadline while moving forward.
+    let s = awaiting(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    let far = now() + chrono::Duration::days(1);
+    let d = ok(
+        &s,
+        Input::BrokerUnreachable {
+            step: Step::CreateAlliance,
+            until: far,
+        },
+    );
+    assert_eq!(
+        d.next,
+        NextAction::AwaitReply {
+            step: Step::CreateAlliance,
+            until: s.deadline_at
+        }
+    );
+    // Only for an attempt being awaited.
+    invalid(
+        &saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1),
+        Input::BrokerUnreachable {
+            step: Step::CreateAlliance,
+            until: later,
+        },
+    );
+}

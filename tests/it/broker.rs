@@ -478,6 +478,28 @@ impl PrivatePulsar {
         Self { dir, url }
     }
 
+    async fn ctl_ok(&self, args: &'static [&'static str]) {
+        let dir = self.dir.clone();
+        let out = tokio::task::spawn_blocking(move || Self::ctl(&dir, args))
+            .await
+            .expect("join");
+        assert!(
+            out.status.success(),
+            "pulsar-lite.sh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the broker (the proxy stays, so clients keep their address).
+    pub async fn stop_broker(&self) {
+        self.ctl_ok(&["stop-broker"]).await;
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub async fn start_broker(&self) {
+        self.ctl_ok(&["start-broker"]).await;
+    }
+
     /// Kills the broker (SIGKILL: no clean shutdown) and starts it again on
     /// the same port and data.
     pub async fn kill_and_restart(&self) {

@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use saga_orchestrator::envelope::{Envelope, EventType, MessageStatus};
 
-use crate::helpers::{mocks, partner, spawn_app_with, states, Entry, TestApp, TestConfig};
+use crate::helpers::{
+    mocks, partner, spawn_app_with, states, Entry, PrivatePulsar, TestApp, TestBroker, TestConfig,
+};
 
 async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
     let (alianzas, integraciones) = mocks().await;
@@ -386,4 +388,52 @@ async fn an_alliance_created_after_compensation_is_recorded_for_a_person() {
     assert!(metrics
         .lines()
         .any(|l| l.starts_with("saga_replies_total") && l.contains("outcome=\"late_success\"")));
+}
+
+#[tokio::test]
+async fn a_broker_outage_does_not_spend_the_attempts_of_sagas_awaiting_replies() {
+    // Its own Pulsar: this test stops the broker.
+    let pulsar = PrivatePulsar::start().await;
+    let (alianzas, integraciones) = mocks().await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config
+        .set("BROKER_URL", &pulsar.url)
+        .set("ALIANZAS_MODE", "broker")
+        .set("INTEGRACIONES_MODE", "broker")
+        .set("STEP_TIMEOUT_MS", "1500");
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-outage")
+        .await;
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+
+    // The broker goes away before the first reply deadline, for several
+    // of them (RETRY_MAX_ATTEMPTS is 3 in tests: long enough to exhaust
+    // them, were they spent).
+    pulsar.stop_broker().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    pulsar.start_broker().await;
+
+    // The participant answers the first (and only) command.
+    let broker = TestBroker::connect_url(&pulsar.url).await;
+    broker
+        .publish_envelope(
+            &app.channels.saga_replies,
+            &reply(
+                &create,
+                MessageStatus::Completed,
+                json!({"alliance_id": "a-o"}),
+            ),
+        )
+        .await;
+    let saga = app.settled(&p).await;
+    // Spending an attempt per deadline, the outage would have exhausted
+    // them and compensated the saga.
+    assert_eq!(saga["state"], "completed", "{saga}");
+    assert!(!states(&saga).contains(&"compensating".to_string()));
+    let reasons = reasons(&saga);
+    assert!(
+        reasons.contains(&"broker_unreachable".to_string()),
+        "{reasons:?}"
+    );
 }
