@@ -48,6 +48,9 @@ pub const OUTBOX_BACKLOG: &str = "saga_outbox_backlog";
 pub const REPLIES: &str = "saga_replies_total";
 /// Attempts that failed and were scheduled again, by `step`.
 pub const RETRIES: &str = "saga_retries_total";
+/// Sagas waiting for a participant's reply that hold a slot of this
+/// instance (broker mode).
+pub const AWAITING: &str = "saga_awaiting_replies";
 /// Commands sent to participants (broker mode), by `step`.
 pub const COMMANDS: &str = "saga_commands_total";
 /// Broker consumers rebuilt after a failure, by `channel`.

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
@@ -39,24 +39,32 @@ pub(super) async fn drive(
     telemetry::continue_trace(&span, saga.traceparent.as_deref());
     metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
     let in_flight = orch.stats().in_flight();
-    run(&orch, saga, next).instrument(span).await;
+    let saga_id = saga.saga_id;
+    let awaiting = run(&orch, saga, next).instrument(span).await;
     drop(in_flight);
     metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
-    drop(permit);
+    match awaiting {
+        // A saga waiting for its reply keeps its slot: otherwise the consumer
+        // would take new events without bound while replies are pending.
+        Some(until) => orch.hold_while_awaiting(saga_id, permit, until),
+        None => drop(permit),
+    }
 }
 
-async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
+/// Drives until terminal, handed off, or (broker mode) waiting for a
+/// reply: then `Some(reply deadline)`.
+async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Option<DateTime<Utc>> {
     let cancel = &orch.inner.cancel;
     while let NextAction::Call { step, at } = next {
         if cancel.is_cancelled() {
             // Shutting down: start no new call; the saga is durable and its
             // lease will lapse.
-            return;
+            return None;
         }
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
             if !pause(cancel, wait).await {
-                return;
+                return None;
             }
             // While we slept an operator (or another instance whose lease
             // check saw ours lapse) may have moved the saga: then the call
@@ -65,11 +73,11 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
                 Ok(Some(current)) if current.version == saga.version => {}
                 Ok(_) => {
                     tracing::info!("saga moved on while waiting; leaving it");
-                    return;
+                    return None;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot re-read the saga; leaving it to recovery");
-                    return;
+                    return None;
                 }
             }
         }
@@ -106,16 +114,14 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
             Ok(decision) => decision,
             Err(stale) => {
                 tracing::warn!(error = %stale, "outcome no longer applies; leaving the saga");
-                return;
+                return None;
             }
         };
         // A long wait (a participant's Retry-After) is not worth a slot:
         // store the saga unleased and let the sweeper pick it up when due.
         let hand_off = matches!(decision.next, NextAction::Call { at, .. }
             if (at - Utc::now()).to_std().unwrap_or_default() > HAND_OFF_AFTER);
-        let Some(after) = commit(orch, &saga, &decision, !hand_off).await else {
-            return;
-        };
+        let after = commit(orch, &saga, &decision, !hand_off).await?;
         tracing::info!(
             from = decision.from.as_str(),
             to = decision.to.as_str(),
@@ -125,10 +131,14 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) {
         );
         if hand_off {
             tracing::info!(next_attempt_at = ?after.next_attempt_at, "long wait; left to the sweeper");
-            return;
+            return None;
         }
         saga = after;
         next = decision.next;
+    }
+    match next {
+        NextAction::AwaitReply { until, .. } => Some(until),
+        _ => None,
     }
 }
 

@@ -13,6 +13,7 @@ mod relay;
 mod replies;
 mod sweeper;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +143,11 @@ struct Inner {
     /// One permit per saga driven at once.
     permits: Arc<Semaphore>,
     relay_wake: Notify,
+    /// Slots of sagas waiting for a broker reply, until their deadline
+    /// (plus grace): released when the reply is applied or the deadline
+    /// handled; dropped by the sweeper once overdue, e.g. when another
+    /// instance took the reply.
+    awaiting: std::sync::Mutex<HashMap<Uuid, (OwnedSemaphorePermit, DateTime<Utc>)>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     /// Live counters for `GET /metrics/summary` (see `crate::stats`).
@@ -171,6 +177,7 @@ impl Orchestrator {
                 config,
                 permits,
                 relay_wake: Notify::new(),
+                awaiting: std::sync::Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel,
                 stats,
@@ -259,13 +266,83 @@ impl Orchestrator {
             let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
             let permit = self.try_permit();
             if let Some(after) = self.commit(&saga, &decision, permit.is_some()).await? {
-                if let Some(permit) = permit {
-                    self.spawn_driver(after.clone(), decision.next, permit);
+                if let saga::NextAction::AwaitReply { until, .. } = decision.next {
+                    // Still waiting (a heartbeat): its slot, if it has one
+                    // here, is kept until the new deadline.
+                    if !self.extend_awaiting(saga_id, until) {
+                        if let Some(permit) = permit {
+                            self.hold_while_awaiting(saga_id, permit, until);
+                        }
+                    }
+                } else {
+                    self.release_awaiting(saga_id);
+                    if let Some(permit) = permit {
+                        self.spawn_driver(after.clone(), decision.next, permit);
+                    }
                 }
                 return Ok(after);
             }
         }
         Err(OperateError::Busy(saga_id))
+    }
+
+    /// Keeps `permit` while `saga_id` waits for its reply (until `until`).
+    fn hold_while_awaiting(
+        &self,
+        saga_id: Uuid,
+        permit: OwnedSemaphorePermit,
+        until: DateTime<Utc>,
+    ) {
+        let expires = saga::later(until, LEASE_GRACE);
+        let mut held = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        held.insert(saga_id, (permit, expires));
+        metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
+    }
+
+    /// Moves the end of `saga_id`'s wait; `false` if it holds no slot here.
+    fn extend_awaiting(&self, saga_id: Uuid, until: DateTime<Utc>) -> bool {
+        let mut held = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match held.get_mut(&saga_id) {
+            Some((_, expires)) => {
+                *expires = saga::later(until, LEASE_GRACE);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frees the slot `saga_id` held while waiting, if any.
+    fn release_awaiting(&self, saga_id: Uuid) {
+        let mut held = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if held.remove(&saga_id).is_some() {
+            metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
+        }
+    }
+
+    /// Frees the slots of waits that should have ended by `now`.
+    fn expire_awaiting(&self, now: DateTime<Utc>) {
+        let mut held = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = held.len();
+        held.retain(|_, (_, expires)| *expires > now);
+        if held.len() != before {
+            metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
+        }
     }
 
     /// A permit to drive one saga, if one is free now.

@@ -15,6 +15,9 @@ pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
     let lease = inner.config.step_timeout + LEASE_GRACE;
     while pause(&inner.cancel, inner.config.sweep_interval).await {
+        // Waits that should be over give their slots back first, so the
+        // sagas among them that are due can be claimed below.
+        orch.expire_awaiting(Utc::now());
         let mut permits: Vec<_> = std::iter::from_fn(|| orch.try_permit())
             .take(BATCH)
             .collect();
@@ -40,6 +43,7 @@ pub(super) async fn run(orch: Orchestrator) {
         }
         for saga in sagas {
             let Some(permit) = permits.pop() else { break };
+            orch.release_awaiting(saga.saga_id);
             let next = NextAction::Call {
                 step: saga.step,
                 at: saga.next_attempt_at.unwrap_or(now),

@@ -9,11 +9,9 @@ use uuid::Uuid;
 
 use saga_orchestrator::envelope::{Envelope, EventType, MessageStatus};
 
-use crate::helpers::{
-    mocks, partner, spawn_app_with, states, Entry, PrivatePulsar, TestApp, TestBroker, TestConfig,
-};
+use crate::helpers::{mocks, partner, spawn_app_with, states, Entry, TestApp, TestConfig};
 
-async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
+pub(crate) async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
     let (alianzas, integraciones) = mocks().await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config
@@ -24,7 +22,7 @@ async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
 }
 
 /// The `n`-th command (1-based) on `channel` for `partner_id`.
-async fn command(app: &TestApp, channel: &str, partner_id: &str, n: usize) -> Entry {
+pub(crate) async fn command(app: &TestApp, channel: &str, partner_id: &str, n: usize) -> Entry {
     let of_partner = |e: &Entry| {
         e.get("payload")
             .and_then(|p| serde_json::from_str::<Value>(p).ok())
@@ -34,12 +32,12 @@ async fn command(app: &TestApp, channel: &str, partner_id: &str, n: usize) -> En
     commands[n - 1].clone()
 }
 
-fn payload(entry: &Entry) -> Value {
+pub(crate) fn payload(entry: &Entry) -> Value {
     serde_json::from_str(&entry["payload"]).expect("payload is JSON")
 }
 
 /// The participant's reply to `command`.
-fn reply(command: &Entry, status: MessageStatus, extra: Value) -> Envelope {
+pub(crate) fn reply(command: &Entry, status: MessageStatus, extra: Value) -> Envelope {
     let kind = match command["event_type"].as_str() {
         "CreateAlliance" => EventType::CreateAllianceReply,
         "DeletePartner" => EventType::DeletePartnerReply,
@@ -59,7 +57,7 @@ fn reply(command: &Entry, status: MessageStatus, extra: Value) -> Envelope {
     )
 }
 
-async fn answer(app: &TestApp, envelope: Envelope) {
+pub(crate) async fn answer(app: &TestApp, envelope: Envelope) {
     app.broker
         .publish_envelope(&app.channels.saga_replies, &envelope)
         .await;
@@ -77,7 +75,7 @@ async fn wait_for_state(app: &TestApp, partner_id: &str, state: &str) -> Value {
     panic!("saga of {partner_id} never reached {state}");
 }
 
-fn reasons(saga: &Value) -> Vec<String> {
+pub(crate) fn reasons(saga: &Value) -> Vec<String> {
     saga["history"]
         .as_array()
         .expect("history")
@@ -391,49 +389,88 @@ async fn an_alliance_created_after_compensation_is_recorded_for_a_person() {
 }
 
 #[tokio::test]
-async fn a_broker_outage_does_not_spend_the_attempts_of_sagas_awaiting_replies() {
-    // Its own Pulsar: this test stops the broker.
-    let pulsar = PrivatePulsar::start().await;
+async fn sagas_awaiting_replies_keep_their_slots_so_new_events_wait_in_the_broker() {
     let (alianzas, integraciones) = mocks().await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config
-        .set("BROKER_URL", &pulsar.url)
         .set("ALIANZAS_MODE", "broker")
         .set("INTEGRACIONES_MODE", "broker")
-        .set("STEP_TIMEOUT_MS", "1500");
+        .set("STEP_TIMEOUT_MS", "20000")
+        .set("MAX_IN_FLIGHT", "2");
     let app = spawn_app_with(alianzas, integraciones, config).await;
-    let p = partner();
-    app.publish_partner(&p, &format!("evt-{p}"), "corr-outage")
+    let partners: Vec<String> = (0..5).map(|_| partner()).collect();
+    for p in &partners {
+        app.publish_partner(p, &format!("evt-{p}"), "corr-slots")
+            .await;
+    }
+
+    // Two sagas wait for their replies: the other three events stay in the broker.
+    let commands = app
+        .wait_for_entries(&app.channels.alliance_commands, 2, |_| true)
         .await;
-    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let recorded = |app: &TestApp| {
+        let app_address = app.address.clone();
+        let http = app.http.clone();
+        async move {
+            let page: Value = http
+                .get(format!("{app_address}/sagas?correlation_id=corr-slots"))
+                .send()
+                .await
+                .expect("GET")
+                .json()
+                .await
+                .expect("json");
+            page["items"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(recorded(&app).await, 2, "only as many sagas as slots");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "saga_awaiting_replies 2"),
+        "{metrics}"
+    );
 
-    // The broker goes away before the first reply deadline, for several
-    // of them (RETRY_MAX_ATTEMPTS is 3 in tests: long enough to exhaust
-    // them, were they spent).
-    pulsar.stop_broker().await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    pulsar.start_broker().await;
-
-    // The participant answers the first (and only) command.
-    let broker = TestBroker::connect_url(&pulsar.url).await;
-    broker
-        .publish_envelope(
-            &app.channels.saga_replies,
-            &reply(
-                &create,
+    // Their replies free the slots: the rest follow.
+    for command in &commands {
+        answer(
+            &app,
+            reply(
+                command,
                 MessageStatus::Completed,
-                json!({"alliance_id": "a-o"}),
+                json!({"alliance_id": "a-s"}),
             ),
         )
         .await;
-    let saga = app.settled(&p).await;
-    // Spending an attempt per deadline, the outage would have exhausted
-    // them and compensated the saga.
-    assert_eq!(saga["state"], "completed", "{saga}");
-    assert!(!states(&saga).contains(&"compensating".to_string()));
-    let reasons = reasons(&saga);
-    assert!(
-        reasons.contains(&"broker_unreachable".to_string()),
-        "{reasons:?}"
-    );
+    }
+    let more = app
+        .wait_for_entries(&app.channels.alliance_commands, 4, |_| true)
+        .await;
+    assert!(more.len() >= 4);
+    for command in &more[2..] {
+        answer(
+            &app,
+            reply(
+                command,
+                MessageStatus::Completed,
+                json!({"alliance_id": "a-s"}),
+            ),
+        )
+        .await;
+    }
+    let last = app
+        .wait_for_entries(&app.channels.alliance_commands, 5, |_| true)
+        .await;
+    answer(
+        &app,
+        reply(
+            &last[4],
+            MessageStatus::Completed,
+            json!({"alliance_id": "a-s"}),
+        ),
+    )
+    .await;
+    for p in &partners {
+        assert_eq!(app.settled(p).await["state"], "completed");
+    }
 }

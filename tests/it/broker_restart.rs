@@ -1,5 +1,6 @@
 //! The broker dies mid-stream (SIGKILL) and comes back on the same data:
-//! every saga still reaches a terminal state, and none runs twice.
+//! every saga still reaches a terminal state, and none runs twice. And an
+//! outage does not spend the attempts of sagas waiting for replies.
 //!
 //! Always on Pulsar, on a pulsar-lite of its own: the suite's shared broker
 //! must stay up for the tests running beside this one.
@@ -7,11 +8,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use saga_orchestrator::envelope::MessageStatus;
+use serde_json::{json, Value};
 
+use crate::broker_mode::{command, reasons, reply};
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, spawn_app_with, PrivatePulsar, TestApp,
-    TestBroker, TestConfig, TERMINAL,
+    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, states, PrivatePulsar,
+    TestApp, TestBroker, TestConfig, TERMINAL,
 };
 
 const PER_HALF: usize = 100;
@@ -142,4 +145,52 @@ async fn pulsar_broker_restart_mid_stream_loses_and_repeats_nothing() {
         })
         .collect();
     assert_eq!(keys.len(), partners.len());
+}
+
+#[tokio::test]
+async fn a_broker_outage_does_not_spend_the_attempts_of_sagas_awaiting_replies() {
+    // Its own Pulsar: this test stops the broker.
+    let pulsar = PrivatePulsar::start().await;
+    let (alianzas, integraciones) = mocks().await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config
+        .set("BROKER_URL", &pulsar.url)
+        .set("ALIANZAS_MODE", "broker")
+        .set("INTEGRACIONES_MODE", "broker")
+        .set("STEP_TIMEOUT_MS", "1500");
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-outage")
+        .await;
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+
+    // The broker goes away before the first reply deadline, for several
+    // of them (RETRY_MAX_ATTEMPTS is 3 in tests: long enough to exhaust
+    // them, were they spent).
+    pulsar.stop_broker().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    pulsar.start_broker().await;
+
+    // The participant answers the first (and only) command.
+    let broker = TestBroker::connect_url(&pulsar.url).await;
+    broker
+        .publish_envelope(
+            &app.channels.saga_replies,
+            &reply(
+                &create,
+                MessageStatus::Completed,
+                json!({"alliance_id": "a-o"}),
+            ),
+        )
+        .await;
+    let saga = app.settled(&p).await;
+    // Spending an attempt per deadline, the outage would have exhausted
+    // them and compensated the saga.
+    assert_eq!(saga["state"], "completed", "{saga}");
+    assert!(!states(&saga).contains(&"compensating".to_string()));
+    let reasons = reasons(&saga);
+    assert!(
+        reasons.contains(&"broker_unreachable".to_string()),
+        "{reasons:?}"
+    );
 }
