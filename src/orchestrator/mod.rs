@@ -12,6 +12,7 @@ mod driver;
 mod relay;
 mod replies;
 mod sweeper;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -143,6 +144,8 @@ struct Inner {
     /// One permit per saga driven at once.
     permits: Arc<Semaphore>,
     relay_wake: Notify,
+    /// Group commit of transitions.
+    writer: writer::Writer,
     /// Slots of sagas waiting for a broker reply, until their deadline
     /// (plus grace): released when the reply is applied or the deadline
     /// handled; dropped by the sweeper once overdue, e.g. when another
@@ -169,6 +172,7 @@ impl Orchestrator {
             config.max_in_flight,
             [config.channels.partner_events.clone()],
         );
+        let writer = writer::Writer::start(store.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -177,6 +181,7 @@ impl Orchestrator {
                 config,
                 permits,
                 relay_wake: Notify::new(),
+                writer,
                 awaiting: std::sync::Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel,
@@ -444,9 +449,9 @@ impl Orchestrator {
             lease,
             saga: after,
         };
-        if !self.inner.store.commit(&write).await? {
+        let Some(write) = self.inner.writer.commit(write).await? else {
             return Ok(None);
-        }
+        };
         let after = write.saga;
         metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
         if let Some(step) = decision.command {

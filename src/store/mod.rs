@@ -137,6 +137,17 @@ pub trait SagaStore: Send + Sync + 'static {
     /// (someone else transitioned it); nothing was written.
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError>;
 
+    /// Stores several sagas' transitions in one transaction (one durable
+    /// flush for all); each result is as [`SagaStore::commit`]'s. An error
+    /// writes nothing. The default commits them one by one.
+    async fn commit_batch(&self, writes: &[TransitionWrite]) -> Result<Vec<bool>, StoreError> {
+        let mut applied = Vec::with_capacity(writes.len());
+        for write in writes {
+            applied.push(self.commit(write).await?);
+        }
+        Ok(applied)
+    }
+
     /// One saga.
     async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError>;
 

@@ -161,55 +161,18 @@ impl SagaStore for PostgresStore {
     }
 
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
-        let s = &write.saga;
-        let h = &write.history;
-        let (channels, messages): (Vec<String>, Vec<Value>) = write
-            .outbox
-            .iter()
-            .map(|m| (m.channel.clone(), stored_message(m)))
-            .unzip();
-        let row = sqlx::query(
-            "WITH upd AS ( \
-                UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
-                    last_error = $7, updated_at = $8, next_attempt_at = $9, lease_owner = $10, \
-                    lease_until = $11, version = $12, awaiting_reply = $21 \
-                WHERE saga_id = $1 AND version = $2 \
-                RETURNING saga_id \
-             ), hist AS ( \
-                INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
-                SELECT saga_id, $13, $14, $15, $16, $17, $18 FROM upd \
-             ), outgoing AS ( \
-                INSERT INTO outbox (channel, message) \
-                SELECT o.channel, o.message \
-                FROM upd, UNNEST($19::text[], $20::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
-                ORDER BY o.n \
-             ) \
-             SELECT count(*) AS updated FROM upd",
-        )
-        .bind(s.saga_id)
-        .bind(write.expected_version)
-        .bind(s.state.as_str())
-        .bind(s.step.as_str())
-        .bind(attempts_i32(s.attempts))
-        .bind(&s.alliance_id)
-        .bind(&s.last_error)
-        .bind(s.updated_at)
-        .bind(s.next_attempt_at)
-        .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
-        .bind(write.lease.as_ref().map(|l| l.until))
-        .bind(s.version)
-        .bind(h.seq)
-        .bind(h.from_state.map(SagaState::as_str))
-        .bind(h.to_state.as_str())
-        .bind(&h.reason)
-        .bind(&h.detail)
-        .bind(h.at)
-        .bind(channels)
-        .bind(messages)
-        .bind(s.awaiting_reply)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("updated")? == 1)
+        let mut conn = self.pool.acquire().await?;
+        commit_on(&mut conn, write).await
+    }
+
+    async fn commit_batch(&self, writes: &[TransitionWrite]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut applied = Vec::with_capacity(writes.len());
+        for write in writes {
+            applied.push(commit_on(&mut tx, write).await?);
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError> {
@@ -480,6 +443,60 @@ async fn insert_outbox(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// One transition on `conn` (a pooled connection or an open transaction):
+/// a single statement, so it is atomic either way.
+async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<bool, StoreError> {
+    let s = &write.saga;
+    let h = &write.history;
+    let (channels, messages): (Vec<String>, Vec<Value>) = write
+        .outbox
+        .iter()
+        .map(|m| (m.channel.clone(), stored_message(m)))
+        .unzip();
+    let row = sqlx::query(
+        "WITH upd AS ( \
+            UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
+                last_error = $7, updated_at = $8, next_attempt_at = $9, lease_owner = $10, \
+                lease_until = $11, version = $12, awaiting_reply = $21 \
+            WHERE saga_id = $1 AND version = $2 \
+            RETURNING saga_id \
+         ), hist AS ( \
+            INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
+            SELECT saga_id, $13, $14, $15, $16, $17, $18 FROM upd \
+         ), outgoing AS ( \
+            INSERT INTO outbox (channel, message) \
+            SELECT o.channel, o.message \
+            FROM upd, UNNEST($19::text[], $20::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
+            ORDER BY o.n \
+         ) \
+         SELECT count(*) AS updated FROM upd",
+    )
+    .bind(s.saga_id)
+    .bind(write.expected_version)
+    .bind(s.state.as_str())
+    .bind(s.step.as_str())
+    .bind(attempts_i32(s.attempts))
+    .bind(&s.alliance_id)
+    .bind(&s.last_error)
+    .bind(s.updated_at)
+    .bind(s.next_attempt_at)
+    .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
+    .bind(write.lease.as_ref().map(|l| l.until))
+    .bind(s.version)
+    .bind(h.seq)
+    .bind(h.from_state.map(SagaState::as_str))
+    .bind(h.to_state.as_str())
+    .bind(&h.reason)
+    .bind(&h.detail)
+    .bind(h.at)
+    .bind(channels)
+    .bind(messages)
+    .bind(s.awaiting_reply)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get::<i64, _>("updated")? == 1)
 }
 
 fn saga_from_row(row: &PgRow) -> Result<Saga, StoreError> {

@@ -54,6 +54,7 @@ macro_rules! on_both {
 on_both!(
     create_dedups_by_event_id_within_and_across_batches,
     a_stale_transition_writes_nothing,
+    a_batch_of_transitions_commits_each_and_refuses_the_stale,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
     outbox_claims_are_exclusive_until_they_lapse,
     list_filters_and_orders_newest_first,
@@ -391,4 +392,42 @@ async fn list_filters_and_orders_newest_first(store: Arc<dyn SagaStore>) {
     assert_eq!(by_state.len(), 5);
     let counts = store.count_by_state().await.unwrap();
     assert_eq!(counts, [(SagaState::CreatingAlliance, 5)]);
+}
+
+async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dyn SagaStore>) {
+    let news: Vec<NewSaga> = (0..5)
+        .map(|i| new_saga(&format!("e-batch-{i}"), None))
+        .collect();
+    store.create(&news).await.unwrap();
+    let done = |saga: &Saga| {
+        transition(
+            saga,
+            Input::StepSucceeded {
+                step: Step::CreateAlliance,
+                alliance_id: Some("a-b".into()),
+            },
+            None,
+        )
+    };
+    let mut writes: Vec<TransitionWrite> = news.iter().map(|n| done(&n.saga)).collect();
+    // The last one was decided on a version that has since moved.
+    let moved = done(&news[4].saga);
+    assert!(store.commit(&moved).await.unwrap());
+    writes[4] = transition(
+        &news[4].saga,
+        Input::StepRejected {
+            step: Step::CreateAlliance,
+            error: "late".into(),
+        },
+        None,
+    );
+
+    let applied = store.commit_batch(&writes).await.unwrap();
+    assert_eq!(applied, [true, true, true, true, false]);
+    for new in &news {
+        let stored = store.get(new.saga.saga_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, SagaState::Completed, "{}", new.saga.event_id);
+        // Two rows from creation, one from the transition; none from the stale write.
+        assert_eq!(store.history(new.saga.saga_id).await.unwrap().len(), 3);
+    }
 }
