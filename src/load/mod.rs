@@ -193,8 +193,15 @@ pub async fn wait_for_sagas(
                 complete,
             });
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(poll_interval(partners.len())).await;
     }
+}
+
+/// Each poll reads every saga of the run, so large runs poll less often:
+/// the reads would otherwise take a noticeable share of the machine being
+/// measured. Timings come from the sagas' own timestamps, not from polls.
+fn poll_interval(sagas: usize) -> Duration {
+    Duration::from_millis((sagas as u64 / 5).clamp(250, 2_000))
 }
 
 /// Every saga of `correlation_id`, all pages.
@@ -290,6 +297,13 @@ mod tests {
             assert!(crate::envelope::PartnerCreated::from_payload(&e.payload).is_ok());
         }
         assert_eq!(failing(&events), 0);
+    }
+
+    #[test]
+    fn large_runs_poll_less_often() {
+        assert_eq!(poll_interval(100), Duration::from_millis(250));
+        assert_eq!(poll_interval(5_000), Duration::from_millis(1_000));
+        assert_eq!(poll_interval(100_000), Duration::from_secs(2));
     }
 
     #[test]
