@@ -21,12 +21,14 @@
 #
 # Settings:
 #   BENCH_BROKER        pulsar (default) or redis
-#   BENCH_EVENTS        events to publish (5000)
+#   BENCH_EVENTS        events to publish (10000)
 #   BENCH_RATE          events per second, 0 = as fast as the broker takes them (0)
 #   BENCH_CONCURRENCY   publishers (4)
 #   BENCH_PARTICIPANTS  http (default) or broker: how the orchestrator reaches them
-#   BENCH_SIM_ARGS      simulator options ("--latency-ms 0"; the other ratios at
-#                       their defaults: 10% refused, 5% transient, 20% undeletable)
+#   BENCH_SIM_ARGS      simulator options (default: DESIGN.md's reference saga,
+#                       "--latency-ms 0 --reject-ratio 0.1 --transient-ratio 0
+#                       --delete-fail-ratio 0": 10% refused and compensated)
+#   BENCH_MAX_IN_FLIGHT the orchestrator's MAX_IN_FLIGHT (64, as in that reference)
 #   BENCH_TIMEOUT_SECS  give up waiting for sagas after this long (300)
 # The API and simulator ports are the standard ones (ORCHESTRATOR_HOST_PORT,
 # ALIANZAS_HOST_PORT, INTEGRACIONES_HOST_PORT move them): stop a `make run` or
@@ -47,11 +49,12 @@ die() {
 }
 
 BROKER=${BENCH_BROKER:-pulsar}
-EVENTS=${BENCH_EVENTS:-5000}
+EVENTS=${BENCH_EVENTS:-10000}
 RATE=${BENCH_RATE:-0}
 CONCURRENCY=${BENCH_CONCURRENCY:-4}
 PARTICIPANTS=${BENCH_PARTICIPANTS:-http}
-SIM_ARGS_TEXT=${BENCH_SIM_ARGS:---latency-ms 0}
+SIM_ARGS_TEXT=${BENCH_SIM_ARGS:---latency-ms 0 --reject-ratio 0.1 --transient-ratio 0 --delete-fail-ratio 0}
+MAX_IN_FLIGHT=${BENCH_MAX_IN_FLIGHT:-64}
 BENCH_TIMEOUT=${BENCH_TIMEOUT_SECS:-300}
 BENCH_DB=saga_bench
 OUT_DIR=$ROOT/.dev/bench
@@ -156,7 +159,8 @@ RUN_ENV=(env -i PATH="$PATH" HOME="${HOME:-/}" TZ=UTC
     API_ADDR="127.0.0.1:$API_PORT" LOG_FORMAT=json
     CHANNEL_PARTNER_EVENTS="${PREFIX}partner-events" CHANNEL_SAGA_EVENTS="${PREFIX}saga-events"
     CHANNEL_ALLIANCE_COMMANDS="${PREFIX}alliance-commands" CHANNEL_INTEGRATION_COMMANDS="${PREFIX}integration-commands"
-    CHANNEL_SAGA_REPLIES="${PREFIX}saga-replies" SUBSCRIPTION_NAME=saga-bench)
+    CHANNEL_SAGA_REPLIES="${PREFIX}saga-replies" SUBSCRIPTION_NAME=saga-bench
+    MAX_IN_FLIGHT="$MAX_IN_FLIGHT")
 
 sim_flags=()
 [[ $PARTICIPANTS == broker ]] && sim_flags+=(--broker)
@@ -192,7 +196,7 @@ META_ENV=(BENCH_META_STARTED_AT="$started_at" BENCH_META_LOADAVG="$loadavg" BENC
     BENCH_META_GIT_DIRTY="$git_dirty" BENCH_META_VERSION="$version" BENCH_META_RUSTC="$rustc_version"
     BENCH_META_NPROC="$(nproc)" BENCH_META_KERNEL="$(uname -srm)" BENCH_META_ENGINE="$(engine)"
     BENCH_META_BROKER="$BROKER" BENCH_META_BROKER_URL="$BROKER_URL" BENCH_META_EVENTS="$EVENTS"
-    BENCH_META_RATE="$RATE" BENCH_META_CONCURRENCY="$CONCURRENCY" BENCH_META_PARTICIPANTS="$PARTICIPANTS"
+    BENCH_META_RATE="$RATE" BENCH_META_CONCURRENCY="$CONCURRENCY" BENCH_META_MAX_IN_FLIGHT="$MAX_IN_FLIGHT" BENCH_META_PARTICIPANTS="$PARTICIPANTS"
     BENCH_META_SIM_ARGS="$SIM_ARGS_TEXT" BENCH_META_DATABASE="$BENCH_DB" BENCH_META_PREFIX="$PREFIX"
     BENCH_META_STACK_WAS_UP="$stack_was_up" BENCH_META_LOGS="${RUN_DIR#"$ROOT"/}" BENCH_META_LT_STATUS="$lt_status")
 
@@ -233,6 +237,7 @@ meta = {
     "events": int(e("BENCH_META_EVENTS")),
     "rate": float(e("BENCH_META_RATE")),
     "concurrency": int(e("BENCH_META_CONCURRENCY")),
+    "max_in_flight": int(e("BENCH_META_MAX_IN_FLIGHT")),
     "participants": e("BENCH_META_PARTICIPANTS"),
     "simulator_args": e("BENCH_META_SIM_ARGS"),
     "database": e("BENCH_META_DATABASE"),
