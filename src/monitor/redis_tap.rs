@@ -9,9 +9,7 @@ use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::tap::{StartAt, Tapped};
 use super::MonitorError;
-use crate::transport::{
-    redis_bytes as bytes, redis_pairs as pairs, redis_text as text, RawMessage,
-};
+use crate::transport::{redis_text as text, stream_entries, RawMessage};
 
 /// How long one read blocks before returning an empty batch.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -91,7 +89,7 @@ impl RedisTap {
         };
         let mut batch = Vec::new();
         for (stream, entries) in streams(reply) {
-            let entries = entries_of(entries);
+            let entries = stream_entries(entries);
             if let (Some((last, _)), Some(cursor)) = (
                 entries.last(),
                 self.cursors.iter_mut().find(|(s, _)| *s == stream),
@@ -119,7 +117,7 @@ async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<Strin
         .arg(1)
         .query_async(conn)
         .await?;
-    Ok(entries_of(reply)
+    Ok(stream_entries(reply)
         .into_iter()
         .next()
         .map_or_else(|| "0-0".to_string(), |(id, _)| id))
@@ -145,35 +143,6 @@ fn streams(reply: Value) -> Vec<(String, Value)> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// A stream entry: its id and its fields in order, values as bytes.
-type Entry = (String, Vec<(String, Vec<u8>)>);
-
-/// Entries `[[id, [field, value, …]], …]`.
-fn entries_of(value: Value) -> Vec<Entry> {
-    let Value::Array(entries) = value else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|entry| {
-            let Value::Array(parts) = entry else {
-                return None;
-            };
-            let mut parts = parts.into_iter();
-            let id = text(&parts.next()?)?;
-            let fields = match parts.next()? {
-                Value::Array(flat) => pairs(flat),
-                Value::Map(map) => map
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((text(&k)?, bytes(v)?)))
-                    .collect(),
-                _ => return None,
-            };
-            Some((id, fields))
-        })
-        .collect()
 }
 
 /// The milliseconds part of an entry id `ms-seq`.
@@ -207,7 +176,7 @@ mod tests {
             assert_eq!(streams.len(), 1);
             let (name, entries) = streams.into_iter().next().unwrap();
             assert_eq!(name, "s1");
-            let entries = entries_of(entries);
+            let entries = stream_entries(entries);
             assert_eq!(entries[0].0, "1700000000000-0");
             assert_eq!(entries[0].1[0], ("event_type".into(), b"X".to_vec()));
         }
@@ -223,7 +192,7 @@ mod tests {
             Value::Array(vec![bulk("1-0"), Value::Nil]),
             Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("k")])]),
         ]);
-        let entries = entries_of(odd);
+        let entries = stream_entries(odd);
         assert_eq!(entries.len(), 1, "the dangling key makes an empty entry");
         assert_eq!(entries[0].0, "2-0");
         assert!(entries[0].1.is_empty());

@@ -19,7 +19,7 @@ pub(crate) use self::pulsar::{connection_retry_options, Watchdog as PulsarWatchd
 pub use self::pulsar::{topic as pulsar_topic, PulsarTransport};
 pub use memory::MemoryTransport;
 pub use redis_streams::RedisTransport;
-pub(crate) use redis_streams::{bytes as redis_bytes, pairs as redis_pairs, text as redis_text};
+pub(crate) use redis_streams::{stream_entries, text as redis_text};
 
 use crate::config::{BrokerUrl, Settings};
 use crate::envelope::{format_time, DecodeError, Envelope};

@@ -231,37 +231,21 @@ impl RedisSubscription {
     /// while pending come back without fields and are skipped (XAUTOCLAIM
     /// already dropped them from the pending list).
     fn entries(&self, value: Value) -> Vec<Delivery> {
-        let Value::Array(entries) = value else {
-            return Vec::new();
-        };
-        entries
+        stream_entries(value)
             .into_iter()
-            .filter_map(|entry| {
-                let Value::Array(parts) = entry else {
-                    return None;
-                };
-                let mut parts = parts.into_iter();
-                let id = text(&parts.next()?)?;
-                let fields = match parts.next()? {
-                    Value::Array(flat) => pairs(flat),
-                    Value::Map(map) => map
-                        .into_iter()
-                        .filter_map(|(k, v)| Some((text(&k)?, bytes(v)?)))
-                        .collect(),
-                    _ => return None,
-                };
+            .map(|(id, fields)| {
                 let settle = RedisSettle {
                     conn: self.transport.conn.clone(),
                     stream: self.stream.clone(),
                     group: self.transport.group.clone(),
                     id: id.clone(),
                 };
-                Some(Delivery::new(
+                Delivery::new(
                     self.stream.clone(),
                     id,
                     RawMessage::Fields(fields),
                     Box::new(settle),
-                ))
+                )
             })
             .collect()
     }
@@ -305,6 +289,36 @@ impl Settle for RedisSettle {
     async fn nack(&self) -> Result<(), TransportError> {
         Ok(())
     }
+}
+
+/// A stream entry: its id and its fields in order, values as bytes.
+pub(crate) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// Entries `[[id, [field, value, …]], …]` (RESP2 arrays or RESP3 maps for
+/// the fields); malformed or field-less entries are skipped.
+pub(crate) fn stream_entries(value: Value) -> Vec<StreamEntry> {
+    let Value::Array(entries) = value else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let mut parts = parts.into_iter();
+            let id = text(&parts.next()?)?;
+            let fields = match parts.next()? {
+                Value::Array(flat) => pairs(flat),
+                Value::Map(map) => map
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((text(&k)?, bytes(v)?)))
+                    .collect(),
+                _ => return None,
+            };
+            Some((id, fields))
+        })
+        .collect()
 }
 
 /// A reply value as text (bulk or simple string).
