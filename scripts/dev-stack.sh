@@ -43,12 +43,14 @@
 # scripts/bench.sh sources this file for its helpers.
 set -euo pipefail
 
-# The generic helpers (alive, wait_gone, read_first_line, pg_bindir, run_as,
+# The generic helpers (scripts/lib.sh's alive, gone, wait_gone,
+# read_first_line, fail_with_log; and pg_bindir, run_as,
 # ensure_pg_user, redis_ping, fail_with_log, pg_pid, stop_postgres,
 # stop_redis, ...) are the test services' own; they work on $STATE_DIR with
 # the same file names (postgres.pid, pg-home, redis.pid).
 # shellcheck source=scripts/test-services.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/test-services.sh"
+SCRIPT_TAG=dev-stack
 
 DEV_DIR=${DEV_STACK_DIR:-$ROOT/.dev/dev-stack}
 case $DEV_DIR in
@@ -360,8 +362,6 @@ build_release() {
 }
 
 # True once PID $1 has exited (a zombie counts).
-pid_gone() { ! kill -0 "$1" 2>/dev/null || grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
-
 # True if the process recorded as $dir/$name.pid is saga-orchestrator running
 # subcommand $sub (checked on its command line, against a recycled PID).
 app_alive() {
@@ -410,7 +410,7 @@ wait_http() {
             return 0
         fi
         # Not yet named saga-orchestrat right after the fork: only a gone PID fails.
-        if pid_gone "$pid"; then
+        if gone "$pid"; then
             fail_with_log "$name (pid $pid) exited during startup" "$dir/$name.log"
         fi
         sleep 0.2

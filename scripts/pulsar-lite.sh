@@ -31,6 +31,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SCRIPT_TAG=pulsar-lite
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 SELF=$ROOT/scripts/pulsar-lite.sh
 PULSAR_LITE_VERSION=0.2.0
 STATE_DIR=${PULSAR_LITE_DIR:-$ROOT/.dev/pulsar-lite}
@@ -51,54 +54,6 @@ PROXY_COMM=pulsar-lite-pro
 
 log() { printf 'pulsar-lite: %s\n' "$*" >&2; }
 die() { printf 'pulsar-lite: error: %s\n' "$*" >&2; exit 1; }
-
-read_first_line() {
-    local line=''
-    [[ -r $1 ]] && IFS= read -r line <"$1"
-    printf '%s' "$line"
-}
-
-# True if $1 is a live (not zombie) process named exactly $2. The name check
-# guards against a recycled PID from an old state file, and tells the broker
-# (pulsar-lite) from the proxy (pulsar-lite-pro…).
-alive() {
-    local pid=$1 name=$2 state comm
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ -r /proc/$pid/status ]] || return 0
-    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null || true)
-    [[ $state != Z ]] || return 1
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
-    [[ $comm == "$name" ]]
-}
-
-# True if PID $1 has exited (a zombie, which PID 1 may reap late, counts).
-gone() {
-    ! kill -0 "$1" 2>/dev/null || grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"
-}
-
-# Wait up to $2 seconds for PID $1 to exit.
-wait_gone() {
-    local pid=$1 secs=$2 i
-    for ((i = 0; i < secs * 10; i++)); do
-        gone "$pid" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# N distinct free ports on 127.0.0.1 (all bound at once, so they differ).
-free_ports() {
-    python3 -c '
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-' "$1"
-}
 
 accepts() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -131,20 +86,6 @@ listeners() {
                 echo "other $((16#$port))"
             fi
         done
-}
-
-# Report a failure with the tail of each given log file, then exit.
-fail_with_log() {
-    local what=$1 logfile
-    shift
-    printf 'pulsar-lite: error: %s\n' "$what" >&2
-    for logfile in "$@"; do
-        [[ -s $logfile ]] || continue
-        printf -- '--- last lines of %s ---\n' "$logfile" >&2
-        tail -n 30 "$logfile" >&2 || true
-        printf -- '---\n' >&2
-    done
-    exit 1
 }
 
 broker_pid() { read_first_line "$STATE_DIR/broker.pid"; }

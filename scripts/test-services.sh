@@ -16,6 +16,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SCRIPT_TAG=test-services
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 STATE_DIR=${TEST_SERVICES_DIR:-$ROOT/.dev/test-services}
 # Absolute, because the path ends up in server config and in the env file.
 case $STATE_DIR in
@@ -33,41 +36,6 @@ log() { printf 'test-services: %s\n' "$*" >&2; }
 die() { printf 'test-services: error: %s\n' "$*" >&2; exit 1; }
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
-
-# True if $1 is a live (not zombie) process whose name starts with $2.
-# The name check guards against a recycled PID from an old state file.
-alive() {
-    local pid=$1 name=$2 comm state
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/status ]]; then
-        # A reaped-late zombie still answers kill -0 (PID 1 may not reap).
-        state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status")
-        [[ $state != Z ]] || return 1
-        comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
-        [[ $comm == "$name"* ]] || return 1
-    fi
-    return 0
-}
-
-# Wait up to $2 seconds for PID $1 to exit.
-wait_gone() {
-    local pid=$1 secs=$2 i
-    for ((i = 0; i < secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        if [[ -r /proc/$pid/status ]] && grep -q '^State:[[:space:]]*Z' "/proc/$pid/status"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
-read_first_line() {
-    local line=''
-    [[ -r $1 ]] && IFS= read -r line <"$1"
-    printf '%s' "$line"
-}
 
 pg_bindir() {
     local d best=''
@@ -106,32 +74,6 @@ ensure_pg_user() {
             --shell /usr/sbin/nologin "$PG_RUN_USER"
         log "created system user $PG_RUN_USER to run PostgreSQL"
     fi
-}
-
-# Two distinct free ports on 127.0.0.1 (both bound at once, so they differ).
-free_ports() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 -c '
-import socket
-socks = []
-for _ in range(2):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-'
-        return
-    fi
-    # Fallback: random high ports that nothing answers on.
-    local ports=() p
-    while [[ ${#ports[@]} -lt 2 ]]; do
-        p=$((20000 + RANDOM % 40000))
-        [[ ${ports[*]-} == *"$p"* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            ports+=("$p")
-        fi
-    done
-    echo "${ports[*]}"
 }
 
 redis_ping() {
@@ -181,20 +123,6 @@ pulsar_running() { pulsar_ctl status >/dev/null 2>&1; }
 
 print_env() {
     cat "$STATE_DIR/env"
-}
-
-# Report a failure with the tail of each given log file, then exit.
-fail_with_log() {
-    local what=$1 logfile
-    shift
-    printf 'test-services: error: %s\n' "$what" >&2
-    for logfile in "$@"; do
-        [[ -s $logfile ]] || continue
-        printf -- '--- last lines of %s ---\n' "$logfile" >&2
-        tail -n 30 "$logfile" >&2 || true
-        printf -- '---\n' >&2
-    done
-    exit 1
 }
 
 start_postgres() {
@@ -291,7 +219,7 @@ cmd_start() {
     mkdir -p "$STATE_DIR"
     # If anything below fails, don't leave a half-started pair behind.
     trap 'cmd_stop >/dev/null 2>&1 || true' EXIT
-    read -r pg_port redis_port < <(free_ports)
+    read -r pg_port redis_port < <(free_ports 2)
     [[ -n ${pg_port:-} && -n ${redis_port:-} ]] || die "could not find free ports"
 
     start_postgres "$pg_port"
