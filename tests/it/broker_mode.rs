@@ -409,22 +409,14 @@ async fn sagas_awaiting_replies_keep_their_slots_so_new_events_wait_in_the_broke
         .wait_for_entries(&app.channels.alliance_commands, 2, |_| true)
         .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let recorded = |app: &TestApp| {
-        let app_address = app.address.clone();
-        let http = app.http.clone();
-        async move {
-            let page: Value = http
-                .get(format!("{app_address}/sagas?correlation_id=corr-slots"))
-                .send()
-                .await
-                .expect("GET")
-                .json()
-                .await
-                .expect("json");
-            page["items"].as_array().map_or(0, Vec::len)
-        }
-    };
-    assert_eq!(recorded(&app).await, 2, "only as many sagas as slots");
+    let page: Value = app
+        .get("/sagas?correlation_id=corr-slots")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let recorded = page["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(recorded, 2, "only as many sagas as slots");
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.lines().any(|l| l == "saga_awaiting_replies 2"),
@@ -432,45 +424,29 @@ async fn sagas_awaiting_replies_keep_their_slots_so_new_events_wait_in_the_broke
     );
 
     // Their replies free the slots: the rest follow.
-    for command in &commands {
-        answer(
-            &app,
-            reply(
-                command,
-                MessageStatus::Completed,
-                json!({"alliance_id": "a-s"}),
-            ),
-        )
-        .await;
-    }
+    complete(&app, &commands).await;
     let more = app
         .wait_for_entries(&app.channels.alliance_commands, 4, |_| true)
         .await;
     assert!(more.len() >= 4);
-    for command in &more[2..] {
-        answer(
-            &app,
-            reply(
-                command,
-                MessageStatus::Completed,
-                json!({"alliance_id": "a-s"}),
-            ),
-        )
-        .await;
-    }
+    complete(&app, &more[2..]).await;
     let last = app
         .wait_for_entries(&app.channels.alliance_commands, 5, |_| true)
         .await;
-    answer(
-        &app,
-        reply(
-            &last[4],
-            MessageStatus::Completed,
-            json!({"alliance_id": "a-s"}),
-        ),
-    )
-    .await;
+    complete(&app, &last[4..]).await;
     for p in &partners {
         assert_eq!(app.settled(p).await["state"], "completed");
+    }
+}
+
+/// Alliances creates what each of `commands` asks for.
+async fn complete(app: &TestApp, commands: &[Entry]) {
+    for command in commands {
+        let done = reply(
+            command,
+            MessageStatus::Completed,
+            json!({"alliance_id": "a-s"}),
+        );
+        answer(app, done).await;
     }
 }
