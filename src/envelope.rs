@@ -364,6 +364,7 @@ impl PartnerCreated {
     /// Validates a `PartnerCreated` payload.
     pub fn from_payload(payload: &Map<String, Value>) -> Result<Self, DecodeError> {
         let partner_id = id_text(payload.get("partner_id"), "payload.partner_id")?;
+        check_partner_id("payload.partner_id", &partner_id)?;
         if payload
             .iter()
             .any(|(k, v)| k.contains('\0') || contains_nul(v))
@@ -412,16 +413,43 @@ fn required_text(obj: &mut Map<String, Value>, field: &'static str) -> Result<St
     id_text(obj.remove(field).as_ref(), field)
 }
 
-/// A required, non-empty id of at most [`MAX_ID_CHARS`].
+/// A required id that obeys [`check_id`].
 fn id_text(value: Option<&Value>, field: &'static str) -> Result<String, DecodeError> {
     let text = text_value(value, field)?;
-    if text.chars().count() > MAX_ID_CHARS {
-        return Err(DecodeError::InvalidField {
-            field,
-            problem: format!("longer than {MAX_ID_CHARS} characters"),
-        });
-    }
+    check_id(field, &text)?;
     Ok(text)
+}
+
+/// The one rule for ids on every input path — broker, HTTP body, query,
+/// replies (CONTRACT §5): a non-empty string of at most [`MAX_ID_CHARS`]
+/// characters without NUL. Applied at the edge so that nothing stored can
+/// later fail to be read back, indexed or published.
+pub fn check_id(field: &'static str, id: &str) -> Result<(), DecodeError> {
+    let problem = if id.trim().is_empty() {
+        "must not be empty".to_string()
+    } else if id.chars().count() > MAX_ID_CHARS {
+        format!("longer than {MAX_ID_CHARS} characters")
+    } else if id.contains('\0') {
+        "contains a NUL character".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(DecodeError::InvalidField { field, problem })
+}
+
+/// A partner id is one path segment of the participants' URLs (CONTRACT
+/// §4); `.` and `..` cannot be one safely — servers resolve them, encoded
+/// or not, into the parent path, which for `DELETE /partners/..` is the
+/// whole collection — so they are refused like any other invalid id.
+pub fn check_partner_id(field: &'static str, id: &str) -> Result<(), DecodeError> {
+    check_id(field, id)?;
+    if id == "." || id == ".." {
+        return Err(invalid(
+            field,
+            "`.` and `..` are not partner ids (they cannot be one URL path segment)",
+        ));
+    }
+    Ok(())
 }
 
 fn contains_nul(value: &Value) -> bool {
@@ -650,5 +678,142 @@ mod tests {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
         assert_eq!(EventType::parse("PartnerUpdated"), None);
+    }
+
+    #[test]
+    fn the_id_rule_is_one_rule() {
+        assert!(check_id("event_id", "e").is_ok());
+        assert!(check_id("event_id", &"e".repeat(MAX_ID_CHARS)).is_ok());
+        assert!(check_id("event_id", "ü/ñ ?#%2e").is_ok());
+        for bad in ["", "  ", "a\u{0}b"] {
+            assert!(check_id("event_id", bad).is_err(), "{bad:?}");
+        }
+        let long = "é".repeat(MAX_ID_CHARS + 1);
+        assert!(check_id("event_id", &long)
+            .unwrap_err()
+            .to_string()
+            .contains("256"));
+        for dots in [".", ".."] {
+            let err = check_partner_id("payload.partner_id", dots).unwrap_err();
+            assert!(err.to_string().contains("payload.partner_id"), "{err}");
+        }
+        for fine in ["...", ". .", "%2e%2e", "a/..", "./a"] {
+            assert!(
+                check_partner_id("payload.partner_id", fine).is_ok(),
+                "{fine}"
+            );
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, nested a few levels, strings of any characters.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// An id a hostile but valid producer might send: any characters but
+        /// NUL, 1 to 256 of them, not blank.
+        fn hostile_id() -> impl Strategy<Value = String> {
+            "[^\u{0}]{1,256}".prop_filter("not blank", |s| !s.trim().is_empty())
+        }
+
+        /// A valid envelope with hostile ids and payload values.
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            (
+                hostile_id(),
+                hostile_id(),
+                hostile_id(),
+                any::<String>(),
+                json_value(),
+            )
+                .prop_map(|(event_id, correlation_id, partner_id, name, extra)| {
+                    let mut payload = Map::new();
+                    payload.insert("partner_id".into(), partner_id.into());
+                    payload.insert("name".into(), name.replace('\0', "").into());
+                    payload.insert("extra".into(), strip_nul(extra));
+                    let mut env = Envelope::new(
+                        EventType::PartnerCreated,
+                        correlation_id,
+                        None,
+                        None,
+                        payload,
+                    );
+                    env.event_id = event_id;
+                    env
+                })
+        }
+
+        fn strip_nul(v: Value) -> Value {
+            match v {
+                Value::String(s) => Value::String(s.replace('\0', "")),
+                Value::Array(items) => Value::Array(items.into_iter().map(strip_nul).collect()),
+                Value::Object(obj) => Value::Object(
+                    obj.into_iter()
+                        .map(|(k, v)| (k.replace('\0', ""), strip_nul(v)))
+                        .collect(),
+                ),
+                other => other,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = Envelope::from_json_bytes(&bytes, MAX);
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics_and_is_judged_once(value in json_value()) {
+                let bytes = serde_json::to_vec(&value).unwrap_or_default();
+                let first = Envelope::from_json_bytes(&bytes, MAX);
+                prop_assert_eq!(first.is_ok(), Envelope::from_json_bytes(&bytes, MAX).is_ok());
+                if let Ok(env) = first {
+                    let _ = PartnerCreated::from_payload(&env.payload);
+                }
+            }
+
+            #[test]
+            fn arbitrary_stream_fields_never_panic(
+                fields in prop::collection::vec((any::<String>(), prop::collection::vec(any::<u8>(), 0..64)), 0..10)
+            ) {
+                let _ = Envelope::from_fields(&fields, MAX);
+            }
+
+            #[test]
+            fn what_is_accepted_round_trips_on_both_wire_forms(env in envelope()) {
+                let body = Envelope::from_json_bytes(&env.to_json_bytes(), MAX);
+                let body = body.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&body.event_id, &env.event_id);
+                prop_assert_eq!(&body.correlation_id, &env.correlation_id);
+                prop_assert_eq!(&body.payload, &env.payload);
+                let fields = Envelope::from_fields(&env.to_fields(), MAX);
+                let fields = fields.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&fields.payload, &env.payload);
+                prop_assert_eq!(&fields.event_id, &env.event_id);
+                let partner = PartnerCreated::from_payload(&body.payload);
+                let valid_partner = !matches!(env.partner_id(), Some(".") | Some(".."));
+                prop_assert_eq!(partner.is_ok(), valid_partner && !env.payload["name"].as_str().unwrap_or_default().trim().is_empty());
+            }
+        }
     }
 }

@@ -325,6 +325,10 @@ async fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             "  curl -s -XPOST {}/sagas/<saga_id>/retry -H 'Authorization: Bearer demo'",
             report.api
         );
+        println!(
+            "  curl -s -XPOST {}/sagas -H 'Authorization: Bearer demo' -H 'content-type: application/json' \\\n      -d '{{\"payload\":{{\"partner_id\":\"p-try\",\"name\":\"Try\"}}}}'",
+            report.api
+        );
         println!("  curl -s {}/metrics", report.api);
         shutdown_signal().await;
     } else {

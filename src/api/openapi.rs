@@ -238,7 +238,7 @@ pub fn partner_payload_schema() -> impl Into<RefOr<Schema>> {
         ))
         .property(
             "partner_id",
-            text("The partner's id (at most 256 characters)."),
+            text("The partner's id: at most 256 characters, no NUL, not `.` or `..`. A partner has one saga until that saga is compensated: starting it again answers with that saga, so use a new id to try another."),
         )
         .required("partner_id")
         .property("name", text("The partner's name."))
@@ -323,12 +323,18 @@ mod tests {
         assert_eq!(scheme["scheme"], "bearer");
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().expect("operations") {
-                let admin = path.ends_with("/retry") || path.ends_with("/compensate");
+                // Every route that changes state, and only those.
+                let admin = method == "post";
                 let secured = op["security"] == json!([{ ADMIN_SCHEME: [] }]);
                 assert_eq!(secured, admin, "{method} {path}");
                 let responses = keys(&op["responses"]);
                 if admin {
-                    for status in ["202", "401", "403", "404", "409"] {
+                    for status in ["202", "401", "403"] {
+                        assert!(responses.contains(status), "{path}: {status}");
+                    }
+                }
+                if path.ends_with("/retry") || path.ends_with("/compensate") {
+                    for status in ["404", "409"] {
                         assert!(responses.contains(status), "{path}: {status}");
                     }
                 }

@@ -13,13 +13,15 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::envelope::PartnerCreated;
+use crate::envelope::{check_id, PartnerCreated};
 use crate::orchestrator::{Source, StartRequest};
 use crate::saga::{HistoryEntry, Input, Saga, SagaState};
 use crate::store::{Created, ListQuery};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
+/// The longest operator reason kept: it is stored in the saga's history.
+const MAX_REASON_CHARS: usize = 1000;
 
 /// A saga as the API shows it (CONTRACT §5).
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,10 +76,15 @@ pub struct StartBody {
     /// `email` optional, any other fields kept and passed on to alliances.
     #[schema(schema_with = super::openapi::partner_payload_schema)]
     pub payload: Map<String, Value>,
-    /// Generated (a UUID) when absent or empty.
+    /// Generated (a UUID) when absent or empty. At most 256 characters,
+    /// no NUL (the id rule of every input path).
+    #[schema(example = json!(null), max_length = 256)]
     pub correlation_id: Option<String>,
     /// The dedup key: the same `event_id` twice starts one saga. Generated
-    /// when absent or empty.
+    /// when absent or empty (leave it out when trying the API: a fixed
+    /// example would answer every caller with the first caller's saga).
+    /// At most 256 characters, no NUL.
+    #[schema(example = json!(null), max_length = 256)]
     pub event_id: Option<String>,
 }
 
@@ -100,27 +107,33 @@ pub struct Started {
     path = "/sagas",
     tag = "sagas",
     summary = "Start a saga",
-    description = "Records a saga for a `PartnerCreated` payload, as if the event had arrived on `partner-events`, and starts driving it. The same `event_id` twice answers with the same saga (`duplicate: true`).",
+    description = "Records a saga for a `PartnerCreated` payload, as if the event had arrived on `partner-events`, and starts driving it (admin: it can lead to the partner's deletion). The same `event_id` twice, or a second start for a partner that already has a saga not `compensated`, answers with the existing saga (`duplicate: true`).",
     request_body(content = StartBody, content_type = "application/json"),
+    security(("admin_token" = [])),
     responses(
         (status = 202, description = "Recorded (or already recorded); the saga runs on its own.", body = Started),
         (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no `ADMIN_TOKEN` is configured.", body = ErrorBody),
         (status = 413, description = "The body exceeds `MAX_MESSAGE_BYTES`.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
-        (status = 422, description = "The JSON is not a valid start request (a required field missing or of the wrong type, a NUL character…).", body = ErrorBody),
+        (status = 422, description = "The JSON is not a valid start request (a required field missing or of the wrong type, an id over 256 characters, a partner id of `.` or `..`, a NUL character…).", body = ErrorBody),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
     )
 )]
 pub async fn start(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Started>), ApiError> {
+    authorize(&state, &headers)?;
     let Json(body) = body?;
     let partner = PartnerCreated::from_payload(&body.payload)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let correlation_id =
-        non_empty(body.correlation_id).unwrap_or_else(|| Uuid::new_v4().to_string());
-    let event_id = non_empty(body.event_id).unwrap_or_else(|| Uuid::new_v4().to_string());
+    let correlation_id = body_id("correlation_id", body.correlation_id)?
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let event_id =
+        body_id("event_id", body.event_id)?.unwrap_or_else(|| Uuid::new_v4().to_string());
     let request = StartRequest {
         event_id: event_id.clone(),
         correlation_id: correlation_id.clone(),
@@ -237,8 +250,8 @@ pub async fn list(
     };
     let query = ListQuery {
         state: saga_state,
-        partner_id: non_empty(p.partner_id),
-        correlation_id: non_empty(p.correlation_id),
+        partner_id: query_id("partner_id", p.partner_id)?,
+        correlation_id: query_id("correlation_id", p.correlation_id)?,
         before,
         // One more than asked tells whether another page exists.
         limit: limit + 1,
@@ -298,8 +311,9 @@ pub async fn get(
 /// Admin action body; the whole body is optional.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReasonBody {
-    /// Stored in the saga's history; a default is used when absent.
-    #[schema(example = "integrations fixed the partner's record")]
+    /// Stored in the saga's history; a default is used when absent. At
+    /// most 1000 characters, no NUL.
+    #[schema(example = "integrations fixed the partner's record", max_length = 1000)]
     pub reason: Option<String>,
 }
 
@@ -423,7 +437,16 @@ fn reason(
     default: &str,
 ) -> Result<String, ApiError> {
     match body {
-        Ok(Json(b)) => Ok(non_empty(b.reason).unwrap_or_else(|| default.to_string())),
+        Ok(Json(b)) => match non_empty(b.reason) {
+            None => Ok(default.to_string()),
+            Some(r) if r.chars().count() > MAX_REASON_CHARS => Err(ApiError::Unprocessable(
+                format!("invalid field reason: longer than {MAX_REASON_CHARS} characters"),
+            )),
+            Some(r) if r.contains('\0') => Err(ApiError::Unprocessable(
+                "invalid field reason: contains a NUL character".into(),
+            )),
+            Some(r) => Ok(r),
+        },
         // An empty body is fine: the reason is optional.
         Err(JsonRejection::MissingJsonContentType(_)) => Ok(default.to_string()),
         Err(e) => Err(e.into()),
@@ -433,6 +456,25 @@ fn reason(
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError::BadRequest(format!("saga_id must be a UUID, got {id:?}")))
+}
+
+/// An optional id of a request body: absent or blank is `None` (the caller
+/// generates one); anything else must obey the id rule (422).
+fn body_id(field: &'static str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(id) = non_empty(value) else {
+        return Ok(None);
+    };
+    check_id(field, &id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(Some(id))
+}
+
+/// An optional id filter of a query string: the same rule, answered 400.
+fn query_id(field: &'static str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(id) = non_empty(value) else {
+        return Ok(None);
+    };
+    check_id(field, &id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Some(id))
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {

@@ -122,6 +122,7 @@ async fn bad_requests_get_json_errors_never_500() {
     let raw = app
         .http
         .post(format!("{}/sagas", app.address))
+        .bearer_auth("test-admin-token")
         .header("content-type", "application/json")
         .body("{not json")
         .send()

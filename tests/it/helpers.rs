@@ -239,7 +239,18 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// A POST as an operator would make it: with the test's admin token,
+    /// which every route that changes state needs (`POST /sagas` too).
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        let mut request = self.http.post(format!("{}{path}", self.address)).json(body);
+        if let Some(token) = self.config.values.get("admin_token") {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("POST")
+    }
+
+    /// A POST without any credentials, as an outside caller would make it.
+    pub async fn post_anonymous(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.address))
             .json(body)
