@@ -132,6 +132,8 @@ pub struct Settings {
     pub alianzas_mode: ParticipantMode,
     pub integraciones_mode: ParticipantMode,
     pub api_addr: SocketAddr,
+    /// How long a client may take to send a request's headers.
+    pub api_header_timeout: Duration,
     /// Bearer token for admin routes; `None` refuses them all (never open).
     pub admin_token: Option<SecretString>,
     pub log_format: LogFormat,
@@ -186,6 +188,11 @@ impl Settings {
             max_attempts: v.bounded("RETRY_MAX_ATTEMPTS", 5, 100)?,
             base_delay: v.millis("RETRY_BASE_DELAY_MS", 200)?,
             max_delay: v.millis("RETRY_MAX_DELAY_MS", 5000)?,
+            compensation_deadline: Duration::from_secs(v.bounded(
+                "COMPENSATION_DEADLINE_SECS",
+                300,
+                30 * 24 * 3600,
+            )?),
         };
         if retry.base_delay > retry.max_delay {
             return Err(invalid(
@@ -226,6 +233,11 @@ impl Settings {
                 s.parse()
                     .map_err(|_| format!("expected host:port, got {s:?}"))
             })?,
+            api_header_timeout: Duration::from_millis(v.bounded(
+                "API_HEADER_TIMEOUT_MS",
+                10_000,
+                HOUR_MS,
+            )?),
             admin_token: v
                 .get("ADMIN_TOKEN")
                 .filter(|t| !t.is_empty())
@@ -491,6 +503,7 @@ mod tests {
         assert_eq!(s.retry.max_delay, Duration::from_millis(5000));
         assert_eq!(s.step_timeout, Duration::from_secs(10));
         assert_eq!(s.saga_deadline, Duration::from_secs(300));
+        assert_eq!(s.retry.compensation_deadline, Duration::from_secs(300));
         assert_eq!(s.max_in_flight, 256);
         assert_eq!(s.redis_claim_idle, Duration::from_secs(30));
         assert_eq!(s.max_message_bytes, 1_048_576);
@@ -527,11 +540,14 @@ mod tests {
             ("ALIANZAS_MODE", "grpc"),
             ("API_ADDR", "eight-thousand"),
             ("LOG_FORMAT", "xml"),
+            ("API_HEADER_TIMEOUT_MS", "0"),
             ("RETRY_POLICY", "fibonacci"),
             ("RETRY_MAX_ATTEMPTS", "0"),
             ("RETRY_MAX_ATTEMPTS", "abc"),
             ("STEP_TIMEOUT_MS", "-5"),
             ("SAGA_DEADLINE_SECS", "0"),
+            ("COMPENSATION_DEADLINE_SECS", "0"),
+            ("COMPENSATION_DEADLINE_SECS", "forever"),
             ("MAX_IN_FLIGHT", "0"),
             ("MAX_MESSAGE_BYTES", "1MB"),
             ("CHANNEL_SAGA_EVENTS", "a/b"),

@@ -57,6 +57,8 @@ pub const COMMANDS: &str = "saga_commands_total";
 pub const CONSUMER_RECONNECTS: &str = "saga_consumer_reconnects_total";
 /// Broker or store errors that made a loop back off, by `component`.
 pub const LOOP_ERRORS: &str = "saga_loop_errors_total";
+/// Gauge: this instance's clock minus the database's, in seconds.
+pub const CLOCK_SKEW: &str = "saga_clock_skew_seconds";
 
 /// Why telemetry could not be set up; names the setting to fix.
 #[derive(Debug, thiserror::Error)]

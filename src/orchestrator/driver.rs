@@ -84,7 +84,8 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Optio
         let now = Utc::now();
         let input = if saga.state == SagaState::Started {
             Input::Begin
-        } else if saga.state.is_forward() && now >= saga.deadline_at {
+        } else if !saga.state.is_terminal() && now >= saga.deadline_at {
+            // Forward: compensate. Compensating: park as failed.
             Input::DeadlinePassed
         } else if saga.awaiting_reply {
             // Only the sweeper hands us an awaiting saga: its reply deadline
@@ -121,20 +122,13 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Optio
         // store the saga unleased and let the sweeper pick it up when due.
         let hand_off = matches!(decision.next, NextAction::Call { at, .. }
             if (at - Utc::now()).to_std().unwrap_or_default() > HAND_OFF_AFTER);
-        let after = commit(orch, &saga, &decision, !hand_off).await?;
-        tracing::info!(
-            from = decision.from.as_str(),
-            to = decision.to.as_str(),
-            reason = decision.reason.as_str(),
-            attempts = after.attempts,
-            "saga transition"
-        );
+        let after = commit(orch, &saga, &input, decision, !hand_off).await?;
         if hand_off {
             tracing::info!(next_attempt_at = ?after.next_attempt_at, "long wait; left to the sweeper");
             return None;
         }
+        next = after_next(&after);
         saga = after;
-        next = decision.next;
     }
     match next {
         NextAction::AwaitReply { until, .. } => Some(until),
@@ -144,35 +138,145 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Optio
 
 /// Stores a decision, retrying store errors a few times. `None`: the saga
 /// is not ours to drive any more (moved elsewhere, or left to recovery).
+///
+/// Two outcomes are never dropped: a step the participant did while the
+/// saga moved on is applied to the saga as it is now (an alliance created
+/// late is recorded on it), and an outcome the store refuses as bad data
+/// ends the attempt as failed instead of being lost and called again
+/// forever by recovery.
 async fn commit(
+    orch: &Orchestrator,
+    saga: &Saga,
+    input: &Input,
+    decision: saga::Decision,
+    keep_lease: bool,
+) -> Option<Saga> {
+    match store(orch, saga, &decision, keep_lease).await {
+        Stored::Done(after) => {
+            log_transition(&decision, &after);
+            Some(after)
+        }
+        Stored::Moved => {
+            if matches!(input, Input::StepSucceeded { .. }) {
+                apply_late(orch, saga, input).await;
+            } else {
+                tracing::info!("saga moved on elsewhere; leaving it");
+            }
+            None
+        }
+        Stored::Refused(e) => {
+            let failed = refused_outcome(saga, &e);
+            let fallback = failed.and_then(|input| {
+                saga::decide(saga, &input, &orch.inner.config.retry, Utc::now()).ok()
+            })?;
+            tracing::warn!(error = %e, "the store refused this outcome; the attempt counts as failed");
+            match store(orch, saga, &fallback, keep_lease).await {
+                Stored::Done(after) => {
+                    log_transition(&fallback, &after);
+                    Some(after)
+                }
+                _ => None,
+            }
+        }
+        Stored::Unavailable => None,
+    }
+}
+
+/// What one attempt to store a decision came to.
+enum Stored {
+    Done(Saga),
+    /// The saga's version moved, or another instance holds its lease.
+    Moved,
+    /// The store refused the data itself (it would fail the same way again).
+    Refused(crate::store::StoreError),
+    /// The store kept failing; recovery redoes the step under the same key.
+    Unavailable,
+}
+
+async fn store(
     orch: &Orchestrator,
     saga: &Saga,
     decision: &saga::Decision,
     keep_lease: bool,
-) -> Option<Saga> {
+) -> Stored {
     let mut tries = 0;
     loop {
-        match orch.commit(saga, decision, keep_lease).await {
-            Ok(Some(committed)) => return Some(committed),
-            Ok(None) => {
-                tracing::info!("saga moved on elsewhere; leaving it");
-                return None;
-            }
+        match orch.commit(saga, decision, keep_lease, true).await {
+            Ok(Some(committed)) => return Stored::Done(committed),
+            Ok(None) => return Stored::Moved,
+            Err(e) if e.is_data_error() => return Stored::Refused(e),
             Err(e) if tries + 1 < COMMIT_TRIES => {
                 tries += 1;
                 tracing::warn!(error = %e, tries, "could not store transition; retrying");
                 metrics::counter!(telemetry::LOOP_ERRORS, "component" => "driver").increment(1);
                 if !pause(&orch.inner.cancel, loop_backoff(tries)).await {
-                    return None;
+                    return Stored::Unavailable;
                 }
             }
             Err(e) => {
                 // The step will be redone by recovery under the same
                 // idempotency key, so the participant acts once.
                 tracing::error!(error = %e, "could not store transition; leaving the saga to recovery");
-                return None;
+                return Stored::Unavailable;
             }
         }
+    }
+}
+
+/// A participant's success that lost the race with another transition:
+/// applied to the saga as stored now (an operator's forced compensation
+/// makes it an `alliance_created_late` entry for a person to undo).
+async fn apply_late(orch: &Orchestrator, saga: &Saga, input: &Input) {
+    match orch.operate(saga.saga_id, input.clone()).await {
+        Ok(now) => tracing::warn!(state = %now.state, alliance_id = ?now.alliance_id,
+            "the step succeeded after the saga moved on; recorded on the saga"),
+        Err(e) => {
+            tracing::info!(error = %e, "saga moved on elsewhere; the late success changes nothing")
+        }
+    }
+}
+
+/// The failed attempt that replaces an outcome the store refused; `None`
+/// when the refused decision was not a participant's outcome.
+fn refused_outcome(saga: &Saga, error: &crate::store::StoreError) -> Option<Input> {
+    if saga.state.is_terminal() {
+        return None;
+    }
+    let error = format!("the store refused the outcome: {error}")
+        .replace('\0', "\\0")
+        .chars()
+        .take(300)
+        .collect();
+    Some(Input::StepFailed {
+        step: saga.step,
+        error,
+        retry_after: None,
+    })
+}
+
+fn log_transition(decision: &saga::Decision, after: &Saga) {
+    tracing::info!(
+        from = decision.from.as_str(),
+        to = decision.to.as_str(),
+        reason = decision.reason.as_str(),
+        attempts = after.attempts,
+        "saga transition"
+    );
+}
+
+/// What a stored saga does next, read off its stored fields (a fallback
+/// decision may differ from the one first made).
+fn after_next(after: &Saga) -> NextAction {
+    match after.next_attempt_at {
+        Some(until) if after.awaiting_reply => NextAction::AwaitReply {
+            step: after.step,
+            until,
+        },
+        Some(at) if !after.state.is_terminal() => NextAction::Call {
+            step: after.step,
+            at,
+        },
+        _ => NextAction::Done,
     }
 }
 

@@ -6,6 +6,7 @@
 //! nobody holds a live lease on (crashes, other instances, sagas recorded
 //! while this instance was at capacity).
 
+pub mod clock;
 mod commands;
 mod consumer;
 mod driver;
@@ -153,6 +154,10 @@ struct Inner {
     awaiting: std::sync::Mutex<HashMap<Uuid, (OwnedSemaphorePermit, DateTime<Utc>)>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// The relay stops after everything else: its last pass must publish
+    /// what the drivers' final commits wrote during shutdown.
+    relay: TaskTracker,
+    relay_stop: CancellationToken,
     /// Live counters for `GET /metrics/summary` (see `crate::stats`).
     stats: Stats,
 }
@@ -185,6 +190,8 @@ impl Orchestrator {
                 awaiting: std::sync::Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel,
+                relay: TaskTracker::new(),
+                relay_stop: CancellationToken::new(),
                 stats,
             }),
         }
@@ -197,22 +204,38 @@ impl Orchestrator {
         if self.inner.config.uses_replies() {
             self.inner.tasks.spawn(replies::run(self.clone()));
         }
-        self.inner.tasks.spawn(relay::run(self.clone()));
+        self.inner.relay.spawn(relay::run(self.clone()));
         self.inner.tasks.spawn(sweeper::run(self.clone()));
     }
 
     /// Waits for background work to stop after cancellation, at most the
     /// shutdown grace; sagas still mid-step are left to recovery (durable,
-    /// leased, retried with the same idempotency keys).
+    /// leased, retried with the same idempotency keys). The relay stops
+    /// last, with one final pass, so the events of the drivers' last
+    /// commits go out now rather than at the next start.
     pub async fn shutdown(&self) {
-        self.inner.cancel.cancel();
-        self.inner.tasks.close();
-        if tokio::time::timeout(self.inner.config.shutdown_grace, self.inner.tasks.wait())
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.config.shutdown_grace;
+        inner.cancel.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout_at(deadline, inner.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
                 "shutdown grace elapsed with sagas in flight; recovery will resume them"
+            );
+        }
+        inner.relay_stop.cancel();
+        inner.relay.close();
+        // The final pass gets at least a moment even when the grace is spent.
+        let relay_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        if tokio::time::timeout_at(relay_deadline, inner.relay.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the outbox relay's last pass did not finish; the next start relays the rest"
             );
         }
     }
@@ -270,7 +293,10 @@ impl Orchestrator {
                 .ok_or(OperateError::NotFound(saga_id))?;
             let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
             let permit = self.try_permit();
-            if let Some(after) = self.commit(&saga, &decision, permit.is_some()).await? {
+            if let Some(after) = self
+                .commit(&saga, &decision, permit.is_some(), false)
+                .await?
+            {
                 if let saga::NextAction::AwaitReply { until, .. } = decision.next {
                     // Still waiting (a heartbeat): its slot, if it has one
                     // here, is kept until the new deadline.
@@ -425,12 +451,15 @@ impl Orchestrator {
     }
 
     /// Stores `decision` for `saga`; returns the saga as stored. `Ok(None)`:
-    /// the saga moved under us (another driver or an operator); it is theirs now.
+    /// the saga moved under us (another driver or an operator) or, when
+    /// `fenced`, another instance holds its lease: it is theirs now.
+    /// Drivers write fenced; operators and replies act on the saga as it is.
     async fn commit(
         &self,
         saga: &Saga,
         decision: &Decision,
         keep_lease: bool,
+        fenced: bool,
     ) -> Result<Option<Saga>, StoreError> {
         let now = Utc::now();
         let after = decision.apply(saga, now);
@@ -447,6 +476,7 @@ impl Orchestrator {
             outbox,
             expected_version: saga.version,
             lease,
+            fence: fenced.then(|| self.inner.config.instance_id.clone()),
             saga: after,
         };
         let Some(write) = self.inner.writer.commit(write).await? else {

@@ -26,8 +26,9 @@ pub(super) async fn run(orch: Orchestrator) {
         tokio::select! {
             () = inner.relay_wake.notified() => {}
             () = tokio::time::sleep(IDLE_POLL) => {}
-            () = inner.cancel.cancelled() => {
-                // One last pass so the final transitions' events go out.
+            () = inner.relay_stop.cancelled() => {
+                // One last pass, once the drivers are done (see
+                // `Orchestrator::shutdown`), so their final events go out.
                 drain(&orch).await;
                 return;
             }
@@ -64,7 +65,7 @@ async fn drain(orch: &Orchestrator) {
             if let Err(e) = inner.store.release_outbox(&ids).await {
                 tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
             }
-            if failures > 3 || !pause(&inner.cancel, loop_backoff(failures)).await {
+            if failures > 3 || !pause(&inner.relay_stop, loop_backoff(failures)).await {
                 return;
             }
             continue;

@@ -11,10 +11,18 @@ use crate::telemetry;
 /// Sagas claimed per sweep at most.
 const BATCH: usize = 256;
 
+/// How often the clock is compared with the database's (see `clock`).
+const CLOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
     let lease = inner.config.step_timeout + LEASE_GRACE;
+    let mut next_clock_check = tokio::time::Instant::now() + CLOCK_CHECK;
     while pause(&inner.cancel, inner.config.sweep_interval).await {
+        if tokio::time::Instant::now() >= next_clock_check {
+            next_clock_check += CLOCK_CHECK;
+            check_clock(&orch).await;
+        }
         // Waits that should be over give their slots back first, so the
         // sagas among them that are due can be claimed below.
         orch.expire_awaiting(Utc::now());
@@ -50,5 +58,19 @@ pub(super) async fn run(orch: Orchestrator) {
             };
             orch.spawn_driver(saga, next, permit);
         }
+    }
+}
+
+/// Logs (and exports) a clock that drifted from the database's since start-up.
+async fn check_clock(orch: &Orchestrator) {
+    match super::clock::skew(orch.inner.store.as_ref()).await {
+        Ok(skew) => {
+            metrics::gauge!(telemetry::CLOCK_SKEW).set(skew.num_milliseconds() as f64 / 1000.0);
+            if !super::clock::acceptable(skew) {
+                tracing::error!(skew_ms = skew.num_milliseconds(),
+                    "this machine's clock drifted from the database's past what leases allow; fix the time sync (NTP)");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read the database's clock"),
     }
 }

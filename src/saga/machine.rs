@@ -67,6 +67,7 @@ pub enum Reason {
     DeadlinePassed,
     PartnerDeleted,
     CompensationExhausted,
+    CompensationDeadlinePassed,
     ForcedByOperator,
     RetriedByOperator,
     CommandSent,
@@ -89,6 +90,7 @@ impl Reason {
             Self::DeadlinePassed => "deadline_passed",
             Self::PartnerDeleted => "partner_deleted",
             Self::CompensationExhausted => "compensation_exhausted",
+            Self::CompensationDeadlinePassed => "compensation_deadline_passed",
             Self::ForcedByOperator => "forced_by_operator",
             Self::RetriedByOperator => "retried_by_operator",
             Self::CommandSent => "command_sent",
@@ -131,6 +133,9 @@ pub struct Decision {
     pub attempts: u32,
     pub alliance_id: Option<String>,
     pub last_error: Option<String>,
+    /// The bound of the phase the saga is in after this decision: moving
+    /// forward (then it compensates) or compensating (then it is parked).
+    pub deadline_at: DateTime<Utc>,
     pub reason: Reason,
     pub detail: Option<String>,
     pub events: Vec<SagaEvent>,
@@ -148,6 +153,7 @@ impl Decision {
             attempts: self.attempts,
             alliance_id: self.alliance_id.clone(),
             last_error: self.last_error.clone(),
+            deadline_at: self.deadline_at,
             updated_at: now,
             next_attempt_at: match self.next {
                 NextAction::Call { at, .. } | NextAction::AwaitReply { until: at, .. } => Some(at),
@@ -289,6 +295,7 @@ pub fn decide(
         {
             let failed = step_failed(saga, error, None);
             Ok(compensate(
+                policy,
                 saga,
                 now,
                 Reason::AllianceRejected,
@@ -309,6 +316,7 @@ pub fn decide(
                 let failed = step_failed(saga, error, None);
                 let detail = format!("{} attempts: {error}", saga.attempts);
                 return Ok(compensate(
+                    policy,
                     saga,
                     now,
                     Reason::RetriesExhausted,
@@ -321,6 +329,7 @@ pub fn decide(
                 let failed = step_failed(saga, error, None);
                 let detail = format!("next attempt would pass the deadline: {error}");
                 return Ok(compensate(
+                    policy,
                     saga,
                     now,
                     Reason::DeadlinePassed,
@@ -337,6 +346,7 @@ pub fn decide(
                 crate::envelope::format_time(saga.deadline_at)
             );
             Ok(compensate(
+                policy,
                 saga,
                 now,
                 Reason::DeadlinePassed,
@@ -384,34 +394,40 @@ pub fn decide(
             };
             if !policy.allows_another(saga.attempts) {
                 let detail = format!("{} attempts: {error}", saga.attempts);
-                return Ok(Decision {
-                    to: Failed,
-                    last_error: Some(format!("compensation failed: {error}")),
-                    reason: Reason::CompensationExhausted,
-                    detail: Some(detail),
-                    events: vec![
-                        step_failed(saga, error, None),
-                        event(
-                            EventType::SagaFailed,
-                            MessageStatus::Failed,
-                            saga,
-                            json!({ "error": error }),
-                        ),
-                    ],
-                    next: NextAction::Done,
-                    ..keep(saga)
-                });
+                return Ok(park(saga, Reason::CompensationExhausted, error, detail));
             }
-            // Compensation keeps trying past the deadline: the partner must go.
-            Ok(retry(saga, error, retry_at(saga, policy, retry_after, now)))
+            // Compensation keeps trying past the forward deadline (the
+            // partner must go), but not past its own.
+            let at = retry_at(saga, policy, retry_after, now);
+            if at > saga.deadline_at {
+                let detail = format!("next attempt would pass the compensation deadline: {error}");
+                return Ok(park(saga, Reason::CompensationDeadlinePassed, error, detail));
+            }
+            Ok(retry(saga, error, at))
+        }
+
+        (Compensating, Input::DeadlinePassed) => {
+            let error = format!(
+                "compensation deadline {} passed",
+                crate::envelope::format_time(saga.deadline_at)
+            );
+            let detail = error.clone();
+            Ok(park(saga, Reason::CompensationDeadlinePassed, &error, detail))
+        }
+
+        // A step done after the saga stopped waiting for it (an operator
+        // forced compensation, or another instance took over, while the
+        // call was in flight): recorded, never dropped.
+        (Compensating | Compensated | Failed, Input::StepSucceeded { step, alliance_id }) => {
+            late_success(saga, *step, alliance_id).ok_or_else(invalid)
         }
 
         (Started | CreatingAlliance | AwaitingAlliance, Input::ForceCompensate { reason }) => Ok(
-            compensate(saga, now, Reason::ForcedByOperator, reason, vec![]),
+            compensate(policy, saga, now, Reason::ForcedByOperator, reason, vec![]),
         ),
 
         (Failed, Input::RetryFailed { reason }) => {
-            let mut decision = compensate(saga, now, Reason::RetriedByOperator, reason, vec![]);
+            let mut decision = compensate(policy, saga, now, Reason::RetriedByOperator, reason, vec![]);
             // Keep the original cause visible: the operator's reason goes to
             // the history, not over the error that parked the saga.
             decision.last_error = saga.last_error.clone();
@@ -520,6 +536,27 @@ fn late_success(saga: &Saga, step: Step, alliance_id: &Option<String>) -> Option
     }
 }
 
+/// Compensation gave up: `failed`, parked for a person (CONTRACT §1).
+fn park(saga: &Saga, reason: Reason, error: &str, detail: String) -> Decision {
+    Decision {
+        to: SagaState::Failed,
+        last_error: Some(format!("compensation failed: {error}")),
+        reason,
+        detail: Some(detail),
+        events: vec![
+            step_failed(saga, error, None),
+            event(
+                EventType::SagaFailed,
+                MessageStatus::Failed,
+                saga,
+                json!({ "error": error, "reason": reason.as_str() }),
+            ),
+        ],
+        next: NextAction::Done,
+        ..keep(saga)
+    }
+}
+
 /// What the saga was going to do next, unchanged.
 fn unchanged_next(saga: &Saga) -> NextAction {
     match saga.next_attempt_at {
@@ -550,15 +587,14 @@ fn heartbeat(
     }
 }
 
-/// Waiting for a reply never outlasts the saga's deadline while it moves
-/// forward: at the deadline the saga compensates, reply or not.
+/// Waiting for a reply never outlasts the phase's deadline: at it a forward
+/// saga compensates and a compensating one is parked, reply or not, so no
+/// stream of heartbeats keeps a saga (and its slot) alive for ever.
 fn await_reply(saga: &Saga, step: Step, reply_by: DateTime<Utc>) -> NextAction {
-    let until = if saga.state.is_forward() {
-        reply_by.min(saga.deadline_at)
-    } else {
-        reply_by
-    };
-    NextAction::AwaitReply { step, until }
+    NextAction::AwaitReply {
+        step,
+        until: reply_by.min(saga.deadline_at),
+    }
 }
 
 /// A decision that changes nothing yet: the base the arms above override.
@@ -570,6 +606,7 @@ fn keep(saga: &Saga) -> Decision {
         attempts: saga.attempts,
         alliance_id: saga.alliance_id.clone(),
         last_error: saga.last_error.clone(),
+        deadline_at: saga.deadline_at,
         reason: Reason::AttemptFailed,
         detail: None,
         events: Vec::new(),
@@ -578,8 +615,10 @@ fn keep(saga: &Saga) -> Decision {
     }
 }
 
-/// Move to `compensating` and call integrations to delete the partner now.
+/// Move to `compensating` and call integrations to delete the partner now;
+/// compensation gets its own deadline, past which the saga is parked.
 fn compensate(
+    policy: &RetryPolicy,
     saga: &Saga,
     now: DateTime<Utc>,
     reason: Reason,
@@ -596,6 +635,7 @@ fn compensate(
         to: SagaState::Compensating,
         step: Step::DeletePartner,
         attempts: 1,
+        deadline_at: super::later(now, policy.compensation_deadline),
         last_error: Some(format!("{}: {detail}", reason.as_str())),
         reason,
         detail: Some(detail.to_string()),

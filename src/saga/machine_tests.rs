@@ -10,6 +10,7 @@ fn policy() -> RetryPolicy {
         max_attempts: 3,
         base_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(1),
+        compensation_deadline: Duration::from_secs(60),
     }
 }
 
@@ -284,14 +285,67 @@ fn delete_refusals_are_retried_like_transient_failures() {
 }
 
 #[test]
-fn compensation_ignores_the_deadline() {
+fn compensation_gets_a_deadline_of_its_own() {
+    // Entering compensation starts its own bound, whatever the forward
+    // deadline was: a saga past it, or a failed one retried days later,
+    // still gets its full compensation time.
+    let mut late = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1);
+    late.deadline_at = now() - chrono::Duration::seconds(1);
+    let d = ok(&late, Input::DeadlinePassed);
+    assert_eq!(d.to, SagaState::Compensating);
+    assert_eq!(d.deadline_at, now() + chrono::Duration::seconds(60));
+    let parked = saga(SagaState::Failed, Step::DeletePartner, 3);
+    let retried = ok(&parked, Input::RetryFailed { reason: "r".into() });
+    assert_eq!(retried.deadline_at, now() + chrono::Duration::seconds(60));
+    assert_eq!(
+        retried.apply(&parked, now()).deadline_at,
+        retried.deadline_at
+    );
+}
+
+#[test]
+fn compensation_past_its_deadline_is_parked_as_failed() {
     let mut s = saga(SagaState::Compensating, Step::DeletePartner, 1);
     s.deadline_at = now() - chrono::Duration::seconds(1);
+    for input in [Input::DeadlinePassed, failed(Step::DeletePartner)] {
+        let d = ok(&s, input);
+        assert_eq!(d.to, SagaState::Failed);
+        assert_eq!(d.reason, Reason::CompensationDeadlinePassed);
+        assert!(types(&d).contains(&EventType::SagaFailed));
+        assert_eq!(d.next, NextAction::Done);
+    }
+    // Within it, a failure is retried as before.
+    let s = saga(SagaState::Compensating, Step::DeletePartner, 1);
     assert_eq!(
         ok(&s, failed(Step::DeletePartner)).to,
         SagaState::Compensating
     );
-    assert!(decide(&s, &Input::DeadlinePassed, &policy(), now()).is_err());
+}
+
+#[test]
+fn heartbeats_never_keep_a_compensation_past_its_deadline() {
+    let mut s = saga(SagaState::Compensating, Step::DeletePartner, 2);
+    s.awaiting_reply = true;
+    let far = now() + chrono::Duration::days(1);
+    let reply = Reply {
+        step: Step::DeletePartner,
+        attempt: Some(2),
+        status: ReplyStatus::Progress { detail: None },
+    };
+    let d = ok(
+        &s,
+        Input::Replied {
+            reply,
+            reply_by: far,
+        },
+    );
+    assert_eq!(
+        d.next,
+        NextAction::AwaitReply {
+            step: Step::DeletePartner,
+            until: s.deadline_at
+        }
+    );
 }
 
 #[test]
@@ -376,7 +430,6 @@ fn terminal_states_accept_no_participant_result() {
         for step in [Step::CreateAlliance, Step::DeletePartner] {
             let s = saga(state, step, 1);
             for input in [
-                succeeded(step),
                 rejected(step),
                 failed(step),
                 Input::Begin,
@@ -392,17 +445,71 @@ fn terminal_states_accept_no_participant_result() {
 }
 
 #[test]
-fn results_for_another_step_are_stale() {
-    // A late alliance answer after compensation began must not complete the saga.
-    let s = saga(SagaState::Compensating, Step::DeletePartner, 1);
-    for input in [
-        succeeded(Step::CreateAlliance),
-        rejected(Step::CreateAlliance),
-        failed(Step::CreateAlliance),
+fn a_late_success_is_recorded_never_dropped_and_never_reopens_a_saga() {
+    // An alliance created after compensation began (an operator forced it,
+    // or another instance took over, while the call was in flight).
+    for state in [
+        SagaState::Compensating,
+        SagaState::Compensated,
+        SagaState::Failed,
     ] {
+        let s = saga(state, Step::DeletePartner, 1);
+        let d = ok(&s, succeeded(Step::CreateAlliance));
+        assert_eq!(d.to, state, "{state}: the saga carries on as it was");
+        assert_eq!(d.reason, Reason::AllianceCreatedLate);
+        assert_eq!(d.alliance_id.as_deref(), Some("a-9"));
+        assert!(d
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("undo it by hand"));
+        let mut recorded = s.clone();
+        recorded.alliance_id = d.alliance_id.clone();
+        assert!(
+            decide(
+                &recorded,
+                &succeeded(Step::CreateAlliance),
+                &policy(),
+                now()
+            )
+            .is_err(),
+            "{state}: reported once"
+        );
+    }
+    // A partner deleted after compensation was given up is gone after all.
+    let parked = saga(SagaState::Failed, Step::DeletePartner, 3);
+    assert_eq!(
+        ok(&parked, succeeded(Step::DeletePartner)).to,
+        SagaState::Compensated
+    );
+    // A completed saga has nothing to learn from either step.
+    let done = saga(SagaState::Completed, Step::CreateAlliance, 1);
+    for step in [Step::CreateAlliance, Step::DeletePartner] {
+        assert!(decide(&done, &succeeded(step), &policy(), now()).is_err());
+    }
+    let compensated = saga(SagaState::Compensated, Step::DeletePartner, 1);
+    assert!(decide(
+        &compensated,
+        &succeeded(Step::DeletePartner),
+        &policy(),
+        now()
+    )
+    .is_err());
+}
+
+#[test]
+fn results_for_another_step_are_stale() {
+    // A late alliance answer after compensation began must not complete
+    // the saga (a success is recorded as late, see above).
+    let s = saga(SagaState::Compensating, Step::DeletePartner, 1);
+    for input in [rejected(Step::CreateAlliance), failed(Step::CreateAlliance)] {
         let err = decide(&s, &input, &policy(), now()).unwrap_err();
         assert_eq!(err.state, SagaState::Compensating);
     }
+    assert_eq!(
+        ok(&s, succeeded(Step::CreateAlliance)).to,
+        SagaState::Compensating
+    );
     let s = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1);
     assert!(decide(&s, &succeeded(Step::DeletePartner), &policy(), now()).is_err());
 }
@@ -586,12 +693,12 @@ fn sending_delete_partner_awaits_while_compensating() {
     );
     assert_eq!(d.to, SagaState::Compensating);
     assert_eq!(d.command, Some(Step::DeletePartner));
-    // Compensation ignores the saga deadline, so its wait does too.
+    // The wait ends at the compensation's deadline at the latest.
     assert_eq!(
         d.next,
         NextAction::AwaitReply {
             step: Step::DeletePartner,
-            until: far
+            until: s.deadline_at
         }
     );
 }

@@ -27,6 +27,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// How long compensation may take once begun; past it the saga is
+    /// parked as `failed` rather than kept alive (`COMPENSATION_DEADLINE_SECS`).
+    pub compensation_deadline: Duration,
 }
 
 impl RetryPolicy {
@@ -70,6 +73,7 @@ mod tests {
             max_attempts: 5,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_millis(5000),
+            compensation_deadline: Duration::from_secs(300),
         }
     }
 

@@ -107,6 +107,11 @@ pub struct TransitionWrite {
     pub outbox: Vec<OutboxMessage>,
     /// `None` releases the saga (terminal, or left to the sweeper).
     pub lease: Option<Lease>,
+    /// A driver's write: refused (as if the version had moved) when another
+    /// owner holds an unexpired lease on the saga — fencing, so a driver
+    /// that stalled past its lease (a slow store) cannot overwrite the
+    /// instance that took the saga over. `None` for operators and replies.
+    pub fence: Option<String>,
 }
 
 /// Filters and paging for listing sagas, newest first.
@@ -128,6 +133,13 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The store's own clock, which every instance shares (see
+    /// `orchestrator::clock`). The default is this machine's: right for a
+    /// store that lives in this process.
+    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(Utc::now())
+    }
 
     /// Records new sagas in one transaction; an `event_id` seen before yields
     /// [`Created::Duplicate`] with the existing saga's id. Results are in input order.
@@ -154,7 +166,8 @@ pub trait SagaStore: Send + Sync + 'static {
     /// A saga's transitions, oldest first.
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError>;
 
-    /// Sagas matching `query`, newest first, at most `query.limit`.
+    /// Sagas matching `query`, newest first, at most `query.limit`; their
+    /// `payload` is left out (an empty object): listings do not show it.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError>;
 
     /// Leases up to `limit` live sagas whose next call is due and whose

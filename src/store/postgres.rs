@@ -32,6 +32,12 @@ const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state
     alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
     next_attempt_at, awaiting_reply, version";
 
+/// [`SAGA_COLUMNS`] without the payload (up to `MAX_MESSAGE_BYTES` each),
+/// which listings do not show: an empty object stands in for it.
+const LIST_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+    alliance_id, last_error, '{}'::jsonb AS payload, traceparent, created_at, updated_at, deadline_at, \
+    next_attempt_at, awaiting_reply, version";
+
 /// Sagas in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -71,6 +77,12 @@ impl SagaStore for PostgresStore {
         Ok(())
     }
 
+    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
         if sagas.is_empty() {
             return Ok(Vec::new());
@@ -85,7 +97,7 @@ impl SagaStore for PostgresStore {
                 $7::int4[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::timestamptz[], \
                 $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
                 $17::timestamptz[], $18::int4[]) \
-             ON CONFLICT (event_id) DO NOTHING \
+             ON CONFLICT DO NOTHING \
              RETURNING event_id, saga_id",
         )
         .bind(cols.saga_id)
@@ -112,21 +124,7 @@ impl SagaStore for PostgresStore {
         .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
 
-        let mut owners = inserted.clone();
-        let missing: Vec<&str> = sagas
-            .iter()
-            .map(|n| n.saga.event_id.as_str())
-            .filter(|e| !inserted.contains_key(*e))
-            .collect();
-        if !missing.is_empty() {
-            for row in sqlx::query("SELECT event_id, saga_id FROM sagas WHERE event_id = ANY($1)")
-                .bind(&missing)
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                owners.insert(row.try_get("event_id")?, row.try_get("saga_id")?);
-            }
-        }
+        let owners = existing_owners(&mut tx, sagas, &inserted).await?;
 
         let is_new = |n: &NewSaga| inserted.get(&n.saga.event_id) == Some(&n.saga.saga_id);
         let fresh: Vec<&NewSaga> = sagas.iter().filter(|n| is_new(n)).collect();
@@ -146,12 +144,14 @@ impl SagaStore for PostgresStore {
                     Ok(Created::New(n.saga.saga_id))
                 } else {
                     owners
+                        .by_event
                         .get(&n.saga.event_id)
+                        .or_else(|| owners.by_partner.get(&n.saga.partner_id))
                         .map(|id| Created::Duplicate(*id))
                         .ok_or_else(|| StoreError::Corrupt {
                             saga_id: n.saga.saga_id,
                             problem: format!(
-                                "event {} neither inserted nor found",
+                                "event {} neither inserted nor found by event or partner",
                                 n.saga.event_id
                             ),
                         })
@@ -209,7 +209,7 @@ impl SagaStore for PostgresStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
-        let mut qb = QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE TRUE"));
+        let mut qb = QueryBuilder::new(format!("SELECT {LIST_COLUMNS} FROM sagas WHERE TRUE"));
         if let Some(state) = query.state {
             qb.push(" AND state = ").push_bind(state.as_str());
         }
@@ -332,6 +332,57 @@ impl SagaStore for PostgresStore {
             .await?
             .try_get("n")?)
     }
+}
+
+/// The sagas that kept some of a batch from being inserted: the same
+/// `event_id`, or another saga of the same partner that is not compensated.
+struct Owners {
+    by_event: HashMap<String, Uuid>,
+    by_partner: HashMap<String, Uuid>,
+}
+
+async fn existing_owners(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sagas: &[NewSaga],
+    inserted: &HashMap<String, Uuid>,
+) -> Result<Owners, StoreError> {
+    let mut owners = Owners {
+        by_event: inserted.clone(),
+        by_partner: HashMap::new(),
+    };
+    let missing: Vec<&NewSaga> = sagas
+        .iter()
+        .filter(|n| !inserted.contains_key(&n.saga.event_id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(owners);
+    }
+    let events: Vec<&str> = missing.iter().map(|n| n.saga.event_id.as_str()).collect();
+    for row in sqlx::query("SELECT event_id, saga_id FROM sagas WHERE event_id = ANY($1)")
+        .bind(&events)
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        owners
+            .by_event
+            .insert(row.try_get("event_id")?, row.try_get("saga_id")?);
+    }
+    // Within the batch, the first of two events for one partner was just
+    // inserted: the partner query below finds it too.
+    let partners: Vec<&str> = missing.iter().map(|n| n.saga.partner_id.as_str()).collect();
+    for row in sqlx::query(
+        "SELECT partner_id, saga_id FROM sagas \
+         WHERE partner_id = ANY($1) AND state <> 'compensated'",
+    )
+    .bind(&partners)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        owners
+            .by_partner
+            .insert(row.try_get("partner_id")?, row.try_get("saga_id")?);
+    }
+    Ok(owners)
 }
 
 /// Column arrays for one multi-row `UNNEST` insert of sagas.
@@ -459,8 +510,10 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
         "WITH upd AS ( \
             UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
                 last_error = $7, updated_at = $8, next_attempt_at = $9, lease_owner = $10, \
-                lease_until = $11, version = $12, awaiting_reply = $21 \
+                lease_until = $11, version = $12, awaiting_reply = $21, deadline_at = $23 \
             WHERE saga_id = $1 AND version = $2 \
+              AND ($22::text IS NULL OR lease_owner IS NULL OR lease_owner = $22 \
+                   OR lease_until < $8) \
             RETURNING saga_id \
          ), hist AS ( \
             INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
@@ -494,6 +547,8 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
     .bind(channels)
     .bind(messages)
     .bind(s.awaiting_reply)
+    .bind(write.fence.as_deref())
+    .bind(s.deadline_at)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get::<i64, _>("updated")? == 1)

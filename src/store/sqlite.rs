@@ -30,6 +30,12 @@ const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state
     alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
     next_attempt_at, awaiting_reply, version";
 
+/// [`SAGA_COLUMNS`] without the payload (up to `MAX_MESSAGE_BYTES` each),
+/// which listings do not show: an empty object stands in for it.
+const LIST_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+    alliance_id, last_error, '{}' AS payload, traceparent, created_at, updated_at, deadline_at, \
+    next_attempt_at, awaiting_reply, version";
+
 /// Sagas in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -91,7 +97,7 @@ impl SagaStore for SqliteStore {
                     alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
                     next_attempt_at, lease_owner, lease_until, version) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (event_id) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )
             .bind(s.saga_id.to_string())
             .bind(&s.event_id)
@@ -123,11 +129,18 @@ impl SagaStore for SqliteStore {
                 }
                 created.push(Created::New(s.saga_id));
             } else {
-                let existing: String =
-                    sqlx::query_scalar("SELECT saga_id FROM sagas WHERE event_id = ?")
-                        .bind(&s.event_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                // The same event, or another saga of this partner that is
+                // not compensated (see migrations/postgres/0003).
+                let existing: String = sqlx::query_scalar(
+                    "SELECT saga_id FROM sagas WHERE event_id = ? \
+                     UNION ALL SELECT saga_id FROM sagas \
+                        WHERE partner_id = ? AND state <> 'compensated' \
+                     LIMIT 1",
+                )
+                .bind(&s.event_id)
+                .bind(&s.partner_id)
+                .fetch_one(&mut *tx)
+                .await?;
                 created.push(Created::Duplicate(parse_uuid(&existing)?));
             }
         }
@@ -141,8 +154,9 @@ impl SagaStore for SqliteStore {
         let updated = sqlx::query(
             "UPDATE sagas SET state = ?, step = ?, attempts = ?, alliance_id = ?, last_error = ?, \
                 updated_at = ?, next_attempt_at = ?, lease_owner = ?, lease_until = ?, version = ?, \
-                awaiting_reply = ? \
-             WHERE saga_id = ? AND version = ?",
+                awaiting_reply = ?, deadline_at = ? \
+             WHERE saga_id = ? AND version = ? \
+               AND (? IS NULL OR lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
         )
         .bind(s.state.as_str())
         .bind(s.step.as_str())
@@ -155,8 +169,12 @@ impl SagaStore for SqliteStore {
         .bind(write.lease.as_ref().map(|l| micros(l.until)))
         .bind(s.version)
         .bind(s.awaiting_reply)
+        .bind(micros(s.deadline_at))
         .bind(s.saga_id.to_string())
         .bind(write.expected_version)
+        .bind(write.fence.as_deref())
+        .bind(write.fence.as_deref())
+        .bind(micros(s.updated_at))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -206,7 +224,7 @@ impl SagaStore for SqliteStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
         let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE 1 = 1"));
+            QueryBuilder::new(format!("SELECT {LIST_COLUMNS} FROM sagas WHERE 1 = 1"));
         if let Some(state) = query.state {
             qb.push(" AND state = ").push_bind(state.as_str());
         }

@@ -369,20 +369,24 @@ async fn an_operator_can_force_compensation_of_a_live_saga() {
 
     let saga = app.settled(&p).await;
     assert_eq!(saga["state"], "compensated");
-    // The alliance answer that arrives after compensation began is dropped.
+    // The alliance answer that arrives after compensation began is not
+    // dropped: it is recorded on the saga, which stays compensated.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let saga = app.saga(id).await;
     assert_eq!(saga["state"], "compensated");
+    assert_eq!(saga["alliance_id"], "late");
     assert_eq!(
         states(&saga),
         [
             "started",
             "creating_alliance",
             "compensating",
+            "compensated",
             "compensated"
         ]
     );
     assert!(saga["history"][2]["reason"] == "forced_by_operator");
+    assert!(saga["history"][4]["reason"] == "alliance_created_late");
 }
 
 #[tokio::test]

@@ -53,6 +53,8 @@ macro_rules! on_both {
 
 on_both!(
     create_dedups_by_event_id_within_and_across_batches,
+    one_saga_per_partner_until_it_is_compensated,
+    a_driver_write_is_fenced_by_another_owners_lease,
     a_stale_transition_writes_nothing,
     a_batch_of_transitions_commits_each_and_refuses_the_stale,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
@@ -66,6 +68,7 @@ fn policy() -> RetryPolicy {
         max_attempts: 3,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
+        compensation_deadline: Duration::from_secs(60),
     }
 }
 
@@ -154,6 +157,7 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
         expected_version: saga.version,
         outbox: vec![],
         lease: lease_until.and_then(|u| lease("me", u)),
+        fence: None,
         saga: after,
     }
 }
@@ -187,6 +191,95 @@ async fn create_dedups_by_event_id_within_and_across_batches(store: Arc<dyn Saga
         2,
         "one event per new saga, none for duplicates"
     );
+}
+
+/// A saga of `partner` started by `event_id`.
+fn partner_saga(event_id: &str, partner: &str) -> NewSaga {
+    let mut new = new_saga(event_id, None);
+    new.saga.partner_id = partner.into();
+    new
+}
+
+async fn one_saga_per_partner_until_it_is_compensated(store: Arc<dyn SagaStore>) {
+    // Two events for one partner in one batch, then another later: one saga.
+    let first = partner_saga("e-p1", "p-shared");
+    let second = partner_saga("e-p2", "p-shared");
+    let created = store
+        .create(&[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    let id = first.saga.saga_id;
+    assert_eq!(created, [Created::New(id), Created::Duplicate(id)]);
+    let again = store
+        .create(&[partner_saga("e-p3", "p-shared")])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        [Created::Duplicate(id)],
+        "answered with the live saga"
+    );
+
+    // Once compensated (the partner is gone) the partner may start anew.
+    let saga = store.get(id).await.unwrap().unwrap();
+    let compensating = transition(&saga, Input::ForceCompensate { reason: "t".into() }, None);
+    assert!(store.commit(&compensating).await.unwrap());
+    // Compensation's own deadline is stored with the transition.
+    let stored = store.get(id).await.unwrap().unwrap();
+    let drift = stored.deadline_at - compensating.saga.deadline_at;
+    assert!(drift.num_milliseconds().abs() < 1, "{drift}");
+    let left = (stored.deadline_at - Utc::now()).num_seconds();
+    assert!(
+        (55..=60).contains(&left),
+        "the policy's 60 s, not the forward 300 s: {left}"
+    );
+    let deleted = transition(
+        &compensating.saga,
+        Input::StepSucceeded {
+            step: Step::DeletePartner,
+            alliance_id: None,
+        },
+        None,
+    );
+    assert!(store.commit(&deleted).await.unwrap());
+    assert_eq!(deleted.saga.state, SagaState::Compensated);
+    let anew = partner_saga("e-p4", "p-shared");
+    assert_eq!(
+        store.create(std::slice::from_ref(&anew)).await.unwrap(),
+        [Created::New(anew.saga.saga_id)]
+    );
+}
+
+async fn a_driver_write_is_fenced_by_another_owners_lease(store: Arc<dyn SagaStore>) {
+    let mut new = new_saga("e-fence", None);
+    new.lease = lease("other", Utc::now() + chrono::Duration::seconds(60));
+    store.create(std::slice::from_ref(&new)).await.unwrap();
+    let mut write = transition(&new.saga, failed_call(), None);
+
+    write.fence = Some("me".into());
+    assert!(
+        !store.commit(&write).await.unwrap(),
+        "another owner's live lease refuses my driver's write"
+    );
+    write.fence = Some("other".into());
+    assert!(store.commit(&write).await.unwrap(), "the owner writes");
+
+    // An operator's write (no fence) goes through whoever holds the lease.
+    let mut operator = transition(
+        &write.saga,
+        Input::ForceCompensate { reason: "t".into() },
+        None,
+    );
+    operator.fence = None;
+    assert!(store.commit(&operator).await.unwrap());
+}
+
+fn failed_call() -> Input {
+    Input::StepFailed {
+        step: Step::CreateAlliance,
+        error: "503".into(),
+        retry_after: None,
+    }
 }
 
 async fn a_stale_transition_writes_nothing(store: Arc<dyn SagaStore>) {
