@@ -25,6 +25,11 @@ pub enum StartupError {
     Transport(#[from] TransportError),
     #[error("cannot build the participants' HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(
+        "this machine's clock is {skew_ms} ms off the database's; leases need it within {max_ms} ms: fix the time sync (NTP)",
+        max_ms = crate::orchestrator::clock::MAX_CLOCK_SKEW.as_millis()
+    )]
+    ClockSkew { skew_ms: i64 },
     #[error("cannot listen on API_ADDR {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -37,6 +42,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     orchestrator: Orchestrator,
+    header_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -59,6 +65,12 @@ impl Application {
         store: Arc<dyn SagaStore>,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, StartupError> {
+        let skew = crate::orchestrator::clock::skew(store.as_ref()).await?;
+        if !crate::orchestrator::clock::acceptable(skew) {
+            return Err(StartupError::ClockSkew {
+                skew_ms: skew.num_milliseconds(),
+            });
+        }
         let participants = HttpParticipants::new(
             settings.alianzas_api_url.clone(),
             settings.integraciones_api_url.clone(),
@@ -81,12 +93,14 @@ impl Application {
             orchestrator: orchestrator.clone(),
             metrics: telemetry::metrics_handle(),
             admin_token: settings.admin_token.clone(),
+            counts: Arc::default(),
         };
         let router = api::router(state, settings.max_message_bytes);
         Ok(Self {
             listener,
             router,
             orchestrator,
+            header_timeout: settings.api_header_timeout,
         })
     }
 
@@ -110,9 +124,7 @@ impl Application {
         self.orchestrator.spawn_background();
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "API listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        api::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         tracing::info!("shutting down");
         self.orchestrator.shutdown().await;
         Ok(())

@@ -1,11 +1,13 @@
 //! The orchestrator's HTTP API (CONTRACT §5), with axum; documented by the
 //! OpenAPI document at `/openapi.json` and the page at `/docs`.
 
+mod counts;
 mod docs;
 mod error;
 mod health;
 mod openapi;
 mod sagas;
+mod server;
 mod summary;
 
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +21,7 @@ use utoipa_axum::routes;
 pub use docs::SWAGGER_UI_VERSION;
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
+pub use server::serve;
 
 use crate::orchestrator::Orchestrator;
 
@@ -29,6 +32,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// `None`: admin routes refused.
     pub admin_token: Option<SecretString>,
+    /// Store-wide counts, shared by the metrics routes.
+    pub counts: std::sync::Arc<counts::CountsCache>,
 }
 
 /// Every documented route. Each handler's `#[utoipa::path]` gives both its

@@ -139,25 +139,26 @@ pub struct Summary {
     path = "/metrics/summary",
     tag = "operations",
     summary = "Metrics summary (JSON)",
-    description = "What an operator checks first. `sagas` and `outbox_backlog` come from the store and cover every instance; `in_flight`, `dead_letters` and `rates` are the answering instance's own, like the counters at `/metrics`.",
+    description = "What an operator checks first. `sagas` and `outbox_backlog` come from the store, cover every instance and are at most 2 s old; `in_flight`, `dead_letters` and `rates` are the answering instance's own, like the counters at `/metrics`.",
     responses(
         (status = 200, description = "The summary.", body = Summary),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
     )
 )]
 pub async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, ApiError> {
-    let store = state.orchestrator.store();
-    let counts = store.count_by_state().await?;
-    let outbox_backlog = store.outbox_backlog().await?;
+    let counts = state
+        .counts
+        .get(state.orchestrator.store().as_ref())
+        .await?;
     let stats = state.orchestrator.stats().snapshot();
     Ok(Json(Summary {
         generated_at: Utc::now(),
         instance_id: stats.instance_id,
         uptime_secs: stats.uptime.as_secs(),
-        sagas: SagaCounts::from_counts(&counts),
+        sagas: SagaCounts::from_counts(&counts.by_state),
         in_flight: stats.in_flight,
         max_in_flight: stats.max_in_flight,
-        outbox_backlog,
+        outbox_backlog: counts.outbox_backlog,
         dead_letters: stats.dead_letters,
         rates: stats.rates.into(),
     }))

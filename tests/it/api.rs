@@ -630,7 +630,14 @@ async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
     assert_eq!(app.settled(&refused).await["state"], "compensated");
 
     // The drivers let go of their sagas just after the last commit.
-    let summary = summary_when(&app, |s| s["in_flight"] == 0 && s["outbox_backlog"] == 0).await;
+    // Store counts are shared by scrapes for up to 2 s: wait for them too.
+    let summary = summary_when(&app, |s| {
+        s["in_flight"] == 0
+            && s["outbox_backlog"] == 0
+            && s["sagas"]["completed"] == 1
+            && s["sagas"]["compensated"] == 1
+    })
+    .await;
     let sagas = &summary["sagas"];
     assert_eq!(sagas["completed"], 1, "{summary:#}");
     assert_eq!(sagas["compensated"], 1);
