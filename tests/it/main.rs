@@ -12,5 +12,6 @@ mod helpers;
 mod load;
 mod monitor;
 mod recovery;
+mod redis_streams;
 mod saga_flow;
 mod store;
