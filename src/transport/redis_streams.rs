@@ -10,6 +10,11 @@
 //!   `XAUTOCLAIM` once idle for `REDIS_CLAIM_IDLE_MS`. A nacked entry is
 //!   made to look idle that long, less [`NACK_REDELIVERY`], so it comes back
 //!   within about a second rather than after the whole threshold.
+//! - Streams are never capped at `XADD`: the orchestrator cannot know what
+//!   another group still needs. Its periodic upkeep (`upkeep.rs`) trims
+//!   the streams it consumes below what every group has acknowledged.
+
+mod upkeep;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +24,8 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::{
-    Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport, TransportError,
-    WireFormat,
+    is_dead_letter_channel, Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport,
+    TransportError, WireFormat,
 };
 
 /// How long one blocking read waits before returning an empty batch.
@@ -40,6 +45,8 @@ pub struct RedisTransport {
     group: String,
     consumer: String,
     claim_idle: Duration,
+    /// How often the consumed streams get their upkeep; `None`: never.
+    maintenance: Option<Duration>,
 }
 
 impl RedisTransport {
@@ -58,7 +65,15 @@ impl RedisTransport {
             group: group.to_string(),
             consumer: consumer.to_string(),
             claim_idle,
+            maintenance: None,
         })
+    }
+
+    /// Asks for the upkeep of consumed streams (trimming, removing dead
+    /// consumers of our group) every `every`; `None` turns it off.
+    pub fn with_maintenance(mut self, every: Option<Duration>) -> Self {
+        self.maintenance = every;
+        self
     }
 
     async fn ensure_group(&self, stream: &str) -> Result<(), TransportError> {
@@ -138,6 +153,26 @@ impl Transport for RedisTransport {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    fn maintenance_interval(&self) -> Option<Duration> {
+        self.maintenance
+    }
+
+    /// Each stream on its own: one that fails does not spare the others
+    /// their upkeep. The first error is returned.
+    async fn maintain(&self, channels: &[String]) -> Result<(), TransportError> {
+        let mut first_error = None;
+        for stream in channels {
+            // Dead letters wait for a person, however many groups read them.
+            if is_dead_letter_channel(stream) {
+                continue;
+            }
+            if let Err(e) = self.tidy(stream).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

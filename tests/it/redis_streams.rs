@@ -1,5 +1,6 @@
 //! The Redis adapter's own upkeep: a nacked entry comes back within
-//! seconds, not after the claim threshold.
+//! seconds, not after the claim threshold; the streams the orchestrator
+//! consumes are trimmed, but never of an entry some group still needs.
 //!
 //! Always on the suite's Redis (`TEST_REDIS_URL`), whatever `TEST_BROKER`
 //! says: Pulsar has nothing of the kind, so `scripts/test.sh` runs these in
@@ -8,12 +9,15 @@
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamInfoGroupsReply, StreamReadReply};
 use saga_orchestrator::transport::{
     Delivery, OutboundMessage, RawMessage, RedisTransport, Subscription, Transport,
 };
 use uuid::Uuid;
 
-use crate::helpers::env;
+use crate::helpers::{
+    alliance_created, env, mocks, on_create_alliance, partner, spawn_app_with, TestApp, TestConfig,
+};
 
 /// The orchestrator's consumer group (the default setting).
 const GROUP: &str = "saga-orchestrator";
@@ -114,4 +118,175 @@ async fn a_nacked_entry_is_handed_out_again_within_seconds() {
     assert_eq!(pending(&conn, &stream, GROUP).await, 1, "still pending");
     again.into_iter().next().unwrap().ack().await.expect("ack");
     assert_eq!(pending(&conn, &stream, GROUP).await, 0);
+}
+
+/// How long a test waits for the service's upkeep to show.
+const UPKEEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn create_group(conn: &MultiplexedConnection, stream: &str, group: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XGROUP CREATE");
+}
+
+/// Ids `consumer` of `group` reads (up to `count` new ones), left unacked.
+async fn read_as(
+    conn: &MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> Vec<String> {
+    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XREADGROUP");
+    reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .map(|e| e.id)
+        .collect()
+}
+
+async fn ack(conn: &MultiplexedConnection, stream: &str, group: &str, ids: &[String]) {
+    let acked: usize = redis::cmd("XACK")
+        .arg(stream)
+        .arg(group)
+        .arg(ids)
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XACK");
+    assert_eq!(acked, ids.len(), "XACK {ids:?}");
+}
+
+/// The ids `stream` holds, oldest first.
+async fn ids(conn: &MultiplexedConnection, stream: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XRANGE");
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+/// Waits until `stream` holds exactly `want`, then checks that several
+/// more upkeep rounds leave it so.
+async fn holds_exactly(conn: &MultiplexedConnection, stream: &str, want: &[String]) {
+    let started = Instant::now();
+    loop {
+        let now = ids(conn, stream).await;
+        if now == want {
+            break;
+        }
+        assert!(
+            started.elapsed() < UPKEEP_TIMEOUT,
+            "{stream} holds {now:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ids(conn, stream).await, want, "{stream} trimmed too far");
+}
+
+/// Waits until the orchestrator's group has read and acked `n` entries of `stream`.
+async fn consumed(conn: &MultiplexedConnection, stream: &str, n: usize) {
+    let started = Instant::now();
+    loop {
+        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn.clone())
+            .await
+            .expect("XINFO GROUPS");
+        let ours = groups.groups.into_iter().find(|g| g.name == GROUP);
+        if ours.is_some_and(|g| g.entries_read == Some(n) && g.pending == 0) {
+            return;
+        }
+        assert!(started.elapsed() < UPKEEP_TIMEOUT, "{stream}: not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.get("/metrics").await.text().await.expect("metrics")
+}
+
+#[tokio::test]
+async fn trimming_drops_only_what_every_group_has_acknowledged() {
+    let (alianzas, integraciones) = mocks().await;
+    on_create_alliance(&alianzas, alliance_created("a-trim"), None).await;
+    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    config
+        .set("BROKER_URL", &env("TEST_REDIS_URL"))
+        .set("REDIS_TRIM_INTERVAL_MS", "100");
+    let channels = config.channels.clone();
+    let events = channels.partner_events.clone();
+    let dlq = format!("{events}-dlq");
+    let conn = redis().await;
+    // Another team reads partner-events too; and someone has read and
+    // acked everything the orchestrator produces, which still is not ours
+    // to trim (we cannot know all of its readers).
+    create_group(&conn, &events, "other-team").await;
+    for produced in [&channels.saga_events, &dlq] {
+        create_group(&conn, produced, "audit").await;
+    }
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+
+    let partners: Vec<String> = (0..3).map(|_| partner()).collect();
+    for p in &partners {
+        app.publish_partner(p, &format!("evt-{p}"), "corr-trim")
+            .await;
+    }
+    let poison = [("event_id".to_string(), "bad".to_string())];
+    app.publish_fields(&events, &poison).await;
+    for p in &partners {
+        app.settled(p).await;
+    }
+    consumed(&conn, &events, 4).await;
+    let all = ids(&conn, &events).await;
+    assert_eq!(all.len(), 4);
+    // The other team has read nothing yet: everything stays.
+    holds_exactly(&conn, &events, &all).await;
+
+    // It reads two and acks the first: only that one may go.
+    let read = read_as(&conn, &events, "other-team", "them", 2).await;
+    assert_eq!(read, all[..2]);
+    ack(&conn, &events, "other-team", &read[..1]).await;
+    holds_exactly(&conn, &events, &all[1..]).await;
+
+    // Nothing pending any more, but it has not read the rest.
+    ack(&conn, &events, "other-team", &read[1..]).await;
+    holds_exactly(&conn, &events, &all[2..]).await;
+
+    let rest = read_as(&conn, &events, "other-team", "them", 10).await;
+    ack(&conn, &events, "other-team", &rest).await;
+    holds_exactly(&conn, &events, &[]).await;
+    let text = metrics(&app).await;
+    let counted = format!("saga_redis_trimmed_entries_total{{channel=\"{events}\"}} 4");
+    assert!(text.contains(&counted), "{counted} not in\n{text}");
+
+    for produced in [&channels.saga_events, &dlq] {
+        let before = ids(&conn, produced).await;
+        assert!(!before.is_empty(), "{produced} is empty");
+        let read = read_as(&conn, produced, "audit", "auditor", 1000).await;
+        ack(&conn, produced, "audit", &read).await;
+        holds_exactly(&conn, produced, &before).await;
+    }
 }
