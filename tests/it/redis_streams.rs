@@ -1,6 +1,8 @@
 //! The Redis adapter's own upkeep: a nacked entry comes back within
 //! seconds, not after the claim threshold; the streams the orchestrator
-//! consumes are trimmed, but never of an entry some group still needs.
+//! consumes are trimmed, but never of an entry some group still needs;
+//! consumers of instances that are gone leave our group once they hold
+//! nothing.
 //!
 //! Always on the suite's Redis (`TEST_REDIS_URL`), whatever `TEST_BROKER`
 //! says: Pulsar has nothing of the kind, so `scripts/test.sh` runs these in
@@ -9,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamInfoGroupsReply, StreamReadReply};
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamReadReply};
 use saga_orchestrator::transport::{
     Delivery, OutboundMessage, RawMessage, RedisTransport, Subscription, Transport,
 };
@@ -289,4 +291,69 @@ async fn trimming_drops_only_what_every_group_has_acknowledged() {
         ack(&conn, produced, "audit", &read).await;
         holds_exactly(&conn, produced, &before).await;
     }
+}
+
+/// The consumers of `group` on `stream`, by name.
+async fn consumers(conn: &MultiplexedConnection, stream: &str, group: &str) -> Vec<String> {
+    let reply: StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XINFO CONSUMERS");
+    let mut names: Vec<String> = reply.consumers.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn idle_consumers_holding_nothing_leave_our_group() {
+    let stream = stream();
+    let conn = redis().await;
+    // The removal threshold is a few times the claim threshold: short here.
+    let claim_idle = Duration::from_millis(100);
+    let transport = RedisTransport::connect(&env("TEST_REDIS_URL"), GROUP, "me", claim_idle)
+        .await
+        .expect("connect");
+    let mut subscription = transport.subscribe(&stream).await.expect("subscribe");
+    create_group(&conn, &stream, "other-team").await;
+    transport
+        .send(&stream, (0..4).map(entry).collect())
+        .await
+        .expect("send");
+    // This instance reads one (Redis lists a consumer once it has read),
+    // then stays as idle as the others.
+    let mine = subscription.next_batch(1).await.expect("read");
+    assert_eq!(mine.len(), 1);
+    for delivery in mine {
+        delivery.ack().await.expect("ack");
+    }
+    // Instances that are gone: one acked all it read, one left an entry
+    // pending (it must be reclaimed first, not dropped with its consumer).
+    let read = read_as(&conn, &stream, GROUP, "gone-clean", 1).await;
+    ack(&conn, &stream, GROUP, &read).await;
+    read_as(&conn, &stream, GROUP, "gone-holding", 1).await;
+    // Another team's consumers are not ours to remove, however idle.
+    let theirs = read_as(&conn, &stream, "other-team", "their-idle", 10).await;
+    ack(&conn, &stream, "other-team", &theirs).await;
+
+    tokio::time::sleep(claim_idle * 4 + Duration::from_millis(500)).await;
+    // One that has just read and acked is alive, whatever it holds.
+    let read = read_as(&conn, &stream, GROUP, "alive", 1).await;
+    ack(&conn, &stream, GROUP, &read).await;
+    transport
+        .maintain(std::slice::from_ref(&stream))
+        .await
+        .expect("upkeep");
+
+    assert_eq!(
+        consumers(&conn, &stream, GROUP).await,
+        ["alive", "gone-holding", "me"]
+    );
+    assert_eq!(
+        consumers(&conn, &stream, "other-team").await,
+        ["their-idle"]
+    );
+    assert_eq!(pending(&conn, &stream, GROUP).await, 1, "nothing dropped");
 }

@@ -7,11 +7,41 @@
 //! entry after the last one it was handed. What lies below was read and
 //! acknowledged by every group. A group created or moved back after a
 //! round cannot get back what that round trimmed, as after any trim.
+//!
+//! Dead consumers: every process joins our group under its own name
+//! (`INSTANCE_ID`), so each restart would leave one more behind. Those of
+//! our group (only ours) that hold nothing and have long been idle are
+//! removed, never this instance's own.
 
 use redis::Value;
 
-use super::{text, RedisTransport, TransportError};
+use super::{millis, text, RedisTransport, TransportError};
 use crate::telemetry;
+
+/// A consumer is removed once idle this many claim thresholds: by then a
+/// dead instance's entries have long been reclaimed by the living. A live
+/// one reads twice a second; one at capacity may be silent longer, and
+/// removing it costs nothing (it holds nothing, and its next read brings
+/// it back).
+const DEAD_CONSUMER_IDLE_FACTOR: u32 = 4;
+
+/// Removes the consumers of group `ARGV[1]` on stream `KEYS[1]` that hold
+/// no pending entry and have been idle at least `ARGV[2]` ms, except
+/// `ARGV[3]` (this instance); returns their names. A script, so it is
+/// atomic: a consumer cannot take an entry between the check and the
+/// removal, which would make that entry unclaimable.
+const REMOVE_DEAD_CONSUMERS: &str = r"
+local removed = {}
+for _, flat in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local c = {}
+  for i = 1, #flat, 2 do c[flat[i]] = flat[i + 1] end
+  if c['name'] ~= ARGV[3] and c['pending'] == 0 and c['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+    removed[#removed + 1] = c['name']
+  end
+end
+return removed
+";
 
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,10 +87,33 @@ struct Group {
 }
 
 impl RedisTransport {
-    /// One round on `stream`: trimmed below what every group still needs.
+    /// One round on `stream`: trimmed below what every group still needs,
+    /// and our group rid of the consumers of instances that are gone.
     pub(super) async fn tidy(&self, stream: &str) -> Result<(), TransportError> {
         let groups = self.groups(stream).await?;
         self.trim(stream, &groups).await?;
+        if groups.iter().any(|g| g.name == self.group) {
+            self.remove_dead_consumers(stream).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_dead_consumers(&self, stream: &str) -> Result<(), TransportError> {
+        let idle = self.claim_idle.saturating_mul(DEAD_CONSUMER_IDLE_FACTOR);
+        let removed: Vec<String> = redis::cmd("EVAL")
+            .arg(REMOVE_DEAD_CONSUMERS)
+            .arg(1)
+            .arg(stream)
+            .arg(&self.group)
+            .arg(millis(idle))
+            .arg(&self.consumer)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if !removed.is_empty() {
+            tracing::info!(%stream, group = %self.group, ?removed, "removed idle consumers that held nothing");
+            metrics::counter!(telemetry::REDIS_CONSUMERS_REMOVED, "channel" => stream.to_string())
+                .increment(removed.len() as u64);
+        }
         Ok(())
     }
 
