@@ -148,6 +148,10 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Redis pending entries idle this long are reclaimed from dead consumers.
     pub redis_claim_idle: Duration,
+    /// How often the Redis streams this instance consumes are trimmed of
+    /// what every consumer group has acknowledged, and dead consumers
+    /// removed from our group; `None` (`REDIS_TRIM_INTERVAL_MS=0`): never.
+    pub redis_trim_interval: Option<Duration>,
     pub max_message_bytes: usize,
     pub channels: Channels,
     /// Pulsar subscription / Redis consumer group shared by all instances.
@@ -258,6 +262,11 @@ impl Settings {
                 30_000,
                 24 * HOUR_MS,
             )?),
+            // Once a minute: a round costs a few small commands per stream,
+            // the stream holds about a minute of traffic beyond what is still
+            // unacknowledged, and operators' XRANGE still sees recent events.
+            redis_trim_interval: Some(v.millis("REDIS_TRIM_INTERVAL_MS", 60_000)?)
+                .filter(|every| !every.is_zero()),
             max_message_bytes: v.bounded("MAX_MESSAGE_BYTES", 1_048_576, 64 * 1_048_576)?,
             channels: Channels {
                 partner_events: v.name("CHANNEL_PARTNER_EVENTS", &defaults.partner_events)?,
@@ -506,6 +515,7 @@ mod tests {
         assert_eq!(s.retry.compensation_deadline, Duration::from_secs(300));
         assert_eq!(s.max_in_flight, 256);
         assert_eq!(s.redis_claim_idle, Duration::from_secs(30));
+        assert_eq!(s.redis_trim_interval, Some(Duration::from_secs(60)));
         assert_eq!(s.max_message_bytes, 1_048_576);
         assert_eq!(s.channels, Channels::default());
         assert_eq!(s.subscription, "saga-orchestrator");
@@ -557,6 +567,9 @@ mod tests {
             ("RETRY_MAX_DELAY_MS", "99999999999"),
             ("MAX_IN_FLIGHT", "99999999999"),
             ("SHUTDOWN_GRACE_SECS", "86400"),
+            ("REDIS_TRIM_INTERVAL_MS", "-1"),
+            ("REDIS_TRIM_INTERVAL_MS", "99999999999"),
+            ("REDIS_TRIM_INTERVAL_MS", "1m"),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)]).expect_err(name);
@@ -564,6 +577,14 @@ mod tests {
             assert!(line.contains(name), "{line}");
             assert!(!line.contains('\n'), "one line: {line}");
         }
+    }
+
+    #[test]
+    fn a_zero_trim_interval_turns_redis_upkeep_off() {
+        let s = load(&[("REDIS_TRIM_INTERVAL_MS", "0")]).unwrap();
+        assert_eq!(s.redis_trim_interval, None);
+        let s = load(&[("REDIS_TRIM_INTERVAL_MS", "250")]).unwrap();
+        assert_eq!(s.redis_trim_interval, Some(Duration::from_millis(250)));
     }
 
     #[test]

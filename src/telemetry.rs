@@ -55,6 +55,12 @@ pub const AWAITING: &str = "saga_awaiting_replies";
 pub const COMMANDS: &str = "saga_commands_total";
 /// Broker consumers rebuilt after a failure, by `channel`.
 pub const CONSUMER_RECONNECTS: &str = "saga_consumer_reconnects_total";
+/// Redis stream entries trimmed once every consumer group had
+/// acknowledged them, by `channel`.
+pub const REDIS_TRIMMED: &str = "saga_redis_trimmed_entries_total";
+/// Consumers of instances that are gone, removed from our Redis consumer
+/// group, by `channel`.
+pub const REDIS_CONSUMERS_REMOVED: &str = "saga_redis_consumers_removed_total";
 /// Broker or store errors that made a loop back off, by `component`.
 pub const LOOP_ERRORS: &str = "saga_loop_errors_total";
 /// Gauge: this instance's clock minus the database's, in seconds.

@@ -13,6 +13,7 @@ mod driver;
 mod relay;
 mod replies;
 mod sweeper;
+mod upkeep;
 mod writer;
 
 use std::collections::HashMap;
@@ -69,6 +70,16 @@ impl OrchestratorConfig {
     /// Whether any participant answers on `saga-replies`.
     pub fn uses_replies(&self) -> bool {
         self.over_broker(Step::CreateAlliance) || self.over_broker(Step::DeletePartner)
+    }
+
+    /// The channels this instance consumes: the only ones whose upkeep on
+    /// the broker is ours (who reads the others is not ours to know).
+    pub fn consumed_channels(&self) -> Vec<String> {
+        let mut channels = vec![self.channels.partner_events.clone()];
+        if self.uses_replies() {
+            channels.push(self.channels.saga_replies.clone());
+        }
+        channels
     }
 }
 
@@ -197,8 +208,9 @@ impl Orchestrator {
         }
     }
 
-    /// Starts the partner-events consumer, the outbox relay and the
-    /// sweeper, and in broker mode the `saga-replies` consumer.
+    /// Starts the partner-events consumer, the outbox relay, the sweeper
+    /// and the broker's upkeep, and in broker mode the `saga-replies`
+    /// consumer.
     pub fn spawn_background(&self) {
         self.inner.tasks.spawn(consumer::run(self.clone()));
         if self.inner.config.uses_replies() {
@@ -206,6 +218,7 @@ impl Orchestrator {
         }
         self.inner.relay.spawn(relay::run(self.clone()));
         self.inner.tasks.spawn(sweeper::run(self.clone()));
+        self.inner.tasks.spawn(upkeep::run(self.clone()));
     }
 
     /// Waits for background work to stop after cancellation, at most the
@@ -570,4 +583,22 @@ async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
 /// Backoff for loops that hit a broker or store error: 100 ms doubling to 5 s.
 fn loop_backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upkeep_covers_saga_replies_only_where_they_are_consumed() {
+        let config = |mode: &str| {
+            let values = HashMap::from([("alianzas_mode".to_string(), mode.to_string())]);
+            OrchestratorConfig::from(&Settings::from_values(&values).expect("valid"))
+        };
+        assert_eq!(config("http").consumed_channels(), ["partner-events"]);
+        assert_eq!(
+            config("broker").consumed_channels(),
+            ["partner-events", "saga-replies"]
+        );
+    }
 }

@@ -3,13 +3,16 @@
 //! Adapters implement three things: send raw messages to a channel,
 //! subscribe to a channel (deliveries with explicit ack / nack), and answer
 //! a health check. Encoding envelopes and building dead letters are shared
-//! default methods, so every broker dead-letters the same way.
+//! default methods, so every broker dead-letters the same way. A broker
+//! that needs upkeep from its clients (Redis: trimming streams) says so
+//! through [`Transport::maintenance_interval`].
 
 mod memory;
 mod pulsar;
 mod redis_streams;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -240,6 +243,20 @@ pub trait Transport: Send + Sync + 'static {
     /// Answers when the broker is reachable.
     async fn ping(&self) -> Result<(), TransportError>;
 
+    /// How often [`Transport::maintain`] should run; `None` when the broker
+    /// keeps house itself (Pulsar's retention is the broker's own).
+    fn maintenance_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// One round of upkeep of `channels`, the ones this process consumes
+    /// (never those it only produces to: their readers are unknown to it).
+    /// It must never take what a reader still needs; on error the caller
+    /// tries again on the next round.
+    async fn maintain(&self, _channels: &[String]) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// Publishes envelopes to `channel`.
     async fn publish(&self, channel: &str, envelopes: &[Envelope]) -> Result<(), TransportError> {
         let format = self.format();
@@ -270,6 +287,11 @@ pub trait Transport: Send + Sync + 'static {
 /// The dead-letter channel of `channel`.
 pub fn dead_letter_channel(channel: &str) -> String {
     format!("{channel}-dlq")
+}
+
+/// Whether `channel` is named as a dead-letter channel.
+pub fn is_dead_letter_channel(channel: &str) -> bool {
+    channel.ends_with("-dlq")
 }
 
 /// The original message as received, plus `dlq_reason`, `source_channel`
@@ -319,7 +341,8 @@ pub async fn from_settings(settings: &Settings) -> Result<Arc<dyn Transport>, Tr
                 &settings.instance_id,
                 settings.redis_claim_idle,
             )
-            .await?,
+            .await?
+            .with_maintenance(settings.redis_trim_interval),
         )),
         BrokerUrl::Memory => Ok(Arc::new(MemoryTransport::new())),
         BrokerUrl::Pulsar(url) => Ok(Arc::new(
@@ -416,5 +439,7 @@ mod tests {
             dead_letter_channel("t1-partner-events"),
             "t1-partner-events-dlq"
         );
+        assert!(is_dead_letter_channel(&dead_letter_channel("saga-replies")));
+        assert!(!is_dead_letter_channel("saga-replies"));
     }
 }

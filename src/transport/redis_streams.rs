@@ -6,9 +6,17 @@
 //! - Reads block on a connection of their own (`XREADGROUP … BLOCK`): a
 //!   blocking command on the shared multiplexed connection would stall every
 //!   publish and ack queued behind it.
-//! - Entries left pending by a consumer that died (or nacked by us) are
-//!   taken over with `XAUTOCLAIM` once idle for `REDIS_CLAIM_IDLE_MS`.
+//! - Entries left pending by a consumer that died are taken over with
+//!   `XAUTOCLAIM` once idle for `REDIS_CLAIM_IDLE_MS`. A nacked entry is
+//!   made to look idle that long, less [`NACK_REDELIVERY`], so it comes back
+//!   within about a second rather than after the whole threshold.
+//! - Streams are never capped at `XADD`: the orchestrator cannot know what
+//!   another group still needs. Its periodic upkeep (`upkeep.rs`) trims
+//!   the streams it consumes below what every group has acknowledged.
 
+mod upkeep;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,12 +24,17 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::{
-    Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport, TransportError,
-    WireFormat,
+    is_dead_letter_channel, Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport,
+    TransportError, WireFormat,
 };
 
 /// How long one blocking read waits before returning an empty batch.
 const BLOCK: Duration = Duration::from_millis(500);
+
+/// How soon a nacked entry is handed out again: soon enough that a store
+/// that came back is used at once, late enough that a store outage does
+/// not turn into a tight loop of redeliveries.
+const NACK_REDELIVERY: Duration = Duration::from_secs(1);
 
 /// Streams on one Redis server.
 #[derive(Clone)]
@@ -32,6 +45,8 @@ pub struct RedisTransport {
     group: String,
     consumer: String,
     claim_idle: Duration,
+    /// How often the consumed streams get their upkeep; `None`: never.
+    maintenance: Option<Duration>,
 }
 
 impl RedisTransport {
@@ -50,7 +65,15 @@ impl RedisTransport {
             group: group.to_string(),
             consumer: consumer.to_string(),
             claim_idle,
+            maintenance: None,
         })
+    }
+
+    /// Asks for the upkeep of consumed streams (trimming, removing dead
+    /// consumers of our group) every `every`; `None` turns it off.
+    pub fn with_maintenance(mut self, every: Option<Duration>) -> Self {
+        self.maintenance = every;
+        self
     }
 
     async fn ensure_group(&self, stream: &str) -> Result<(), TransportError> {
@@ -106,12 +129,22 @@ impl Transport for RedisTransport {
 
     async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError> {
         self.ensure_group(channel).await?;
+        let settler = Arc::new(Settler {
+            conn: self.conn.clone(),
+            stream: channel.to_string(),
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
+            claim_idle: self.claim_idle,
+            reclaim_at: Mutex::default(),
+        });
         Ok(Box::new(RedisSubscription {
             transport: self.clone(),
             stream: channel.to_string(),
             reader: None,
             next_claim: Instant::now(),
             claim_cursor: "0-0".to_string(),
+            settler,
+            rescan_at: None,
         }))
     }
 
@@ -120,6 +153,26 @@ impl Transport for RedisTransport {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    fn maintenance_interval(&self) -> Option<Duration> {
+        self.maintenance
+    }
+
+    /// Each stream on its own: one that fails does not spare the others
+    /// their upkeep. The first error is returned.
+    async fn maintain(&self, channels: &[String]) -> Result<(), TransportError> {
+        let mut first_error = None;
+        for stream in channels {
+            // Dead letters wait for a person, however many groups read them.
+            if is_dead_letter_channel(stream) {
+                continue;
+            }
+            if let Err(e) = self.tidy(stream).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -130,9 +183,39 @@ struct RedisSubscription {
     reader: Option<MultiplexedConnection>,
     next_claim: Instant,
     claim_cursor: String,
+    /// Shared with the deliveries handed out, which ask for a pass on nack.
+    settler: Arc<Settler>,
+    /// When a pass from the start of the pending list is due for a nack.
+    rescan_at: Option<Instant>,
 }
 
 impl RedisSubscription {
+    /// Takes in the pass a nack asked for. It starts over at the beginning
+    /// of the pending list: a pass under way may be past the nacked entry.
+    fn plan_rescan(&mut self) {
+        if let Some(at) = self.settler.take_reclaim() {
+            self.rescan_at = Some(self.rescan_at.map_or(at, |r| r.min(at)));
+        }
+        let now = Instant::now();
+        if self.rescan_at.is_some_and(|at| now >= at) {
+            self.rescan_at = None;
+            self.claim_cursor = "0-0".to_string();
+            self.next_claim = now;
+        }
+    }
+
+    /// How long the next read may block: no later than the next claim
+    /// pass, so a nacked entry is not kept waiting behind a read.
+    fn block(&self) -> Duration {
+        let due = self
+            .rescan_at
+            .map_or(self.next_claim, |at| at.min(self.next_claim));
+        // BLOCK 0 would mean "forever".
+        BLOCK
+            .min(due.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
+    }
+
     async fn reader(&mut self) -> Result<MultiplexedConnection, TransportError> {
         if let Some(conn) = &self.reader {
             return Ok(conn.clone());
@@ -156,7 +239,7 @@ impl RedisSubscription {
             .arg(&self.stream)
             .arg(&t.group)
             .arg(&t.consumer)
-            .arg(u64::try_from(t.claim_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(t.claim_idle))
             .arg(&self.claim_cursor)
             .arg("COUNT")
             .arg(max)
@@ -181,6 +264,7 @@ impl RedisSubscription {
 
     async fn read(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
         let mut conn = self.reader().await?;
+        let block = self.block();
         let t = &self.transport;
         let reply: Result<Value, _> = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -189,7 +273,7 @@ impl RedisSubscription {
             .arg("COUNT")
             .arg(max)
             .arg("BLOCK")
-            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(500))
+            .arg(millis(block))
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")
@@ -235,9 +319,7 @@ impl RedisSubscription {
             .into_iter()
             .map(|(id, fields)| {
                 let settle = RedisSettle {
-                    conn: self.transport.conn.clone(),
-                    stream: self.stream.clone(),
-                    group: self.transport.group.clone(),
+                    settler: self.settler.clone(),
                     id: id.clone(),
                 };
                 Delivery::new(
@@ -254,6 +336,7 @@ impl RedisSubscription {
 #[async_trait]
 impl Subscription for RedisSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, TransportError> {
+        self.plan_rescan();
         if Instant::now() >= self.next_claim {
             let claimed = self.autoclaim(max).await?;
             if !claimed.is_empty() {
@@ -265,30 +348,80 @@ impl Subscription for RedisSubscription {
     }
 }
 
-struct RedisSettle {
+/// What the deliveries of one subscription need to settle.
+struct Settler {
     conn: ConnectionManager,
     stream: String,
     group: String,
+    consumer: String,
+    claim_idle: Duration,
+    /// The earliest claim pass a nack asked for, not yet taken in by the
+    /// subscription.
+    reclaim_at: Mutex<Option<Instant>>,
+}
+
+impl Settler {
+    fn request_reclaim(&self, at: Instant) {
+        let mut due = self.reclaim_at.lock().unwrap_or_else(|e| e.into_inner());
+        *due = Some(due.map_or(at, |d| d.min(at)));
+    }
+
+    fn take_reclaim(&self) -> Option<Instant> {
+        self.reclaim_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+struct RedisSettle {
+    settler: Arc<Settler>,
     id: String,
 }
 
 #[async_trait]
 impl Settle for RedisSettle {
     async fn ack(&self) -> Result<(), TransportError> {
+        let s = &self.settler;
         let _: i64 = redis::cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
+            .arg(&s.stream)
+            .arg(&s.group)
             .arg(&self.id)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut s.conn.clone())
             .await?;
         Ok(())
     }
 
-    /// Left pending: `XAUTOCLAIM` hands it out again once it has been idle
-    /// for the claim threshold. Redis has no faster way to give it back.
+    /// Stays pending (never lost), made to look idle for the claim
+    /// threshold less [`NACK_REDELIVERY`]: then any consumer's `XAUTOCLAIM`
+    /// may take it, and this subscription runs one at that moment. `JUSTID`
+    /// leaves the delivery count alone; the pass that hands it out counts.
+    /// Had another consumer taken it over meanwhile (we held it past the
+    /// threshold), this takes it back: a repeat the store deduplicates.
     async fn nack(&self) -> Result<(), TransportError> {
+        let s = &self.settler;
+        let delay = NACK_REDELIVERY.min(s.claim_idle);
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(&s.stream)
+            .arg(&s.group)
+            .arg(&s.consumer)
+            .arg(0)
+            .arg(&self.id)
+            .arg("IDLE")
+            .arg(millis(s.claim_idle - delay))
+            .arg("JUSTID")
+            .query_async(&mut s.conn.clone())
+            .await?;
+        // Counted from after Redis answered, so by its clock too the entry
+        // has reached the threshold when the pass runs.
+        s.request_reclaim(Instant::now() + delay);
         Ok(())
     }
+}
+
+/// A duration as whole milliseconds, for Redis arguments.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A stream entry: its id and its fields in order, values as bytes.

@@ -77,6 +77,9 @@ impl TestConfig {
         set("STEP_TIMEOUT_MS", "2000");
         set("SWEEP_INTERVAL_MS", "200");
         set("REDIS_CLAIM_IDLE_MS", "1000");
+        // Tests read whole channels with XRANGE: nothing may trim them
+        // under their feet (the upkeep's own test turns it on).
+        set("REDIS_TRIM_INTERVAL_MS", "0");
         set("SHUTDOWN_GRACE_SECS", "2");
         set("ADMIN_TOKEN", "test-admin-token");
         set("LOG_FORMAT", "pretty");

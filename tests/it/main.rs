@@ -14,5 +14,6 @@ mod load;
 mod monitor;
 mod properties;
 mod recovery;
+mod redis_streams;
 mod saga_flow;
 mod store;
