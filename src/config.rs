@@ -209,7 +209,7 @@ impl Settings {
             ));
         }
         let defaults = Channels::default();
-        Ok(Self {
+        let settings = Self {
             broker_url: v.parse(
                 "BROKER_URL",
                 BrokerUrl::Pulsar(fixed_url("pulsar://localhost:6650")),
@@ -292,7 +292,11 @@ impl Settings {
                 None => default_instance_id(),
             },
             sweep_interval: Duration::from_millis(v.bounded("SWEEP_INTERVAL_MS", 1000, HOUR_MS)?),
-        })
+        };
+        use secrecy::ExposeSecret;
+        let token = settings.admin_token.as_ref().map(|t| t.expose_secret());
+        check_admin_token(token, &settings.api_addr)?;
+        Ok(settings)
     }
 }
 
@@ -401,6 +405,23 @@ impl Values<'_> {
             }
         })
     }
+}
+
+/// The development token `.env.example` ships: public, so never accepted
+/// on an address other machines can reach.
+pub const DEVELOPMENT_TOKEN: &str = "dev-admin-token";
+
+/// Refuses the public development token unless only this machine can use it.
+fn check_admin_token(token: Option<&str>, api_addr: &SocketAddr) -> Result<(), ConfigError> {
+    if token == Some(DEVELOPMENT_TOKEN) && !api_addr.ip().is_loopback() {
+        return Err(invalid(
+            "ADMIN_TOKEN",
+            format!(
+                "the development token of .env.example is public; set a secret of your own to serve on {api_addr}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One hour in milliseconds: the ceiling of timeouts and delays.
@@ -638,6 +659,23 @@ mod tests {
             .unwrap()
             .admin_token
             .is_some());
+    }
+
+    #[test]
+    fn the_public_development_token_serves_loopback_only() {
+        let dev = ("ADMIN_TOKEN", DEVELOPMENT_TOKEN);
+        assert!(load(&[dev, ("API_ADDR", "127.0.0.1:8000")]).is_ok());
+        assert!(load(&[dev, ("API_ADDR", "[::1]:8000")]).is_ok());
+        for open in ["0.0.0.0:8000", "192.0.2.7:8000"] {
+            let line = load(&[dev, ("API_ADDR", open)]).unwrap_err().to_string();
+            assert!(line.contains("ADMIN_TOKEN"), "{line}");
+            assert!(!line.contains(DEVELOPMENT_TOKEN), "{line}");
+        }
+        assert!(load(&[
+            ("ADMIN_TOKEN", "a-real-secret"),
+            ("API_ADDR", "0.0.0.0:8000")
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -25,3 +25,11 @@ END
 $$;
 
 CREATE UNIQUE INDEX sagas_one_per_partner ON sagas (partner_id) WHERE state <> 'compensated';
+
+-- Compensation now has a deadline of its own, kept in deadline_at from the
+-- moment it begins (COMPENSATION_DEADLINE_SECS, default 300 s). Sagas that
+-- were compensating before this migration still hold their forward
+-- deadline, usually past: without this they would be parked as failed
+-- without one more delete attempt. They get the default window from now.
+UPDATE sagas SET deadline_at = greatest(deadline_at, now() + interval '300 seconds')
+WHERE state = 'compensating';

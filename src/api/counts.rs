@@ -20,10 +20,21 @@ pub struct StoreCounts {
     pub outbox_backlog: i64,
 }
 
+/// How long counting may take before the scrape goes on without it.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The latest counts and when they were taken.
 #[derive(Debug, Default)]
 pub struct CountsCache {
-    latest: Mutex<Option<(Instant, StoreCounts)>>,
+    latest: Mutex<Latest>,
+}
+
+#[derive(Debug, Default)]
+struct Latest {
+    counts: Option<(Instant, StoreCounts)>,
+    /// When counting last failed: for `COUNTS_TTL` requests fail at once
+    /// instead of each waiting on a store that is down.
+    failed_at: Option<Instant>,
 }
 
 impl CountsCache {
@@ -31,16 +42,58 @@ impl CountsCache {
     /// taken wait for that one query instead of starting their own.
     pub async fn get(&self, store: &dyn SagaStore) -> Result<StoreCounts, StoreError> {
         let mut latest = self.latest.lock().await;
-        if let Some((at, counts)) = latest.as_ref() {
+        if let Some((at, counts)) = latest.counts.as_ref() {
             if at.elapsed() < COUNTS_TTL {
                 return Ok(counts.clone());
             }
         }
-        let counts = StoreCounts {
-            by_state: store.count_by_state().await?,
-            outbox_backlog: store.outbox_backlog().await?,
-        };
-        *latest = Some((Instant::now(), counts.clone()));
-        Ok(counts)
+        if latest.failed_at.is_some_and(|at| at.elapsed() < COUNTS_TTL) {
+            return Err(StoreError::Unreachable(
+                "counting sagas failed just now".into(),
+            ));
+        }
+        let counted = tokio::time::timeout(COUNT_TIMEOUT, async {
+            Ok::<_, StoreError>(StoreCounts {
+                by_state: store.count_by_state().await?,
+                outbox_backlog: store.outbox_backlog().await?,
+            })
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unreachable("counting sagas timed out".into())));
+        match counted {
+            Ok(counts) => {
+                latest.counts = Some((Instant::now(), counts.clone()));
+                latest.failed_at = None;
+                Ok(counts)
+            }
+            Err(e) => {
+                latest.failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn requests_within_the_lifetime_share_one_count() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let cache = CountsCache::default();
+        let first = cache.get(&store).await.expect("counts");
+        assert!(first.by_state.is_empty());
+        // The store changes; a request right after is served the shared count.
+        sqlx::query("INSERT INTO outbox (channel, message, created_at) VALUES ('c', '{}', 0)")
+            .execute(store.pool())
+            .await
+            .expect("insert");
+        assert_eq!(cache.get(&store).await.expect("counts").outbox_backlog, 0);
+        // Once it has aged, the store is counted again.
+        cache.latest.lock().await.counts = Some((Instant::now() - COUNTS_TTL, first));
+        assert_eq!(cache.get(&store).await.expect("counts").outbox_backlog, 1);
     }
 }

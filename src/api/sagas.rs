@@ -46,7 +46,9 @@ pub struct SagaView {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// After this a saga still moving forward is compensated.
+    /// The bound of the saga's phase: past it a saga still moving forward
+    /// is compensated; once compensating, it is the compensation's own
+    /// deadline, past which the saga is parked as `failed`.
     pub deadline_at: DateTime<Utc>,
 }
 

@@ -59,6 +59,6 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("requests still open after {DRAIN:?}; closing them");
+        tracing::warn!("requests still open after {DRAIN:?}; shutting down without them");
     }
 }

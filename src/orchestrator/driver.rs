@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::{loop_backoff, pause, Orchestrator};
+use crate::envelope::MAX_ID_CHARS;
 use crate::saga::{self, Input, NextAction, Saga, SagaState};
 use crate::telemetry;
 use crate::transport::TransportError;
@@ -40,7 +41,9 @@ pub(super) async fn drive(
     metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
     let in_flight = orch.stats().in_flight();
     let saga_id = saga.saga_id;
+    let driving = orch.driving(saga_id);
     let awaiting = run(&orch, saga, next).instrument(span).await;
+    drop(driving);
     drop(in_flight);
     metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
     match awaiting {
@@ -165,11 +168,11 @@ async fn commit(
             None
         }
         Stored::Refused(e) => {
-            let failed = refused_outcome(saga, &e);
-            let fallback = failed.and_then(|input| {
+            let replacement = refused_outcome(input, &e);
+            let fallback = replacement.and_then(|input| {
                 saga::decide(saga, &input, &orch.inner.config.retry, Utc::now()).ok()
             })?;
-            tracing::warn!(error = %e, "the store refused this outcome; the attempt counts as failed");
+            tracing::warn!(error = %e, "the store refused this outcome as data; storing it in a form it takes");
             match store(orch, saga, &fallback, keep_lease).await {
                 Stored::Done(after) => {
                     log_transition(&fallback, &after);
@@ -236,22 +239,44 @@ async fn apply_late(orch: &Orchestrator, saga: &Saga, input: &Input) {
     }
 }
 
-/// The failed attempt that replaces an outcome the store refused; `None`
-/// when the refused decision was not a participant's outcome.
-fn refused_outcome(saga: &Saga, error: &crate::store::StoreError) -> Option<Input> {
-    if saga.state.is_terminal() {
-        return None;
+/// What replaces a participant's outcome that the store refused as data;
+/// `None` for anything else (left to recovery).
+///
+/// A failure becomes a failed attempt that says why, so the retries run
+/// out instead of recovery calling again for ever. A success stays a
+/// success — the participant did the step, and turning it into a failure
+/// would compensate (delete) a partner whose alliance exists — with its
+/// `alliance_id` made storable.
+fn refused_outcome(input: &Input, error: &crate::store::StoreError) -> Option<Input> {
+    match input {
+        Input::StepSucceeded { step, alliance_id } => Some(Input::StepSucceeded {
+            step: *step,
+            alliance_id: alliance_id.as_deref().map(|id| storable(id, MAX_ID_CHARS)),
+        }),
+        Input::StepFailed { step, .. } | Input::StepRejected { step, .. } => {
+            Some(Input::StepFailed {
+                step: *step,
+                error: storable(&format!("the store refused the outcome: {error}"), 300),
+                retry_after: None,
+            })
+        }
+        _ => None,
     }
-    let error = format!("the store refused the outcome: {error}")
-        .replace('\0', "\\0")
-        .chars()
-        .take(300)
-        .collect();
-    Some(Input::StepFailed {
-        step: saga.step,
-        error,
-        retry_after: None,
-    })
+}
+
+/// `text` with control characters escaped, at most `max` characters.
+fn storable(text: &str, max: usize) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .take(max)
+        .collect()
 }
 
 fn log_transition(decision: &saga::Decision, after: &Saga) {
@@ -288,4 +313,51 @@ async fn call(orch: &Orchestrator, saga: &Saga, step: saga::Step) -> Input {
     metrics::histogram!(telemetry::PARTICIPANT_SECONDS, &labels)
         .record(started.elapsed().as_secs_f64());
     outcome.into_input(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::Step;
+    use crate::store::StoreError;
+
+    fn refused() -> StoreError {
+        StoreError::Unreachable("invalid byte sequence 0x00".into())
+    }
+
+    #[test]
+    fn a_refused_success_stays_a_success_with_a_storable_id() {
+        let input = Input::StepSucceeded {
+            step: Step::CreateAlliance,
+            alliance_id: Some(format!("a\u{0}b{}", "x".repeat(400))),
+        };
+        let Some(Input::StepSucceeded { alliance_id, .. }) = refused_outcome(&input, &refused())
+        else {
+            panic!("a success must stay a success");
+        };
+        let id = alliance_id.unwrap_or_default();
+        assert!(id.starts_with("a\\u{0}b"), "{id}");
+        assert!(!id.contains('\0'));
+        assert_eq!(id.chars().count(), MAX_ID_CHARS);
+    }
+
+    #[test]
+    fn a_refused_failure_is_a_failed_attempt_and_nothing_else_is_replaced() {
+        let input = Input::StepRejected {
+            step: Step::DeletePartner,
+            error: "x\u{0}".into(),
+        };
+        let Some(Input::StepFailed { step, error, .. }) = refused_outcome(&input, &refused())
+        else {
+            panic!("a refused failure is a failed attempt");
+        };
+        assert_eq!(step, Step::DeletePartner);
+        assert!(
+            error.starts_with("the store refused the outcome"),
+            "{error}"
+        );
+        for other in [Input::Begin, Input::DeadlinePassed] {
+            assert!(refused_outcome(&other, &refused()).is_none());
+        }
+    }
 }

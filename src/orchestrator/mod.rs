@@ -163,6 +163,12 @@ struct Inner {
     /// handled; dropped by the sweeper once overdue, e.g. when another
     /// instance took the reply.
     awaiting: std::sync::Mutex<HashMap<Uuid, (OwnedSemaphorePermit, DateTime<Utc>)>>,
+    /// Sagas a driver task of this instance is on now: the sweeper never
+    /// starts a second one beside it (its lease can lapse while it waits
+    /// on a stalled store, and the lease owner is this instance either way).
+    /// (A count: an operator's action may start a driver while the one it
+    /// superseded is still winding down.)
+    driving: std::sync::Mutex<HashMap<Uuid, usize>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     /// The relay stops after everything else: its last pass must publish
@@ -199,6 +205,7 @@ impl Orchestrator {
                 relay_wake: Notify::new(),
                 writer,
                 awaiting: std::sync::Mutex::default(),
+                driving: std::sync::Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel,
                 relay: TaskTracker::new(),
@@ -305,6 +312,14 @@ impl Orchestrator {
                 .await?
                 .ok_or(OperateError::NotFound(saga_id))?;
             let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
+            if is_late_news(&decision) {
+                // Recorded beside whoever drives the saga: no second driver,
+                // and their lease and slot stay as they are.
+                if let Some(after) = self.commit(&saga, &decision, false, false).await? {
+                    return Ok(after);
+                }
+                continue;
+            }
             let permit = self.try_permit();
             if let Some(after) = self
                 .commit(&saga, &decision, permit.is_some(), false)
@@ -387,6 +402,22 @@ impl Orchestrator {
         if held.len() != before {
             metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
         }
+    }
+
+    /// Marks `saga_id` as driven here until the guard is dropped.
+    fn driving(&self, saga_id: Uuid) -> DrivingGuard {
+        let mut driving = self.inner.driving.lock().unwrap_or_else(|e| e.into_inner());
+        *driving.entry(saga_id).or_default() += 1;
+        DrivingGuard {
+            orch: self.clone(),
+            saga_id,
+        }
+    }
+
+    /// Whether a driver of this instance is on `saga_id` now.
+    fn is_driving(&self, saga_id: Uuid) -> bool {
+        let driving = self.inner.driving.lock().unwrap_or_else(|e| e.into_inner());
+        driving.contains_key(&saga_id)
     }
 
     /// A permit to drive one saga, if one is free now.
@@ -490,6 +521,7 @@ impl Orchestrator {
             expected_version: saga.version,
             lease,
             fence: fenced.then(|| self.inner.config.instance_id.clone()),
+            lease_unchanged: is_late_news(decision),
             saga: after,
         };
         let Some(write) = self.inner.writer.commit(write).await? else {
@@ -549,6 +581,35 @@ impl Orchestrator {
             .tasks
             .spawn(driver::drive(self.clone(), saga, next, permit));
     }
+}
+
+/// Unmarks a saga as driven here when its driver ends, however it ends.
+struct DrivingGuard {
+    orch: Orchestrator,
+    saga_id: Uuid,
+}
+
+impl Drop for DrivingGuard {
+    fn drop(&mut self) {
+        let mut driving = self
+            .orch
+            .inner
+            .driving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = driving.get_mut(&self.saga_id) {
+            *n -= 1;
+            if *n == 0 {
+                driving.remove(&self.saga_id);
+            }
+        }
+    }
+}
+
+/// A decision that only records news (an alliance created after the saga
+/// moved on) and changes nothing of what the saga does next.
+fn is_late_news(decision: &Decision) -> bool {
+    decision.reason == saga::Reason::AllianceCreatedLate
 }
 
 /// The rate-window event for reaching a terminal state.

@@ -50,6 +50,11 @@ pub(super) async fn run(orch: Orchestrator) {
             tracing::info!(count = sagas.len(), "recovering due sagas");
         }
         for saga in sagas {
+            if orch.is_driving(saga.saga_id) {
+                // Its driver here is still on it (a slow commit let the
+                // lease lapse): one driver per saga.
+                continue;
+            }
             let Some(permit) = permits.pop() else { break };
             orch.release_awaiting(saga.saga_id);
             let next = NextAction::Call {

@@ -468,6 +468,12 @@ fn replied(
                 .or_else(|stale| late_success(saga, step, alliance_id).ok_or(stale))
         }
         _ if !current => Err(stale()),
+        // A heartbeat past the phase's deadline does not keep the saga
+        // waiting (nor win a race with the sweeper's deadline): the
+        // deadline is applied now.
+        ReplyStatus::Started | ReplyStatus::Progress { .. } if now >= saga.deadline_at => {
+            decide(saga, &Input::DeadlinePassed, policy, now)
+        }
         ReplyStatus::Started => Ok(heartbeat(saga, Reason::ParticipantStarted, None, reply_by)),
         ReplyStatus::Progress { detail } => Ok(heartbeat(
             saga,
@@ -509,11 +515,15 @@ fn late_success(saga: &Saga, step: Step, alliance_id: &Option<String>) -> Option
             if saga.alliance_id.is_none() =>
         {
             let shown = alliance_id.as_deref().unwrap_or("(no id given)");
+            let partner = match saga.state {
+                Failed => "the partner's deletion was given up: check both",
+                _ => "the partner is (being) deleted: undo it by hand",
+            };
             Some(Decision {
                 alliance_id: alliance_id.clone(),
                 reason: Reason::AllianceCreatedLate,
                 detail: Some(format!(
-                    "alliance {shown} was created after compensation began; the partner is deleted: undo it by hand"
+                    "alliance {shown} was created after compensation began; {partner}"
                 )),
                 next: unchanged_next(saga),
                 ..keep(saga)

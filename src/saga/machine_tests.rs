@@ -323,6 +323,29 @@ fn compensation_past_its_deadline_is_parked_as_failed() {
 }
 
 #[test]
+fn a_heartbeat_past_the_deadline_applies_the_deadline() {
+    let mut compensating = saga(SagaState::Compensating, Step::DeletePartner, 2);
+    compensating.awaiting_reply = true;
+    compensating.deadline_at = now() - chrono::Duration::seconds(1);
+    let mut forward = saga(SagaState::AwaitingAlliance, Step::CreateAlliance, 1);
+    forward.awaiting_reply = true;
+    forward.deadline_at = now() - chrono::Duration::seconds(1);
+    for (s, to) in [
+        (compensating, SagaState::Failed),
+        (forward, SagaState::Compensating),
+    ] {
+        let reply = Reply {
+            step: s.step,
+            attempt: None,
+            status: ReplyStatus::Progress { detail: None },
+        };
+        let reply_by = now() + chrono::Duration::seconds(10);
+        let d = ok(&s, Input::Replied { reply, reply_by });
+        assert_eq!(d.to, to, "{}", s.state);
+    }
+}
+
+#[test]
 fn heartbeats_never_keep_a_compensation_past_its_deadline() {
     let mut s = saga(SagaState::Compensating, Step::DeletePartner, 2);
     s.awaiting_reply = true;
@@ -458,11 +481,11 @@ fn a_late_success_is_recorded_never_dropped_and_never_reopens_a_saga() {
         assert_eq!(d.to, state, "{state}: the saga carries on as it was");
         assert_eq!(d.reason, Reason::AllianceCreatedLate);
         assert_eq!(d.alliance_id.as_deref(), Some("a-9"));
-        assert!(d
-            .detail
-            .as_deref()
-            .unwrap_or_default()
-            .contains("undo it by hand"));
+        let detail = d.detail.as_deref().unwrap_or_default();
+        assert!(
+            detail.contains("was created after compensation began"),
+            "{detail}"
+        );
         let mut recorded = s.clone();
         recorded.alliance_id = d.alliance_id.clone();
         assert!(

@@ -151,7 +151,8 @@ pub struct Saga {
     pub payload: Map<String, Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// After this a forward saga is compensated.
+    /// The bound of the phase: a forward saga is compensated after it, a
+    /// compensating one parked as `failed`.
     pub deadline_at: DateTime<Utc>,
     /// When the next participant call is due (`None` when terminal).
     pub next_attempt_at: Option<DateTime<Utc>>,

@@ -112,6 +112,9 @@ pub struct TransitionWrite {
     /// that stalled past its lease (a slow store) cannot overwrite the
     /// instance that took the saga over. `None` for operators and replies.
     pub fence: Option<String>,
+    /// Leave the saga's lease as it is (`lease` is ignored): news recorded
+    /// on a saga that its driver, here or elsewhere, goes on driving.
+    pub lease_unchanged: bool,
 }
 
 /// Filters and paging for listing sagas, newest first.

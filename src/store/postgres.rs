@@ -88,7 +88,13 @@ impl SagaStore for PostgresStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        let cols = SagaColumns::from(sagas);
+        // In a stable order, so two batches that share partners (or
+        // events) wait on each other's rows instead of deadlocking.
+        let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
+        ordered.sort_by(|a, b| {
+            (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
+        });
+        let cols = SagaColumns::from(ordered.as_slice());
         let inserted: HashMap<String, Uuid> = sqlx::query(
             "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
                 alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
@@ -407,8 +413,8 @@ struct SagaColumns {
     version: Vec<i32>,
 }
 
-impl From<&[NewSaga]> for SagaColumns {
-    fn from(sagas: &[NewSaga]) -> Self {
+impl From<&[&NewSaga]> for SagaColumns {
+    fn from(sagas: &[&NewSaga]) -> Self {
         let s = || sagas.iter().map(|n| &n.saga);
         Self {
             saga_id: s().map(|s| s.saga_id).collect(),
@@ -509,8 +515,9 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
     let row = sqlx::query(
         "WITH upd AS ( \
             UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
-                last_error = $7, updated_at = $8, next_attempt_at = $9, lease_owner = $10, \
-                lease_until = $11, version = $12, awaiting_reply = $21, deadline_at = $23 \
+                last_error = $7, updated_at = $8, next_attempt_at = $9, \
+                lease_owner = CASE WHEN $24 THEN lease_owner ELSE $10 END, \
+                lease_until = CASE WHEN $24 THEN lease_until ELSE $11 END, version = $12, awaiting_reply = $21, deadline_at = $23 \
             WHERE saga_id = $1 AND version = $2 \
               AND ($22::text IS NULL OR lease_owner IS NULL OR lease_owner = $22 \
                    OR lease_until < $8) \
@@ -549,6 +556,7 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
     .bind(s.awaiting_reply)
     .bind(write.fence.as_deref())
     .bind(s.deadline_at)
+    .bind(write.lease_unchanged)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get::<i64, _>("updated")? == 1)

@@ -64,6 +64,14 @@ impl SqliteStore {
     }
 }
 
+#[cfg(test)]
+impl SqliteStore {
+    /// The pool, for unit tests that set up rows directly.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -132,10 +140,11 @@ impl SagaStore for SqliteStore {
                 // The same event, or another saga of this partner that is
                 // not compensated (see migrations/postgres/0003).
                 let existing: String = sqlx::query_scalar(
-                    "SELECT saga_id FROM sagas WHERE event_id = ? \
-                     UNION ALL SELECT saga_id FROM sagas \
-                        WHERE partner_id = ? AND state <> 'compensated' \
-                     LIMIT 1",
+                    "SELECT saga_id FROM ( \
+                        SELECT saga_id, 0 AS rank FROM sagas WHERE event_id = ? \
+                        UNION ALL SELECT saga_id, 1 AS rank FROM sagas \
+                            WHERE partner_id = ? AND state <> 'compensated') \
+                     ORDER BY rank LIMIT 1",
                 )
                 .bind(&s.event_id)
                 .bind(&s.partner_id)
@@ -153,7 +162,9 @@ impl SagaStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE sagas SET state = ?, step = ?, attempts = ?, alliance_id = ?, last_error = ?, \
-                updated_at = ?, next_attempt_at = ?, lease_owner = ?, lease_until = ?, version = ?, \
+                updated_at = ?, next_attempt_at = ?, \
+                lease_owner = CASE WHEN ? THEN lease_owner ELSE ? END, \
+                lease_until = CASE WHEN ? THEN lease_until ELSE ? END, version = ?, \
                 awaiting_reply = ?, deadline_at = ? \
              WHERE saga_id = ? AND version = ? \
                AND (? IS NULL OR lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
@@ -165,7 +176,9 @@ impl SagaStore for SqliteStore {
         .bind(&s.last_error)
         .bind(micros(s.updated_at))
         .bind(s.next_attempt_at.map(micros))
+        .bind(write.lease_unchanged)
         .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
+        .bind(write.lease_unchanged)
         .bind(write.lease.as_ref().map(|l| micros(l.until)))
         .bind(s.version)
         .bind(s.awaiting_reply)

@@ -177,7 +177,15 @@ async fn a_second_start_for_a_partner_never_deletes_what_the_first_completed() {
     app.publish_partner(&p, &format!("evt-again-{p}"), "corr-again")
         .await;
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both second starts were seen (and answered with the first saga).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while duplicates(&app).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the republished event was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let sagas = app.sagas_of(&p).await;
     assert_eq!(sagas.len(), 1, "{sagas:?}");
     assert_eq!(sagas[0]["state"], "completed");
@@ -186,6 +194,16 @@ async fn a_second_start_for_a_partner_never_deletes_what_the_first_completed() {
         0,
         "the completed partner was never deleted"
     );
+}
+
+/// `saga_duplicate_events_total` of the service.
+async fn duplicates(app: &TestApp) -> u64 {
+    let text = app.get("/metrics").await.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("saga_duplicate_events_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -337,7 +355,7 @@ async fn a_driver_that_lost_its_lease_cannot_write_over_the_new_owner() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(
         &alianzas,
-        ResponseTemplate::new(503).set_delay(Duration::from_millis(800)),
+        ResponseTemplate::new(503).set_delay(Duration::from_millis(1500)),
         Some(1),
     )
     .await;
@@ -369,7 +387,9 @@ async fn a_driver_that_lost_its_lease_cannot_write_over_the_new_owner() {
     .unwrap();
 
     // The stale driver's outcome (a failed attempt) must not be written.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let calls = app.alianzas.received_requests().await.unwrap().len();
+    assert_eq!(calls, 1, "the call was made and answered");
     let saga = app.saga(&id).await;
     assert_eq!(saga["attempts"], 1, "{saga:#}");
     assert_eq!(
@@ -456,38 +476,40 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test]
-async fn metrics_scrapes_share_one_count_of_the_store() {
+async fn a_late_alliance_during_compensation_starts_no_second_delete() {
     let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-count"), None).await;
+    on_create_alliance(
+        &alianzas,
+        alliance_created("a-midway").set_delay(Duration::from_millis(800)),
+        None,
+    )
+    .await;
+    // The delete is still in flight when the alliance's answer arrives.
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_millis(1500)))
+        .mount(&integraciones)
+        .await;
     let app = spawn_app(alianzas, integraciones).await;
-    let gauge = |text: &str| {
-        text.lines()
-            .find(|l| l.starts_with("saga_sagas{state=\"completed\"}"))
-            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
-            .unwrap_or_default()
-    };
-    let first = partner();
-    app.post(
-        "/sagas",
-        &json!({"payload": {"partner_id": first, "name": "C1"}}),
-    )
-    .await;
-    app.settled(&first).await;
-    let scrape = app.get("/metrics").await.text().await.unwrap();
-    assert_eq!(gauge(&scrape), "1");
+    let p = partner();
+    let started: Value = app
+        .post(
+            "/sagas",
+            &json!({"payload": {"partner_id": p, "name": "Midway"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = started["saga_id"].as_str().unwrap();
+    let forced = app
+        .admin_post(&format!("/sagas/{id}/compensate"), Some(TOKEN))
+        .await;
+    assert_eq!(forced.status(), 202);
 
-    let second = partner();
-    app.post(
-        "/sagas",
-        &json!({"payload": {"partner_id": second, "name": "C2"}}),
-    )
-    .await;
-    app.settled(&second).await;
-    // Scrapes within the counts' lifetime do not count again...
-    let cached = app.get("/metrics").await.text().await.unwrap();
-    assert_eq!(gauge(&cached), "1", "served from the shared count");
-    // ...and a later one sees the store as it is.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let fresh = app.get("/metrics").await.text().await.unwrap();
-    assert_eq!(gauge(&fresh), "2");
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated", "{saga:#}");
+    assert_eq!(saga["alliance_id"], "a-midway", "the late alliance is kept");
+    // Past any second driver's delete.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(deletes(&app).await, 1, "one driver, one delete");
 }

@@ -158,6 +158,7 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
         outbox: vec![],
         lease: lease_until.and_then(|u| lease("me", u)),
         fence: None,
+        lease_unchanged: false,
         saga: after,
     }
 }
