@@ -115,6 +115,7 @@ async fn classify_create(response: Response) -> CallOutcome {
         200 | 201 | 409 => match alliance_id(&body) {
             Some(alliance_id) => CallOutcome::Succeeded {
                 alliance_id: Some(alliance_id),
+                detail: None,
             },
             None => CallOutcome::Failed {
                 error: format!("{status} without an alliance_id: {}", snippet(&body)),
@@ -139,7 +140,10 @@ async fn classify_create(response: Response) -> CallOutcome {
 async fn classify_delete(response: Response) -> CallOutcome {
     let status = response.status();
     match status.as_u16() {
-        200 | 202 | 204 | 404 => CallOutcome::Succeeded { alliance_id: None },
+        200 | 202 | 204 | 404 => CallOutcome::Succeeded {
+            alliance_id: None,
+            detail: None,
+        },
         _ => {
             let retry_after = retry_after(response.headers(), Utc::now());
             let body = response.text().await.unwrap_or_default();

@@ -18,8 +18,13 @@ use crate::saga::{Input, Saga, Step};
 /// What one participant call came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallOutcome {
-    /// Done (or already done before).
-    Succeeded { alliance_id: Option<String> },
+    /// Done (or already done before). `detail` says what the saga's
+    /// history should show beyond the id, e.g. an existing alliance whose
+    /// id was not given.
+    Succeeded {
+        alliance_id: Option<String>,
+        detail: Option<String>,
+    },
     /// Refused for a business reason; retrying will not help.
     Rejected { error: String },
     /// Transient: timeout, refused connection, 408, 429, 5xx.
@@ -33,7 +38,14 @@ impl CallOutcome {
     /// The machine input this outcome is for `step`.
     pub fn into_input(self, step: Step) -> Input {
         match self {
-            Self::Succeeded { alliance_id } => Input::StepSucceeded { step, alliance_id },
+            Self::Succeeded {
+                alliance_id,
+                detail,
+            } => Input::StepSucceeded {
+                step,
+                alliance_id,
+                detail,
+            },
             Self::Rejected { error } => Input::StepRejected { step, error },
             Self::Failed { error, retry_after } => Input::StepFailed {
                 step,

@@ -199,6 +199,7 @@ async fn a_stale_transition_writes_nothing(store: Arc<dyn SagaStore>) {
         Input::StepSucceeded {
             step: Step::CreateAlliance,
             alliance_id: Some("a".into()),
+            detail: None,
         },
         None,
     );
@@ -405,6 +406,7 @@ async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dy
             Input::StepSucceeded {
                 step: Step::CreateAlliance,
                 alliance_id: Some("a-b".into()),
+                detail: None,
             },
             None,
         )
