@@ -11,6 +11,7 @@ mod demo;
 mod helpers;
 mod load;
 mod monitor;
+mod participants_http;
 mod recovery;
 mod saga_flow;
 mod store;
