@@ -13,6 +13,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::redact;
 use crate::saga::{RetryKind, RetryPolicy};
 
 /// A setting that could not be used; its `Display` is the one line shown to
@@ -32,8 +33,9 @@ pub enum ConfigError {
     File(#[from] config::ConfigError),
 }
 
-/// Which broker adapter to build, from `BROKER_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which broker adapter to build, from `BROKER_URL`. Its `Debug` is
+/// redacted like [`BrokerUrl::redacted`].
+#[derive(Clone, PartialEq, Eq)]
 pub enum BrokerUrl {
     /// `pulsar://` or `pulsar+ssl://`.
     Pulsar(Url),
@@ -47,15 +49,20 @@ impl BrokerUrl {
     /// The URL without any password, for logs and output.
     pub fn redacted(&self) -> String {
         match self {
-            Self::Pulsar(url) | Self::Redis(url) => {
-                let mut url = url.clone();
-                if url.password().is_some() {
-                    let _ = url.set_password(Some("***"));
-                }
-                url.to_string()
-            }
+            Self::Pulsar(url) | Self::Redis(url) => redact::url(url),
             Self::Memory => "memory://".to_string(),
         }
+    }
+}
+
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Self::Pulsar(_) => "Pulsar",
+            Self::Redis(_) => "Redis",
+            Self::Memory => "Memory",
+        };
+        f.debug_tuple(kind).field(&self.redacted()).finish()
     }
 }
 
@@ -119,8 +126,9 @@ impl Default for Channels {
     }
 }
 
-/// Everything the service needs to start, validated.
-#[derive(Debug, Clone)]
+/// Everything the service needs to start, validated. Its `Debug` shows
+/// no password (see the impl).
+#[derive(Clone)]
 pub struct Settings {
     pub broker_url: BrokerUrl,
     /// Holds a password: never logged.
@@ -300,6 +308,67 @@ impl Settings {
     }
 }
 
+/// Every field, listed by destructuring so that a new one cannot be
+/// forgotten here; URLs that may carry credentials are shown redacted.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Settings {
+            broker_url,
+            database_url,
+            database_max_connections,
+            integraciones_api_url,
+            alianzas_api_url,
+            alianzas_mode,
+            integraciones_mode,
+            api_addr,
+            api_header_timeout,
+            admin_token,
+            log_format,
+            log_filter,
+            retry,
+            step_timeout,
+            saga_deadline,
+            max_in_flight,
+            redis_claim_idle,
+            redis_trim_interval,
+            max_message_bytes,
+            channels,
+            subscription,
+            shutdown_grace,
+            migrate_on_start,
+            instance_id,
+            sweep_interval,
+        } = self;
+        f.debug_struct("Settings")
+            .field("broker_url", broker_url)
+            .field("database_url", database_url)
+            .field("database_max_connections", database_max_connections)
+            .field("integraciones_api_url", &redact::url(integraciones_api_url))
+            .field("alianzas_api_url", &redact::url(alianzas_api_url))
+            .field("alianzas_mode", alianzas_mode)
+            .field("integraciones_mode", integraciones_mode)
+            .field("api_addr", api_addr)
+            .field("api_header_timeout", api_header_timeout)
+            .field("admin_token", admin_token)
+            .field("log_format", log_format)
+            .field("log_filter", log_filter)
+            .field("retry", retry)
+            .field("step_timeout", step_timeout)
+            .field("saga_deadline", saga_deadline)
+            .field("max_in_flight", max_in_flight)
+            .field("redis_claim_idle", redis_claim_idle)
+            .field("redis_trim_interval", redis_trim_interval)
+            .field("max_message_bytes", max_message_bytes)
+            .field("channels", channels)
+            .field("subscription", subscription)
+            .field("shutdown_grace", shutdown_grace)
+            .field("migrate_on_start", migrate_on_start)
+            .field("instance_id", instance_id)
+            .field("sweep_interval", sweep_interval)
+            .finish()
+    }
+}
+
 /// A source's scalar values with case-folded keys; nested tables are not
 /// settings of ours and are skipped.
 fn scalars(
@@ -328,7 +397,7 @@ pub fn parse_database_url(s: &str) -> Result<(), String> {
             Ok(())
         };
     }
-    let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    let url = Url::parse(s).map_err(|e| not_a_url(&e, s))?;
     match url.scheme() {
         "postgres" | "postgresql" => Ok(()),
         other => Err(format!(
@@ -469,7 +538,7 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 fn parse_http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("not a URL ({e}): {s:?}"))?;
+    let url = Url::parse(s).map_err(|e| not_a_url(&e, s))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(format!("expected an http(s) URL, got scheme {other:?}")),
@@ -477,7 +546,7 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
 }
 
 fn parse_broker_url(s: &str) -> Result<BrokerUrl, String> {
-    let url = Url::parse(s).map_err(|e| format!("not a URL ({e}): {s:?}"))?;
+    let url = Url::parse(s).map_err(|e| not_a_url(&e, s))?;
     match url.scheme() {
         "pulsar" | "pulsar+ssl" => Ok(BrokerUrl::Pulsar(url)),
         "redis" | "rediss" => Ok(BrokerUrl::Redis(url)),
@@ -486,6 +555,13 @@ fn parse_broker_url(s: &str) -> Result<BrokerUrl, String> {
             "unsupported scheme {other:?}: expected pulsar://, pulsar+ssl://, redis://, rediss:// or memory://"
         )),
     }
+}
+
+/// The problem with a value that does not parse as a URL, quoting the
+/// value without what may be its password: a malformed URL cannot be
+/// trusted to parse far enough to find it, so it is masked as text.
+fn not_a_url(e: &url::ParseError, value: &str) -> String {
+    format!("not a URL ({e}): {:?}", redact::url_text(value))
 }
 
 fn default_instance_id() -> String {
@@ -679,8 +755,54 @@ mod tests {
     }
 
     #[test]
-    fn database_url_is_not_shown_by_debug() {
-        let s = load(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]).unwrap();
-        assert!(!format!("{s:?}").contains("hunter2"));
+    fn no_password_is_shown_by_debug() {
+        let s = load(&[
+            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+            ("BROKER_URL", "redis://:br0ker-pw@cache:6379/0"),
+            ("ALIANZAS_API_URL", "http://svc:al1ances-pw@alianzas:8002"),
+            ("INTEGRACIONES_API_URL", "https://t0ken@integraciones"),
+            ("ADMIN_TOKEN", "adm1n-token"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in [
+            "hunter2",
+            "br0ker-pw",
+            "al1ances-pw",
+            "t0ken",
+            "adm1n-token",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("alianzas:8002"), "still useful: {shown}");
+        let pulsar = BrokerUrl::Pulsar(Url::parse("pulsar://u:pu1sar-pw@p:6650").unwrap());
+        assert!(!format!("{pulsar:?}").contains("pu1sar-pw"));
+    }
+
+    #[test]
+    fn a_malformed_url_is_reported_without_its_password() {
+        let cases = [
+            (
+                "DATABASE_URL",
+                "postgres://u:hunter2@h:notaport/db",
+                "hunter2",
+            ),
+            ("DATABASE_URL", "//u:hunter3@h:5432/db", "hunter3"),
+            ("BROKER_URL", "redis://:s3cret@host:xx", "s3cret"),
+            ("BROKER_URL", "pulsar://u:pa/ss@host:6650x", "pa/ss"),
+            ("ALIANZAS_API_URL", "http://u:al1@h:port", "al1"),
+            (
+                "INTEGRACIONES_API_URL",
+                "http://u:p@ss w0rd@h:bad",
+                "ss w0rd",
+            ),
+        ];
+        for (name, value, password) in cases {
+            let line = load(&[(name, value)]).expect_err(value).to_string();
+            assert!(line.contains(name), "{line}");
+            assert!(line.contains("***"), "{line}");
+            assert!(!line.contains(password), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
     }
 }

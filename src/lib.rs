@@ -16,6 +16,7 @@
 //!   sends commands from the orchestrator instead).
 //! - [`orchestrator`]: consumer, saga driver, outbox relay, recovery sweeper.
 //! - [`telemetry`]: logging and metric names.
+//! - [`redact`]: credentials masked in URLs and messages before they are shown.
 //! - [`stats`]: this instance's live counters for the JSON metrics summary.
 //! - [`api`]: the HTTP API.
 //! - [`simulator`]: both participants simulated, over HTTP and the broker.
@@ -33,6 +34,7 @@ pub mod load;
 pub mod monitor;
 pub mod orchestrator;
 pub mod participants;
+pub mod redact;
 pub mod saga;
 pub mod simulator;
 pub mod startup;

@@ -35,6 +35,10 @@ pub const IGNORED: &str = "saga_ignored_messages_total";
 pub const PARTICIPANT_CALLS: &str = "saga_participant_calls_total";
 /// Participant call latency in seconds, by `step` and `outcome`.
 pub const PARTICIPANT_SECONDS: &str = "saga_participant_call_seconds";
+/// Participant answers that did not come from its business logic (401,
+/// 403, 404, 405…: a wrong URL, an ingress, credentials), by
+/// `participant` and `status`; each is retried, never read as a refusal.
+pub const PARTICIPANT_MISCONFIGURED: &str = "saga_participant_misconfigured_total";
 /// Time from a saga's start to its terminal state, by `outcome`.
 pub const SAGA_SECONDS: &str = "saga_duration_seconds";
 /// Sagas being driven by this instance now.

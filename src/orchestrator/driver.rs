@@ -249,9 +249,14 @@ async fn apply_late(orch: &Orchestrator, saga: &Saga, input: &Input) {
 /// `alliance_id` made storable.
 fn refused_outcome(input: &Input, error: &crate::store::StoreError) -> Option<Input> {
     match input {
-        Input::StepSucceeded { step, alliance_id } => Some(Input::StepSucceeded {
+        Input::StepSucceeded {
+            step,
+            alliance_id,
+            detail,
+        } => Some(Input::StepSucceeded {
             step: *step,
             alliance_id: alliance_id.as_deref().map(|id| storable(id, MAX_ID_CHARS)),
+            detail: detail.as_deref().map(|d| storable(d, 300)),
         }),
         Input::StepFailed { step, .. } | Input::StepRejected { step, .. } => {
             Some(Input::StepFailed {
@@ -330,6 +335,7 @@ mod tests {
         let input = Input::StepSucceeded {
             step: Step::CreateAlliance,
             alliance_id: Some(format!("a\u{0}b{}", "x".repeat(400))),
+            detail: None,
         };
         let Some(Input::StepSucceeded { alliance_id, .. }) = refused_outcome(&input, &refused())
         else {

@@ -19,10 +19,13 @@ use crate::envelope::{EventType, MessageStatus};
 pub enum Input {
     /// The saga was just recorded: start the first step.
     Begin,
-    /// The participant did the step (`alliance_id` on create).
+    /// The participant did the step (`alliance_id` on create; `detail`
+    /// for the history when there is more to say, e.g. an alliance that
+    /// already existed).
     StepSucceeded {
         step: Step,
         alliance_id: Option<String>,
+        detail: Option<String>,
     },
     /// The participant refused for a business reason: no retry will help.
     StepRejected { step: Step, error: String },
@@ -261,16 +264,23 @@ pub fn decide(
             decide(saga, &failed, policy, now)
         }
 
-        (CreatingAlliance | AwaitingAlliance, Input::StepSucceeded { step, alliance_id })
-            if on_step(step) =>
-        {
+        (
+            CreatingAlliance | AwaitingAlliance,
+            Input::StepSucceeded {
+                step,
+                alliance_id,
+                detail,
+            },
+        ) if on_step(step) => {
             let details = json!({ "step": step.as_str(), "alliance_id": alliance_id });
             Ok(Decision {
                 to: Completed,
                 alliance_id: alliance_id.clone(),
                 last_error: None,
                 reason: Reason::AllianceCreated,
-                detail: alliance_id.as_ref().map(|id| format!("alliance_id={id}")),
+                detail: detail
+                    .clone()
+                    .or_else(|| alliance_id.as_ref().map(|id| format!("alliance_id={id}"))),
                 events: vec![
                     event(
                         EventType::SagaStepSucceeded,
@@ -418,7 +428,12 @@ pub fn decide(
         // A step done after the saga stopped waiting for it (an operator
         // forced compensation, or another instance took over, while the
         // call was in flight): recorded, never dropped.
-        (Compensating | Compensated | Failed, Input::StepSucceeded { step, alliance_id }) => {
+        (
+            Compensating | Compensated | Failed,
+            Input::StepSucceeded {
+                step, alliance_id, ..
+            },
+        ) => {
             late_success(saga, *step, alliance_id).ok_or_else(invalid)
         }
 
@@ -463,6 +478,7 @@ fn replied(
             let succeeded = Input::StepSucceeded {
                 step,
                 alliance_id: alliance_id.clone(),
+                detail: None,
             };
             decide(saga, &succeeded, policy, now)
                 .or_else(|stale| late_success(saga, step, alliance_id).ok_or(stale))

@@ -60,6 +60,7 @@ fn succeeded(step: Step) -> Input {
     Input::StepSucceeded {
         step,
         alliance_id: Some("a-9".into()),
+        detail: None,
     }
 }
 
@@ -111,6 +112,29 @@ fn alliance_created_completes_from_creating_and_awaiting() {
         assert_eq!(d.events[1].status, MessageStatus::Completed);
         assert_eq!(d.events[1].payload["alliance_id"], "a-9");
     }
+}
+
+#[test]
+fn a_success_without_an_id_says_why_in_the_history() {
+    let s = saga(SagaState::CreatingAlliance, Step::CreateAlliance, 1);
+    let d = ok(
+        &s,
+        Input::StepSucceeded {
+            step: Step::CreateAlliance,
+            alliance_id: None,
+            detail: Some("alliance exists (409) without an alliance_id".into()),
+        },
+    );
+    assert_eq!(d.to, SagaState::Completed);
+    assert_eq!(d.alliance_id, None);
+    assert_eq!(
+        d.detail.as_deref(),
+        Some("alliance exists (409) without an alliance_id")
+    );
+    assert_eq!(
+        ok(&s, succeeded(Step::CreateAlliance)).detail.as_deref(),
+        Some("alliance_id=a-9")
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod load;
 mod monitor;
+mod participants_http;
 mod properties;
 mod recovery;
 mod redis_streams;

@@ -239,6 +239,7 @@ async fn one_saga_per_partner_until_it_is_compensated(store: Arc<dyn SagaStore>)
         Input::StepSucceeded {
             step: Step::DeletePartner,
             alliance_id: None,
+            detail: None,
         },
         None,
     );
@@ -293,6 +294,7 @@ async fn a_stale_transition_writes_nothing(store: Arc<dyn SagaStore>) {
         Input::StepSucceeded {
             step: Step::CreateAlliance,
             alliance_id: Some("a".into()),
+            detail: None,
         },
         None,
     );
@@ -499,6 +501,7 @@ async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dy
             Input::StepSucceeded {
                 step: Step::CreateAlliance,
                 alliance_id: Some("a-b".into()),
+                detail: None,
             },
             None,
         )
