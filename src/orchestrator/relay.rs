@@ -3,13 +3,17 @@
 //! A crash between publish and delete republishes (at least once); readers
 //! dedup by `event_id`. Several instances relay safely side by side: each
 //! claims its batch with a short lease.
+//!
+//! A stored row that is no message (not an envelope: an older version's,
+//! a bug's, a hand edit's) is parked for a person at once, so it never
+//! fails the claim of every batch after it.
 
 use std::time::Duration;
 
 use chrono::Utc;
 
 use super::{loop_backoff, pause, Orchestrator};
-use crate::store::OutboxMessage;
+use crate::store::{OutboxFault, OutboxMessage};
 use crate::telemetry;
 use crate::transport::OutboundMessage;
 
@@ -42,19 +46,22 @@ async fn drain(orch: &Orchestrator) {
     let inner = &orch.inner;
     let mut failures = 0;
     loop {
-        let batch = match inner
+        let claim = match inner
             .store
             .claim_outbox(&inner.config.instance_id, Utc::now(), CLAIM_LEASE, BATCH)
             .await
         {
-            Ok(batch) if batch.is_empty() => return,
-            Ok(batch) => batch,
+            Ok(claim) if claim.is_empty() => return,
+            Ok(claim) => claim,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox claim failed");
                 metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
                 return;
             }
         };
+        // Left claimed if parking fails: retried once the claim lapses.
+        park(orch, &claim.unreadable, "unreadable").await;
+        let batch = claim.messages;
         let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
         if let Err(e) = publish(orch, &batch).await {
             failures += 1;
@@ -93,4 +100,25 @@ async fn publish(
         transport.send(&run[0].channel, messages).await?;
     }
     Ok(())
+}
+
+/// Parks `faults` (`kind` is the metric's `reason`); returns how many were
+/// parked. Each is logged once, when parked.
+async fn park(orch: &Orchestrator, faults: &[OutboxFault], kind: &'static str) -> u64 {
+    if faults.is_empty() {
+        return 0;
+    }
+    match orch.inner.store.park_outbox(faults, Utc::now()).await {
+        Ok(parked) => {
+            for fault in faults {
+                tracing::warn!(outbox_id = fault.id, reason = %fault.reason, kind, "outbox message parked: it cannot be published");
+            }
+            metrics::counter!(telemetry::OUTBOX_PARKED_TOTAL, "reason" => kind).increment(parked);
+            parked
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, count = faults.len(), "could not park outbox messages; retried once their claim lapses");
+            0
+        }
+    }
 }
