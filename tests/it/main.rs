@@ -5,6 +5,7 @@
 mod api;
 mod broker;
 mod broker_mode;
+mod broker_refusal;
 mod broker_restart;
 mod dead_letters;
 mod demo;
