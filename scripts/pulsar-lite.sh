@@ -27,6 +27,8 @@
 #
 # Ports are free ones unless fixed with PULSAR_PROXY_PORT (e.g. 6650, Pulsar's
 # standard port), PULSAR_LITE_PORT and PULSAR_LITE_METRICS_PORT.
+# PULSAR_LITE_MAX_MESSAGE_SIZE_BYTES sets the broker's max_message_size_bytes
+# (tests of a broker that refuses a message; `start` writes it to the config).
 # PULSAR_LITE_BIN / PULSAR_PROXY_BIN use prebuilt binaries instead.
 set -euo pipefail
 
@@ -176,9 +178,12 @@ proxy_bin() {
 
 write_config() {
     local port=$1 metrics_port=$2 level=${PULSAR_LITE_LOG_LEVEL:-info}
+    local max_size=${PULSAR_LITE_MAX_MESSAGE_SIZE_BYTES:-}
     # Anything else could break the TOML, which pulsar-lite would then ignore.
     [[ $level =~ ^(error|warn|info|debug|trace)$ ]] ||
         die "PULSAR_LITE_LOG_LEVEL must be error, warn, info, debug or trace, not '$level'"
+    [[ -z $max_size || $max_size =~ ^[1-9][0-9]*$ ]] ||
+        die "PULSAR_LITE_MAX_MESSAGE_SIZE_BYTES must be a positive integer, not '$max_size'"
     # pulsar-lite silently falls back to defaults when its config is missing
     # or invalid, and its default metrics address is 0.0.0.0:8080; start_broker
     # checks what it actually listens on.
@@ -187,6 +192,7 @@ write_config() {
 addr = "127.0.0.1:$port"
 db_path = "$STATE_DIR/data/pulsar-lite"
 log_level = "$level"
+${max_size:+max_message_size_bytes = $max_size}
 
 [metrics]
 enabled = true

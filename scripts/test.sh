@@ -80,10 +80,10 @@ status=0
 if [[ $run_doctests -eq 1 ]]; then
     cargo test --doc --no-fail-fast "$@" || status=$?
 fi
-# Tests that need no broker (store, demo), always use their own Pulsar
-# (broker_restart) or always the suite's Redis (redis_streams) run in the
-# first pass only.
-broker_free='test(/^store::/) | test(/^demo::/) | test(/^broker_restart::/) | test(/^redis_streams::/)'
+# Tests that need no broker (store, demo), always use their own broker
+# (broker_restart, broker_refusal) or always the suite's Redis
+# (redis_streams) run in the first pass only.
+broker_free='test(/^store::/) | test(/^demo::/) | test(/^broker_restart::/) | test(/^broker_refusal::/) | test(/^redis_streams::/)'
 if cargo nextest --version >/dev/null 2>&1; then
     echo "test.sh: unit tests, and the integration suite on Redis"
     TEST_BROKER=redis cargo nextest run --workspace --all-targets --no-fail-fast "$@" || status=$?

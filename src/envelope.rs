@@ -124,6 +124,16 @@ pub enum DecodeError {
     },
 }
 
+/// How strictly a JSON object is read as an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// What comes in (broker, HTTP): the contract's id rule (CONTRACT §5)
+    /// and no NUL anywhere.
+    Inbound,
+    /// What this service stored itself: only what a message needs.
+    Stored,
+}
+
 /// One message, as it travels on every channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -234,7 +244,20 @@ impl Envelope {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
         match value {
-            Value::Object(obj) => Self::from_object(obj),
+            Value::Object(obj) => Self::from_object(obj, Rules::Inbound),
+            _ => Err(DecodeError::NotAnObject),
+        }
+    }
+
+    /// Reads back a message this service stored itself (the outbox, as
+    /// [`Envelope::to_json`] wrote it). Only what a message needs is
+    /// checked: text ids, a UUID `saga_id`, a known `status`, an object
+    /// `payload`, an RFC 3339 `timestamp`. The inbound id rule is not: a
+    /// stored message is published as it was stored, whatever rule held
+    /// when it was written, and readers apply their own rules on arrival.
+    pub fn from_stored(value: Value) -> Result<Self, DecodeError> {
+        match value {
+            Value::Object(obj) => Self::from_object(obj, Rules::Stored),
             _ => Err(DecodeError::NotAnObject),
         }
     }
@@ -276,20 +299,20 @@ impl Envelope {
             };
             obj.insert(key.to_string(), value);
         }
-        let mut envelope = Self::from_object(obj)?;
+        let mut envelope = Self::from_object(obj, Rules::Inbound)?;
         envelope.traceparent = traceparent;
         Ok(envelope)
     }
 
-    fn from_object(mut obj: Map<String, Value>) -> Result<Self, DecodeError> {
+    fn from_object(mut obj: Map<String, Value>, rules: Rules) -> Result<Self, DecodeError> {
         // Stores (PostgreSQL text and jsonb) refuse NUL; refusing it here
         // dead-letters the one message instead of failing its whole batch.
-        if obj.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
+        if rules == Rules::Inbound && obj.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
             return Err(invalid("message", "contains a NUL character"));
         }
-        let event_id = required_text(&mut obj, "event_id")?;
-        let correlation_id = required_text(&mut obj, "correlation_id")?;
-        let event_type = required_text(&mut obj, "event_type")?;
+        let event_id = required_text(&mut obj, "event_id", rules)?;
+        let correlation_id = required_text(&mut obj, "correlation_id", rules)?;
+        let event_type = required_text(&mut obj, "event_type", rules)?;
         let saga_id = match obj.remove("saga_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
@@ -409,8 +432,18 @@ fn text_value(value: Option<&Value>, field: &'static str) -> Result<String, Deco
 /// `partner_id`): ids are indexed, and an index entry has a size limit.
 pub const MAX_ID_CHARS: usize = 256;
 
-fn required_text(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {
-    id_text(obj.remove(field).as_ref(), field)
+fn required_text(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+    rules: Rules,
+) -> Result<String, DecodeError> {
+    let value = obj.remove(field);
+    match (rules, value) {
+        (Rules::Inbound, value) => id_text(value.as_ref(), field),
+        (Rules::Stored, Some(Value::String(s))) => Ok(s),
+        (Rules::Stored, None | Some(Value::Null)) => Err(DecodeError::MissingField(field)),
+        (Rules::Stored, Some(_)) => Err(invalid(field, "expected a string")),
+    }
 }
 
 /// A required id that obeys [`check_id`].
@@ -606,6 +639,48 @@ mod tests {
         let mut ok = partner_created();
         ok.event_id = "e".repeat(MAX_ID_CHARS);
         assert!(Envelope::from_json_bytes(&ok.to_json_bytes(), MAX).is_ok());
+    }
+
+    #[test]
+    fn stored_messages_are_read_back_without_the_inbound_id_rule() {
+        let mut env = partner_created();
+        env.saga_id = Some(Uuid::new_v4());
+        env.correlation_id = "c".repeat(MAX_ID_CHARS + 44);
+        env.payload
+            .insert("note".into(), json!("kept\u{0}as stored"));
+        let back = Envelope::from_stored(env.to_json()).unwrap();
+        assert_eq!(back.correlation_id, env.correlation_id);
+        assert_eq!(back.saga_id, env.saga_id);
+        assert_eq!(back.payload, env.payload);
+        assert!(
+            Envelope::from_json_bytes(&env.to_json_bytes(), MAX).is_err(),
+            "inbound, the same message is refused"
+        );
+    }
+
+    #[test]
+    fn stored_rows_that_are_no_message_are_refused_with_reasons() {
+        assert_eq!(
+            Envelope::from_stored(json!(["a", "list"])),
+            Err(DecodeError::NotAnObject)
+        );
+        assert_eq!(
+            Envelope::from_stored(json!({"hello": "world"})),
+            Err(DecodeError::MissingField("event_id"))
+        );
+        for (patch, field) in [
+            (json!({"saga_id": "nope"}), "saga_id"),
+            (json!({"status": "done"}), "status"),
+            (json!({"payload": "text"}), "payload"),
+            (json!({"correlation_id": 7}), "correlation_id"),
+        ] {
+            let mut v = partner_created().to_json();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            let err = Envelope::from_stored(v).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub const IN_FLIGHT: &str = "saga_in_flight";
 pub const RELAYED: &str = "saga_outbox_relayed_total";
 /// Outbox messages waiting (gauge, refreshed on scrape).
 pub const OUTBOX_BACKLOG: &str = "saga_outbox_backlog";
+/// Outbox messages parked by this instance, by `reason` (`unreadable`: the
+/// stored row is no message; `refused`: the broker kept refusing it).
+pub const OUTBOX_PARKED_TOTAL: &str = "saga_outbox_parked_total";
+/// Outbox messages parked for a person (gauge, all instances, refreshed on scrape).
+pub const OUTBOX_PARKED: &str = "saga_outbox_parked";
 /// Participants' replies (broker mode), by `step`, `status` and `outcome`
 /// (`applied` | `late_success` | `stale` | `unknown_saga`).
 pub const REPLIES: &str = "saga_replies_total";

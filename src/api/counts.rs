@@ -13,11 +13,13 @@ use crate::store::{SagaStore, StoreError};
 /// How stale the counts may be.
 pub const COUNTS_TTL: Duration = Duration::from_secs(2);
 
-/// Sagas by state and the outbox backlog, as of `COUNTS_TTL` ago at most.
+/// Sagas by state and the outbox (backlog, parked), as of `COUNTS_TTL`
+/// ago at most.
 #[derive(Debug, Clone, Default)]
 pub struct StoreCounts {
     pub by_state: Vec<(SagaState, i64)>,
     pub outbox_backlog: i64,
+    pub outbox_parked: i64,
 }
 
 /// How long counting may take before the scrape goes on without it.
@@ -56,6 +58,7 @@ impl CountsCache {
             Ok::<_, StoreError>(StoreCounts {
                 by_state: store.count_by_state().await?,
                 outbox_backlog: store.outbox_backlog().await?,
+                outbox_parked: store.outbox_parked().await?,
             })
         })
         .await

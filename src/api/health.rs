@@ -125,7 +125,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     path = "/metrics",
     tag = "operations",
     summary = "Prometheus metrics",
-    description = "Prometheus text exposition (format 0.0.4). Store-derived gauges (`saga_sagas`, `saga_outbox_backlog`) are at most 2 s old: scrapes share one count of the store rather than each scanning it; if the store is down they keep their last values and the scrape still succeeds.",
+    description = "Prometheus text exposition (format 0.0.4). Store-derived gauges (`saga_sagas`, `saga_outbox_backlog`, `saga_outbox_parked`) are at most 2 s old: scrapes share one count of the store rather than each scanning it; if the store is down they keep their last values and the scrape still succeeds.",
     responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -152,6 +152,7 @@ async fn refresh_gauges(state: &AppState) {
                 metrics::gauge!(telemetry::SAGAS, "state" => s.as_str()).set(n as f64);
             }
             metrics::gauge!(telemetry::OUTBOX_BACKLOG).set(counts.outbox_backlog as f64);
+            metrics::gauge!(telemetry::OUTBOX_PARKED).set(counts.outbox_parked as f64);
         }
         Err(e) => tracing::warn!(error = %e, "could not count sagas for metrics"),
     }

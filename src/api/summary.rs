@@ -1,6 +1,6 @@
 //! `GET /metrics/summary`: the numbers an operator looks at first, as JSON.
 //!
-//! Saga counts and the outbox backlog come from the store, so they cover
+//! Saga counts and the outbox (backlog, parked) come from the store, so they cover
 //! every instance sharing it; in-flight work, dead letters and rates are
 //! this instance's own (from [`crate::stats`]), like the Prometheus
 //! counters at `/metrics`.
@@ -103,6 +103,7 @@ impl From<Rates> for SummaryRates {
     "in_flight": 4,
     "max_in_flight": 256,
     "outbox_backlog": 0,
+    "outbox_parked": 0,
     "dead_letters": {"partner-events": 2},
     "rates": {
         "started_per_sec_1m": 3.4, "completed_per_sec_1m": 3.0,
@@ -123,8 +124,12 @@ pub struct Summary {
     pub in_flight: u64,
     /// `MAX_IN_FLIGHT`: when `in_flight` stays here, events queue in the broker.
     pub max_in_flight: usize,
-    /// Saga events waiting in the store's outbox to be published (all instances).
+    /// Messages waiting in the store's outbox to be published (all instances).
     pub outbox_backlog: i64,
+    /// Messages the relay parked for a person, in the store's
+    /// `outbox_parked` (all instances): rows that cannot be read back as a
+    /// message, or that the broker kept refusing. Not in `outbox_backlog`.
+    pub outbox_parked: i64,
     /// Messages this instance sent to a dead-letter queue since it
     /// started, by the channel they came from (their queue is
     /// `<channel>-dlq`). Consumed channels are listed even at 0.
@@ -139,7 +144,7 @@ pub struct Summary {
     path = "/metrics/summary",
     tag = "operations",
     summary = "Metrics summary (JSON)",
-    description = "What an operator checks first. `sagas` and `outbox_backlog` come from the store, cover every instance and are at most 2 s old; `in_flight`, `dead_letters` and `rates` are the answering instance's own, like the counters at `/metrics`.",
+    description = "What an operator checks first. `sagas`, `outbox_backlog` and `outbox_parked` come from the store, cover every instance and are at most 2 s old; `in_flight`, `dead_letters` and `rates` are the answering instance's own, like the counters at `/metrics`.",
     responses(
         (status = 200, description = "The summary.", body = Summary),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
@@ -159,6 +164,7 @@ pub async fn summary(State(state): State<AppState>) -> Result<Json<Summary>, Api
         in_flight: stats.in_flight,
         max_in_flight: stats.max_in_flight,
         outbox_backlog: counts.outbox_backlog,
+        outbox_parked: counts.outbox_parked,
         dead_letters: stats.dead_letters,
         rates: stats.rates.into(),
     }))

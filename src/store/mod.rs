@@ -77,6 +77,31 @@ impl OutboxMessage {
     }
 }
 
+/// An outbox row the relay cannot publish, and why: to be parked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxFault {
+    pub id: i64,
+    pub reason: String,
+}
+
+/// What one claim of the outbox took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxClaim {
+    /// Messages to publish, oldest first.
+    pub messages: Vec<OutboxMessage>,
+    /// Claimed rows that cannot be read back as a message (not JSON, not
+    /// an envelope): they are left out of `messages` so the rest can go,
+    /// and stay claimed until the caller parks them.
+    pub unreadable: Vec<OutboxFault>,
+}
+
+impl OutboxClaim {
+    /// Whether the claim took no row at all.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.unreadable.is_empty()
+    }
+}
+
 /// A saga to record, already moved past `started` by its first decision.
 #[derive(Debug, Clone)]
 pub struct NewSaga {
@@ -186,14 +211,16 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Counts sagas by state.
     async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError>;
 
-    /// Claims up to `limit` unclaimed (or abandoned) outbox messages, oldest first.
+    /// Claims up to `limit` unclaimed (or abandoned) outbox rows, oldest
+    /// first. A row that cannot be read back never fails the claim: it is
+    /// reported in [`OutboxClaim::unreadable`].
     async fn claim_outbox(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    ) -> Result<OutboxClaim, StoreError>;
 
     /// Deletes relayed messages.
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
@@ -202,8 +229,24 @@ pub trait SagaStore: Send + Sync + 'static {
     /// takes them again, oldest first.
     async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
 
-    /// Messages waiting to be relayed.
+    /// Counts a failed attempt to publish message `id`, keeping `error` as
+    /// its last; returns its attempts so far (0 when the row is gone).
+    async fn record_outbox_failure(&self, id: i64, error: &str) -> Result<u32, StoreError>;
+
+    /// Moves messages out of the relay's queue into `outbox_parked`, as
+    /// stored, with their reasons, for a person to look at. Ids no longer
+    /// in the outbox are skipped; returns how many were parked.
+    async fn park_outbox(
+        &self,
+        faults: &[OutboxFault],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Messages waiting to be relayed (parked ones not included).
     async fn outbox_backlog(&self) -> Result<i64, StoreError>;
+
+    /// Messages parked for a person.
+    async fn outbox_parked(&self) -> Result<i64, StoreError>;
 }
 
 /// The stored form of an outbox message: the envelope JSON with its
@@ -216,13 +259,23 @@ pub(crate) fn stored_message(message: &OutboxMessage) -> Value {
     body
 }
 
-/// Reads back what [`stored_message`] wrote.
-pub(crate) fn message_from_stored(id: i64, message: &Value) -> Result<Envelope, StoreError> {
-    let bytes = serde_json::to_vec(message).unwrap_or_default();
-    Envelope::from_json_bytes(&bytes, usize::MAX).map_err(|e| StoreError::Corrupt {
-        saga_id: Uuid::nil(),
-        problem: format!("outbox message {id}: {e}"),
-    })
+/// Reads one claimed row back (what [`stored_message`] wrote, or failed
+/// to be read as JSON) into `claim`: a message, or a fault saying why it
+/// is none.
+pub(crate) fn read_claimed(
+    claim: &mut OutboxClaim,
+    id: i64,
+    channel: String,
+    message: Result<Value, String>,
+) {
+    match message.and_then(|m| Envelope::from_stored(m).map_err(|e| e.to_string())) {
+        Ok(envelope) => claim.messages.push(OutboxMessage {
+            id,
+            channel,
+            envelope,
+        }),
+        Err(reason) => claim.unreadable.push(OutboxFault { id, reason }),
+    }
 }
 
 pub(crate) fn parse_state(saga_id: Uuid, s: &str) -> Result<SagaState, StoreError> {

@@ -19,8 +19,9 @@ use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    attempts_i32, message_from_stored, parse_state, parse_step, payload_object, stored_message,
-    Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError, TransitionWrite,
+    attempts_i32, parse_state, parse_step, payload_object, read_claimed, stored_message, Created,
+    ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
+    TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
@@ -279,7 +280,7 @@ impl SagaStore for PostgresStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
+    ) -> Result<OutboxClaim, StoreError> {
         let rows = sqlx::query(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
              WHERE id IN ( \
@@ -295,19 +296,21 @@ impl SagaStore for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut messages = Vec::with_capacity(rows.len());
+        let mut claim = OutboxClaim::default();
         for row in &rows {
-            let id: i64 = row.try_get("id")?;
+            // jsonb always reads back as JSON; whether it is a message is
+            // the envelope's to say.
             let message: Value = row.try_get("message")?;
-            let envelope = message_from_stored(id, &message)?;
-            messages.push(OutboxMessage {
-                id,
-                channel: row.try_get("channel")?,
-                envelope,
-            });
+            read_claimed(
+                &mut claim,
+                row.try_get("id")?,
+                row.try_get("channel")?,
+                Ok(message),
+            );
         }
-        messages.sort_by_key(|m| m.id);
-        Ok(messages)
+        claim.messages.sort_by_key(|m| m.id);
+        claim.unreadable.sort_by_key(|f| f.id);
+        Ok(claim)
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
@@ -332,8 +335,55 @@ impl SagaStore for PostgresStore {
         Ok(())
     }
 
+    async fn record_outbox_failure(&self, id: i64, error: &str) -> Result<u32, StoreError> {
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1 \
+             RETURNING attempts",
+        )
+        .bind(id)
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
+    }
+
+    async fn park_outbox(
+        &self,
+        faults: &[OutboxFault],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        if faults.is_empty() {
+            return Ok(0);
+        }
+        let (ids, reasons): (Vec<i64>, Vec<&str>) =
+            faults.iter().map(|f| (f.id, f.reason.as_str())).unzip();
+        // One statement: a row is either still queued or parked, never both or neither.
+        let parked = sqlx::query(
+            "WITH fault AS (SELECT * FROM UNNEST($1::int8[], $2::text[]) AS f(id, reason)), \
+             moved AS ( \
+                DELETE FROM outbox o USING fault f WHERE o.id = f.id \
+                RETURNING o.id, o.channel, o.message, o.created_at, o.attempts, f.reason) \
+             INSERT INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
+             SELECT id, channel, message, created_at, attempts, reason, $3 FROM moved",
+        )
+        .bind(ids)
+        .bind(reasons)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(parked)
+    }
+
     async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT count(*) AS n FROM outbox")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+
+    async fn outbox_parked(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT count(*) AS n FROM outbox_parked")
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?)

@@ -19,8 +19,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{
-    attempts_i32, message_from_stored, parse_state, parse_step, payload_object, stored_message,
-    Created, ListQuery, NewSaga, OutboxMessage, SagaStore, StoreError, TransitionWrite,
+    attempts_i32, parse_state, parse_step, payload_object, read_claimed, stored_message, Created,
+    ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
+    TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
@@ -302,7 +303,7 @@ impl SagaStore for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
+    ) -> Result<OutboxClaim, StoreError> {
         let rows = sqlx::query(
             "UPDATE outbox SET claimed_by = ?, claimed_until = ? \
              WHERE id IN ( \
@@ -315,22 +316,21 @@ impl SagaStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut messages = Vec::with_capacity(rows.len());
+        let mut claim = OutboxClaim::default();
         for row in &rows {
-            let id: i64 = row.try_get("id")?;
+            // TEXT: it may not even be JSON (a hand edit, another writer).
             let text: String = row.try_get("message")?;
-            let value: Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                saga_id: Uuid::nil(),
-                problem: format!("outbox message {id}: {e}"),
-            })?;
-            messages.push(OutboxMessage {
-                id,
-                channel: row.try_get("channel")?,
-                envelope: message_from_stored(id, &value)?,
-            });
+            let message = serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"));
+            read_claimed(
+                &mut claim,
+                row.try_get("id")?,
+                row.try_get("channel")?,
+                message,
+            );
         }
-        messages.sort_by_key(|m| m.id);
-        Ok(messages)
+        claim.messages.sort_by_key(|m| m.id);
+        claim.unreadable.sort_by_key(|f| f.id);
+        Ok(claim)
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
@@ -346,8 +346,53 @@ impl SagaStore for SqliteStore {
         .await
     }
 
+    async fn record_outbox_failure(&self, id: i64, error: &str) -> Result<u32, StoreError> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts",
+        )
+        .bind(error)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
+    }
+
+    async fn park_outbox(
+        &self,
+        faults: &[OutboxFault],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        // One transaction: a row is either still queued or parked, never both or neither.
+        let mut tx = self.pool.begin().await?;
+        let mut parked = 0;
+        for fault in faults {
+            parked += sqlx::query(
+                "INSERT INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
+                 SELECT id, channel, message, created_at, attempts, ?, ? FROM outbox WHERE id = ?",
+            )
+            .bind(&fault.reason)
+            .bind(micros(now))
+            .bind(fault.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("DELETE FROM outbox WHERE id = ?")
+                .bind(fault.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(parked)
+    }
+
     async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn outbox_parked(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox_parked")
             .fetch_one(&self.pool)
             .await?)
     }

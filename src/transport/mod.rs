@@ -40,6 +40,51 @@ pub enum TransportError {
     Task(String),
     #[error("subscription closed")]
     Closed,
+    /// The broker answered a send by refusing the message (Pulsar's
+    /// `SendError`), e.g. over its maximum message size.
+    #[error("the broker refused the message: {code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+/// Redis error codes that say the server takes nothing right now, not
+/// that one message is wrong.
+const REDIS_UNAVAILABLE: [&str; 9] = [
+    "OOM",
+    "LOADING",
+    "BUSY",
+    "READONLY",
+    "MASTERDOWN",
+    "MISCONF",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+];
+
+/// Pulsar server errors of the same kind (backlog quota, overload, storage).
+const PULSAR_UNAVAILABLE: [&str; 5] = [
+    "ServiceNotReady",
+    "PersistenceError",
+    "TooManyRequests",
+    "ProducerBlockedQuotaExceededError",
+    "ProducerBlockedQuotaExceededException",
+];
+
+impl TransportError {
+    /// The broker answered, but takes nothing now (out of memory, loading,
+    /// over quota, overloaded): as much an outage as a broker that does not
+    /// answer, so no message is to blame for it, whatever a ping says.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            // Every server error, also those of a pipeline's commands.
+            Self::Redis(e) => e.clone().into_server_errors().is_some_and(|errors| {
+                errors
+                    .iter()
+                    .any(|(_, err)| REDIS_UNAVAILABLE.contains(&err.code()))
+            }),
+            Self::Refused { code, .. } => PULSAR_UNAVAILABLE.contains(&code.as_str()),
+            _ => false,
+        }
+    }
 }
 
 impl From<::pulsar::Error> for TransportError {
@@ -229,7 +274,13 @@ pub trait Transport: Send + Sync + 'static {
     /// The adapter's wire form.
     fn format(&self) -> WireFormat;
 
-    /// Sends messages to `channel`, in order; all are taken or an error is returned.
+    /// Sends messages to `channel`, in order. `Ok`: the broker took them
+    /// all. An error: it may still have taken some (a prefix, and on a
+    /// broker that pipelines sends, like Pulsar, some after the failed
+    /// one too), so callers send again and readers dedup by `event_id`.
+    /// [`TransportError::Refused`] names a message the broker refused on
+    /// its merits; [`TransportError::is_unavailable`] a broker that takes
+    /// nothing now.
     async fn send(
         &self,
         channel: &str,
@@ -431,6 +482,23 @@ mod tests {
             dl.field("dlq_reason").as_deref(),
             Some("missing required field payload.name")
         );
+    }
+
+    #[test]
+    fn a_busy_broker_is_unavailable_and_a_refused_message_is_not() {
+        let server = |code: &str| {
+            TransportError::Redis(redis::make_extension_error(code.into(), Some("…".into())))
+        };
+        assert!(server("OOM").is_unavailable());
+        assert!(server("LOADING").is_unavailable());
+        assert!(!server("WRONGTYPE").is_unavailable());
+        let refused = |code: &str| TransportError::Refused {
+            code: code.into(),
+            message: "m".into(),
+        };
+        assert!(!refused("NotAllowedError").is_unavailable());
+        assert!(refused("ServiceNotReady").is_unavailable());
+        assert!(!TransportError::Timeout("send").is_unavailable());
     }
 
     #[test]

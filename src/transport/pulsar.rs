@@ -273,9 +273,47 @@ impl PulsarTransport {
 
 async fn await_receipts(receipts: &mut Vec<SendFuture>) -> Result<(), TransportError> {
     for receipt in receipts.drain(..) {
-        receipt.await?;
+        receipt.await.map_err(receipt_error)?;
     }
     Ok(())
+}
+
+/// A failed receipt as a transport error: [`TransportError::Refused`] when
+/// the broker answered with a `SendError`. The crate reports that only as
+/// the debug text of the whole response command, so the code and message
+/// are read out of it.
+fn receipt_error(e: pulsar::Error) -> TransportError {
+    let pulsar::Error::Producer(ProducerError::Connection(ConnectionError::UnexpectedResponse(
+        text,
+    ))) = &e
+    else {
+        return e.into();
+    };
+    match send_error(text) {
+        Some((code, message)) => TransportError::Refused { code, message },
+        None => e.into(),
+    }
+}
+
+/// `(error, message)` of the `CommandSendError` in a command's debug text.
+fn send_error(text: &str) -> Option<(String, String)> {
+    let fields = text.split_once("send_error: Some(CommandSendError {")?.1;
+    let code = fields.split_once(" error: ")?.1;
+    let code: String = code
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let quoted = fields.split_once(" message: \"")?.1;
+    let mut message = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return (!code.is_empty()).then_some((code, message)),
+            '\\' => message.extend(chars.next()),
+            c => message.push(c),
+        }
+    }
+    None
 }
 
 fn to_pulsar(message: OutboundMessage) -> producer::Message {
@@ -313,7 +351,11 @@ impl Transport for PulsarTransport {
             return Ok(());
         }
         let result = self.send_all(channel, messages).await;
-        if result.is_err() {
+        // A refusal is about one message: the producer is fine.
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, TransportError::Refused { .. }))
+        {
             self.forget_producer(channel).await;
         }
         result
@@ -706,6 +748,36 @@ mod tests {
         assert_eq!(b.settled(&single, 1, false), EntryVerdict::Nack);
         // From an entry a replaced consumer delivered: it comes again whole.
         assert_eq!(b.settled(&id(3, 0), 4, true), EntryVerdict::Wait);
+    }
+
+    #[test]
+    fn a_send_error_is_read_out_of_the_crates_debug_text() {
+        // As the crate reported pulsar-lite's refusal of an oversize message.
+        let text = "BaseCommand { r#type: SendError, connect: None, send_receipt: None, \
+            send_error: Some(CommandSendError { producer_id: 0, sequence_id: 1, \
+            error: NotAllowedError, message: \"Exceed maximum message size: 10024 > 4096\" }), \
+            message: None, ack: None }";
+        assert_eq!(
+            send_error(text),
+            Some((
+                "NotAllowedError".to_string(),
+                "Exceed maximum message size: 10024 > 4096".to_string()
+            ))
+        );
+        let quoted = r#"send_error: Some(CommandSendError { error: PersistenceError, message: "a \"b\" \\ c" })"#;
+        assert_eq!(
+            send_error(quoted),
+            Some(("PersistenceError".into(), r#"a "b" \ c"#.into()))
+        );
+        assert_eq!(send_error("BaseCommand { r#type: Pong }"), None);
+        let e = receipt_error(pulsar::Error::Producer(ProducerError::Connection(
+            ConnectionError::UnexpectedResponse(text.into()),
+        )));
+        assert!(matches!(e, TransportError::Refused { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the broker refused the message: NotAllowedError: Exceed maximum message size: 10024 > 4096"
+        );
     }
 
     #[test]

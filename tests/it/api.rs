@@ -567,7 +567,10 @@ async fn docs_page_loads_only_local_assets() {
 }
 
 /// Polls `/metrics/summary` until `done` holds for it (or fails after 10 s).
-async fn summary_when(app: &crate::helpers::TestApp, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn summary_when(
+    app: &crate::helpers::TestApp,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let started = Instant::now();
     loop {
         let response = app.get("/metrics/summary").await;

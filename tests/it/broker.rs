@@ -442,9 +442,19 @@ pub struct PrivatePulsar {
 
 impl PrivatePulsar {
     fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+        Self::ctl_with(dir, args, &[])
+    }
+
+    fn ctl_with(
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> std::process::Output {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pulsar-lite.sh");
         let mut cmd = std::process::Command::new(script);
-        cmd.args(args).env("PULSAR_LITE_DIR", dir);
+        cmd.args(args)
+            .env("PULSAR_LITE_DIR", dir)
+            .envs(env.iter().cloned());
         let proxy = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/target/debug/pulsar-lite-proxy"
@@ -457,10 +467,25 @@ impl PrivatePulsar {
 
     /// Starts one on free loopback ports, with its data in a fresh directory.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts one whose broker refuses messages over `bytes` (pulsar-lite's
+    /// `max_message_size_bytes`), as a real broker refuses oversize ones.
+    pub async fn start_with_max_message_size(bytes: usize) -> Self {
+        Self::start_with(&[("PULSAR_LITE_MAX_MESSAGE_SIZE_BYTES", bytes.to_string())]).await
+    }
+
+    /// Starts one with `scripts/pulsar-lite.sh`'s settings `env` (see its header).
+    async fn start_with(env: &[(&str, String)]) -> Self {
         let dir = std::env::temp_dir().join(format!("saga-it-pulsar-{}", Uuid::new_v4().simple()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let started = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || Self::ctl(&dir, &["start"])
+            move || Self::ctl_with(&dir, &["start"], &env)
         })
         .await
         .expect("join");
@@ -519,5 +544,66 @@ impl PrivatePulsar {
 impl Drop for PrivatePulsar {
     fn drop(&mut self) {
         let _ = Self::ctl(&self.dir, &["stop", "--purge"]);
+    }
+}
+
+/// A redis-server of one test's own, on a free loopback port, for tests
+/// that need settings the suite's shared one must not have. Stopped (the
+/// process this started, by its handle) when dropped.
+pub struct PrivateRedis {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl PrivateRedis {
+    /// Starts one with extra `redis-server` arguments, e.g.
+    /// `["--proto-max-bulk-len", "1mb"]`.
+    pub async fn start(args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+            .to_string();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/install-deps.sh redis)");
+        // Owned at once, so a failed start still stops it (on drop).
+        let redis = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        let client = redis::Client::open(redis.url.as_str()).expect("redis url");
+        for _ in 0..100 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return redis;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not answer on {}", redis.url);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -12,31 +12,58 @@ use saga_orchestrator::saga::{
     self, HistoryEntry, Input, RetryKind, RetryPolicy, Saga, SagaState, Step,
 };
 use saga_orchestrator::store::{
-    Created, Lease, ListQuery, NewSaga, OutboxMessage, PostgresStore, SagaStore, SqliteStore,
-    TransitionWrite,
+    Created, Lease, ListQuery, NewSaga, OutboxFault, OutboxMessage, PostgresStore, SagaStore,
+    SqliteStore, TransitionWrite,
 };
 use secrecy::SecretString;
 use serde_json::Map;
 use uuid::Uuid;
 
 use crate::helpers::fresh_database;
+use crate::outbox_rows::{long_correlation_event, sqlite_url, Db};
 
 async fn postgres() -> Arc<dyn SagaStore> {
-    let url = SecretString::from(fresh_database().await);
-    let store = PostgresStore::connect(&url, 4).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Arc::new(store)
+    postgres_with_db().await.0
 }
 
 async fn sqlite() -> Arc<dyn SagaStore> {
-    // Under the target dir, so `cargo clean` removes what tests leave.
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("store-{}.db", Uuid::new_v4().simple()));
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+    sqlite_with_db().await.0
+}
+
+/// PostgreSQL, with direct SQL on its database for rows the store would never write.
+async fn postgres_with_db() -> (Arc<dyn SagaStore>, Db) {
+    let url = fresh_database().await;
+    let store = PostgresStore::connect(&SecretString::from(url.clone()), 4)
         .await
-        .expect("open");
+        .expect("connect");
     store.migrate().await.expect("migrate");
-    Arc::new(store)
+    (Arc::new(store), Db::from_url(&url))
+}
+
+/// SQLite, with direct SQL on its file.
+async fn sqlite_with_db() -> (Arc<dyn SagaStore>, Db) {
+    let url = sqlite_url("store");
+    let store = SqliteStore::connect(&url).await.expect("open");
+    store.migrate().await.expect("migrate");
+    (Arc::new(store), Db::from_url(&url))
+}
+
+/// As [`on_both`], for cases that also write rows by hand.
+macro_rules! on_both_with_db {
+    ($($case:ident),* $(,)?) => {
+        mod postgres_store_raw {
+            $(#[tokio::test] async fn $case() {
+                let (store, db) = super::postgres_with_db().await;
+                super::$case(store, db).await
+            })*
+        }
+        mod sqlite_store_raw {
+            $(#[tokio::test] async fn $case() {
+                let (store, db) = super::sqlite_with_db().await;
+                super::$case(store, db).await
+            })*
+        }
+    };
 }
 
 /// One `#[tokio::test]` per backend for each named case.
@@ -60,6 +87,11 @@ on_both!(
     claim_due_takes_only_due_sagas_with_lapsed_leases,
     outbox_claims_are_exclusive_until_they_lapse,
     list_filters_and_orders_newest_first,
+);
+
+on_both_with_db!(
+    a_row_that_cannot_be_read_does_not_fail_the_claim,
+    failed_attempts_are_counted_and_parking_keeps_them,
 );
 
 fn policy() -> RetryPolicy {
@@ -398,13 +430,15 @@ async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>)
     let first = store
         .claim_outbox("relay-a", now, Duration::from_secs(30), 2)
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(first.len(), 2);
     assert!(first[0].id < first[1].id, "oldest first");
     let second = store
         .claim_outbox("relay-b", now, Duration::from_secs(30), 10)
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(second.len(), 1, "claimed messages are not handed out twice");
     assert_eq!(second[0].envelope.event_type, "SagaStarted");
 
@@ -413,7 +447,8 @@ async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>)
     let released = store
         .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(
         released.iter().map(|m| m.id).collect::<Vec<_>>(),
         [first[1].id]
@@ -432,7 +467,8 @@ async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>)
             10,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .messages;
     assert_eq!(
         after_lapse.iter().map(|m| m.id).collect::<Vec<_>>(),
         [second[0].id]
@@ -527,4 +563,115 @@ async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dy
         // Two rows from creation, one from the transition; none from the stale write.
         assert_eq!(store.history(new.saga.saga_id).await.unwrap().len(), 3);
     }
+}
+
+async fn a_row_that_cannot_be_read_does_not_fail_the_claim(store: Arc<dyn SagaStore>, db: Db) {
+    store.create(&[new_saga("q-1", None)]).await.unwrap();
+    let not_envelope = db
+        .insert_outbox("events", r#"{"hello": "not an envelope"}"#)
+        .await;
+    let (long_id, long) = long_correlation_event("p-long");
+    let long_row = db.insert_outbox("events", &long.to_string()).await;
+    let mut bad = vec![not_envelope];
+    if matches!(db, Db::Sqlite(_)) {
+        // Only SQLite's TEXT column can hold what is not JSON at all.
+        bad.push(db.insert_outbox("events", "{not json").await);
+    }
+    store.create(&[new_saga("q-2", None)]).await.unwrap();
+
+    let now = Utc::now();
+    let claim = store
+        .claim_outbox("relay", now, Duration::from_secs(30), 10)
+        .await
+        .expect("one bad row does not fail the claim");
+    assert_eq!(claim.messages.len(), 3, "{claim:?}");
+    assert!(claim.messages.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(claim.messages[1].id, long_row);
+    assert_eq!(
+        claim.messages[1].envelope.correlation_id, long_id,
+        "what was stored is read back as it was"
+    );
+    let faults: Vec<i64> = claim.unreadable.iter().map(|f| f.id).collect();
+    assert_eq!(faults, bad);
+    assert!(claim.unreadable[0].reason.contains("event_id"), "{claim:?}");
+    if let Some(not_json) = claim.unreadable.get(1) {
+        assert!(not_json.reason.contains("invalid JSON"), "{not_json:?}");
+    }
+
+    // Parked: out of the queue and the backlog, kept as stored with why.
+    let parked = store.park_outbox(&claim.unreadable, now).await.unwrap();
+    assert_eq!(parked, bad.len() as u64);
+    assert_eq!(store.outbox_backlog().await.unwrap(), 3);
+    assert_eq!(store.outbox_parked().await.unwrap(), bad.len() as i64);
+    let rows = db.parked().await;
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), bad);
+    assert!(rows[0].message.contains("not an envelope"), "{rows:?}");
+    assert_eq!(rows[0].reason, claim.unreadable[0].reason);
+    assert_eq!(rows[0].attempts, 0);
+    assert_eq!(
+        store.park_outbox(&claim.unreadable, now).await.unwrap(),
+        0,
+        "parking again does nothing"
+    );
+    let later = now + chrono::Duration::seconds(31);
+    let again = store
+        .claim_outbox("relay", later, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert!(again.unreadable.is_empty(), "{again:?}");
+    assert_eq!(again.messages.len(), 3);
+}
+
+async fn failed_attempts_are_counted_and_parking_keeps_them(store: Arc<dyn SagaStore>, db: Db) {
+    store
+        .create(&[new_saga("f-1", None), new_saga("f-2", None)])
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let claim = store
+        .claim_outbox("relay", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    let (refused, other) = (claim.messages[0].id, claim.messages[1].id);
+
+    for n in 1..=3 {
+        let error = format!("refused, attempt {n}");
+        assert_eq!(
+            store.record_outbox_failure(refused, &error).await.unwrap(),
+            n
+        );
+    }
+    assert_eq!(
+        store.record_outbox_failure(i64::MAX, "gone").await.unwrap(),
+        0,
+        "a row that is gone has no attempts"
+    );
+    let fault = OutboxFault {
+        id: refused,
+        reason: "the broker refused the message: too large".into(),
+    };
+    assert_eq!(store.park_outbox(&[fault], now).await.unwrap(), 1);
+    let rows = db.parked().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].id, refused);
+    assert_eq!(rows[0].channel, "events");
+    assert_eq!(rows[0].attempts, 3);
+    assert_eq!(rows[0].reason, "the broker refused the message: too large");
+    let stored: serde_json::Value = serde_json::from_str(&rows[0].message).unwrap();
+    assert_eq!(
+        stored["event_id"], claim.messages[0].envelope.event_id,
+        "the message is kept as stored"
+    );
+
+    store.release_outbox(&[other]).await.unwrap();
+    let rest = store
+        .claim_outbox("relay", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [other]
+    );
+    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
+    assert_eq!(store.outbox_parked().await.unwrap(), 1);
 }
