@@ -478,17 +478,29 @@ impl PrivatePulsar {
 
     /// Starts one with `scripts/pulsar-lite.sh`'s settings `env` (see its header).
     async fn start_with(env: &[(&str, String)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("saga-it-pulsar-{}", Uuid::new_v4().simple()));
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let started = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || Self::ctl_with(&dir, &["start"], &env)
-        })
-        .await
-        .expect("join");
+        // Free ports are picked, released, then bound: with several private
+        // brokers starting at once another may take one in between, so a
+        // clash is tried again on other ports.
+        let mut tries = 0;
+        let (dir, started) = loop {
+            tries += 1;
+            let dir =
+                std::env::temp_dir().join(format!("saga-it-pulsar-{}", Uuid::new_v4().simple()));
+            let started = tokio::task::spawn_blocking({
+                let (dir, env) = (dir.clone(), env.clone());
+                move || Self::ctl_with(&dir, &["start"], &env)
+            })
+            .await
+            .expect("join");
+            let clash = String::from_utf8_lossy(&started.stderr).contains("already in use");
+            if started.status.success() || !clash || tries == 3 {
+                break (dir, started);
+            }
+        };
         let stdout = String::from_utf8_lossy(&started.stdout);
         assert!(
             started.status.success(),
