@@ -490,6 +490,10 @@ async fn list_filters_and_orders_newest_first(store: Arc<dyn SagaStore>) {
     let mut newest_first: Vec<_> = sagas.iter().map(|n| n.saga.saga_id).collect();
     newest_first.reverse();
     assert_eq!(ids, newest_first);
+    // Listings do not read payloads (up to MAX_MESSAGE_BYTES each); one saga does.
+    assert!(all.iter().all(|s| s.payload.is_empty()));
+    let full = store.get(ids[0]).await.unwrap().expect("stored");
+    assert_eq!(full.payload["name"], "N");
 
     let page = store
         .list(&ListQuery {
