@@ -160,6 +160,9 @@ pub struct Settings {
     /// what every consumer group has acknowledged, and dead consumers
     /// removed from our group; `None` (`REDIS_TRIM_INTERVAL_MS=0`): never.
     pub redis_trim_interval: Option<Duration>,
+    /// Entries younger than this are never trimmed, acknowledged or not,
+    /// so readers without a group (the monitor, replays) see recent traffic.
+    pub redis_trim_min_age: Duration,
     pub max_message_bytes: usize,
     pub channels: Channels,
     /// Pulsar subscription / Redis consumer group shared by all instances.
@@ -275,6 +278,16 @@ impl Settings {
             // unacknowledged, and operators' XRANGE still sees recent events.
             redis_trim_interval: Some(v.millis("REDIS_TRIM_INTERVAL_MS", 60_000)?)
                 .filter(|every| !every.is_zero()),
+            redis_trim_min_age: Duration::from_secs(v.parse(
+                "REDIS_TRIM_MIN_AGE_SECS",
+                3600,
+                |s| match s.parse::<u64>() {
+                    Ok(n) if n <= 30 * 24 * 3600 => Ok(n),
+                    _ => Err(format!(
+                        "expected whole seconds from 0 to 2592000, got {s:?}"
+                    )),
+                },
+            )?),
             max_message_bytes: v.bounded("MAX_MESSAGE_BYTES", 1_048_576, 64 * 1_048_576)?,
             channels: Channels {
                 partner_events: v.name("CHANNEL_PARTNER_EVENTS", &defaults.partner_events)?,
@@ -331,6 +344,7 @@ impl std::fmt::Debug for Settings {
             max_in_flight,
             redis_claim_idle,
             redis_trim_interval,
+            redis_trim_min_age,
             max_message_bytes,
             channels,
             subscription,
@@ -358,6 +372,7 @@ impl std::fmt::Debug for Settings {
             .field("max_in_flight", max_in_flight)
             .field("redis_claim_idle", redis_claim_idle)
             .field("redis_trim_interval", redis_trim_interval)
+            .field("redis_trim_min_age", redis_trim_min_age)
             .field("max_message_bytes", max_message_bytes)
             .field("channels", channels)
             .field("subscription", subscription)
@@ -667,6 +682,7 @@ mod tests {
             ("REDIS_TRIM_INTERVAL_MS", "-1"),
             ("REDIS_TRIM_INTERVAL_MS", "99999999999"),
             ("REDIS_TRIM_INTERVAL_MS", "1m"),
+            ("REDIS_TRIM_MIN_AGE_SECS", "an hour"),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)]).expect_err(name);

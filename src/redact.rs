@@ -45,8 +45,11 @@ pub fn in_text(text: &str) -> String {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
+        // The authority ends at the path, query or fragment (or where the
+        // text does); `(`, `)`, `'` and the like may be part of a password,
+        // which the url crate leaves unencoded in user information.
         let end = tail
-            .find(|c: char| c.is_whitespace() || "/?#\\\"'<>()`".contains(c))
+            .find(|c: char| c.is_whitespace() || "/?#\\\"<>`".contains(c))
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority.rfind('@') {
@@ -65,6 +68,16 @@ pub fn in_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_with_brackets_and_quotes_are_masked_in_text() {
+        for secret in ["pa)ss", "p(a's", "x)y(z"] {
+            let text = format!("error sending request for url (http://u:{secret}@h:1/alliances)");
+            let shown = in_text(&text);
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("@h:1/alliances"), "{shown}");
+        }
+    }
 
     #[test]
     fn parsed_urls_lose_their_password_or_token() {

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::{loop_backoff, pause, Orchestrator};
 use crate::envelope::MAX_ID_CHARS;
+use crate::participants::text::storable;
 use crate::saga::{self, Input, NextAction, Saga, SagaState};
 use crate::telemetry;
 use crate::transport::TransportError;
@@ -255,7 +256,10 @@ fn refused_outcome(input: &Input, error: &crate::store::StoreError) -> Option<In
             detail,
         } => Some(Input::StepSucceeded {
             step: *step,
-            alliance_id: alliance_id.as_deref().map(|id| storable(id, MAX_ID_CHARS)),
+            // One character short: a cut id ends in an ellipsis.
+            alliance_id: alliance_id
+                .as_deref()
+                .map(|id| storable(id, MAX_ID_CHARS - 1)),
             detail: detail.as_deref().map(|d| storable(d, 300)),
         }),
         Input::StepFailed { step, .. } | Input::StepRejected { step, .. } => {
@@ -267,21 +271,6 @@ fn refused_outcome(input: &Input, error: &crate::store::StoreError) -> Option<In
         }
         _ => None,
     }
-}
-
-/// `text` with control characters escaped, at most `max` characters.
-fn storable(text: &str, max: usize) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .take(max)
-        .collect()
 }
 
 fn log_transition(decision: &saga::Decision, after: &Saga) {
@@ -342,9 +331,9 @@ mod tests {
             panic!("a success must stay a success");
         };
         let id = alliance_id.unwrap_or_default();
-        assert!(id.starts_with("a\\u{0}b"), "{id}");
+        assert!(id.starts_with("a\\u0000b"), "{id}");
         assert!(!id.contains('\0'));
-        assert_eq!(id.chars().count(), MAX_ID_CHARS);
+        assert!(id.chars().count() <= MAX_ID_CHARS, "{id}");
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! claims its batch with a short lease.
 //!
 //! No single message can stop the relay. A stored row that is no message
-//! is parked at once. When a send fails, the broker is asked whether it
-//! answers: if not (or it says it takes nothing now), it is an outage and
-//! the batch is retried later from its oldest message, in order. If it
-//! answers, the run is sent again one message at a time to find the one it
-//! refuses; that one counts a failed attempt and, after [`PARK_AFTER`], is
-//! parked with the broker's reason, so the messages behind it go on.
+//! is parked at once. A failed send is an outage — the batch is retried
+//! later from its oldest message, in order — unless the broker positively
+//! refused a message on its own merits (too large, corrupt:
+//! [`TransportError::blames_the_message`]; or Redis dropped the connection
+//! on a value longer than any limit it can have, and answers again). Only then is the run sent again
+//! one message at a time to find the one it refuses; that one counts a
+//! failed attempt and, after [`PARK_AFTER`], is parked with the broker's
+//! reason, so the messages behind it go on. Anything else (permissions, a
+//! topic that cannot be produced to, timeouts) can hit every message of a
+//! channel, and parking them one by one would throw the channel away.
 //! Nothing behind an offender is sent again before it is parked, so a
 //! saga's messages keep their order (a parked one is skipped). The failed
 //! send itself may already have taken some of them (brokers pipeline
@@ -32,13 +36,8 @@ const BATCH: u32 = 500;
 const CLAIM_LEASE: Duration = Duration::from_secs(30);
 /// Poll interval when nothing woke the relay (other instances' writes).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-/// Sends the broker refuses, while it answers, before a message is parked.
+/// Sends the broker refuses the message in, before it is parked.
 const PARK_AFTER: u32 = 3;
-/// Time allowed for the broker to answer one of [`PINGS`] pings after a
-/// failed send, [`PING_PAUSE`] apart.
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
-const PINGS: u32 = 3;
-const PING_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
@@ -147,17 +146,18 @@ struct Done {
 async fn send_run(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) -> Result<(), Stop> {
     let transport = &orch.inner.transport;
     // Encoded straight from the stored envelopes: no copy of each one.
-    let messages = run
+    let messages: Vec<OutboundMessage> = run
         .iter()
         .map(|m| OutboundMessage::encode(&m.envelope, transport.format()))
         .collect();
+    let largest = messages.iter().map(OutboundMessage::largest_value).max();
     match transport.send(&run[0].channel, messages).await {
         Ok(()) => {
             done.sent.extend(run.iter().map(|m| m.id));
             Ok(())
         }
-        Err(e) if !broker_answers(orch, &e).await => Err(Stop::Outage(e)),
-        Err(_) => isolate(orch, run, done).await,
+        Err(e) if blames(orch, &e, largest.unwrap_or(0)).await => isolate(orch, run, done).await,
+        Err(e) => Err(Stop::Outage(e)),
     }
 }
 
@@ -168,15 +168,16 @@ async fn isolate(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) ->
     let transport = &orch.inner.transport;
     for m in run {
         let message = OutboundMessage::encode(&m.envelope, transport.format());
+        let size = message.largest_value();
         let error = match transport.send(&m.channel, vec![message]).await {
             Ok(()) => {
                 done.sent.push(m.id);
                 continue;
             }
-            Err(e) if !broker_answers(orch, &e).await => return Err(Stop::Outage(e)),
+            Err(e) if !blames(orch, &e, size).await => return Err(Stop::Outage(e)),
             Err(e) => e,
         };
-        let reason = error.to_string();
+        let reason = crate::participants::text::storable(&error.to_string(), 600);
         let attempts = orch
             .inner
             .store
@@ -202,24 +203,28 @@ async fn isolate(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) ->
     Ok(())
 }
 
-/// Whether the broker is up and taking messages, after a send failed with `e`.
-async fn broker_answers(orch: &Orchestrator, e: &TransportError) -> bool {
-    if e.is_unavailable() {
+/// Whether the failed send `e` blames its message (see the module docs): a
+/// positive refusal, or a connection Redis dropped on a value too long for
+/// any limit it can have — if, and only if, it answers again right after.
+async fn blames(orch: &Orchestrator, e: &TransportError, largest_value: usize) -> bool {
+    if e.blames_the_message() {
+        return true;
+    }
+    if !e.maybe_too_long(largest_value) {
         return false;
     }
-    // A broker may refuse a message by dropping the connection (Redis does
-    // for a value over its proto-max-bulk-len): the first ping then meets
-    // the dead connection, the next one the client's new one.
+    // The first ping meets the dropped connection; the client's next one
+    // is new.
     let answers = async {
-        for _ in 0..PINGS {
+        for _ in 0..3 {
             if orch.inner.transport.ping().await.is_ok() {
                 return true;
             }
-            tokio::time::sleep(PING_PAUSE).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
     };
-    tokio::time::timeout(PING_TIMEOUT, answers)
+    tokio::time::timeout(Duration::from_secs(3), answers)
         .await
         .unwrap_or(false)
 }

@@ -357,14 +357,19 @@ impl SagaStore for PostgresStore {
         }
         let (ids, reasons): (Vec<i64>, Vec<&str>) =
             faults.iter().map(|f| (f.id, f.reason.as_str())).unzip();
-        // One statement: a row is either still queued or parked, never both or neither.
+        // One statement: a row is either still queued or parked, never both
+        // or neither. A copy left parked when an operator requeued the
+        // message by hand is replaced, so parking it again cannot fail.
         let parked = sqlx::query(
             "WITH fault AS (SELECT * FROM UNNEST($1::int8[], $2::text[]) AS f(id, reason)), \
              moved AS ( \
                 DELETE FROM outbox o USING fault f WHERE o.id = f.id \
                 RETURNING o.id, o.channel, o.message, o.created_at, o.attempts, f.reason) \
              INSERT INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
-             SELECT id, channel, message, created_at, attempts, reason, $3 FROM moved",
+             SELECT id, channel, message, created_at, attempts, reason, $3 FROM moved \
+             ON CONFLICT (id) DO UPDATE SET channel = EXCLUDED.channel, message = EXCLUDED.message, \
+                created_at = EXCLUDED.created_at, attempts = EXCLUDED.attempts, \
+                reason = EXCLUDED.reason, parked_at = EXCLUDED.parked_at",
         )
         .bind(ids)
         .bind(reasons)

@@ -367,7 +367,9 @@ impl SagaStore for SqliteStore {
         let mut parked = 0;
         for fault in faults {
             parked += sqlx::query(
-                "INSERT INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
+                // REPLACE: a copy left parked when an operator requeued the
+                // message by hand must not make parking it again fail.
+                "INSERT OR REPLACE INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
                  SELECT id, channel, message, created_at, attempts, ?, ? FROM outbox WHERE id = ?",
             )
             .bind(&fault.reason)

@@ -69,7 +69,46 @@ const PULSAR_UNAVAILABLE: [&str; 5] = [
     "ProducerBlockedQuotaExceededException",
 ];
 
+/// The smallest `proto-max-bulk-len` Redis accepts: a value longer than
+/// its limit makes redis-server close the connection (the sender mostly
+/// sees a broken pipe), and no limit is below this.
+const REDIS_MIN_BULK_LIMIT: usize = 1024 * 1024;
+
+/// Pulsar `SendError` codes that blame the message itself.
+const PULSAR_MESSAGE_REFUSALS: [&str; 1] = ["ChecksumError"];
+
 impl TransportError {
+    /// The broker refused this one message on its own merits (over its
+    /// size limit, corrupt): the only failure for which a message is
+    /// charged and, in the end, parked. Everything else — an outage,
+    /// permissions, a topic that cannot be produced to, a timeout — may hit
+    /// every message of a channel, so no message is blamed for it.
+    pub fn blames_the_message(&self) -> bool {
+        match self {
+            Self::Refused { code, message } => {
+                PULSAR_MESSAGE_REFUSALS.contains(&code.as_str())
+                    || (code == "NotAllowedError" && message.to_ascii_lowercase().contains("size"))
+            }
+            // redis-server answers a value over proto-max-bulk-len so.
+            Self::Redis(e) => e
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("invalid bulk length"),
+            _ => false,
+        }
+    }
+
+    /// Redis dropped the connection on a send whose largest value
+    /// (`largest_value` bytes) is over the lowest limit it can have: what
+    /// it does when it refuses a value as too long — or what an outage
+    /// looks like, so the caller must check the broker answers before
+    /// blaming the message.
+    pub fn maybe_too_long(&self, largest_value: usize) -> bool {
+        let dropped = matches!(self, Self::Redis(e)
+            if (e.is_io_error() || e.is_connection_dropped()) && !e.is_connection_refusal());
+        dropped && largest_value > REDIS_MIN_BULK_LIMIT
+    }
+
     /// The broker answered, but takes nothing now (out of memory, loading,
     /// over quota, overloaded): as much an outage as a broker that does not
     /// answer, so no message is to blame for it, whatever a ping says.
@@ -168,6 +207,15 @@ pub struct OutboundMessage {
 }
 
 impl OutboundMessage {
+    /// The size of its largest single value (a stream field, or the body):
+    /// what a broker's per-value limit applies to.
+    pub fn largest_value(&self) -> usize {
+        match &self.raw {
+            RawMessage::Fields(fields) => fields.iter().map(|(_, v)| v.len()).max().unwrap_or(0),
+            RawMessage::Body { data, .. } => data.len(),
+        }
+    }
+
     /// Encodes an envelope in `format` (CONTRACT §3).
     pub fn encode(envelope: &Envelope, format: WireFormat) -> Self {
         let raw = match format {
@@ -393,7 +441,7 @@ pub async fn from_settings(settings: &Settings) -> Result<Arc<dyn Transport>, Tr
                 settings.redis_claim_idle,
             )
             .await?
-            .with_maintenance(settings.redis_trim_interval),
+            .with_maintenance(settings.redis_trim_interval, settings.redis_trim_min_age),
         )),
         BrokerUrl::Memory => Ok(Arc::new(MemoryTransport::new())),
         BrokerUrl::Pulsar(url) => Ok(Arc::new(

@@ -47,6 +47,8 @@ pub struct RedisTransport {
     claim_idle: Duration,
     /// How often the consumed streams get their upkeep; `None`: never.
     maintenance: Option<Duration>,
+    /// Entries younger than this are never trimmed.
+    trim_min_age: Duration,
 }
 
 impl RedisTransport {
@@ -66,13 +68,15 @@ impl RedisTransport {
             consumer: consumer.to_string(),
             claim_idle,
             maintenance: None,
+            trim_min_age: Duration::ZERO,
         })
     }
 
     /// Asks for the upkeep of consumed streams (trimming, removing dead
     /// consumers of our group) every `every`; `None` turns it off.
-    pub fn with_maintenance(mut self, every: Option<Duration>) -> Self {
+    pub fn with_maintenance(mut self, every: Option<Duration>, min_age: Duration) -> Self {
         self.maintenance = every;
+        self.trim_min_age = min_age;
         self
     }
 

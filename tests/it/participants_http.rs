@@ -171,7 +171,7 @@ async fn dot_partner_ids_never_reach_integrations() {
 }
 
 #[tokio::test]
-async fn alliances_answering_404_is_retried_and_never_compensates() {
+async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(404), Some(2)).await;
     on_create_alliance(&alianzas, alliance_created("a-after-404"), None).await;
@@ -312,10 +312,11 @@ async fn an_alliance_id_with_nul_is_stored_escaped() {
 }
 
 #[tokio::test]
-async fn an_alliance_id_over_256_characters_is_a_failed_attempt() {
+async fn an_alliance_id_over_256_characters_completes_without_the_id() {
     let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created(&"x".repeat(257)), Some(1)).await;
-    on_create_alliance(&alianzas, alliance_created("a-short"), None).await;
+    // An idempotent participant answers every retry the same way: a retry
+    // could never succeed, and compensation would delete the partner.
+    on_create_alliance(&alianzas, alliance_created(&"x".repeat(257)), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -323,14 +324,15 @@ async fn an_alliance_id_over_256_characters_is_a_failed_attempt() {
     let saga = settled(&app, &saga_id).await;
 
     assert_eq!(saga["state"], "completed", "{saga}");
-    assert_eq!(saga["alliance_id"], "a-short");
-    assert_eq!(saga["attempts"], 2);
+    assert!(saga["alliance_id"].is_null(), "{saga}");
+    assert_eq!(saga["attempts"], 1);
+    assert!(deletes(&app).await.is_empty());
     let history = saga["history"].as_array().unwrap();
     assert!(
         history.iter().any(|h| h["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("alliance_id longer than 256 characters")),
+            .contains("alliance_id is longer than 256 characters")),
         "{saga}"
     );
 }

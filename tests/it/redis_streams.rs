@@ -237,7 +237,8 @@ async fn trimming_drops_only_what_every_group_has_acknowledged() {
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config
         .set("BROKER_URL", &env("TEST_REDIS_URL"))
-        .set("REDIS_TRIM_INTERVAL_MS", "100");
+        .set("REDIS_TRIM_INTERVAL_MS", "100")
+        .set("REDIS_TRIM_MIN_AGE_SECS", "0");
     let channels = config.channels.clone();
     let events = channels.partner_events.clone();
     let dlq = format!("{events}-dlq");

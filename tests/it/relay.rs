@@ -142,3 +142,58 @@ async fn a_saga_event_with_a_300_character_correlation_id_is_published_not_parke
     summary_when(&app, |s| s["outbox_backlog"] == 0).await;
     assert!(db.parked().await.is_empty(), "nothing to park");
 }
+
+/// A raw connection to the suite's Redis.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(crate::helpers::env("TEST_REDIS_URL")).expect("redis URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to TEST_REDIS_URL")
+}
+
+#[tokio::test]
+async fn an_error_that_hits_a_whole_channel_parks_nothing() {
+    if crate::helpers::BrokerKind::from_env() != crate::helpers::BrokerKind::Redis {
+        return; // A key of the wrong type is Redis's way to break a channel.
+    }
+    let (alianzas, integraciones) = mocks().await;
+    on_create_alliance(&alianzas, alliance_created("a-channel"), None).await;
+    let config = TestConfig::new(&alianzas, &integraciones).await;
+    let events = config.channels.saga_events.clone();
+    // saga-events is unusable (every XADD answers WRONGTYPE) while the
+    // broker itself answers pings: no message is to blame for that.
+    let mut conn = redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(&events)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let partners: Vec<String> = (0..3).map(|_| partner()).collect();
+    for p in &partners {
+        app.publish_partner(p, &format!("evt-{p}"), "corr-channel")
+            .await;
+    }
+    for p in &partners {
+        assert_eq!(app.settled(p).await["state"], "completed");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        metric(&app, "saga_outbox_parked_total", "").await,
+        0.0,
+        "an outage of a channel parks nothing"
+    );
+
+    // Once the channel works again, every event goes out.
+    let _: () = redis::cmd("DEL")
+        .arg(&events)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for p in &partners {
+        app.wait_for_entries(&events, 1, |e| event_of(e, "SagaCompleted", p))
+            .await;
+    }
+}

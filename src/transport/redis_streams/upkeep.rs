@@ -131,12 +131,13 @@ impl RedisTransport {
         }
     }
 
-    /// The oldest entry `group` has been handed and not acknowledged.
+    /// The oldest entry `group` has been handed and not acknowledged
+    /// (`Some(None)`: nothing pending; `None`: the answer was unreadable).
     async fn oldest_pending(
         &self,
         stream: &str,
         group: &str,
-    ) -> Result<Option<EntryId>, TransportError> {
+    ) -> Result<Option<Option<EntryId>>, TransportError> {
         let summary: Value = redis::cmd("XPENDING")
             .arg(stream)
             .arg(group)
@@ -157,11 +158,13 @@ impl RedisTransport {
             // Pending entries all lie at or below the last one handed out,
             // so the oldest of them, when there is one, is what it needs.
             let needed = match self.oldest_pending(stream, &group.name).await? {
-                Some(id) => id,
-                None => match group.last_delivered {
+                Some(Some(id)) => id,
+                Some(None) => match group.last_delivered {
                     Some(last) => last.next(),
                     None => return Ok(None),
                 },
+                // Something is pending but we cannot tell what: keep all.
+                None => return Ok(None),
             };
             oldest = Some(oldest.map_or(needed, |o| o.min(needed)));
         }
@@ -170,9 +173,18 @@ impl RedisTransport {
 
     /// Trims `stream` below what every group still needs.
     async fn trim(&self, stream: &str, groups: &[Group]) -> Result<(), TransportError> {
-        let Some(keep_from) = self.oldest_needed(stream, groups).await? else {
+        let Some(needed) = self.oldest_needed(stream, groups).await? else {
             return Ok(());
         };
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        // Entries younger than the minimum age stay, acknowledged or not:
+        // readers without a group (the monitor, an `XRANGE` replay) still
+        // see recent traffic.
+        let recent = EntryId {
+            ms: now_ms.saturating_sub(millis(self.trim_min_age)),
+            seq: 0,
+        };
+        let keep_from = needed.min(recent);
         // Exact, not `~`: a round trims at most an interval's traffic, and
         // only exact trimming ever frees a stream that sees little of it.
         let trimmed: u64 = redis::cmd("XTRIM")
@@ -212,13 +224,16 @@ fn groups(reply: Value) -> Vec<Group> {
         .collect()
 }
 
-/// `XPENDING <stream> <group>`: `[count, oldest, newest, per consumer]`.
-fn oldest_pending(summary: Value) -> Option<EntryId> {
+/// `XPENDING <stream> <group>`: `[count, oldest, newest, per consumer]`;
+/// `Some(None)` when nothing is pending, `None` when it cannot be read (so
+/// nothing is trimmed rather than an entry still pending).
+fn oldest_pending(summary: Value) -> Option<Option<EntryId>> {
     let Value::Array(parts) = summary else {
         return None;
     };
     match parts.as_slice() {
-        [Value::Int(n), oldest, ..] if *n > 0 => EntryId::parse(&text(oldest)?),
+        [Value::Int(0), ..] => Some(None),
+        [Value::Int(n), oldest, ..] if *n > 0 => EntryId::parse(&text(oldest)?).map(Some),
         _ => None,
     }
 }
@@ -321,8 +336,14 @@ mod tests {
             bulk("6-0"),
             Value::Array(vec![]),
         ]);
-        assert_eq!(oldest_pending(some), Some(id("5-1")));
+        assert_eq!(oldest_pending(some), Some(Some(id("5-1"))));
         let none = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
-        assert_eq!(oldest_pending(none), None);
+        assert_eq!(oldest_pending(none), Some(None));
+        let unreadable = Value::Array(vec![Value::Int(3), bulk("not-an-id"), Value::Nil]);
+        assert_eq!(
+            oldest_pending(unreadable),
+            None,
+            "fail closed: trim nothing"
+        );
     }
 }
