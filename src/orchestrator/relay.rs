@@ -128,7 +128,10 @@ async fn relay(orch: &Orchestrator, batch: &[OutboxMessage]) -> Result<(), Stop>
             .map(|m| m.id)
             .filter(|id| !settled.contains(id))
             .collect();
-        if let Err(e) = store.release_outbox(&rest).await {
+        if let Err(e) = store
+            .release_outbox(&orch.inner.config.instance_id, &rest)
+            .await
+        {
             tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
         }
     }
@@ -181,7 +184,7 @@ async fn isolate(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) ->
         let attempts = orch
             .inner
             .store
-            .record_outbox_failure(m.id, &reason)
+            .record_outbox_failure(&orch.inner.config.instance_id, m.id, &reason)
             .await?;
         if attempts < PARK_AFTER {
             return Err(Stop::Refused {
@@ -235,7 +238,13 @@ async fn park(orch: &Orchestrator, faults: &[OutboxFault], kind: &'static str) -
     if faults.is_empty() {
         return 0;
     }
-    match orch.inner.store.park_outbox(faults, Utc::now()).await {
+    let owner = &orch.inner.config.instance_id;
+    match orch
+        .inner
+        .store
+        .park_outbox(owner, faults, Utc::now())
+        .await
+    {
         Ok(parked) => {
             for fault in faults {
                 tracing::warn!(outbox_id = fault.id, reason = %fault.reason, kind, "outbox message parked: it cannot be published");

@@ -225,19 +225,28 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Deletes relayed messages.
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
 
-    /// Gives claimed messages back (publishing failed), so the next claim
-    /// takes them again, oldest first.
-    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Gives messages `owner` claimed back (publishing failed), so the next
+    /// claim takes them again, oldest first. Each of these follow-ups acts
+    /// only on rows `owner` still holds: once its claim lapsed and another
+    /// relay took them, they are that relay's.
+    async fn release_outbox(&self, owner: &str, ids: &[i64]) -> Result<(), StoreError>;
 
-    /// Counts a failed attempt to publish message `id`, keeping `error` as
-    /// its last; returns its attempts so far (0 when the row is gone).
-    async fn record_outbox_failure(&self, id: i64, error: &str) -> Result<u32, StoreError>;
+    /// Counts a failed attempt to publish message `id` (claimed by `owner`),
+    /// keeping `error` as its last; returns its attempts so far (0 when the
+    /// row is gone or no longer `owner`'s).
+    async fn record_outbox_failure(
+        &self,
+        owner: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<u32, StoreError>;
 
-    /// Moves messages out of the relay's queue into `outbox_parked`, as
-    /// stored, with their reasons, for a person to look at. Ids no longer
-    /// in the outbox are skipped; returns how many were parked.
+    /// Moves messages `owner` claimed out of the relay's queue into
+    /// `outbox_parked`, as stored, with their reasons, for a person to look
+    /// at. Other ids are skipped; returns how many were parked.
     async fn park_outbox(
         &self,
+        owner: &str,
         faults: &[OutboxFault],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
@@ -262,6 +271,16 @@ pub(crate) fn stored_message(message: &OutboxMessage) -> Value {
 /// Reads one claimed row back (what [`stored_message`] wrote, or failed
 /// to be read as JSON) into `claim`: a message, or a fault saying why it
 /// is none.
+/// A claimed row's message as the bytes stored: text that is not UTF-8 or
+/// not JSON (a hand edit, another writer, a number serde cannot hold) makes
+/// that one row unreadable, never the whole claim.
+pub(crate) fn read_claimed_bytes(claim: &mut OutboxClaim, id: i64, channel: String, bytes: &[u8]) {
+    let message = std::str::from_utf8(bytes)
+        .map_err(|_| "not UTF-8 text".to_string())
+        .and_then(|text| serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}")));
+    read_claimed(claim, id, channel, message);
+}
+
 pub(crate) fn read_claimed(
     claim: &mut OutboxClaim,
     id: i64,

@@ -19,8 +19,8 @@ use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    attempts_i32, parse_state, parse_step, payload_object, read_claimed, stored_message, Created,
-    ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
+    attempts_i32, parse_state, parse_step, payload_object, read_claimed_bytes, stored_message,
+    Created, ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
     TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
@@ -288,7 +288,7 @@ impl SagaStore for PostgresStore {
                 WHERE claimed_until IS NULL OR claimed_until < $3 \
                 ORDER BY id LIMIT $4 \
                 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, channel, message",
+             RETURNING id, channel, convert_to(message::text, 'UTF8') AS message",
         )
         .bind(owner)
         .bind(later(now, lease))
@@ -298,14 +298,14 @@ impl SagaStore for PostgresStore {
         .await?;
         let mut claim = OutboxClaim::default();
         for row in &rows {
-            // jsonb always reads back as JSON; whether it is a message is
-            // the envelope's to say.
-            let message: Value = row.try_get("message")?;
-            read_claimed(
+            // As text: a jsonb value serde cannot read (a number out of its
+            // range, say) must fail its own row, not every claim.
+            let message: Vec<u8> = row.try_get("message")?;
+            read_claimed_bytes(
                 &mut claim,
                 row.try_get("id")?,
                 row.try_get("channel")?,
-                Ok(message),
+                &message,
             );
         }
         claim.messages.sort_by_key(|m| m.id);
@@ -323,25 +323,33 @@ impl SagaStore for PostgresStore {
         Ok(())
     }
 
-    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+    async fn release_outbox(&self, owner: &str, ids: &[i64]) -> Result<(), StoreError> {
         if !ids.is_empty() {
             sqlx::query(
-                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id = ANY($1)",
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL \
+                 WHERE id = ANY($1) AND claimed_by = $2",
             )
             .bind(ids)
+            .bind(owner)
             .execute(&self.pool)
             .await?;
         }
         Ok(())
     }
 
-    async fn record_outbox_failure(&self, id: i64, error: &str) -> Result<u32, StoreError> {
+    async fn record_outbox_failure(
+        &self,
+        owner: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<u32, StoreError> {
         let attempts: Option<i32> = sqlx::query_scalar(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1 \
-             RETURNING attempts",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 \
+             WHERE id = $1 AND claimed_by = $3 RETURNING attempts",
         )
         .bind(id)
         .bind(error)
+        .bind(owner)
         .fetch_optional(&self.pool)
         .await?;
         Ok(attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
@@ -349,6 +357,7 @@ impl SagaStore for PostgresStore {
 
     async fn park_outbox(
         &self,
+        owner: &str,
         faults: &[OutboxFault],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
@@ -363,7 +372,7 @@ impl SagaStore for PostgresStore {
         let parked = sqlx::query(
             "WITH fault AS (SELECT * FROM UNNEST($1::int8[], $2::text[]) AS f(id, reason)), \
              moved AS ( \
-                DELETE FROM outbox o USING fault f WHERE o.id = f.id \
+                DELETE FROM outbox o USING fault f WHERE o.id = f.id AND o.claimed_by = $4 \
                 RETURNING o.id, o.channel, o.message, o.created_at, o.attempts, f.reason) \
              INSERT INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
              SELECT id, channel, message, created_at, attempts, reason, $3 FROM moved \
@@ -374,6 +383,7 @@ impl SagaStore for PostgresStore {
         .bind(ids)
         .bind(reasons)
         .bind(now)
+        .bind(owner)
         .execute(&self.pool)
         .await?
         .rows_affected();

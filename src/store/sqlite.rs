@@ -19,8 +19,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{
-    attempts_i32, parse_state, parse_step, payload_object, read_claimed, stored_message, Created,
-    ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
+    attempts_i32, parse_state, parse_step, payload_object, read_claimed_bytes, stored_message,
+    Created, ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
     TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
@@ -308,7 +308,7 @@ impl SagaStore for SqliteStore {
             "UPDATE outbox SET claimed_by = ?, claimed_until = ? \
              WHERE id IN ( \
                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ? ORDER BY id LIMIT ?) \
-             RETURNING id, channel, message",
+             RETURNING id, CAST(channel AS BLOB) AS channel, CAST(message AS BLOB) AS message",
         )
         .bind(owner)
         .bind(micros(later(now, lease)))
@@ -318,14 +318,15 @@ impl SagaStore for SqliteStore {
         .await?;
         let mut claim = OutboxClaim::default();
         for row in &rows {
-            // TEXT: it may not even be JSON (a hand edit, another writer).
-            let text: String = row.try_get("message")?;
-            let message = serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"));
-            read_claimed(
+            // As bytes: it may not even be text (a hand edit, another
+            // writer), and that must fail its own row, not every claim.
+            let message: Vec<u8> = row.try_get("message")?;
+            let channel: Vec<u8> = row.try_get("channel")?;
+            read_claimed_bytes(
                 &mut claim,
                 row.try_get("id")?,
-                row.try_get("channel")?,
-                message,
+                String::from_utf8_lossy(&channel).into_owned(),
+                &message,
             );
         }
         claim.messages.sort_by_key(|m| m.id);
@@ -337,21 +338,36 @@ impl SagaStore for SqliteStore {
         outbox_by_ids(&self.pool, "DELETE FROM outbox WHERE id IN (", ids).await
     }
 
-    async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        outbox_by_ids(
-            &self.pool,
-            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE id IN (",
-            ids,
-        )
-        .await
+    async fn release_outbox(&self, owner: &str, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ",
+        );
+        qb.push_bind(owner.to_string()).push(" AND id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(")");
+        qb.build().execute(&self.pool).await?;
+        Ok(())
     }
 
-    async fn record_outbox_failure(&self, id: i64, error: &str) -> Result<u32, StoreError> {
+    async fn record_outbox_failure(
+        &self,
+        owner: &str,
+        id: i64,
+        error: &str,
+    ) -> Result<u32, StoreError> {
         let attempts: Option<i64> = sqlx::query_scalar(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING attempts",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ? \
+             WHERE id = ? AND claimed_by = ? RETURNING attempts",
         )
         .bind(error)
         .bind(id)
+        .bind(owner)
         .fetch_optional(&self.pool)
         .await?;
         Ok(attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
@@ -359,6 +375,7 @@ impl SagaStore for SqliteStore {
 
     async fn park_outbox(
         &self,
+        owner: &str,
         faults: &[OutboxFault],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
@@ -370,16 +387,19 @@ impl SagaStore for SqliteStore {
                 // REPLACE: a copy left parked when an operator requeued the
                 // message by hand must not make parking it again fail.
                 "INSERT OR REPLACE INTO outbox_parked (id, channel, message, created_at, attempts, reason, parked_at) \
-                 SELECT id, channel, message, created_at, attempts, ?, ? FROM outbox WHERE id = ?",
+                 SELECT id, channel, message, created_at, attempts, ?, ? FROM outbox \
+                 WHERE id = ? AND claimed_by = ?",
             )
             .bind(&fault.reason)
             .bind(micros(now))
             .bind(fault.id)
+            .bind(owner)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            sqlx::query("DELETE FROM outbox WHERE id = ?")
+            sqlx::query("DELETE FROM outbox WHERE id = ? AND claimed_by = ?")
                 .bind(fault.id)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?;
         }

@@ -443,7 +443,21 @@ async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>)
     assert_eq!(second[0].envelope.event_type, "SagaStarted");
 
     // A failed publish gives its claim back: the next claim takes it at once.
-    store.release_outbox(&[first[1].id]).await.unwrap();
+    // Only the relay that holds a claim gives it back.
+    store
+        .release_outbox("relay-b", &[first[1].id])
+        .await
+        .unwrap();
+    let still_held = store
+        .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .messages;
+    assert!(still_held.is_empty(), "{still_held:?}");
+    store
+        .release_outbox("relay-a", &[first[1].id])
+        .await
+        .unwrap();
     let released = store
         .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
         .await
@@ -581,6 +595,9 @@ async fn a_row_that_cannot_be_read_does_not_fail_the_claim(store: Arc<dyn SagaSt
         // Only SQLite's TEXT column can hold what is not JSON at all.
         bad.push(db.insert_outbox("events", "{not json").await);
     }
+    // JSON the database holds but serde cannot read (a number beyond f64):
+    // a hand edit's, and it fails only its own row.
+    bad.push(db.insert_outbox("events", r#"{"n": 1e400}"#).await);
     store.create(&[new_saga("q-2", None)]).await.unwrap();
 
     let now = Utc::now();
@@ -603,7 +620,10 @@ async fn a_row_that_cannot_be_read_does_not_fail_the_claim(store: Arc<dyn SagaSt
     }
 
     // Parked: out of the queue and the backlog, kept as stored with why.
-    let parked = store.park_outbox(&claim.unreadable, now).await.unwrap();
+    let parked = store
+        .park_outbox("relay", &claim.unreadable, now)
+        .await
+        .unwrap();
     assert_eq!(parked, bad.len() as u64);
     assert_eq!(store.outbox_backlog().await.unwrap(), 3);
     assert_eq!(store.outbox_parked().await.unwrap(), bad.len() as i64);
@@ -613,7 +633,10 @@ async fn a_row_that_cannot_be_read_does_not_fail_the_claim(store: Arc<dyn SagaSt
     assert_eq!(rows[0].reason, claim.unreadable[0].reason);
     assert_eq!(rows[0].attempts, 0);
     assert_eq!(
-        store.park_outbox(&claim.unreadable, now).await.unwrap(),
+        store
+            .park_outbox("relay", &claim.unreadable, now)
+            .await
+            .unwrap(),
         0,
         "parking again does nothing"
     );
@@ -641,12 +664,18 @@ async fn failed_attempts_are_counted_and_parking_keeps_them(store: Arc<dyn SagaS
     for n in 1..=3 {
         let error = format!("refused, attempt {n}");
         assert_eq!(
-            store.record_outbox_failure(refused, &error).await.unwrap(),
+            store
+                .record_outbox_failure("relay", refused, &error)
+                .await
+                .unwrap(),
             n
         );
     }
     assert_eq!(
-        store.record_outbox_failure(i64::MAX, "gone").await.unwrap(),
+        store
+            .record_outbox_failure("relay", i64::MAX, "gone")
+            .await
+            .unwrap(),
         0,
         "a row that is gone has no attempts"
     );
@@ -654,7 +683,7 @@ async fn failed_attempts_are_counted_and_parking_keeps_them(store: Arc<dyn SagaS
         id: refused,
         reason: "the broker refused the message: too large".into(),
     };
-    assert_eq!(store.park_outbox(&[fault], now).await.unwrap(), 1);
+    assert_eq!(store.park_outbox("relay", &[fault], now).await.unwrap(), 1);
     let rows = db.parked().await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].id, refused);
@@ -667,7 +696,7 @@ async fn failed_attempts_are_counted_and_parking_keeps_them(store: Arc<dyn SagaS
         "the message is kept as stored"
     );
 
-    store.release_outbox(&[other]).await.unwrap();
+    store.release_outbox("relay", &[other]).await.unwrap();
     let rest = store
         .claim_outbox("relay", now, Duration::from_secs(30), 10)
         .await
