@@ -132,10 +132,14 @@ pub async fn start(
     let Json(body) = body?;
     let partner = PartnerCreated::from_payload(&body.payload)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let correlation_id = body_id("correlation_id", body.correlation_id)?
+    let correlation_id = optional_id(
+        "correlation_id",
+        body.correlation_id,
+        ApiError::Unprocessable,
+    )?
+    .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let event_id = optional_id("event_id", body.event_id, ApiError::Unprocessable)?
         .unwrap_or_else(|| Uuid::new_v4().to_string());
-    let event_id =
-        body_id("event_id", body.event_id)?.unwrap_or_else(|| Uuid::new_v4().to_string());
     let request = StartRequest {
         event_id: event_id.clone(),
         correlation_id: correlation_id.clone(),
@@ -252,8 +256,8 @@ pub async fn list(
     };
     let query = ListQuery {
         state: saga_state,
-        partner_id: query_id("partner_id", p.partner_id)?,
-        correlation_id: query_id("correlation_id", p.correlation_id)?,
+        partner_id: optional_id("partner_id", p.partner_id, ApiError::BadRequest)?,
+        correlation_id: optional_id("correlation_id", p.correlation_id, ApiError::BadRequest)?,
         before,
         // One more than asked tells whether another page exists.
         limit: limit + 1,
@@ -460,22 +464,18 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("saga_id must be a UUID, got {id:?}")))
 }
 
-/// An optional id of a request body: absent or blank is `None` (the caller
-/// generates one); anything else must obey the id rule (422).
-fn body_id(field: &'static str, value: Option<String>) -> Result<Option<String>, ApiError> {
+/// An optional id from a request: absent or blank is `None` (a body's
+/// caller gets one generated, a filter is left out); anything else must
+/// obey the id rule, or `refused` says why (422 in a body, 400 in a query).
+fn optional_id(
+    field: &'static str,
+    value: Option<String>,
+    refused: fn(String) -> ApiError,
+) -> Result<Option<String>, ApiError> {
     let Some(id) = non_empty(value) else {
         return Ok(None);
     };
-    check_id(field, &id).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    Ok(Some(id))
-}
-
-/// An optional id filter of a query string: the same rule, answered 400.
-fn query_id(field: &'static str, value: Option<String>) -> Result<Option<String>, ApiError> {
-    let Some(id) = non_empty(value) else {
-        return Ok(None);
-    };
-    check_id(field, &id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    check_id(field, &id).map_err(|e| refused(e.to_string()))?;
     Ok(Some(id))
 }
 

@@ -9,8 +9,8 @@ use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
-    TestConfig,
+    alliance_created, mocks, on_create_alliance, on_delete_partner, partner, spawn_app,
+    spawn_app_with, states, TestConfig,
 };
 
 async fn alliance_ok(server: &wiremock::MockServer) {
@@ -301,15 +301,8 @@ async fn admin_routes_need_the_token_and_are_refused_without_one() {
 async fn a_failed_saga_can_be_retried_once_integrations_recovers() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(3)
-        .mount(&integraciones)
-        .await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(503), Some(3)).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
     app.publish_partner(&p, &format!("evt-{p}"), "corr-redrive")
@@ -343,10 +336,7 @@ async fn an_operator_can_force_compensation_of_a_live_saga() {
         None,
     )
     .await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
     let started: Value = app
@@ -400,10 +390,7 @@ async fn a_forced_compensation_stops_a_driver_waiting_to_retry() {
     )
     .await;
     on_create_alliance(&alianzas, alliance_created("must-not-happen"), None).await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
     let started: Value = app
@@ -607,10 +594,7 @@ async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
         .respond_with(ResponseTemplate::new(422))
         .mount(&alianzas)
         .await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let channel = app.channels.partner_events.clone();
 

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::Connection;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
 use crate::broker_mode::{answer, command, reply};
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
-    TestApp, TestConfig,
+    alliance_created, mocks, on_create_alliance, on_delete_partner, partner, spawn_app,
+    spawn_app_with, states, TestApp, TestConfig,
 };
 use saga_orchestrator::envelope::MessageStatus;
 
@@ -26,26 +25,6 @@ async fn status_and_detail(response: reqwest::Response) -> (u16, String) {
         status,
         body["detail"].as_str().unwrap_or_default().to_string(),
     )
-}
-
-/// Integrations deletes whatever it is asked to (204), and counts it.
-async fn deletes_ok(integraciones: &MockServer) {
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(integraciones)
-        .await;
-}
-
-async fn deletes(app: &TestApp) -> usize {
-    let requests = app
-        .integraciones
-        .received_requests()
-        .await
-        .unwrap_or_default();
-    requests
-        .iter()
-        .filter(|r| r.method.as_str() == "DELETE")
-        .count()
 }
 
 /// A connection to the test's own database.
@@ -121,7 +100,7 @@ async fn ids_break_no_rule_on_any_input_path() {
 async fn starting_a_saga_over_http_needs_the_admin_token() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    deletes_ok(&integraciones).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let victim = partner();
     let body = json!({"payload": {"partner_id": victim, "name": "Victim"}});
@@ -139,7 +118,7 @@ async fn starting_a_saga_over_http_needs_the_admin_token() {
     assert_eq!(wrong.status(), 401);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(app.sagas_of(&victim).await.is_empty(), "nothing started");
-    assert_eq!(deletes(&app).await, 0, "and nothing deleted");
+    assert_eq!(app.deletes().await.len(), 0, "and nothing deleted");
 
     // With no token configured the route is refused, never open.
     let (alianzas, integraciones) = mocks().await;
@@ -157,7 +136,7 @@ async fn a_second_start_for_a_partner_never_deletes_what_the_first_completed() {
     // The first call creates the alliance; any later one is refused.
     on_create_alliance(&alianzas, alliance_created("a-first"), Some(1)).await;
     on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    deletes_ok(&integraciones).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
     let body = json!({"payload": {"partner_id": p, "name": "Twice"}});
@@ -190,7 +169,7 @@ async fn a_second_start_for_a_partner_never_deletes_what_the_first_completed() {
     assert_eq!(sagas.len(), 1, "{sagas:?}");
     assert_eq!(sagas[0]["state"], "completed");
     assert_eq!(
-        deletes(&app).await,
+        app.deletes().await.len(),
         0,
         "the completed partner was never deleted"
     );
@@ -215,19 +194,10 @@ async fn an_alliance_created_after_compensation_began_is_recorded_over_http() {
         None,
     )
     .await;
-    deletes_ok(&integraciones).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
-    let started: Value = app
-        .post(
-            "/sagas",
-            &json!({"payload": {"partner_id": p, "name": "Late"}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = started["saga_id"].as_str().unwrap();
+    let id = app.start_saga(&p, "Late").await;
     let forced = app
         .admin_post(&format!("/sagas/{id}/compensate"), Some(TOKEN))
         .await;
@@ -237,7 +207,7 @@ async fn an_alliance_created_after_compensation_began_is_recorded_over_http() {
     // The alliance answer arrives after compensation began: kept on the saga.
     let deadline = Instant::now() + Duration::from_secs(10);
     let saga = loop {
-        let saga = app.saga(id).await;
+        let saga = app.saga(&id).await;
         if saga["alliance_id"] == "a-late" || Instant::now() > deadline {
             break saga;
         }
@@ -287,7 +257,7 @@ async fn an_outcome_the_store_refuses_ends_the_attempt_instead_of_looping() {
         None,
     )
     .await;
-    deletes_ok(&integraciones).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     refuse_errors_containing(&app, "poison-answer").await;
     let p = partner();
@@ -362,16 +332,7 @@ async fn a_driver_that_lost_its_lease_cannot_write_over_the_new_owner() {
     on_create_alliance(&alianzas, alliance_created("a-fenced"), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
-    let started: Value = app
-        .post(
-            "/sagas",
-            &json!({"payload": {"partner_id": p, "name": "Fenced"}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = started["saga_id"].as_str().unwrap().to_string();
+    let id = app.start_saga(&p, "Fenced").await;
 
     // While the (slow) call is out, another instance takes the saga over,
     // as it would once this one's lease lapsed in a store stall.
@@ -485,22 +446,15 @@ async fn a_late_alliance_during_compensation_starts_no_second_delete() {
     )
     .await;
     // The delete is still in flight when the alliance's answer arrives.
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_millis(1500)))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(
+        &integraciones,
+        ResponseTemplate::new(204).set_delay(Duration::from_millis(1500)),
+        None,
+    )
+    .await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
-    let started: Value = app
-        .post(
-            "/sagas",
-            &json!({"payload": {"partner_id": p, "name": "Midway"}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = started["saga_id"].as_str().unwrap();
+    let id = app.start_saga(&p, "Midway").await;
     let forced = app
         .admin_post(&format!("/sagas/{id}/compensate"), Some(TOKEN))
         .await;
@@ -511,5 +465,5 @@ async fn a_late_alliance_during_compensation_starts_no_second_delete() {
     assert_eq!(saga["alliance_id"], "a-midway", "the late alliance is kept");
     // Past any second driver's delete.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(deletes(&app).await, 1, "one driver, one delete");
+    assert_eq!(app.deletes().await.len(), 1, "one driver, one delete");
 }

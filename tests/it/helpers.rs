@@ -138,6 +138,17 @@ pub async fn on_create_alliance(server: &MockServer, answer: ResponseTemplate, t
     }
 }
 
+/// Integrations answers every `DELETE` (whatever its path: tests that care
+/// about the path check what was received) with `answer`; only the first
+/// `times` requests when given (later mocks answer the rest).
+pub async fn on_delete_partner(server: &MockServer, answer: ResponseTemplate, times: Option<u64>) {
+    let mock = Mock::given(method("DELETE")).respond_with(answer);
+    match times {
+        Some(n) => mock.up_to_n_times(n).mount(server).await,
+        None => mock.mount(server).await,
+    }
+}
+
 /// Mocks first (tests mount their expectations), then the service.
 pub async fn mocks() -> (MockServer, MockServer) {
     (MockServer::start().await, MockServer::start().await)
@@ -283,6 +294,50 @@ impl TestApp {
             .await
             .expect("json");
         body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Starts a saga for `partner_id` over the API (with the admin token);
+    /// returns its id.
+    pub async fn start_saga(&self, partner_id: &str, name: &str) -> String {
+        let body = json!({"payload": {"partner_id": partner_id, "name": name}});
+        let response = self.post("/sagas", &body).await;
+        assert_eq!(response.status(), 202, "start {partner_id:?}");
+        let started: Value = response.json().await.expect("json");
+        started["saga_id"].as_str().expect("saga_id").to_string()
+    }
+
+    /// Waits at most `within` until saga `saga_id` is terminal; returns it
+    /// with its history. By id, so any partner id works (a partner id need
+    /// not survive a query string unencoded).
+    pub async fn settled_saga(&self, saga_id: &str, within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let saga = self.saga(saga_id).await;
+            if TERMINAL.contains(&saga["state"].as_str().unwrap_or_default()) {
+                return saga;
+            }
+            assert!(
+                started.elapsed() < within,
+                "saga {saga_id} still {} after {within:?}: {saga}",
+                saga["state"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every DELETE integrations received, as (idempotency key, raw path).
+    pub async fn deletes(&self) -> Vec<(String, String)> {
+        let requests = self.integraciones.received_requests().await;
+        requests
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.method.as_str() == "DELETE")
+            .map(|r| {
+                let key = r.headers.get("idempotency-key");
+                let key = key.and_then(|k| k.to_str().ok()).unwrap_or_default();
+                (key.to_string(), r.url.path().to_string())
+            })
+            .collect()
     }
 
     /// Waits until `partner_id`'s saga is terminal; returns it with its history.

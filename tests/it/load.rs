@@ -11,7 +11,7 @@ use saga_orchestrator::transport;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{alliance_created, mocks, on_create_alliance, spawn_app};
+use crate::helpers::{alliance_created, mocks, on_create_alliance, on_delete_partner, spawn_app};
 
 #[tokio::test]
 async fn a_load_test_reports_every_saga_by_outcome() {
@@ -27,10 +27,7 @@ async fn a_load_test_reports_every_saga_by_outcome() {
         .mount(&alianzas)
         .await;
     on_create_alliance(&alianzas, alliance_created("a-load"), None).await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let settings = Settings::from_values(&app.config.values).expect("settings");
     let transport = transport::from_settings(&settings).await.expect("broker");

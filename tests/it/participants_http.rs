@@ -2,15 +2,15 @@
 //! to leave their path segment, answers that did not come from the business
 //! logic, bodies no store accepts, credentials in participant URLs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
-    TestApp, TestConfig, TERMINAL,
+    alliance_created, mocks, on_create_alliance, on_delete_partner, partner, spawn_app,
+    spawn_app_with, states, TestApp, TestConfig,
 };
 
 /// Fast enough for every test here: a saga that is not terminal by then is
@@ -19,52 +19,12 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(15);
 
 /// Starts a saga over the API for `partner_id`; returns its id.
 async fn start(app: &TestApp, partner_id: &str) -> String {
-    let body = json!({"payload": {"partner_id": partner_id, "name": "Hostile Ltd"}});
-    let response = app.post("/sagas", &body).await;
-    assert_eq!(response.status(), 202, "start {partner_id:?}");
-    let started: Value = response.json().await.expect("json");
-    started["saga_id"].as_str().expect("saga_id").to_string()
+    app.start_saga(partner_id, "Hostile Ltd").await
 }
 
-/// Waits for a saga, by id (partner ids here do not survive a query
-/// string unencoded), to be terminal; returns it with its history.
+/// Waits for a saga, by id, to be terminal; returns it with its history.
 async fn settled(app: &TestApp, saga_id: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let saga = app.saga(saga_id).await;
-        if TERMINAL.contains(&saga["state"].as_str().unwrap_or_default()) {
-            return saga;
-        }
-        assert!(
-            started.elapsed() < SETTLE_WITHIN,
-            "saga {saga_id} still {} after {SETTLE_WITHIN:?}: {saga}",
-            saga["state"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Integrations answers every DELETE with `answer`.
-async fn deletes_answer(integraciones: &wiremock::MockServer, answer: ResponseTemplate) {
-    Mock::given(method("DELETE"))
-        .respond_with(answer)
-        .mount(integraciones)
-        .await;
-}
-
-/// Every DELETE integrations received, as (idempotency key, raw path).
-async fn deletes(app: &TestApp) -> Vec<(String, String)> {
-    app.integraciones
-        .received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.method.as_str() == "DELETE")
-        .map(|r| {
-            let key = r.headers["idempotency-key"].to_str().unwrap().to_string();
-            (key, r.url.path().to_string())
-        })
-        .collect()
+    app.settled_saga(saga_id, SETTLE_WITHIN).await
 }
 
 /// Ids and the exact path each must reach: every byte but the unreserved
@@ -107,7 +67,7 @@ fn hostile_ids() -> Vec<(String, String)> {
 async fn hostile_partner_ids_reach_integrations_as_exactly_one_segment() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    deletes_answer(&integraciones, ResponseTemplate::new(204)).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
 
     let cases = hostile_ids();
@@ -121,7 +81,7 @@ async fn hostile_partner_ids_reach_integrations_as_exactly_one_segment() {
         assert_eq!(saga["partner_id"], id.as_str());
     }
 
-    let sent = deletes(&app).await;
+    let sent = app.deletes().await;
     let mut wrong = Vec::new();
     for (saga_id, id, expected) in &sagas {
         let key = format!("{saga_id}:delete-partner");
@@ -142,7 +102,7 @@ async fn hostile_partner_ids_reach_integrations_as_exactly_one_segment() {
 async fn dot_partner_ids_never_reach_integrations() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    deletes_answer(&integraciones, ResponseTemplate::new(204)).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
 
     for id in [".", ".."] {
@@ -167,7 +127,7 @@ async fn dot_partner_ids_never_reach_integrations() {
             "{saga}"
         );
     }
-    assert_eq!(deletes(&app).await, [], "no DELETE of any URL");
+    assert_eq!(app.deletes().await, [], "no DELETE of any URL");
 }
 
 #[tokio::test]
@@ -175,7 +135,7 @@ async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(404), Some(2)).await;
     on_create_alliance(&alianzas, alliance_created("a-after-404"), None).await;
-    deletes_answer(&integraciones, ResponseTemplate::new(204)).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -186,7 +146,7 @@ async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
     assert_eq!(saga["alliance_id"], "a-after-404");
     assert_eq!(saga["attempts"], 3);
     assert_eq!(app.alianzas.received_requests().await.unwrap().len(), 3);
-    assert_eq!(deletes(&app).await, [], "no compensation");
+    assert_eq!(app.deletes().await, [], "no compensation");
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.lines().any(|l| l.starts_with(
@@ -200,7 +160,7 @@ async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
 async fn alliances_answering_409_without_an_alliance_id_completes() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(409), None).await;
-    deletes_answer(&integraciones, ResponseTemplate::new(204)).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -219,7 +179,7 @@ async fn alliances_answering_409_without_an_alliance_id_completes() {
         "{last}"
     );
     assert_eq!(app.alianzas.received_requests().await.unwrap().len(), 1);
-    assert_eq!(deletes(&app).await, [], "no compensation");
+    assert_eq!(app.deletes().await, [], "no compensation");
 }
 
 /// A body no PostgreSQL text column accepts as it is: NUL, other control
@@ -253,12 +213,13 @@ async fn a_delete_answer_with_nul_and_invalid_utf8_settles_in_three_calls() {
         None,
     )
     .await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(500).set_body_bytes(poisoned_body()))
-        .up_to_n_times(2)
-        .mount(&integraciones)
-        .await;
-    deletes_answer(&integraciones, ResponseTemplate::new(204)).await;
+    on_delete_partner(
+        &integraciones,
+        ResponseTemplate::new(500).set_body_bytes(poisoned_body()),
+        Some(2),
+    )
+    .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -294,7 +255,7 @@ async fn a_delete_answer_with_nul_and_invalid_utf8_settles_in_three_calls() {
     );
     // Long enough for a sweeper to have called again if the saga were stuck.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(deletes(&app).await.len(), 3, "not a growing loop");
+    assert_eq!(app.deletes().await.len(), 3, "not a growing loop");
 }
 
 #[tokio::test]
@@ -326,7 +287,7 @@ async fn an_alliance_id_over_256_characters_completes_without_the_id() {
     assert_eq!(saga["state"], "completed", "{saga}");
     assert!(saga["alliance_id"].is_null(), "{saga}");
     assert_eq!(saga["attempts"], 1);
-    assert!(deletes(&app).await.is_empty());
+    assert!(app.deletes().await.is_empty());
     let history = saga["history"].as_array().unwrap();
     assert!(
         history.iter().any(|h| h["detail"]
@@ -348,7 +309,7 @@ async fn closed_port() -> u16 {
 /// the service stores or publishes.
 async fn password_stays_out_of_saga_data(url_of: impl Fn(u16) -> String, password: &str) {
     let (alianzas, integraciones) = mocks().await;
-    deletes_answer(&integraciones, ResponseTemplate::new(204)).await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let mut config = TestConfig::new(&alianzas, &integraciones).await;
     config.set("ALIANZAS_API_URL", &url_of(closed_port().await));
     let app = spawn_app_with(alianzas, integraciones, config).await;
@@ -410,5 +371,5 @@ async fn a_401_from_integrations_is_retried_then_parked() {
     let saga = settled(&app, &saga_id).await;
 
     assert_eq!(saga["state"], "failed", "{saga}");
-    assert_eq!(deletes(&app).await.len(), 3);
+    assert_eq!(app.deletes().await.len(), 3);
 }

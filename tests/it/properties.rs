@@ -4,15 +4,15 @@
 //! `saga-events` with their ids intact. Nothing a caller sends is a 5xx.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRng, TestRunner};
 use serde_json::{json, Value};
 
-use crate::helpers::{mocks, on_create_alliance, spawn_app, TERMINAL};
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
+use crate::helpers::{mocks, on_create_alliance, on_delete_partner, spawn_app};
+use wiremock::ResponseTemplate;
 
 /// Requests per run: enough variety, bounded time.
 const CASES: usize = 48;
@@ -93,10 +93,7 @@ fn generated(cases: usize) -> Vec<Value> {
 async fn hostile_start_requests_are_refused_or_run_to_the_end() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alianzas, integraciones).await;
 
     let mut accepted: HashMap<String, (String, Value)> = HashMap::new();
@@ -124,7 +121,7 @@ async fn hostile_start_requests_are_refused_or_run_to_the_end() {
     // Every accepted saga is stored as given, ends terminal, and its end is
     // announced with its ids intact.
     for (saga_id, (correlation_id, body)) in &accepted {
-        let saga = wait_terminal(&app, saga_id).await;
+        let saga = app.settled_saga(saga_id, Duration::from_secs(30)).await;
         assert_eq!(saga["partner_id"], body["payload"]["partner_id"], "{body}");
         assert_eq!(&saga["correlation_id"], correlation_id);
     }
@@ -139,15 +136,4 @@ async fn hostile_start_requests_are_refused_or_run_to_the_end() {
         let end = end.unwrap_or_else(|| panic!("no terminal event for {saga_id}"));
         assert_eq!(&end["correlation_id"], correlation_id);
     }
-}
-
-async fn wait_terminal(app: &crate::helpers::TestApp, saga_id: &str) -> Value {
-    for _ in 0..600 {
-        let saga = app.saga(saga_id).await;
-        if TERMINAL.contains(&saga["state"].as_str().unwrap_or_default()) {
-            return saga;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("saga {saga_id} never ended");
 }

@@ -7,8 +7,8 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::broker::partner_created;
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, states,
-    TestConfig,
+    alliance_created, mocks, on_create_alliance, on_delete_partner, partner, spawn_app,
+    spawn_app_with, states, TestConfig,
 };
 
 #[tokio::test]
@@ -153,10 +153,7 @@ async fn transient_failures_are_retried_then_complete() {
 async fn retries_exhausted_compensate() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(500), None).await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(404))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(&integraciones, ResponseTemplate::new(404), None).await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
@@ -244,10 +241,12 @@ async fn retry_after_is_honoured() {
 async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
     let (alianzas, integraciones) = mocks().await;
     on_create_alliance(&alianzas, ResponseTemplate::new(400), None).await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(500).set_body_string("database locked"))
-        .mount(&integraciones)
-        .await;
+    on_delete_partner(
+        &integraciones,
+        ResponseTemplate::new(500).set_body_string("database locked"),
+        None,
+    )
+    .await;
     let app = spawn_app(alianzas, integraciones).await;
     let p = partner();
 
