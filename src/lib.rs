@@ -19,26 +19,21 @@
 //! - [`redact`]: credentials masked in URLs and messages before they are shown.
 //! - [`stats`]: this instance's live counters for the JSON metrics summary.
 //! - [`api`]: the HTTP API.
-//! - [`simulator`]: both participants simulated, over HTTP and the broker.
-//! - [`demo`]: the embedded demo and its report.
-//! - [`load`]: `publish` and `load-test`: test events out, sagas read back, a report.
-//! - [`monitor`]: a live view of every channel, read beside the orchestrator (never from
-//!   its subscription): parsing, filters, grouping, output.
 //! - [`startup`]: builds and runs the whole service.
+//!
+//! The operator tools (command line, simulator, demo, load test, monitor)
+//! are in [`tools`], built on the service's public API.
 
 pub mod api;
 pub mod config;
-pub mod demo;
 pub mod envelope;
-pub mod load;
-pub mod monitor;
 pub mod orchestrator;
 pub mod participants;
 pub mod redact;
 pub mod saga;
-pub mod simulator;
 pub mod startup;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod transport;

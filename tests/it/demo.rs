@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use saga_orchestrator::demo::{self, DemoOptions};
-use saga_orchestrator::simulator::SimulatorConfig;
+use saga_orchestrator::tools::demo::{self, DemoOptions};
+use saga_orchestrator::tools::simulator::SimulatorConfig;
 
 #[tokio::test]
 async fn the_demo_settles_every_saga_and_its_numbers_are_real() {

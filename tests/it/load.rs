@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_orchestrator::config::Settings;
-use saga_orchestrator::load::{self, PublishPlan};
+use saga_orchestrator::tools::load::{self, PublishPlan};
 use saga_orchestrator::transport;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, ResponseTemplate};

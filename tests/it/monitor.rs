@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use saga_orchestrator::config::{Channels, Settings};
-use saga_orchestrator::monitor::{
+use saga_orchestrator::tools::monitor::{
     self, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
 };
 

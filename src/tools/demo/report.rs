@@ -138,8 +138,8 @@ fn shorten(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{Latency, Progress};
-    use crate::simulator::Stats;
+    use crate::tools::demo::{Latency, Progress};
+    use crate::tools::simulator::Stats;
 
     fn report(problems: Vec<String>) -> DemoReport {
         DemoReport {

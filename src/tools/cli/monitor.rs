@@ -1,5 +1,5 @@
 //! `monitor`: the command-line side (arguments, terminal detection,
-//! printing, Ctrl-C) of the library's [`saga_orchestrator::monitor`].
+//! printing, Ctrl-C) of the library's [`crate::tools::monitor`].
 //!
 //! Standard output carries only messages (text or JSON lines), so it can be
 //! piped; notes and broker trouble go to standard error.
@@ -9,12 +9,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
-use saga_orchestrator::config::Settings;
-use saga_orchestrator::monitor::{
+use crate::config::Settings;
+use crate::tools::monitor::{
     self, colour_wanted, ChannelKind, Filter, GroupBy, MonitorError, Observed, Printer, StartAt,
     Style, Tap,
 };
+use clap::Args;
 
 #[derive(Args)]
 pub struct MonitorCmd {
@@ -52,7 +52,7 @@ pub struct MonitorCmd {
 /// `main`, not logged as well.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::new(
-        "warn,pulsar=error,saga_orchestrator=off,saga_orchestrator::monitor=warn",
+        "warn,pulsar=error,saga_orchestrator=off,crate::tools::monitor=warn",
     );
     let no_color = std::env::var("NO_COLOR").ok();
     let term = std::env::var("TERM").ok();
@@ -113,7 +113,7 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
     let mut printer = Printer::new(style, cmd.group_by, &channels);
     let mut shown: u64 = 0;
     let mut failures: u32 = 0;
-    let shutdown = crate::shutdown_signal();
+    let shutdown = crate::startup::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let batch = tokio::select! {

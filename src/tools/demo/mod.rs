@@ -20,9 +20,9 @@ pub use report::render;
 use crate::config::Settings;
 use crate::envelope::{Envelope, EventType};
 use crate::saga::{HistoryEntry, Saga, SagaState};
-use crate::simulator::{self, Simulator, SimulatorConfig, Stats};
 use crate::startup::{Application, StartupError};
 use crate::store::{ListQuery, SagaStore, StoreError};
+use crate::tools::simulator::{self, Simulator, SimulatorConfig, Stats};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -187,7 +187,7 @@ async fn handle(ctx: &Context, delivery: Delivery) -> Result<(), TransportError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::SimulatorConfig;
+    use crate::tools::simulator::SimulatorConfig;
     use crate::transport::{MemoryTransport, RawMessage};
     use std::time::Duration;
 

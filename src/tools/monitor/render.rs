@@ -282,7 +282,7 @@ mod tests {
     use super::*;
     use crate::config::Channels;
     use crate::envelope::{Envelope, EventType, MessageStatus};
-    use crate::monitor::tap::Tapped;
+    use crate::tools::monitor::tap::Tapped;
     use crate::transport::{dead_letter_message, OutboundMessage, RawMessage, WireFormat};
     use chrono::{DateTime, Utc};
 
@@ -315,7 +315,7 @@ mod tests {
     }
 
     fn printer(style: Style, group_by: GroupBy) -> Printer {
-        let channels = crate::monitor::all_channels(&Channels::default());
+        let channels = crate::tools::monitor::all_channels(&Channels::default());
         Printer::new(style, group_by, &channels)
     }
 

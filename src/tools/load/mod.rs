@@ -18,7 +18,7 @@ use uuid::Uuid;
 pub use report::{collect, LoadReport, OutcomeStats, SagaOutcome};
 
 use crate::envelope::{Envelope, EventType};
-use crate::simulator::REFUSED_DOMAIN;
+use crate::tools::simulator::REFUSED_DOMAIN;
 use crate::transport::{Transport, TransportError};
 
 /// What to publish.

@@ -1,16 +1,16 @@
 //! `publish` and `load-test`: the command-line side (arguments, progress
-//! bars, output) of the library's [`saga_orchestrator::load`].
+//! bars, output) of the library's [`crate::tools::load`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::Settings;
+use crate::tools::load::{self, PublishPlan};
+use crate::transport;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use saga_orchestrator::config::Settings;
-use saga_orchestrator::load::{self, PublishPlan};
-use saga_orchestrator::transport;
 use uuid::Uuid;
 
 /// What to publish (shared by `publish` and `load-test`).
@@ -21,7 +21,7 @@ pub struct PublishArgs {
     rate: f64,
     /// Share of partners (0–1) that alliances will refuse (email at @reject.test),
     /// so their sagas compensate. Needs the simulator (`saga-orchestrator simulate`).
-    #[arg(long, default_value_t = 0.0, value_parser = crate::ratio)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::ratio)]
     fail_ratio: f64,
     /// Correlation id shared by every event (default: a fresh `load-…` id).
     #[arg(long)]
@@ -95,7 +95,7 @@ fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
 async fn publish_events(
     settings: &Settings,
     plan: &PublishPlan,
-    events: Vec<saga_orchestrator::envelope::Envelope>,
+    events: Vec<crate::envelope::Envelope>,
     quiet: bool,
 ) -> anyhow::Result<load::Published> {
     let transport = transport::from_settings(settings).await?;

@@ -94,7 +94,7 @@ impl FromStr for GroupBy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::view::ChannelKind;
+    use crate::tools::monitor::view::ChannelKind;
     use chrono::Utc;
 
     fn observed(corr: Option<&str>, saga: Option<&str>, event_type: Option<&str>) -> Observed {

@@ -1,0 +1,132 @@
+//! The command line: one binary, every subcommand. `main.rs` parses it and
+//! dispatches here; each subcommand's arguments and body live in their own
+//! file.
+//!
+//! - [`service`]: `serve` and `migrate`, the service itself.
+//! - [`simulate`]: both participants as local simulators.
+//! - [`demo`]: the embedded demo.
+//! - [`load`]: `publish` and `load-test`.
+//! - [`monitor`]: the live view of the channels.
+
+pub mod demo;
+pub mod load;
+pub mod monitor;
+pub mod service;
+pub mod simulate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, Settings};
+use crate::telemetry::{self, TracingGuard};
+use crate::tools::simulator::SimulatorConfig;
+
+/// The command line of `saga-orchestrator`.
+#[derive(Parser)]
+#[command(
+    name = "saga-orchestrator",
+    version,
+    about = "Runs a saga per PartnerCreated event: alliance, or compensation"
+)]
+pub struct Cli {
+    /// Settings file (TOML; keys as the environment variables, any case).
+    /// Environment variables override it.
+    #[arg(long, global = true, env = "SAGA_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the orchestrator: consumer, sagas, API (the default).
+    Serve(service::ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Run both participants as local simulators (HTTP, and the broker with --broker).
+    Simulate(simulate::SimulateArgs),
+    /// Everything embedded (SQLite, in-memory broker, simulators): run a batch and show the outcome.
+    Demo(demo::DemoArgs),
+    /// Publish test PartnerCreated events on the broker, as integrations would.
+    Publish(load::PublishCmd),
+    /// Publish at a rate, wait for every saga to settle, report throughput and latency.
+    LoadTest(load::LoadTestCmd),
+    /// Live view of every channel's messages, without taking any from the orchestrator.
+    Monitor(monitor::MonitorCmd),
+}
+
+impl Command {
+    /// Whether the command reads the settings: the demo is the same on
+    /// every machine, so it reads none.
+    pub fn reads_settings(&self) -> bool {
+        !matches!(self, Command::Demo(_))
+    }
+
+    /// Sets up logging for this command. The service logs as configured;
+    /// the tools keep their standard output for their own report.
+    pub fn init_telemetry(
+        &self,
+        settings: Option<&Settings>,
+    ) -> Result<Option<TracingGuard>, telemetry::TelemetryError> {
+        match (self, settings) {
+            (Command::Monitor(_), _) => {
+                monitor::init_tracing();
+                Ok(None)
+            }
+            (Command::Publish(_) | Command::LoadTest(_), _) => {
+                telemetry::init_tool_tracing();
+                Ok(None)
+            }
+            (_, Some(s)) => telemetry::init_tracing(s.log_format, &s.log_filter).map(Some),
+            (_, None) => Ok(telemetry::init_tracing(
+                LogFormat::Pretty,
+                &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .ok()),
+        }
+    }
+}
+
+/// How the simulated participants behave (`simulate` and `demo`).
+#[derive(Args, Clone)]
+pub struct Behaviour {
+    /// Added to every participant answer, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub latency_ms: u64,
+    /// Share of sagas whose alliance is refused (business rejection → compensation).
+    #[arg(long, default_value_t = 0.1, value_parser = ratio)]
+    pub reject_ratio: f64,
+    /// Share of calls answered 503 (over the broker: left unanswered).
+    #[arg(long, default_value_t = 0.05, value_parser = ratio)]
+    pub transient_ratio: f64,
+    /// Share of partners whose deletion always fails (compensation → failed).
+    #[arg(long, default_value_t = 0.2, value_parser = ratio)]
+    pub delete_fail_ratio: f64,
+    /// Seed for the random choices, to repeat a run.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl From<&Behaviour> for SimulatorConfig {
+    fn from(b: &Behaviour) -> Self {
+        Self {
+            latency: Duration::from_millis(b.latency_ms),
+            reject_ratio: b.reject_ratio,
+            transient_ratio: b.transient_ratio,
+            delete_fail_ratio: b.delete_fail_ratio,
+            seed: b.seed,
+        }
+    }
+}
+
+/// A clap value parser for shares: a number from 0 to 1.
+pub(crate) fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a ratio from 0 to 1, got {s:?}")),
+    }
+}
