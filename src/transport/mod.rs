@@ -5,11 +5,13 @@
 //! a health check. Encoding envelopes and building dead letters are shared
 //! default methods, so every broker dead-letters the same way. A broker
 //! that needs upkeep from its clients (Redis: trimming streams) says so
-//! through [`Transport::maintenance_interval`].
+//! through [`Transport::maintenance_interval`]. Each broker's code is in
+//! its own folder, with its passive reader ([`tap`]) beside its adapter.
 
 mod memory;
 mod pulsar;
 mod redis_streams;
+pub mod tap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 
-pub(crate) use self::pulsar::{connection_retry_options, Watchdog as PulsarWatchdog};
 pub use self::pulsar::{topic as pulsar_topic, PulsarTransport};
 pub use memory::MemoryTransport;
 pub use redis_streams::RedisTransport;
-pub(crate) use redis_streams::{stream_entries, text as redis_text};
 
 use crate::config::{BrokerUrl, Settings};
 use crate::envelope::{format_time, DecodeError, Envelope};

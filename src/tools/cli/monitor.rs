@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::tools::monitor::{
-    self, colour_wanted, ChannelKind, Filter, GroupBy, MonitorError, Observed, Printer, StartAt,
-    Style, Tap,
+    self, colour_wanted, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
+    TapError,
 };
 use clap::Args;
 
@@ -125,7 +125,7 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
                 failures = 0;
                 batch
             }
-            Err(MonitorError::Closed) => return Err(MonitorError::Closed.into()),
+            Err(TapError::Closed) => return Err(TapError::Closed.into()),
             Err(e) => {
                 // The broker went away: say so once per attempt and keep
                 // trying; the positions read so far are kept.

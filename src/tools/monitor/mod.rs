@@ -1,13 +1,8 @@
 //! `monitor`: a live view of every channel's messages, on either broker.
 //!
 //! The monitor only ever *reads* beside the orchestrator, never with it, so
-//! it cannot take a message away from the service:
-//!
-//! - Redis: plain `XREAD` on all streams at once, no consumer group (the
-//!   orchestrator's group and its pending lists are never touched);
-//! - Pulsar: per topic an exclusive, non-durable subscription of its own
-//!   (`saga-monitor-…`), acked as read and unsubscribed on a clean stop (see
-//!   `pulsar_tap.rs` for why both).
+//! it cannot take a message away from the service: it reads through
+//! [`Tap`], the transport's passive reader (see [`crate::transport::tap`]).
 //!
 //! Parsing, filtering, grouping and rendering are pure functions over the
 //! [`RawMessage`](crate::transport::RawMessage) as read, so they are unit
@@ -18,44 +13,18 @@
 //! - [`view`]: a message as the monitor sees it ([`Observed`]), read leniently.
 //! - [`filter`]: `--correlation-id` / `--saga-id` / `--event-type`, and group keys.
 //! - [`render`]: text lines (colour optional) and JSON lines.
-//! - [`tap`]: the broker readers.
 
 pub mod filter;
 pub mod render;
-pub mod tap;
 pub mod view;
 
-mod pulsar_tap;
-mod redis_tap;
-
+pub use crate::transport::tap::{StartAt, Tap, TapError, Tapped};
 pub use filter::{Filter, GroupBy};
 pub use render::{colour_wanted, Printer, Style};
-pub use tap::{StartAt, Tap, Tapped};
 pub use view::{ChannelKind, Observed};
 
 use crate::config::Channels;
 use crate::transport::dead_letter_channel;
-
-/// Why the monitor cannot read the broker.
-#[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("pulsar: {0}")]
-    Pulsar(Box<pulsar::Error>),
-    #[error("the in-memory broker lives inside one process: there is nothing to monitor from outside (set BROKER_URL to a Redis or Pulsar URL)")]
-    MemoryBroker,
-    #[error("no channel to monitor")]
-    NoChannels,
-    #[error("the readers have stopped")]
-    Closed,
-}
-
-impl From<pulsar::Error> for MonitorError {
-    fn from(e: pulsar::Error) -> Self {
-        Self::Pulsar(Box::new(e))
-    }
-}
 
 /// Every configured channel followed by its dead-letter channel, in the
 /// order a message travels: events, commands, replies, saga events.

@@ -282,7 +282,7 @@ mod tests {
     use super::*;
     use crate::config::Channels;
     use crate::envelope::{Envelope, EventType, MessageStatus};
-    use crate::tools::monitor::tap::Tapped;
+    use crate::transport::tap::Tapped;
     use crate::transport::{dead_letter_message, OutboundMessage, RawMessage, WireFormat};
     use chrono::{DateTime, Utc};
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::tap::Tapped;
+use super::Tapped;
 use crate::config::Channels;
 use crate::envelope::{EventType, PartnerCreated};
 use crate::transport::RawMessage;

@@ -1,13 +1,42 @@
-//! Reading the channels beside the orchestrator, never from its
-//! subscription: see the module overview in [`super`].
+//! Reading channels *beside* the orchestrator, never from its
+//! subscription, so a reader cannot take a message away from the service:
+//!
+//! - Redis: plain `XREAD` on all streams at once, no consumer group (the
+//!   orchestrator's group and its pending lists are never touched);
+//! - Pulsar: per topic an exclusive, non-durable subscription of its own
+//!   (`saga-monitor-…`), acked as read and unsubscribed on a clean stop (see
+//!   `pulsar/tap.rs` for why both).
+//!
+//! The monitor reads with it; each broker's reader lives beside that
+//! broker's adapter, in its folder.
 
 use chrono::{DateTime, Utc};
 
-use super::pulsar_tap::PulsarTap;
-use super::redis_tap::RedisTap;
-use super::MonitorError;
+use super::pulsar::tap::PulsarTap;
+use super::redis_streams::tap::RedisTap;
+use super::RawMessage;
 use crate::config::BrokerUrl;
-use crate::transport::RawMessage;
+
+/// Why a [`Tap`] cannot read the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("pulsar: {0}")]
+    Pulsar(Box<pulsar::Error>),
+    #[error("the in-memory broker lives inside one process: there is nothing to monitor from outside (set BROKER_URL to a Redis or Pulsar URL)")]
+    MemoryBroker,
+    #[error("no channel to monitor")]
+    NoChannels,
+    #[error("the readers have stopped")]
+    Closed,
+}
+
+impl From<pulsar::Error> for TapError {
+    fn from(e: pulsar::Error) -> Self {
+        Self::Pulsar(Box::new(e))
+    }
+}
 
 /// Where reading starts on each channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,9 +95,9 @@ impl Tap {
         broker: &BrokerUrl,
         channels: &[String],
         start: StartAt,
-    ) -> Result<Self, MonitorError> {
+    ) -> Result<Self, TapError> {
         if channels.is_empty() {
-            return Err(MonitorError::NoChannels);
+            return Err(TapError::NoChannels);
         }
         let inner = match broker {
             BrokerUrl::Redis(url) => Inner::Redis(Box::new(
@@ -77,7 +106,7 @@ impl Tap {
             BrokerUrl::Pulsar(url) => {
                 Inner::Pulsar(PulsarTap::open(url.as_str(), channels, start).await?)
             }
-            BrokerUrl::Memory => return Err(MonitorError::MemoryBroker),
+            BrokerUrl::Memory => return Err(TapError::MemoryBroker),
         };
         Ok(Self(inner))
     }
@@ -85,7 +114,7 @@ impl Tap {
     /// The next messages, oldest first within the batch. An empty batch
     /// means nothing arrived within about a second, so callers can check
     /// for shutdown. After an error the next call reconnects.
-    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, MonitorError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, TapError> {
         let mut batch = match &mut self.0 {
             Inner::Redis(tap) => tap.next_batch().await?,
             Inner::Pulsar(tap) => tap.next_batch().await?,

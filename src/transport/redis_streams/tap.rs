@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{Client, Value};
 
-use super::tap::{StartAt, Tapped};
-use super::MonitorError;
-use crate::transport::{redis_text as text, stream_entries, RawMessage};
+use super::{blocking_connection, stream_entries, stream_replies};
+use crate::transport::tap::{StartAt, TapError, Tapped};
+use crate::transport::RawMessage;
 
 /// How long one read blocks before returning an empty batch.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -17,7 +17,7 @@ const BLOCK: Duration = Duration::from_millis(1000);
 const COUNT: usize = 256;
 
 /// Reads streams by position, remembering the last id seen on each.
-pub(super) struct RedisTap {
+pub(crate) struct RedisTap {
     client: Client,
     /// A connection of its own: a blocking read stalls everything behind it.
     conn: Option<MultiplexedConnection>,
@@ -27,11 +27,7 @@ pub(super) struct RedisTap {
 
 impl RedisTap {
     /// Connects and fixes each stream's start: `0-0`, or its last entry now.
-    pub async fn open(
-        url: &str,
-        channels: &[String],
-        start: StartAt,
-    ) -> Result<Self, MonitorError> {
+    pub async fn open(url: &str, channels: &[String], start: StartAt) -> Result<Self, TapError> {
         let mut tap = Self {
             client: Client::open(url)?,
             conn: None,
@@ -50,23 +46,17 @@ impl RedisTap {
         Ok(tap)
     }
 
-    async fn connection(&mut self) -> Result<MultiplexedConnection, MonitorError> {
+    async fn connection(&mut self) -> Result<MultiplexedConnection, TapError> {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = blocking_connection(&self.client, BLOCK).await?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
 
     /// The entries after each stream's cursor, waiting up to [`BLOCK`].
-    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, MonitorError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, TapError> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
@@ -88,7 +78,7 @@ impl RedisTap {
             }
         };
         let mut batch = Vec::new();
-        for (stream, entries) in streams(reply) {
+        for (stream, entries) in stream_replies(reply) {
             let entries = stream_entries(entries);
             if let (Some((last, _)), Some(cursor)) = (
                 entries.last(),
@@ -108,7 +98,7 @@ impl RedisTap {
 }
 
 /// The id of a stream's last entry, or `0-0` when it is empty or absent.
-async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<String, MonitorError> {
+async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<String, TapError> {
     let reply: Value = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")
@@ -121,28 +111,6 @@ async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> Result<Strin
         .into_iter()
         .next()
         .map_or_else(|| "0-0".to_string(), |(id, _)| id))
-}
-
-/// `XREAD`'s reply as (stream, entries): RESP2 `[[stream, entries]…]`,
-/// RESP3 `{stream: entries}`, nil on timeout.
-fn streams(reply: Value) -> Vec<(String, Value)> {
-    match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(pair) => {
-                    let mut pair = pair.into_iter();
-                    Some((text(&pair.next()?)?, pair.next()?))
-                }
-                _ => None,
-            })
-            .collect(),
-        Value::Map(streams) => streams
-            .into_iter()
-            .filter_map(|(k, v)| Some((text(&k)?, v)))
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// The milliseconds part of an entry id `ms-seq`.
@@ -172,7 +140,7 @@ mod tests {
         let resp2 = Value::Array(vec![Value::Array(vec![bulk("s1"), entries.clone()])]);
         let resp3 = Value::Map(vec![(bulk("s1"), entries)]);
         for reply in [resp2, resp3] {
-            let streams = streams(reply);
+            let streams = stream_replies(reply);
             assert_eq!(streams.len(), 1);
             let (name, entries) = streams.into_iter().next().unwrap();
             assert_eq!(name, "s1");
@@ -180,7 +148,7 @@ mod tests {
             assert_eq!(entries[0].0, "1700000000000-0");
             assert_eq!(entries[0].1[0], ("event_type".into(), b"X".to_vec()));
         }
-        assert!(streams(Value::Nil).is_empty());
+        assert!(stream_replies(Value::Nil).is_empty());
         assert_eq!(entry_millis("1700000000000-3"), Some(1_700_000_000_000));
         assert_eq!(entry_millis("garbage"), None);
     }

@@ -14,6 +14,7 @@
 //!   another group still needs. Its periodic upkeep (`upkeep.rs`) trims
 //!   the streams it consumes below what every group has acknowledged.
 
+pub(crate) mod tap;
 mod upkeep;
 
 use std::sync::{Arc, Mutex};
@@ -224,14 +225,7 @@ impl RedisSubscription {
         if let Some(conn) = &self.reader {
             return Ok(conn.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-        let conn = self
-            .transport
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = blocking_connection(&self.transport.client, BLOCK).await?;
         self.reader = Some(conn.clone());
         Ok(conn)
     }
@@ -294,25 +288,10 @@ impl RedisSubscription {
                 return Err(e.into());
             }
         };
-        Ok(match reply {
-            // RESP2: [[stream, [entries…]]]; RESP3: {stream: [entries…]}.
-            Value::Array(streams) => streams
-                .into_iter()
-                .flat_map(|s| match s {
-                    Value::Array(pair) => pair
-                        .into_iter()
-                        .nth(1)
-                        .map(|e| self.entries(e))
-                        .unwrap_or_default(),
-                    _ => Vec::new(),
-                })
-                .collect(),
-            Value::Map(streams) => streams
-                .into_iter()
-                .flat_map(|(_, e)| self.entries(e))
-                .collect(),
-            _ => Vec::new(),
-        })
+        Ok(stream_replies(reply)
+            .into_iter()
+            .flat_map(|(_, entries)| self.entries(entries))
+            .collect())
     }
 
     /// Entries `[[id, [field, value, …]], …]` as deliveries. Entries deleted
@@ -420,6 +399,43 @@ impl Settle for RedisSettle {
         // has reached the threshold when the pass runs.
         s.request_reclaim(Instant::now() + delay);
         Ok(())
+    }
+}
+
+/// A connection of its own for blocking reads (`XREAD[GROUP] BLOCK`): on a
+/// shared connection a blocking read stalls everything behind it. Its
+/// response timeout allows for the block.
+pub(crate) async fn blocking_connection(
+    client: &Client,
+    block: Duration,
+) -> Result<MultiplexedConnection, redis::RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(block + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// `XREAD[GROUP]`'s reply as (stream, entries): RESP2 `[[stream, entries]…]`,
+/// RESP3 `{stream: entries}`, nil on timeout.
+pub(crate) fn stream_replies(reply: Value) -> Vec<(String, Value)> {
+    match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    Some((text(&pair.next()?)?, pair.next()?))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, v)))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

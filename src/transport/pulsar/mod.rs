@@ -15,6 +15,8 @@
 //!   receipts are awaited every [`SEND_WINDOW`] messages, and a `SlowDown`
 //!   (queue full) waits for the receipts out before resending.
 
+pub(crate) mod tap;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -25,9 +25,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::tap::{StartAt, Tapped};
-use super::MonitorError;
-use crate::transport::{connection_retry_options, pulsar_topic, PulsarWatchdog, RawMessage};
+use super::{connection_retry_options, topic as pulsar_topic, Watchdog as PulsarWatchdog};
+use crate::transport::tap::{StartAt, TapError, Tapped};
+use crate::transport::RawMessage;
 
 /// How long one `next_batch` waits for a first message.
 const POLL: Duration = Duration::from_millis(1000);
@@ -37,7 +37,7 @@ const QUEUE: usize = 1024;
 const MAX_ERRORS: u32 = 3;
 
 /// Subscriptions on a set of topics, merged into one queue.
-pub(super) struct PulsarTap {
+pub(crate) struct PulsarTap {
     rx: mpsc::Receiver<Tapped>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -46,11 +46,7 @@ pub(super) struct PulsarTap {
 impl PulsarTap {
     /// Connects and subscribes to every topic before returning, so their
     /// positions are fixed (and a broker that is down is reported).
-    pub async fn open(
-        url: &str,
-        channels: &[String],
-        start: StartAt,
-    ) -> Result<Self, MonitorError> {
+    pub async fn open(url: &str, channels: &[String], start: StartAt) -> Result<Self, TapError> {
         let client = Pulsar::builder(url, TokioExecutor)
             .with_connection_retry_options(connection_retry_options())
             .build()
@@ -81,10 +77,10 @@ impl PulsarTap {
     }
 
     /// What the consumers forwarded, waiting up to [`POLL`] for the first.
-    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, MonitorError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<Tapped>, TapError> {
         let first = match tokio::time::timeout(POLL, self.rx.recv()).await {
             Err(_) => return Ok(Vec::new()),
-            Ok(None) => return Err(MonitorError::Closed),
+            Ok(None) => return Err(TapError::Closed),
             Ok(Some(t)) => t,
         };
         let mut batch = vec![first];
