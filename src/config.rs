@@ -135,10 +135,10 @@ pub struct Settings {
     pub database_url: SecretString,
     /// Pool size; concurrent transitions beyond this queue for a connection.
     pub database_max_connections: u32,
-    pub integraciones_api_url: Url,
-    pub alianzas_api_url: Url,
-    pub alianzas_mode: ParticipantMode,
-    pub integraciones_mode: ParticipantMode,
+    pub integrations_api_url: Url,
+    pub alliances_api_url: Url,
+    pub alliances_mode: ParticipantMode,
+    pub integrations_mode: ParticipantMode,
     pub api_addr: SocketAddr,
     /// How long a client may take to send a request's headers.
     pub api_header_timeout: Duration,
@@ -232,18 +232,18 @@ impl Settings {
                 parse_database_url,
             )?),
             database_max_connections: v.bounded("DATABASE_MAX_CONNECTIONS", 20, 1000)?,
-            integraciones_api_url: v.parse(
+            integrations_api_url: v.parse(
                 "INTEGRACIONES_API_URL",
                 fixed_url("http://localhost:8001"),
                 parse_http_url,
             )?,
-            alianzas_api_url: v.parse(
+            alliances_api_url: v.parse(
                 "ALIANZAS_API_URL",
                 fixed_url("http://localhost:8002"),
                 parse_http_url,
             )?,
-            alianzas_mode: v.parse("ALIANZAS_MODE", ParticipantMode::Http, parse_mode)?,
-            integraciones_mode: v.parse("INTEGRACIONES_MODE", ParticipantMode::Http, parse_mode)?,
+            alliances_mode: v.parse("ALIANZAS_MODE", ParticipantMode::Http, parse_mode)?,
+            integrations_mode: v.parse("INTEGRACIONES_MODE", ParticipantMode::Http, parse_mode)?,
             api_addr: v.parse("API_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)), |s| {
                 s.parse()
                     .map_err(|_| format!("expected host:port, got {s:?}"))
@@ -329,10 +329,10 @@ impl std::fmt::Debug for Settings {
             broker_url,
             database_url,
             database_max_connections,
-            integraciones_api_url,
-            alianzas_api_url,
-            alianzas_mode,
-            integraciones_mode,
+            integrations_api_url,
+            alliances_api_url,
+            alliances_mode,
+            integrations_mode,
             api_addr,
             api_header_timeout,
             admin_token,
@@ -357,10 +357,10 @@ impl std::fmt::Debug for Settings {
             .field("broker_url", broker_url)
             .field("database_url", database_url)
             .field("database_max_connections", database_max_connections)
-            .field("integraciones_api_url", &redact::url(integraciones_api_url))
-            .field("alianzas_api_url", &redact::url(alianzas_api_url))
-            .field("alianzas_mode", alianzas_mode)
-            .field("integraciones_mode", integraciones_mode)
+            .field("integraciones_api_url", &redact::url(integrations_api_url))
+            .field("alianzas_api_url", &redact::url(alliances_api_url))
+            .field("alianzas_mode", alliances_mode)
+            .field("integraciones_mode", integrations_mode)
             .field("api_addr", api_addr)
             .field("api_header_timeout", api_header_timeout)
             .field("admin_token", admin_token)
@@ -617,7 +617,7 @@ mod tests {
             matches!(s.broker_url, BrokerUrl::Pulsar(ref u) if u.as_str() == "pulsar://localhost:6650")
         );
         assert_eq!(s.api_addr.to_string(), "0.0.0.0:8000");
-        assert_eq!(s.alianzas_mode, ParticipantMode::Http);
+        assert_eq!(s.alliances_mode, ParticipantMode::Http);
         assert_eq!(s.retry.max_attempts, 5);
         assert_eq!(s.retry.kind, RetryKind::Exponential);
         assert_eq!(s.retry.base_delay, Duration::from_millis(200));
@@ -648,7 +648,7 @@ mod tests {
         assert!(matches!(s.broker_url, BrokerUrl::Redis(_)));
         assert_eq!(s.retry.kind, RetryKind::Linear);
         assert_eq!(s.retry.max_attempts, 3);
-        assert_eq!(s.alianzas_mode, ParticipantMode::Broker);
+        assert_eq!(s.alliances_mode, ParticipantMode::Broker);
         assert_eq!(s.channels.partner_events, "t1-partner-events");
     }
 

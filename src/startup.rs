@@ -72,8 +72,8 @@ impl Application {
             });
         }
         let participants = HttpParticipants::new(
-            settings.alianzas_api_url.clone(),
-            settings.integraciones_api_url.clone(),
+            settings.alliances_api_url.clone(),
+            settings.integrations_api_url.clone(),
             settings.step_timeout,
         )?;
         let orchestrator = Orchestrator::new(

@@ -52,17 +52,17 @@ pub struct OrchestratorConfig {
     pub sweep_interval: Duration,
     pub shutdown_grace: Duration,
     /// How alliances are asked: HTTP calls or broker commands.
-    pub alianzas_mode: ParticipantMode,
+    pub alliances_mode: ParticipantMode,
     /// How integrations are asked: HTTP calls or broker commands.
-    pub integraciones_mode: ParticipantMode,
+    pub integrations_mode: ParticipantMode,
 }
 
 impl OrchestratorConfig {
     /// Whether `step` goes out as a broker command rather than an HTTP call.
     pub fn over_broker(&self, step: Step) -> bool {
         let mode = match step {
-            Step::CreateAlliance => self.alianzas_mode,
-            Step::DeletePartner => self.integraciones_mode,
+            Step::CreateAlliance => self.alliances_mode,
+            Step::DeletePartner => self.integrations_mode,
         };
         mode == ParticipantMode::Broker
     }
@@ -95,8 +95,8 @@ impl From<&Settings> for OrchestratorConfig {
             max_in_flight: s.max_in_flight,
             sweep_interval: s.sweep_interval,
             shutdown_grace: s.shutdown_grace,
-            alianzas_mode: s.alianzas_mode,
-            integraciones_mode: s.integraciones_mode,
+            alliances_mode: s.alliances_mode,
+            integrations_mode: s.integrations_mode,
         }
     }
 }

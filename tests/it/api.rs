@@ -26,9 +26,9 @@ async fn error_of(response: reqwest::Response, status: u16) -> String {
 
 #[tokio::test]
 async fn health_ready_and_metrics() {
-    let (alianzas, integraciones) = mocks().await;
-    alliance_ok(&alianzas).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    alliance_ok(&alliances).await;
+    let app = spawn_app(alliances, integrations).await;
 
     let health: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health, json!({"status": "ok"}));
@@ -65,9 +65,9 @@ async fn health_ready_and_metrics() {
 
 #[tokio::test]
 async fn post_sagas_starts_once_per_event_id() {
-    let (alianzas, integraciones) = mocks().await;
-    alliance_ok(&alianzas).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    alliance_ok(&alliances).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let body = json!({"payload": {"partner_id": p, "name": "Acme", "extra": {"kept": true}}, "event_id": format!("api-{p}")});
 
@@ -90,13 +90,13 @@ async fn post_sagas_starts_once_per_event_id() {
     let saga = app.settled(&p).await;
     assert_eq!(saga["saga_id"], first["saga_id"]);
     assert_eq!(saga["state"], "completed");
-    assert_eq!(app.alianzas.received_requests().await.unwrap().len(), 1);
+    assert_eq!(app.alliances.received_requests().await.unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn bad_requests_get_json_errors_never_500() {
-    let (alianzas, integraciones) = mocks().await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let app = spawn_app(alliances, integrations).await;
 
     let detail = error_of(
         app.post("/sagas", &json!({"payload": {"partner_id": "p"}}))
@@ -160,9 +160,9 @@ async fn bad_requests_get_json_errors_never_500() {
 
 #[tokio::test]
 async fn list_filters_and_pages_newest_first() {
-    let (alianzas, integraciones) = mocks().await;
-    alliance_ok(&alianzas).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    alliance_ok(&alliances).await;
+    let app = spawn_app(alliances, integrations).await;
     let correlation = format!("batch-{}", partner());
     let mut started = Vec::new();
     for _ in 0..3 {
@@ -246,9 +246,9 @@ async fn list_filters_and_pages_newest_first() {
 
 #[tokio::test]
 async fn admin_routes_need_the_token_and_are_refused_without_one() {
-    let (alianzas, integraciones) = mocks().await;
-    alliance_ok(&alianzas).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    alliance_ok(&alliances).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     app.post(
         "/sagas",
@@ -284,10 +284,10 @@ async fn admin_routes_need_the_token_and_are_refused_without_one() {
     )
     .await;
 
-    let (alianzas, integraciones) = mocks().await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.unset("ADMIN_TOKEN");
-    let closed = spawn_app_with(alianzas, integraciones, config).await;
+    let closed = spawn_app_with(alliances, integrations, config).await;
     error_of(
         closed
             .admin_post(&format!("/sagas/{id}/retry"), Some("test-admin-token"))
@@ -299,11 +299,11 @@ async fn admin_routes_need_the_token_and_are_refused_without_one() {
 
 #[tokio::test]
 async fn a_failed_saga_can_be_retried_once_integrations_recovers() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(503), Some(3)).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(503), Some(3)).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     app.publish_partner(&p, &format!("evt-{p}"), "corr-redrive")
         .await;
@@ -321,23 +321,20 @@ async fn a_failed_saga_can_be_retried_once_integrations_recovers() {
     assert!(history
         .iter()
         .any(|h| h["reason"] == "retried_by_operator" && h["from_state"] == "failed"));
-    assert_eq!(
-        app.integraciones.received_requests().await.unwrap().len(),
-        4
-    );
+    assert_eq!(app.integrations.received_requests().await.unwrap().len(), 4);
 }
 
 #[tokio::test]
 async fn an_operator_can_force_compensation_of_a_live_saga() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("late").set_delay(Duration::from_millis(1500)),
         None,
     )
     .await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let started: Value = app
         .post(
@@ -381,17 +378,17 @@ async fn an_operator_can_force_compensation_of_a_live_saga() {
 
 #[tokio::test]
 async fn a_forced_compensation_stops_a_driver_waiting_to_retry() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // The first attempt asks for a 2 s pause; the operator acts during it.
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(503).insert_header("Retry-After", "2"),
         Some(1),
     )
     .await;
-    on_create_alliance(&alianzas, alliance_created("must-not-happen"), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_create_alliance(&alliances, alliance_created("must-not-happen"), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let started: Value = app
         .post(
@@ -415,7 +412,7 @@ async fn a_forced_compensation_stops_a_driver_waiting_to_retry() {
     // Past the waiting driver's wake-up: it must see the saga moved and stop.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        app.alianzas.received_requests().await.unwrap().len(),
+        app.alliances.received_requests().await.unwrap().len(),
         1,
         "no alliance call after compensation began"
     );
@@ -424,8 +421,8 @@ async fn a_forced_compensation_stops_a_driver_waiting_to_retry() {
 
 #[tokio::test]
 async fn openapi_json_documents_every_route_and_the_admin_scheme() {
-    let (alianzas, integraciones) = mocks().await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let app = spawn_app(alliances, integrations).await;
 
     let response = app.get("/openapi.json").await;
     assert_eq!(response.status(), 200);
@@ -490,8 +487,8 @@ fn referenced_urls(html: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn docs_page_loads_only_local_assets() {
-    let (alianzas, integraciones) = mocks().await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let app = spawn_app(alliances, integrations).await;
 
     let page = app.get("/docs").await;
     assert_eq!(page.status(), 200);
@@ -580,22 +577,22 @@ fn per_minute(rate: &Value) -> f64 {
 
 #[tokio::test]
 async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     let (ok, refused) = (partner(), partner());
     Mock::given(method("POST"))
         .and(path("/alliances"))
         .and(body_partial_json(json!({"partner_id": ok})))
         .respond_with(alliance_created("a-summary"))
-        .mount(&alianzas)
+        .mount(&alliances)
         .await;
     Mock::given(method("POST"))
         .and(path("/alliances"))
         .and(body_partial_json(json!({"partner_id": refused})))
         .respond_with(ResponseTemplate::new(422))
-        .mount(&alianzas)
+        .mount(&alliances)
         .await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let channel = app.channels.partner_events.clone();
 
     let empty = summary_when(&app, |_| true).await;
@@ -670,8 +667,8 @@ async fn metrics_summary_counts_sagas_dead_letters_and_rates() {
 
 #[tokio::test]
 async fn metrics_summary_is_503_json_when_the_store_is_down() {
-    let (alianzas, integraciones) = mocks().await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let app = spawn_app(alliances, integrations).await;
     assert_eq!(app.get("/metrics/summary").await.status(), 200);
 
     // Take the service's database away from under it.

@@ -12,13 +12,13 @@ use saga_orchestrator::envelope::{Envelope, EventType, MessageStatus};
 use crate::helpers::{mocks, partner, spawn_app_with, states, Entry, TestApp, TestConfig};
 
 pub(crate) async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
-    let (alianzas, integraciones) = mocks().await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config
         .set("ALIANZAS_MODE", "broker")
         .set("INTEGRACIONES_MODE", "broker")
         .set("STEP_TIMEOUT_MS", &step_timeout_ms.to_string());
-    spawn_app_with(alianzas, integraciones, config).await
+    spawn_app_with(alliances, integrations, config).await
 }
 
 /// The `n`-th command (1-based) on `channel` for `partner_id`.
@@ -146,7 +146,7 @@ async fn a_saga_completes_through_commands_and_a_stream_of_replies() {
         .filter_map(|h| h["detail"].as_str())
         .collect();
     assert!(progress.contains(&"two thirds"), "{progress:?}");
-    assert!(app.alianzas.received_requests().await.unwrap().is_empty());
+    assert!(app.alliances.received_requests().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn a_failed_reply_compensates_through_delete_partner_commands() {
         ]
     );
     assert!(app
-        .integraciones
+        .integrations
         .received_requests()
         .await
         .unwrap()
@@ -390,14 +390,14 @@ async fn an_alliance_created_after_compensation_is_recorded_for_a_person() {
 
 #[tokio::test]
 async fn sagas_awaiting_replies_keep_their_slots_so_new_events_wait_in_the_broker() {
-    let (alianzas, integraciones) = mocks().await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config
         .set("ALIANZAS_MODE", "broker")
         .set("INTEGRACIONES_MODE", "broker")
         .set("STEP_TIMEOUT_MS", "20000")
         .set("MAX_IN_FLIGHT", "2");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let partners: Vec<String> = (0..5).map(|_| partner()).collect();
     for p in &partners {
         app.publish_partner(p, &format!("evt-{p}"), "corr-slots")

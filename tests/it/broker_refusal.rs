@@ -58,13 +58,13 @@ async fn refused_command_is_parked(
     notes_bytes: usize,
     settings: &[(&str, &str)],
 ) -> Vec<crate::outbox_rows::ParkedRow> {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     Mock::given(method("DELETE"))
         .and(path_regex("^/partners/.+$"))
         .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
+        .mount(&integrations)
         .await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config
         .set("BROKER_URL", url)
         .set("ALIANZAS_MODE", "broker")
@@ -73,7 +73,7 @@ async fn refused_command_is_parked(
         config.set(name, value);
     }
     let db = Db::from_url(&config.values["database_url"]);
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let commands = app.channels.alliance_commands.clone();
     let events = app.channels.saga_events.clone();
 

@@ -58,17 +58,17 @@ async fn publish_half(url: &str, app: &TestApp, half: usize) -> Vec<String> {
 #[tokio::test]
 async fn pulsar_broker_restart_mid_stream_loses_and_repeats_nothing() {
     let pulsar = PrivatePulsar::start().await;
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // A little latency, so work is in flight when the broker dies.
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("a-restart").set_delay(Duration::from_millis(20)),
         None,
     )
     .await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("BROKER_URL", &pulsar.url);
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
 
     let mut partners = publish_half(&pulsar.url, &app, 1).await;
     // Kill it once some sagas are done and others are still coming in.
@@ -133,7 +133,7 @@ async fn pulsar_broker_restart_mid_stream_loses_and_repeats_nothing() {
     }
     // Every alliance was asked for under its saga's key; retries reuse it.
     let keys: HashSet<String> = app
-        .alianzas
+        .alliances
         .received_requests()
         .await
         .unwrap()
@@ -151,14 +151,14 @@ async fn pulsar_broker_restart_mid_stream_loses_and_repeats_nothing() {
 async fn a_broker_outage_does_not_spend_the_attempts_of_sagas_awaiting_replies() {
     // Its own Pulsar: this test stops the broker.
     let pulsar = PrivatePulsar::start().await;
-    let (alianzas, integraciones) = mocks().await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config
         .set("BROKER_URL", &pulsar.url)
         .set("ALIANZAS_MODE", "broker")
         .set("INTEGRACIONES_MODE", "broker")
         .set("STEP_TIMEOUT_MS", "1500");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
     app.publish_partner(&p, &format!("evt-{p}"), "corr-outage")
         .await;

@@ -26,11 +26,11 @@ fn entry(event_id: &str, event_type: &str, payload: String) -> Vec<(String, Stri
 
 #[tokio::test]
 async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-1"), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("MAX_MESSAGE_BYTES", "4096");
-    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
     let stream = app.channels.partner_events.clone();
 
     let poison = [

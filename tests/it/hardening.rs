@@ -36,9 +36,9 @@ async fn database(app: &TestApp) -> sqlx::PgConnection {
 
 #[tokio::test]
 async fn ids_break_no_rule_on_any_input_path() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-ids"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-ids"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let long = "c".repeat(257);
     let bad_bodies = [
         json!({"payload": {"partner_id": partner(), "name": "A"}, "correlation_id": long}),
@@ -98,10 +98,10 @@ async fn ids_break_no_rule_on_any_input_path() {
 
 #[tokio::test]
 async fn starting_a_saga_over_http_needs_the_admin_token() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let victim = partner();
     let body = json!({"payload": {"partner_id": victim, "name": "Victim"}});
 
@@ -121,10 +121,10 @@ async fn starting_a_saga_over_http_needs_the_admin_token() {
     assert_eq!(app.deletes().await.len(), 0, "and nothing deleted");
 
     // With no token configured the route is refused, never open.
-    let (alianzas, integraciones) = mocks().await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.unset("ADMIN_TOKEN");
-    let closed = spawn_app_with(alianzas, integraciones, config).await;
+    let closed = spawn_app_with(alliances, integrations, config).await;
     let (status, detail) = status_and_detail(closed.post_anonymous("/sagas", &body).await).await;
     assert_eq!(status, 403, "{detail}");
     assert!(detail.contains("ADMIN_TOKEN"), "{detail}");
@@ -132,12 +132,12 @@ async fn starting_a_saga_over_http_needs_the_admin_token() {
 
 #[tokio::test]
 async fn a_second_start_for_a_partner_never_deletes_what_the_first_completed() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // The first call creates the alliance; any later one is refused.
-    on_create_alliance(&alianzas, alliance_created("a-first"), Some(1)).await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_create_alliance(&alliances, alliance_created("a-first"), Some(1)).await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let body = json!({"payload": {"partner_id": p, "name": "Twice"}});
 
@@ -187,15 +187,15 @@ async fn duplicates(app: &TestApp) -> u64 {
 
 #[tokio::test]
 async fn an_alliance_created_after_compensation_began_is_recorded_over_http() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("a-late").set_delay(Duration::from_millis(1200)),
         None,
     )
     .await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let id = app.start_saga(&p, "Late").await;
     let forced = app
@@ -250,15 +250,15 @@ async fn an_outcome_the_store_refuses_ends_the_attempt_instead_of_looping() {
     if crate::broker::BrokerKind::from_env() != crate::broker::BrokerKind::Redis {
         return; // The store's behaviour: one broker is enough.
     }
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(503).set_body_string("poison-answer"),
         None,
     )
     .await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     refuse_errors_containing(&app, "poison-answer").await;
     let p = partner();
     app.post(
@@ -276,20 +276,20 @@ async fn an_outcome_the_store_refuses_ends_the_attempt_instead_of_looping() {
         .as_str()
         .unwrap()
         .contains("store refused"));
-    let calls = app.alianzas.received_requests().await.unwrap().len();
+    let calls = app.alliances.received_requests().await.unwrap().len();
     assert_eq!(calls, 3, "RETRY_MAX_ATTEMPTS calls, no more");
 }
 
 #[tokio::test]
 async fn a_compensation_that_only_ever_reports_progress_is_parked_at_its_deadline() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config
         .set("INTEGRACIONES_MODE", "broker")
         .set("STEP_TIMEOUT_MS", "1000")
         .set("COMPENSATION_DEADLINE_SECS", "3");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
     app.post(
         "/sagas",
@@ -322,15 +322,15 @@ async fn a_compensation_that_only_ever_reports_progress_is_parked_at_its_deadlin
 
 #[tokio::test]
 async fn a_driver_that_lost_its_lease_cannot_write_over_the_new_owner() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(503).set_delay(Duration::from_millis(1500)),
         Some(1),
     )
     .await;
-    on_create_alliance(&alianzas, alliance_created("a-fenced"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_create_alliance(&alliances, alliance_created("a-fenced"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let id = app.start_saga(&p, "Fenced").await;
 
@@ -349,7 +349,7 @@ async fn a_driver_that_lost_its_lease_cannot_write_over_the_new_owner() {
 
     // The stale driver's outcome (a failed attempt) must not be written.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let calls = app.alianzas.received_requests().await.unwrap().len();
+    let calls = app.alliances.received_requests().await.unwrap().len();
     assert_eq!(calls, 1, "the call was made and answered");
     let saga = app.saga(&id).await;
     assert_eq!(saga["attempts"], 1, "{saga:#}");
@@ -362,16 +362,16 @@ async fn a_driver_that_lost_its_lease_cannot_write_over_the_new_owner() {
 
 #[tokio::test]
 async fn stopping_publishes_the_events_of_the_last_commits() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("a-stop").set_delay(Duration::from_millis(800)),
         None,
     )
     .await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("SHUTDOWN_GRACE_SECS", "5");
-    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
     app.post(
         "/sagas",
@@ -398,10 +398,10 @@ async fn stopping_publishes_the_events_of_the_last_commits() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let (alianzas, integraciones) = mocks().await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("API_HEADER_TIMEOUT_MS", "300");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let addr = app.address.trim_start_matches("http://").to_string();
 
     let outcome = tokio::task::spawn_blocking(move || {
@@ -438,21 +438,21 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 
 #[tokio::test]
 async fn a_late_alliance_during_compensation_starts_no_second_delete() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("a-midway").set_delay(Duration::from_millis(800)),
         None,
     )
     .await;
     // The delete is still in flight when the alliance's answer arrives.
     on_delete_partner(
-        &integraciones,
+        &integrations,
         ResponseTemplate::new(204).set_delay(Duration::from_millis(1500)),
         None,
     )
     .await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let id = app.start_saga(&p, "Midway").await;
     let forced = app

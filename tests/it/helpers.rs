@@ -57,7 +57,7 @@ pub struct TestConfig {
 
 impl TestConfig {
     /// Fast retries and short timeouts, so failure paths finish in seconds.
-    pub async fn new(alianzas: &MockServer, integraciones: &MockServer) -> Self {
+    pub async fn new(alliances: &MockServer, integrations: &MockServer) -> Self {
         let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..12]);
         let channels = Channels::prefixed(&prefix);
         let database_url = fresh_database().await;
@@ -69,8 +69,8 @@ impl TestConfig {
         set("DATABASE_URL", &database_url);
         set("DATABASE_MAX_CONNECTIONS", "5");
         set("API_ADDR", "127.0.0.1:0");
-        set("ALIANZAS_API_URL", &alianzas.uri());
-        set("INTEGRACIONES_API_URL", &integraciones.uri());
+        set("ALIANZAS_API_URL", &alliances.uri());
+        set("INTEGRACIONES_API_URL", &integrations.uri());
         set("RETRY_MAX_ATTEMPTS", "3");
         set("RETRY_BASE_DELAY_MS", "20");
         set("RETRY_MAX_DELAY_MS", "100");
@@ -112,8 +112,8 @@ impl TestConfig {
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
-    pub alianzas: MockServer,
-    pub integraciones: MockServer,
+    pub alliances: MockServer,
+    pub integrations: MockServer,
     pub channels: Channels,
     pub broker: TestBroker,
     pub config: TestConfig,
@@ -155,15 +155,15 @@ pub async fn mocks() -> (MockServer, MockServer) {
 }
 
 /// Starts the service with the default test configuration.
-pub async fn spawn_app(alianzas: MockServer, integraciones: MockServer) -> TestApp {
-    let config = TestConfig::new(&alianzas, &integraciones).await;
-    spawn_app_with(alianzas, integraciones, config).await
+pub async fn spawn_app(alliances: MockServer, integrations: MockServer) -> TestApp {
+    let config = TestConfig::new(&alliances, &integrations).await;
+    spawn_app_with(alliances, integrations, config).await
 }
 
 /// Starts the service with a tailored configuration.
 pub async fn spawn_app_with(
-    alianzas: MockServer,
-    integraciones: MockServer,
+    alliances: MockServer,
+    integrations: MockServer,
     config: TestConfig,
 ) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
@@ -178,8 +178,8 @@ pub async fn spawn_app_with(
     TestApp {
         address,
         http: reqwest::Client::new(),
-        alianzas,
-        integraciones,
+        alliances,
+        integrations,
         channels: config.channels.clone(),
         broker,
         config,
@@ -327,7 +327,7 @@ impl TestApp {
 
     /// Every DELETE integrations received, as (idempotency key, raw path).
     pub async fn deletes(&self) -> Vec<(String, String)> {
-        let requests = self.integraciones.received_requests().await;
+        let requests = self.integrations.received_requests().await;
         requests
             .unwrap_or_default()
             .into_iter()

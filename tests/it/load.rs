@@ -15,7 +15,7 @@ use crate::helpers::{alliance_created, mocks, on_create_alliance, on_delete_part
 
 #[tokio::test]
 async fn a_load_test_reports_every_saga_by_outcome() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // Alliances refuses what the load tool marks to fail, as the simulator does.
     Mock::given(method("POST"))
         .and(path("/alliances"))
@@ -24,11 +24,11 @@ async fn a_load_test_reports_every_saga_by_outcome() {
             ResponseTemplate::new(422).set_body_json(serde_json::json!({"error": "refused"})),
         )
         .with_priority(1)
-        .mount(&alianzas)
+        .mount(&alliances)
         .await;
-    on_create_alliance(&alianzas, alliance_created("a-load"), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_create_alliance(&alliances, alliance_created("a-load"), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let settings = Settings::from_values(&app.config.values).expect("settings");
     let transport = transport::from_settings(&settings).await.expect("broker");
 
@@ -94,8 +94,8 @@ async fn a_load_test_reports_every_saga_by_outcome() {
 
 #[tokio::test]
 async fn waiting_for_sagas_that_never_come_stops_at_the_timeout_with_the_count() {
-    let (alianzas, integraciones) = mocks().await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let app = spawn_app(alliances, integrations).await;
     let partners = ["a", "b", "c"].map(String::from).into_iter().collect();
     let waited = load::wait_for_sagas(
         &app.address,

@@ -92,9 +92,9 @@ fn has(seen: &[Observed], event_type: &str) -> bool {
 
 #[tokio::test]
 async fn the_monitor_sees_a_saga_and_steals_nothing_from_the_orchestrator() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-mon"), None).await;
-    let mut app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-mon"), None).await;
+    let mut app = spawn_app(alliances, integrations).await;
     let mut tap = tap(&app).await;
     let p = partner();
     let corr = format!("corr-{p}");
@@ -181,8 +181,8 @@ async fn the_monitor_sees_a_saga_and_steals_nothing_from_the_orchestrator() {
 
 #[tokio::test]
 async fn the_monitor_shows_malformed_input_and_its_dead_letter() {
-    let (alianzas, integraciones) = mocks().await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    let app = spawn_app(alliances, integrations).await;
     let mut tap = tap(&app).await;
     let corr = format!("corr-bad-{}", partner());
     let fields: Vec<(String, String)> = [

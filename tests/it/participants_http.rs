@@ -65,10 +65,10 @@ fn hostile_ids() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn hostile_partner_ids_reach_integrations_as_exactly_one_segment() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
 
     let cases = hostile_ids();
     let mut sagas = Vec::new();
@@ -100,10 +100,10 @@ async fn hostile_partner_ids_reach_integrations_as_exactly_one_segment() {
 
 #[tokio::test]
 async fn dot_partner_ids_never_reach_integrations() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
 
     for id in [".", ".."] {
         let body = json!({"payload": {"partner_id": id, "name": "Dots"}});
@@ -132,11 +132,11 @@ async fn dot_partner_ids_never_reach_integrations() {
 
 #[tokio::test]
 async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(404), Some(2)).await;
-    on_create_alliance(&alianzas, alliance_created("a-after-404"), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(404), Some(2)).await;
+    on_create_alliance(&alliances, alliance_created("a-after-404"), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     let saga_id = start(&app, &p).await;
@@ -145,7 +145,7 @@ async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
     assert_eq!(saga["state"], "completed", "{saga}");
     assert_eq!(saga["alliance_id"], "a-after-404");
     assert_eq!(saga["attempts"], 3);
-    assert_eq!(app.alianzas.received_requests().await.unwrap().len(), 3);
+    assert_eq!(app.alliances.received_requests().await.unwrap().len(), 3);
     assert_eq!(app.deletes().await, [], "no compensation");
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
@@ -158,10 +158,10 @@ async fn alliances_answering_404_is_retried_not_read_as_a_refusal() {
 
 #[tokio::test]
 async fn alliances_answering_409_without_an_alliance_id_completes() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(409), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(409), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     let saga_id = start(&app, &p).await;
@@ -178,7 +178,7 @@ async fn alliances_answering_409_without_an_alliance_id_completes() {
             .contains("alliance exists (409) without an alliance_id"),
         "{last}"
     );
-    assert_eq!(app.alianzas.received_requests().await.unwrap().len(), 1);
+    assert_eq!(app.alliances.received_requests().await.unwrap().len(), 1);
     assert_eq!(app.deletes().await, [], "no compensation");
 }
 
@@ -206,21 +206,21 @@ fn strings(value: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn a_delete_answer_with_nul_and_invalid_utf8_settles_in_three_calls() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(422).set_body_json(json!({"error": "bad\u{0}email"})),
         None,
     )
     .await;
     on_delete_partner(
-        &integraciones,
+        &integrations,
         ResponseTemplate::new(500).set_body_bytes(poisoned_body()),
         Some(2),
     )
     .await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     let saga_id = start(&app, &p).await;
@@ -260,9 +260,9 @@ async fn a_delete_answer_with_nul_and_invalid_utf8_settles_in_three_calls() {
 
 #[tokio::test]
 async fn an_alliance_id_with_nul_is_stored_escaped() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a\u{0}b\u{7}c"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a\u{0}b\u{7}c"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     let saga_id = start(&app, &p).await;
@@ -274,11 +274,11 @@ async fn an_alliance_id_with_nul_is_stored_escaped() {
 
 #[tokio::test]
 async fn an_alliance_id_over_256_characters_completes_without_the_id() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // An idempotent participant answers every retry the same way: a retry
     // could never succeed, and compensation would delete the partner.
-    on_create_alliance(&alianzas, alliance_created(&"x".repeat(257)), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_create_alliance(&alliances, alliance_created(&"x".repeat(257)), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     let saga_id = start(&app, &p).await;
@@ -308,11 +308,11 @@ async fn closed_port() -> u16 {
 /// pointing at a closed port) and checks the password is nowhere in what
 /// the service stores or publishes.
 async fn password_stays_out_of_saga_data(url_of: impl Fn(u16) -> String, password: &str) {
-    let (alianzas, integraciones) = mocks().await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("ALIANZAS_API_URL", &url_of(closed_port().await));
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
 
     let saga_id = start(&app, &p).await;
@@ -358,14 +358,14 @@ async fn credentials_in_a_participant_url_never_reach_saga_data() {
 
 #[tokio::test]
 async fn a_401_from_integrations_is_retried_then_parked() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(400), None).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(400), None).await;
     Mock::given(method("DELETE"))
         .and(path(format!("/partners/{}", "p-401")))
         .respond_with(ResponseTemplate::new(401))
-        .mount(&integraciones)
+        .mount(&integrations)
         .await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let app = spawn_app(alliances, integrations).await;
 
     let saga_id = start(&app, "p-401").await;
     let saga = settled(&app, &saga_id).await;

@@ -91,10 +91,10 @@ fn generated(cases: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn hostile_start_requests_are_refused_or_run_to_the_end() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(422), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(204), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let app = spawn_app(alliances, integrations).await;
 
     let mut accepted: HashMap<String, (String, Value)> = HashMap::new();
     for body in generated(CASES) {

@@ -12,9 +12,9 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-claimed"), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-claimed"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("REDIS_CLAIM_IDLE_MS", "500");
     let stream = config.channels.partner_events.clone();
     let broker = TestBroker::connect().await;
@@ -26,7 +26,7 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
         .await;
     broker.leave_unacked_by_a_dead_consumer(&stream).await;
 
-    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
     let saga = app.settled(&p).await;
 
     assert_eq!(saga["state"], "completed");
@@ -36,18 +36,18 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
 
 #[tokio::test]
 async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // The first attempt fails and asks for a pause; the instance dies during it.
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(503).insert_header("Retry-After", "1"),
         Some(1),
     )
     .await;
-    on_create_alliance(&alianzas, alliance_created("a-recovered"), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    on_create_alliance(&alliances, alliance_created("a-recovered"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("STEP_TIMEOUT_MS", "500");
-    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-crash")
@@ -66,7 +66,7 @@ async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
     assert_eq!(saga["saga_id"], saga_id.as_str());
     assert_eq!(saga["state"], "completed");
     assert_eq!(saga["alliance_id"], "a-recovered");
-    let requests = app.alianzas.received_requests().await.unwrap();
+    let requests = app.alliances.received_requests().await.unwrap();
     assert_eq!(requests.len(), 2, "one failed attempt, one recovered");
     assert_eq!(
         requests[0].headers["idempotency-key"],
@@ -76,16 +76,16 @@ async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
 
 #[tokio::test]
 async fn sagas_recorded_beyond_capacity_wait_for_the_sweeper() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("a").set_delay(Duration::from_millis(300)),
         None,
     )
     .await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("MAX_IN_FLIGHT", "1");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
 
     let partners: Vec<String> = (0..4).map(|_| partner()).collect();
     for p in &partners {
@@ -104,9 +104,9 @@ async fn sagas_recorded_beyond_capacity_wait_for_the_sweeper() {
 
 #[tokio::test]
 async fn events_published_before_the_first_start_are_consumed() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-early"), None).await;
-    let config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-early"), None).await;
+    let config = TestConfig::new(&alliances, &integrations).await;
     let stream = config.channels.partner_events.clone();
     let p = partner();
     TestBroker::connect()
@@ -114,25 +114,25 @@ async fn events_published_before_the_first_start_are_consumed() {
         .publish_partner(&stream, &p, &format!("evt-{p}"), "corr-early")
         .await;
 
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     assert_eq!(app.settled(&p).await["state"], "completed");
 }
 
 #[tokio::test]
 async fn a_batching_producers_events_survive_a_crash_part_way_through_the_batch() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     // Slow enough that the instance dies with most of the batch unhandled.
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("a-batch").set_delay(Duration::from_millis(500)),
         None,
     )
     .await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     // Fewer slots than the batch: its messages are handled (and acked) in parts.
     config.set("MAX_IN_FLIGHT", "3");
     let stream = config.channels.partner_events.clone();
-    let mut app = spawn_app_with(alianzas, integraciones, config).await;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
     let partners: Vec<String> = (0..12).map(|_| partner()).collect();
     app.broker
         .publish_partners_batched(&stream, &partners)

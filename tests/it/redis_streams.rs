@@ -232,9 +232,9 @@ async fn metrics(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn trimming_drops_only_what_every_group_has_acknowledged() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-trim"), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-trim"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config
         .set("BROKER_URL", &env("TEST_REDIS_URL"))
         .set("REDIS_TRIM_INTERVAL_MS", "100")
@@ -250,7 +250,7 @@ async fn trimming_drops_only_what_every_group_has_acknowledged() {
     for produced in [&channels.saga_events, &dlq] {
         create_group(&conn, produced, "audit").await;
     }
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
 
     let partners: Vec<String> = (0..3).map(|_| partner()).collect();
     for p in &partners {

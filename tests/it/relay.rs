@@ -33,14 +33,14 @@ pub(crate) fn event_of(entry: &Entry, kind: &str, partner_id: &str) -> bool {
 }
 
 async fn unreadable_rows_are_parked_and_the_rest_is_relayed(database_url: Option<String>) {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-relay"), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-relay"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     if let Some(url) = &database_url {
         config.set("DATABASE_URL", url);
     }
     let db = Db::from_url(&config.values["database_url"]);
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let events = app.channels.saga_events.clone();
 
     // Oldest first, so every claim of the relay meets them before the good ones.
@@ -116,11 +116,11 @@ async fn unreadable_outbox_rows_are_parked_and_the_rest_is_relayed_on_sqlite() {
 #[tokio::test]
 async fn a_saga_event_with_a_300_character_correlation_id_is_published_not_parked() {
     // The production incident: such a row stopped the relay for everyone.
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-long"), None).await;
-    let config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-long"), None).await;
+    let config = TestConfig::new(&alliances, &integrations).await;
     let db = Db::from_url(&config.values["database_url"]);
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let events = app.channels.saga_events.clone();
     let long_partner = partner();
     let (long_id, long_event) = long_correlation_event(&long_partner);
@@ -157,9 +157,9 @@ async fn an_error_that_hits_a_whole_channel_parks_nothing() {
     if crate::helpers::BrokerKind::from_env() != crate::helpers::BrokerKind::Redis {
         return; // A key of the wrong type is Redis's way to break a channel.
     }
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-channel"), None).await;
-    let config = TestConfig::new(&alianzas, &integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-channel"), None).await;
+    let config = TestConfig::new(&alliances, &integrations).await;
     let events = config.channels.saga_events.clone();
     // saga-events is unusable (every XADD answers WRONGTYPE) while the
     // broker itself answers pings: no message is to blame for that.
@@ -170,7 +170,7 @@ async fn an_error_that_hits_a_whole_channel_parks_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let partners: Vec<String> = (0..3).map(|_| partner()).collect();
     for p in &partners {
         app.publish_partner(p, &format!("evt-{p}"), "corr-channel")

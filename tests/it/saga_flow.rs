@@ -13,9 +13,9 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn happy_path_completes_with_the_alliance() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-42"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-42"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-happy")
@@ -30,7 +30,7 @@ async fn happy_path_completes_with_the_alliance() {
     assert_eq!(history[0]["from_state"], serde_json::Value::Null);
     assert_eq!(history[2]["reason"], "alliance_created");
 
-    let requests = app.alianzas.received_requests().await.unwrap();
+    let requests = app.alliances.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     let saga_id = saga["saga_id"].as_str().unwrap();
@@ -45,7 +45,7 @@ async fn happy_path_completes_with_the_alliance() {
     assert_eq!(body["saga_id"], saga_id);
     assert_eq!(body["correlation_id"], "corr-happy");
     assert!(
-        app.integraciones
+        app.integrations
             .received_requests()
             .await
             .unwrap()
@@ -56,9 +56,9 @@ async fn happy_path_completes_with_the_alliance() {
 
 #[tokio::test]
 async fn business_rejection_compensates_by_deleting_the_partner() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(422)
             .set_body_json(json!({"error": "partner email domain not allowed"})),
         None,
@@ -67,9 +67,9 @@ async fn business_rejection_compensates_by_deleting_the_partner() {
     Mock::given(method("DELETE"))
         .and(path_regex("^/partners/.+$"))
         .respond_with(ResponseTemplate::new(204))
-        .mount(&integraciones)
+        .mount(&integrations)
         .await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-reject")
@@ -91,11 +91,11 @@ async fn business_rejection_compensates_by_deleting_the_partner() {
         .unwrap()
         .contains("partner email domain not allowed"));
     assert_eq!(
-        app.alianzas.received_requests().await.unwrap().len(),
+        app.alliances.received_requests().await.unwrap().len(),
         1,
         "a rejection is not retried"
     );
-    let deletes = app.integraciones.received_requests().await.unwrap();
+    let deletes = app.integrations.received_requests().await.unwrap();
     assert_eq!(deletes.len(), 1);
     assert_eq!(deletes[0].url.path(), format!("/partners/{p}"));
     let saga_id = saga["saga_id"].as_str().unwrap();
@@ -108,10 +108,10 @@ async fn business_rejection_compensates_by_deleting_the_partner() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_then_complete() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(503), Some(2)).await;
-    on_create_alliance(&alianzas, alliance_created("a-7"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(503), Some(2)).await;
+    on_create_alliance(&alliances, alliance_created("a-7"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-retry")
@@ -130,7 +130,7 @@ async fn transient_failures_are_retried_then_complete() {
             "completed"
         ]
     );
-    let requests = app.alianzas.received_requests().await.unwrap();
+    let requests = app.alliances.received_requests().await.unwrap();
     assert_eq!(requests.len(), 3);
     let keys: Vec<_> = requests
         .iter()
@@ -151,10 +151,10 @@ async fn transient_failures_are_retried_then_complete() {
 
 #[tokio::test]
 async fn retries_exhausted_compensate() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(500), None).await;
-    on_delete_partner(&integraciones, ResponseTemplate::new(404), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(500), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(404), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-exhaust")
@@ -166,7 +166,7 @@ async fn retries_exhausted_compensate() {
         "404 on delete means already gone"
     );
     assert_eq!(
-        app.alianzas.received_requests().await.unwrap().len(),
+        app.alliances.received_requests().await.unwrap().len(),
         3,
         "RETRY_MAX_ATTEMPTS=3"
     );
@@ -176,17 +176,17 @@ async fn retries_exhausted_compensate() {
 
 #[tokio::test]
 async fn slow_participants_time_out_and_are_retried() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         alliance_created("late").set_delay(std::time::Duration::from_secs(2)),
         Some(1),
     )
     .await;
-    on_create_alliance(&alianzas, alliance_created("a-fast"), None).await;
-    let mut config = TestConfig::new(&alianzas, &integraciones).await;
+    on_create_alliance(&alliances, alliance_created("a-fast"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
     config.set("STEP_TIMEOUT_MS", "300");
-    let app = spawn_app_with(alianzas, integraciones, config).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-slow")
@@ -204,15 +204,15 @@ async fn slow_participants_time_out_and_are_retried() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     on_create_alliance(
-        &alianzas,
+        &alliances,
         ResponseTemplate::new(429).insert_header("Retry-After", "1"),
         Some(1),
     )
     .await;
-    on_create_alliance(&alianzas, alliance_created("a-1"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-429")
@@ -220,7 +220,7 @@ async fn retry_after_is_honoured() {
     let saga = app.settled(&p).await;
 
     assert_eq!(saga["state"], "completed");
-    let requests = app.alianzas.received_requests().await.unwrap();
+    let requests = app.alliances.received_requests().await.unwrap();
     assert_eq!(requests.len(), 2);
     let at = |i: usize| {
         saga["history"][i]["at"]
@@ -239,15 +239,15 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, ResponseTemplate::new(400), None).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(400), None).await;
     on_delete_partner(
-        &integraciones,
+        &integrations,
         ResponseTemplate::new(500).set_body_string("database locked"),
         None,
     )
     .await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-failed")
@@ -259,10 +259,7 @@ async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
         .as_str()
         .unwrap()
         .contains("database locked"));
-    assert_eq!(
-        app.integraciones.received_requests().await.unwrap().len(),
-        3
-    );
+    assert_eq!(app.integrations.received_requests().await.unwrap().len(), 3);
     let history = saga["history"].as_array().unwrap();
     assert_eq!(history.last().unwrap()["reason"], "compensation_exhausted");
 
@@ -285,9 +282,9 @@ async fn rejection_with_failing_delete_parks_the_saga_as_failed() {
 
 #[tokio::test]
 async fn the_same_event_three_times_runs_one_saga() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-once"), None).await;
-    let mut app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-once"), None).await;
+    let mut app = spawn_app(alliances, integrations).await;
     let p = partner();
     let event_id = format!("evt-{p}");
 
@@ -300,7 +297,7 @@ async fn the_same_event_three_times_runs_one_saga() {
 
     assert_eq!(app.sagas_of(&p).await.len(), 1);
     assert_eq!(saga["state"], "completed");
-    let requests = app.alianzas.received_requests().await.unwrap();
+    let requests = app.alliances.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1);
     assert_eq!(
         requests[0].headers["idempotency-key"],
@@ -316,14 +313,14 @@ async fn the_same_event_three_times_runs_one_saga() {
 
 #[tokio::test]
 async fn correlation_id_is_the_same_everywhere() {
-    let (alianzas, integraciones) = mocks().await;
+    let (alliances, integrations) = mocks().await;
     Mock::given(method("POST"))
         .and(path("/alliances"))
         .and(header("x-correlation-id", "corr-trace-77"))
         .respond_with(alliance_created("a-77"))
-        .mount(&alianzas)
+        .mount(&alliances)
         .await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
 
     app.publish_partner(&p, &format!("evt-{p}"), "corr-trace-77")
@@ -352,9 +349,9 @@ async fn correlation_id_is_the_same_everywhere() {
 
 #[tokio::test]
 async fn a_traceparent_sent_with_the_event_reaches_the_participant() {
-    let (alianzas, integraciones) = mocks().await;
-    on_create_alliance(&alianzas, alliance_created("a-traced"), None).await;
-    let app = spawn_app(alianzas, integraciones).await;
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-traced"), None).await;
+    let app = spawn_app(alliances, integrations).await;
     let p = partner();
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let mut event = partner_created(&p, &format!("evt-{p}"), "corr-traced");
@@ -365,7 +362,7 @@ async fn a_traceparent_sent_with_the_event_reaches_the_participant() {
 
     let saga = app.settled(&p).await;
     assert_eq!(saga["state"], "completed");
-    let requests = app.alianzas.received_requests().await.unwrap();
+    let requests = app.alliances.received_requests().await.unwrap();
     let sent = requests[0].headers["traceparent"]
         .to_str()
         .unwrap()

@@ -30,15 +30,15 @@ use path::join;
 #[derive(Debug, Clone)]
 pub struct HttpParticipants {
     client: Client,
-    alianzas: Arc<Endpoint>,
-    integraciones: Arc<Endpoint>,
+    alliances: Arc<Endpoint>,
+    integrations: Arc<Endpoint>,
 }
 
 impl HttpParticipants {
     /// A client whose every call is bounded by `step_timeout`.
     pub fn new(
-        alianzas: Url,
-        integraciones: Url,
+        alliances: Url,
+        integrations: Url,
         step_timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         let client = Client::builder()
@@ -53,17 +53,17 @@ impl HttpParticipants {
             .build()?;
         Ok(Self {
             client,
-            alianzas: Arc::new(Endpoint::new("alliances", "ALIANZAS_API_URL", alianzas)),
-            integraciones: Arc::new(Endpoint::new(
+            alliances: Arc::new(Endpoint::new("alliances", "ALIANZAS_API_URL", alliances)),
+            integrations: Arc::new(Endpoint::new(
                 "integrations",
                 "INTEGRACIONES_API_URL",
-                integraciones,
+                integrations,
             )),
         })
     }
 
     async fn create_alliance(&self, saga: &Saga, traceparent: Option<&str>) -> CallOutcome {
-        let endpoint = &self.alianzas;
+        let endpoint = &self.alliances;
         let url = match join(&endpoint.base, &["alliances"]) {
             Ok(url) => url,
             Err(e) => return endpoint.refused(&e),
@@ -87,7 +87,7 @@ impl HttpParticipants {
     }
 
     async fn delete_partner(&self, saga: &Saga, traceparent: Option<&str>) -> CallOutcome {
-        let endpoint = &self.integraciones;
+        let endpoint = &self.integrations;
         let url = match join(&endpoint.base, &["partners", &saga.partner_id]) {
             Ok(url) => url,
             Err(e) => return endpoint.refused(&e),

@@ -122,23 +122,23 @@ pub async fn run(
 ) -> Result<RunningDemo, DemoError> {
     let database = prepare_data_dir(&options.data_dir)?;
     let sim = Simulator::new(options.simulator.clone());
-    let alianzas = TcpListener::bind("127.0.0.1:0")
+    let alliances = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(DemoError::Listen)?;
-    let integraciones = TcpListener::bind("127.0.0.1:0")
+    let integrations = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(DemoError::Listen)?;
     let settings = settings(
         options,
         &database,
-        local_port(&alianzas)?,
-        local_port(&integraciones)?,
+        local_port(&alliances)?,
+        local_port(&integrations)?,
     )?;
     let stop = CancellationToken::new();
     tokio::spawn(simulator::http::serve(
         sim.clone(),
-        alianzas,
-        integraciones,
+        alliances,
+        integrations,
         stop.clone(),
     ));
 
@@ -212,17 +212,17 @@ fn local_port(listener: &TcpListener) -> Result<u16, DemoError> {
 fn settings(
     options: &DemoOptions,
     database: &std::path::Path,
-    alianzas: u16,
-    integraciones: u16,
+    alliances: u16,
+    integrations: u16,
 ) -> Result<Settings, DemoError> {
     let values: HashMap<String, String> = [
         ("broker_url", "memory://".to_string()),
         ("database_url", format!("sqlite://{}", database.display())),
         ("api_addr", options.api_addr.to_string()),
-        ("alianzas_api_url", format!("http://127.0.0.1:{alianzas}")),
+        ("alianzas_api_url", format!("http://127.0.0.1:{alliances}")),
         (
             "integraciones_api_url",
-            format!("http://127.0.0.1:{integraciones}"),
+            format!("http://127.0.0.1:{integrations}"),
         ),
         ("retry_max_attempts", "4".into()),
         ("retry_base_delay_ms", "50".into()),

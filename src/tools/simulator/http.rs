@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Answer, Simulator};
 
 /// Routes of the simulated alliances service.
-pub fn alianzas_router(sim: Simulator) -> Router {
+pub fn alliances_router(sim: Simulator) -> Router {
     Router::new()
         .route("/alliances", post(create_alliance))
         .route("/stats", get(stats))
@@ -24,7 +24,7 @@ pub fn alianzas_router(sim: Simulator) -> Router {
 }
 
 /// Routes of the simulated integrations service.
-pub fn integraciones_router(sim: Simulator) -> Router {
+pub fn integrations_router(sim: Simulator) -> Router {
     Router::new()
         .route("/partners/{partner_id}", delete(delete_partner))
         .route("/stats", get(stats))
@@ -35,13 +35,13 @@ pub fn integraciones_router(sim: Simulator) -> Router {
 /// Serves both until `stop` is cancelled.
 pub async fn serve(
     sim: Simulator,
-    alianzas: TcpListener,
-    integraciones: TcpListener,
+    alliances: TcpListener,
+    integrations: TcpListener,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let a = axum::serve(alianzas, alianzas_router(sim.clone()))
+    let a = axum::serve(alliances, alliances_router(sim.clone()))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let i = axum::serve(integraciones, integraciones_router(sim))
+    let i = axum::serve(integrations, integrations_router(sim))
         .with_graceful_shutdown(stop.cancelled_owned());
     let (a, i) = tokio::join!(a, i);
     a.and(i)
