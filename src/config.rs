@@ -1,4 +1,4 @@
-//! Settings (CONTRACT §6): defaults, then an optional config file, then the
+//! Settings (docs/contract.md §6): defaults, then an optional config file, then the
 //! environment (a `.env` file is loaded into the environment by `main`).
 //!
 //! Every value is parsed and checked once, here, so that a bad setting stops
@@ -69,9 +69,9 @@ impl std::fmt::Debug for BrokerUrl {
 /// How the orchestrator talks to a participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParticipantMode {
-    /// Synchronous HTTP calls (CONTRACT §4).
+    /// Synchronous HTTP calls (docs/contract.md §4).
     Http,
-    /// Commands and replies over the broker (CONTRACT §2–3).
+    /// Commands and replies over the broker (docs/contract.md §2–3).
     Broker,
 }
 

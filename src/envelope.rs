@@ -1,4 +1,4 @@
-//! The envelope every message on every channel travels in (CONTRACT §3), and
+//! The envelope every message on every channel travels in (docs/contract.md §3), and
 //! its two wire forms: a JSON body (Pulsar, in-memory) and flat stream
 //! fields (Redis, so RedisInsight shows them as columns).
 //!
@@ -127,7 +127,7 @@ pub enum DecodeError {
 /// How strictly a JSON object is read as an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rules {
-    /// What comes in (broker, HTTP): the contract's id rule (CONTRACT §5)
+    /// What comes in (broker, HTTP): the contract's id rule (docs/contract.md §5)
     /// and no NUL anywhere.
     Inbound,
     /// What this service stored itself: only what a message needs.
@@ -454,7 +454,7 @@ fn id_text(value: Option<&Value>, field: &'static str) -> Result<String, DecodeE
 }
 
 /// The one rule for ids on every input path — broker, HTTP body, query,
-/// replies (CONTRACT §5): a non-empty string of at most [`MAX_ID_CHARS`]
+/// replies (docs/contract.md §5): a non-empty string of at most [`MAX_ID_CHARS`]
 /// characters without NUL. Applied at the edge so that nothing stored can
 /// later fail to be read back, indexed or published.
 pub fn check_id(field: &'static str, id: &str) -> Result<(), DecodeError> {
@@ -470,7 +470,7 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), DecodeError> {
     Err(DecodeError::InvalidField { field, problem })
 }
 
-/// A partner id is one path segment of the participants' URLs (CONTRACT
+/// A partner id is one path segment of the participants' URLs (docs/contract.md
 /// §4); `.` and `..` cannot be one safely — servers resolve them, encoded
 /// or not, into the parent path, which for `DELETE /partners/..` is the
 /// whole collection — so they are refused like any other invalid id.

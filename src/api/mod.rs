@@ -1,4 +1,4 @@
-//! The orchestrator's HTTP API (CONTRACT §5), with axum; documented by the
+//! The orchestrator's HTTP API (docs/contract.md §5), with axum; documented by the
 //! OpenAPI document at `/openapi.json` and the page at `/docs`.
 
 mod counts;

@@ -223,7 +223,7 @@ impl ToSchema for HistoryEntry {
     }
 }
 
-/// The schema of a `PartnerCreated` payload (CONTRACT §3), for `POST /sagas`.
+/// The schema of a `PartnerCreated` payload (docs/contract.md §3), for `POST /sagas`.
 pub fn partner_payload_schema() -> impl Into<RefOr<Schema>> {
     let text = |description: &str| {
         ObjectBuilder::new()

@@ -23,7 +23,7 @@ const MAX_LIMIT: u32 = 500;
 /// The longest operator reason kept: it is stored in the saga's history.
 const MAX_REASON_CHARS: usize = 1000;
 
-/// A saga as the API shows it (CONTRACT §5).
+/// A saga as the API shows it (docs/contract.md §5).
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Saga)]
 pub struct SagaView {

@@ -1,4 +1,4 @@
-//! Broker mode: the commands a saga sends its participants (CONTRACT §2–3).
+//! Broker mode: the commands a saga sends its participants (docs/contract.md §2–3).
 
 use serde_json::{Map, Value};
 

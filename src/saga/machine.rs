@@ -1,4 +1,4 @@
-//! The saga state machine (CONTRACT §1) as a pure function:
+//! The saga state machine (docs/contract.md §1) as a pure function:
 //! `decide(saga, input, policy, now) -> Decision | InvalidTransition`.
 //!
 //! The orchestrator loads a saga, asks `decide`, stores the decision (state,
@@ -387,7 +387,7 @@ pub fn decide(
             ..keep(saga)
         }),
 
-        // Deleting a partner has no business rejection (CONTRACT §4): any
+        // Deleting a partner has no business rejection (docs/contract.md §4): any
         // refusal is retried like a transient failure, then parked.
         (
             Compensating,
@@ -562,7 +562,7 @@ fn late_success(saga: &Saga, step: Step, alliance_id: &Option<String>) -> Option
     }
 }
 
-/// Compensation gave up: `failed`, parked for a person (CONTRACT §1).
+/// Compensation gave up: `failed`, parked for a person (docs/contract.md §1).
 fn park(saga: &Saga, reason: Reason, error: &str, detail: String) -> Decision {
     Decision {
         to: SagaState::Failed,

@@ -18,7 +18,7 @@ pub use machine::{
 pub use reply::{Reply, ReplyStatus};
 pub use retry::{RetryKind, RetryPolicy, MAX_RETRY_AFTER};
 
-/// Where a saga is (CONTRACT §1). Stored as text, checked by the schema.
+/// Where a saga is (docs/contract.md §1). Stored as text, checked by the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaState {

@@ -1,4 +1,4 @@
-//! Participants' replies in broker mode (CONTRACT §3), as the state
+//! Participants' replies in broker mode (docs/contract.md §3), as the state
 //! machine sees them: which step and attempt they answer, and how it went.
 
 use super::Step;

@@ -216,7 +216,7 @@ impl OutboundMessage {
         }
     }
 
-    /// Encodes an envelope in `format` (CONTRACT §3).
+    /// Encodes an envelope in `format` (docs/contract.md §3).
     pub fn encode(envelope: &Envelope, format: WireFormat) -> Self {
         let raw = match format {
             WireFormat::Fields => RawMessage::Fields(

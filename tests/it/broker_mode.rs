@@ -1,6 +1,6 @@
 //! Broker mode (`ALIANZAS_MODE=broker`, `INTEGRACIONES_MODE=broker`): the
 //! test plays both participants on the broker, reading their command
-//! channels and answering on `saga-replies` exactly as CONTRACT §3 says.
+//! channels and answering on `saga-replies` exactly as docs/contract.md §3 says.
 
 use std::time::Duration;
 

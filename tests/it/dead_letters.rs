@@ -130,7 +130,7 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
         "exactly the poison entries: {letters:?}"
     );
     for (event_id, original, reason) in &poison {
-        // An unparseable body is kept whole under `raw` (CONTRACT §3);
+        // An unparseable body is kept whole under `raw` (docs/contract.md §3);
         // Redis fields are always kept one by one.
         let raw_id = format!("\"event_id\":\"{event_id}\"");
         let letter = letters

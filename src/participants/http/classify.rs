@@ -1,4 +1,4 @@
-//! What a participant's HTTP answer means (CONTRACT §4), read from at most
+//! What a participant's HTTP answer means (docs/contract.md §4), read from at most
 //! a bounded prefix of its body.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Participants over HTTP (CONTRACT §4), with reqwest.
+//! Participants over HTTP (docs/contract.md §4), with reqwest.
 //!
 //! What comes back from a participant is classified in [`classify`]; the
 //! URLs sent to are built in [`path`], where a partner id is always exactly

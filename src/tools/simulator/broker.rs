@@ -1,4 +1,4 @@
-//! The simulated participants over the broker (CONTRACT §2–3): commands in
+//! The simulated participants over the broker (docs/contract.md §2–3): commands in
 //! on `alliance-commands` / `integration-commands`, replies out on
 //! `saga-replies` — `started`, then `progress`, then `completed` or
 //! `failed`. A transient failure sends no final reply, the way a crashed

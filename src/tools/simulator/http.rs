@@ -1,4 +1,4 @@
-//! The simulated participants over HTTP (CONTRACT §4), each on its own
+//! The simulated participants over HTTP (docs/contract.md §4), each on its own
 //! listener as the real services are: alliances (`POST /alliances`) and
 //! integrations (`DELETE /partners/{partner_id}`). Both answer
 //! `GET /stats` and `GET /health`.
