@@ -17,9 +17,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    let command = cli
-        .command
-        .unwrap_or(Command::Serve(cli::service::ServeArgs::default()));
+    let command = cli.command;
     let settings = if command.reads_settings() {
         match Settings::load(cli.config.as_deref()) {
             Ok(settings) => Some(settings),

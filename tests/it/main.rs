@@ -7,6 +7,7 @@ mod broker;
 mod broker_mode;
 mod broker_refusal;
 mod broker_restart;
+mod cli;
 mod dead_letters;
 mod demo;
 mod hardening;

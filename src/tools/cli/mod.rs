@@ -28,7 +28,10 @@ use crate::tools::simulator::SimulatorConfig;
 #[command(
     name = "saga-orchestrator",
     version,
-    about = "Runs a saga per PartnerCreated event: alliance, or compensation"
+    about = "Runs a saga per PartnerCreated event: alliance, or compensation",
+    // A bare call shows this usage: starting a server is asked for by name.
+    arg_required_else_help = true,
+    after_help = SETTINGS_HELP
 )]
 pub struct Cli {
     /// Settings file (TOML; keys as the environment variables, any case).
@@ -37,13 +40,19 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Command,
 }
+
+/// Where settings come from, said under every `--help`.
+const SETTINGS_HELP: &str = "Settings come from the environment, read after a .env file in the \
+current directory and an optional --config file (the environment wins). \
+Copy .env.example to .env to start; every setting is listed in docs/contract.md §6.";
 
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the orchestrator: consumer, sagas, API (the default).
+    /// Run the orchestrator: consumer, sagas, API.
+    #[command(after_help = SETTINGS_HELP)]
     Serve(service::ServeArgs),
     /// Apply database migrations and exit.
     Migrate,

@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::startup::{shutdown_signal, Application};
 
 /// `serve`'s options.
-#[derive(Args, Default)]
+#[derive(Args)]
 pub struct ServeArgs {
     /// Do not apply database migrations on start.
     #[arg(long)]
