@@ -120,8 +120,26 @@ fn is_null(schema: &RefOr<Schema>) -> bool {
     responses((status = 200, description = "The document.", content_type = "application/json"))
 )]
 pub async fn openapi_json() -> impl IntoResponse {
-    // `no-cache`: revalidate, since the document changes with each release.
-    ([(header::CACHE_CONTROL, "no-cache")], Json(document()))
+    static JSON: OnceLock<serde_json::Value> = OnceLock::new();
+    let mut doc = JSON
+        .get_or_init(|| serde_json::to_value(document()).unwrap_or_default())
+        .clone();
+    with_fresh_example_partner(&mut doc);
+    // `no-store`: each reader gets an example partner of their own.
+    ([(header::CACHE_CONTROL, "no-store")], Json(doc))
+}
+
+/// Gives `POST /sagas`'s example payload a partner id of its own, so that
+/// "Try it out" starts a new saga for each person who tries it: with one
+/// fixed id, everyone after the first would be answered with the first
+/// person's saga (one saga per partner).
+fn with_fresh_example_partner(doc: &mut serde_json::Value) {
+    let example =
+        doc.pointer_mut("/components/schemas/StartBody/properties/payload/examples/0/partner_id");
+    if let Some(partner_id) = example {
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        *partner_id = serde_json::Value::String(format!("p-try-{}", &fresh[..12]));
+    }
 }
 
 // The saga domain types live in `crate::saga`, which knows nothing of HTTP;

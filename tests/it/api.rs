@@ -693,3 +693,28 @@ async fn metrics_summary_is_503_json_when_the_store_is_down() {
     let detail = error_of(response, 503).await;
     assert!(detail.contains("store"), "{detail}");
 }
+
+/// What Swagger UI's "Try it out" sends for `POST /sagas`: the request
+/// body's examples, as the document shows them.
+fn start_example(doc: &Value) -> Value {
+    let body = &doc["components"]["schemas"]["StartBody"]["properties"];
+    json!({ "payload": body["payload"]["examples"][0] })
+}
+
+#[tokio::test]
+async fn the_docs_example_starts_a_new_saga_for_each_person_who_tries_it() {
+    let (alliances, integrations) = mocks().await;
+    alliance_ok(&alliances).await;
+    let app = spawn_app(alliances, integrations).await;
+
+    let mut started = Vec::new();
+    for _person in 0..2 {
+        let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+        let response = app.post("/sagas", &start_example(&doc)).await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["duplicate"], false, "someone else's saga: {body}");
+        started.push(body["saga_id"].clone());
+    }
+    assert_ne!(started[0], started[1]);
+}
