@@ -17,6 +17,10 @@ use super::redis_streams::tap::RedisTap;
 use super::RawMessage;
 use crate::config::BrokerUrl;
 
+/// The target of the readers' own logs, wherever their code lives: a
+/// tool that quiets the service's logs lets these through by name.
+pub const LOG_TARGET: &str = "saga_orchestrator::transport::tap";
+
 /// Why a [`Tap`] cannot read the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {

@@ -51,9 +51,10 @@ pub struct MonitorCmd {
 /// `pulsar` crate's errors are shown; the fatal error is printed once by
 /// `main`, not logged as well.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::new(
-        "warn,pulsar=error,saga_orchestrator=off,crate::tools::monitor=warn",
-    );
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "warn,pulsar=error,saga_orchestrator=off,{}=warn",
+        crate::transport::tap::LOG_TARGET
+    ));
     let no_color = std::env::var("NO_COLOR").ok();
     let term = std::env::var("TERM").ok();
     let ansi = colour_wanted(

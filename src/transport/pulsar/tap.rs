@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{connection_retry_options, topic as pulsar_topic, Watchdog as PulsarWatchdog};
-use crate::transport::tap::{StartAt, TapError, Tapped};
+use crate::transport::tap::{StartAt, TapError, Tapped, LOG_TARGET};
 use crate::transport::RawMessage;
 
 /// How long one `next_batch` waits for a first message.
@@ -151,7 +151,7 @@ impl ReaderTask {
                     None => break,
                 },
             };
-            tracing::warn!(channel = %self.channel, reason = %why, "rebuilding the monitor's Pulsar consumer");
+            tracing::warn!(target: LOG_TARGET, channel = %self.channel, reason = %why, "rebuilding the monitor's Pulsar consumer");
             drop(consumer);
             consumer = tokio::select! {
                 () = stop.cancelled() => return,
@@ -162,7 +162,7 @@ impl ReaderTask {
         // module overview), not only on one that honours non-durability.
         let bye = async {
             if let Err(e) = consumer.unsubscribe().await {
-                tracing::warn!(channel = %self.channel, error = %e, "could not remove the monitor's subscription");
+                tracing::warn!(target: LOG_TARGET, channel = %self.channel, error = %e, "could not remove the monitor's subscription");
             }
             let _ = consumer.close().await;
         };
@@ -220,7 +220,7 @@ impl ReaderTask {
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {
-                        tracing::warn!(channel = %self.channel, error = %e, "cannot rebuild the monitor's Pulsar consumer yet; retrying");
+                        tracing::warn!(target: LOG_TARGET, channel = %self.channel, error = %e, "cannot rebuild the monitor's Pulsar consumer yet; retrying");
                     }
                     let delay = Duration::from_millis(200u64 << failures.min(5));
                     tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
