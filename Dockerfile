@@ -76,7 +76,7 @@ COPY --from=builder /out/saga-orchestrator /usr/local/bin/saga-orchestrator
 WORKDIR /var/lib/saga-orchestrator
 USER 10001:10001
 
-# API_ADDR defaults to 0.0.0.0:8000 (CONTRACT §6).
+# API_ADDR defaults to 0.0.0.0:8000 (docs/contract.md §6).
 EXPOSE 8000
 
 # Liveness only (/ready would mark the container unhealthy during a broker or
