@@ -4,7 +4,7 @@
 #   docker run --rm -p 8000:8000 -e DATABASE_URL=… -e BROKER_URL=… saga-orchestrator
 #   docker run --rm saga-orchestrator simulate --alianzas-addr 0.0.0.0:8002 --integraciones-addr 0.0.0.0:8001
 #
-# Lint with scripts/lint-deploy.sh (hadolint, failure threshold: warning).
+# Lint with `make lint-deploy` (hadolint, failure threshold: warning).
 
 # ---------------------------------------------------------------------------
 # Builder. The toolchain is pinned: the locked dependencies need Rust 1.89 or
