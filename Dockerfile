@@ -4,7 +4,7 @@
 #   docker run --rm -p 8000:8000 -e DATABASE_URL=… -e BROKER_URL=… saga-orchestrator
 #   docker run --rm saga-orchestrator simulate --alianzas-addr 0.0.0.0:8002 --integraciones-addr 0.0.0.0:8001
 #
-# Lint with scripts/lint-deploy.sh (hadolint, failure threshold: warning).
+# Lint with `make lint-deploy` (hadolint, failure threshold: warning).
 
 # ---------------------------------------------------------------------------
 # Builder. The toolchain is pinned: the locked dependencies need Rust 1.89 or
@@ -76,7 +76,7 @@ COPY --from=builder /out/saga-orchestrator /usr/local/bin/saga-orchestrator
 WORKDIR /var/lib/saga-orchestrator
 USER 10001:10001
 
-# API_ADDR defaults to 0.0.0.0:8000 (CONTRACT §6).
+# API_ADDR defaults to 0.0.0.0:8000 (docs/contract.md §6).
 EXPOSE 8000
 
 # Liveness only (/ready would mark the container unhealthy during a broker or

@@ -2,15 +2,15 @@
 //!
 //! Runs one saga per `PartnerCreated` event: record it durably, ask
 //! alliances to create the partner's alliance, and compensate by deleting the
-//! partner in integrations when that fails. See `README.md` for the contract
-//! and the architecture.
+//! partner in integrations when that fails. The product's contract is
+//! `docs/contract.md`; how this crate is built is `docs/architecture.md`.
 //!
 //! ## Layout
 //!
 //! - [`config`]: settings from defaults, an optional file and the environment.
 //! - [`envelope`]: the message envelope and its wire codecs.
 //! - [`saga`]: states, the stored saga and the pure state machine.
-//! - [`store`]: the `SagaStore` trait and PostgreSQL, with history and outbox.
+//! - [`store`]: the `SagaStore` trait, PostgreSQL and SQLite, with history and outbox.
 //! - [`transport`]: the `Transport` trait; Pulsar, Redis Streams and in-memory adapters.
 //! - [`participants`]: alliances and integrations clients (HTTP; broker mode
 //!   sends commands from the orchestrator instead).

@@ -10,7 +10,7 @@
 //! checksum (magic `0x0e01` + CRC32C) optional, and pulsar-lite dispatches
 //! MESSAGE frames without it, while the `pulsar` crate (6.9) always expects
 //! it: its consumer fails on the first message with
-//! `Error decoding payload frame: Incomplete(…)`. See TROUBLESHOOTING.md.
+//! `Error decoding payload frame: Incomplete(…)`. See docs/troubleshooting.md.
 //!
 //! What it does, on loopback only, between the client and pulsar-lite:
 //! - broker → client: inserts the missing checksum into payload frames
