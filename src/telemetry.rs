@@ -4,6 +4,7 @@
 //! finds them all in one place.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -102,7 +103,7 @@ impl Drop for TracingGuard {
 /// process).
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<TracingGuard, TelemetryError> {
     let filter =
-        EnvFilter::try_new(quiet_pulsar_retries(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_new(quiet_libraries(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
         LogFormat::Json => fmt::layer()
             .json()
@@ -111,7 +112,11 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> Result<TracingGuard, Tel
             .with_span_list(false)
             .with_target(true)
             .boxed(),
-        LogFormat::Pretty => fmt::layer().with_target(true).boxed(),
+        // Colour codes only where someone reads them: not in files or pipes.
+        LogFormat::Pretty => fmt::layer()
+            .with_target(true)
+            .with_ansi(colour_on(std::io::stdout().is_terminal()))
+            .boxed(),
     };
     let provider = otlp_provider()?;
     let spans = provider
@@ -173,26 +178,71 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 
 /// Logging for the command-line tools (`publish`, `load-test`): warnings
 /// and errors only, to standard error, so standard output carries just the
-/// tool's own output (`--json` included).
+/// tool's own report (`--json` included). `RUST_LOG` is the service's
+/// setting (`.env` sets it to `info`), so it is not read here: a tool's
+/// report is never interleaved with the service's kind of log lines.
 pub fn init_tool_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let filter = EnvFilter::try_new(quiet_pulsar_retries(&filter))
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_new(quiet_libraries("warn")).unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on(std::io::stderr().is_terminal()))
         .with_env_filter(filter)
         .try_init();
 }
 
-/// The `pulsar` crate logs every connection attempt at WARN, the first
-/// (successful) one included; real failures reach us as errors anyway.
-/// Kept unless the filter says something about `pulsar` itself.
-fn quiet_pulsar_retries(filter: &str) -> String {
-    if filter.contains("pulsar") {
-        filter.to_string()
-    } else {
-        format!("{filter},pulsar::retry_op=error")
+/// Libraries whose INFO lines are about their own plumbing (`Connected n°…
+/// to pulsar://…`, `check connection for id …` every few seconds, each
+/// pooled connection): shown from WARN up unless the filter names them.
+const QUIET_LIBRARIES: &[&str] = &[
+    "pulsar",
+    "sqlx",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "rustls",
+    "tower",
+    "redis",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+];
+
+/// The filter as asked for, with the libraries' own chatter kept down:
+/// each library of [`QUIET_LIBRARIES`] the filter does not name is shown
+/// from WARN up, and the `pulsar` crate's connection attempts (logged at
+/// WARN, the first, successful one included; real failures reach us as
+/// errors anyway) only as errors.
+fn quiet_libraries(filter: &str) -> String {
+    let named = |library: &str| {
+        filter.split(',').any(|directive| {
+            let target = directive.split('=').next().unwrap_or("").trim();
+            target == library || target.starts_with(&format!("{library}::"))
+        })
+    };
+    let mut out = filter.to_string();
+    for library in QUIET_LIBRARIES.iter().filter(|l| !named(l)) {
+        out.push_str(&format!(",{library}=warn"));
     }
+    if !named("pulsar") {
+        out.push_str(",pulsar::retry_op=error");
+    }
+    out
+}
+
+/// Whether output gets colours: only on a terminal, never with `NO_COLOR`
+/// set to anything non-empty (no-color.org) or on `TERM=dumb`.
+pub fn colour_wanted(no_color: Option<&str>, term: Option<&str>, is_terminal: bool) -> bool {
+    is_terminal && no_color.is_none_or(str::is_empty) && term != Some("dumb")
+}
+
+/// [`colour_wanted`] for a stream that `is_terminal`, from this process's
+/// environment.
+pub fn colour_on(is_terminal: bool) -> bool {
+    let no_color = std::env::var("NO_COLOR").ok();
+    let term = std::env::var("TERM").ok();
+    colour_wanted(no_color.as_deref(), term.as_deref(), is_terminal)
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -222,11 +272,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pulsar_connection_attempts_are_quiet_unless_asked_for() {
-        assert_eq!(quiet_pulsar_retries("info"), "info,pulsar::retry_op=error");
-        assert_eq!(
-            quiet_pulsar_retries("info,pulsar=debug"),
-            "info,pulsar=debug"
+    fn libraries_are_quiet_unless_the_filter_names_them() {
+        let quiet = quiet_libraries("info,sqlx=warn");
+        assert!(quiet.starts_with("info,sqlx=warn,"), "{quiet}");
+        for directive in [
+            "pulsar=warn",
+            "hyper=warn",
+            "redis=warn",
+            "pulsar::retry_op=error",
+        ] {
+            assert!(
+                quiet.split(',').any(|d| d == directive),
+                "{directive} in {quiet}"
+            );
+        }
+        assert_eq!(quiet.matches("sqlx").count(), 1, "named once: {quiet}");
+
+        let asked = quiet_libraries("info,pulsar=debug");
+        assert!(!asked.contains("pulsar=warn"), "{asked}");
+        assert!(!asked.contains("pulsar::retry_op"), "{asked}");
+        let asked = quiet_libraries("debug,pulsar::consumer=trace");
+        assert!(!asked.contains("pulsar=warn"), "{asked}");
+        // `hyper_util` is a library of its own, not a module of `hyper`.
+        let asked = quiet_libraries("hyper_util=debug");
+        assert!(asked.contains(",hyper=warn"), "{asked}");
+        assert!(!asked.contains("hyper_util=warn"), "{asked}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(None, Some("xterm-256color"), true));
+        assert!(!colour_wanted(None, None, false), "not a terminal");
+        assert!(!colour_wanted(Some("1"), None, true));
+        assert!(
+            colour_wanted(Some(""), None, true),
+            "empty NO_COLOR is unset"
         );
+        assert!(!colour_wanted(None, Some("dumb"), true));
     }
 }

@@ -4,12 +4,19 @@
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
+    run_with(args, &[])
+}
+
+/// Runs the binary with only `env` (and `PATH`) for an environment, its
+/// output captured through pipes.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"))
         .args(args)
         // Nothing from the developer's own .env or environment.
         .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .output()
         .expect("the binary runs")
 }
@@ -56,4 +63,25 @@ fn help_says_where_settings_come_from() {
             );
         }
     }
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // Nothing listens on port 1: migrate logs its failure and exits.
+    let out = run_with(
+        &["migrate"],
+        &[
+            ("LOG_FORMAT", "pretty"),
+            ("RUST_LOG", "info"),
+            ("TERM", "xterm-256color"),
+            ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+        ],
+    );
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("ERROR"), "a log line was written: {shown}");
+    assert!(
+        !shown.contains('\u{1b}'),
+        "colour codes in a pipe: {shown:?}"
+    );
 }

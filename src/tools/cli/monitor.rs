@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::telemetry;
 use crate::tools::monitor::{
-    self, colour_wanted, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
-    TapError,
+    self, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap, TapError,
 };
 use clap::Args;
 
@@ -55,16 +55,9 @@ pub fn init_tracing() {
         "warn,pulsar=error,saga_orchestrator=off,{}=warn",
         crate::transport::tap::LOG_TARGET
     ));
-    let no_color = std::env::var("NO_COLOR").ok();
-    let term = std::env::var("TERM").ok();
-    let ansi = colour_wanted(
-        no_color.as_deref(),
-        term.as_deref(),
-        std::io::stderr().is_terminal(),
-    );
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
+        .with_ansi(telemetry::colour_on(std::io::stderr().is_terminal()))
         .with_env_filter(filter)
         .try_init();
 }
@@ -80,14 +73,8 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
     let style = if cmd.json {
         Style::Json
     } else {
-        let no_color = std::env::var("NO_COLOR").ok();
-        let term = std::env::var("TERM").ok();
         Style::Text {
-            colour: colour_wanted(
-                no_color.as_deref(),
-                term.as_deref(),
-                std::io::stdout().is_terminal(),
-            ),
+            colour: telemetry::colour_on(std::io::stdout().is_terminal()),
         }
     };
     let start = if cmd.from_start {

@@ -20,7 +20,7 @@ pub mod view;
 
 pub use crate::transport::tap::{StartAt, Tap, TapError, Tapped};
 pub use filter::{Filter, GroupBy};
-pub use render::{colour_wanted, Printer, Style};
+pub use render::{Printer, Style};
 pub use view::{ChannelKind, Observed};
 
 use crate::config::Channels;

@@ -37,12 +37,6 @@ const SHORT_ID_CHARS: usize = 8;
 /// Colours a group can get; bright and normal, never red (dead letters).
 const GROUP_PALETTE: [&str; 10] = ["32", "33", "34", "35", "36", "92", "93", "94", "95", "96"];
 
-/// Whether text output gets colours: only on a terminal, never with
-/// `NO_COLOR` set to anything non-empty (no-color.org) or on `TERM=dumb`.
-pub fn colour_wanted(no_color: Option<&str>, term: Option<&str>, is_terminal: bool) -> bool {
-    is_terminal && no_color.is_none_or(str::is_empty) && term != Some("dumb")
-}
-
 /// How messages are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -567,17 +561,5 @@ mod tests {
         let v: Value = serde_json::from_str(&p.lines(&bad)[0]).unwrap();
         assert!(v["malformed"].as_str().unwrap().contains("invalid JSON"));
         assert_eq!(v["group"], "(none)");
-    }
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(colour_wanted(None, Some("xterm-256color"), true));
-        assert!(!colour_wanted(None, None, false), "not a terminal");
-        assert!(!colour_wanted(Some("1"), None, true));
-        assert!(
-            colour_wanted(Some(""), None, true),
-            "empty NO_COLOR is unset"
-        );
-        assert!(!colour_wanted(None, Some("dumb"), true));
     }
 }
