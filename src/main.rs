@@ -44,11 +44,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Said once: as a log line where logs are JSON for a collector, as
+    // `error: …` for a person otherwise.
+    let json_logs = command.logs_as_json(settings.as_ref());
     match runtime.block_on(dispatch(command, settings)) {
         Ok(code) => code,
-        Err(e) => {
-            // Our errors carry their cause in their message: print it once.
+        Err(e) if json_logs => {
             tracing::error!(error = %e, "exiting");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

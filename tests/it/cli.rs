@@ -1,7 +1,9 @@
 //! The binary's command line as a newcomer meets it: run for real, as a
 //! separate process.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn run(args: &[&str]) -> Output {
     run_with(args, &[])
@@ -67,21 +69,76 @@ fn help_says_where_settings_come_from() {
 
 #[test]
 fn logs_written_to_a_pipe_carry_no_colour_codes() {
-    // Nothing listens on port 1: migrate logs its failure and exits.
-    let out = run_with(
-        &["migrate"],
-        &[
+    let dir = std::env::temp_dir().join(format!("saga-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"))
+        .arg("serve")
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs([
             ("LOG_FORMAT", "pretty"),
             ("RUST_LOG", "info"),
             ("TERM", "xterm-256color"),
-            ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
-        ],
-    );
-    let shown = text(&out);
-    assert!(!out.status.success(), "{shown}");
-    assert!(shown.contains("ERROR"), "a log line was written: {shown}");
+            ("BROKER_URL", "memory://"),
+            ("API_ADDR", "127.0.0.1:0"),
+        ])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.join("store.db").display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = serve.stdout.take().expect("piped");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let ready = line.contains("API listening");
+            let _ = lines.send(line);
+            if ready {
+                break;
+            }
+        }
+    });
+    let mut shown = Vec::new();
+    while let Ok(line) = seen.recv_timeout(Duration::from_secs(30)) {
+        let ready = line.contains("API listening");
+        shown.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
-        !shown.contains('\u{1b}'),
+        shown.iter().any(|l| l.contains("INFO")),
+        "log lines were written: {shown:?}"
+    );
+    assert!(
+        !shown.concat().contains('\u{1b}'),
         "colour codes in a pipe: {shown:?}"
     );
+}
+
+#[test]
+fn a_failure_to_start_is_said_once() {
+    for format in ["pretty", "json"] {
+        let out = run_with(
+            &["migrate"],
+            &[
+                ("LOG_FORMAT", format),
+                ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+            ],
+        );
+        let shown = text(&out);
+        assert!(!out.status.success(), "{shown}");
+        assert_eq!(
+            shown.matches("Connection refused").count(),
+            1,
+            "{format}: said once: {shown}"
+        );
+    }
 }

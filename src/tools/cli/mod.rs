@@ -75,6 +75,16 @@ impl Command {
         !matches!(self, Command::Demo(_))
     }
 
+    /// Whether this command's logs are JSON lines (for a collector): the
+    /// service's, with `LOG_FORMAT=json`; the tools always write text.
+    pub fn logs_as_json(&self, settings: Option<&Settings>) -> bool {
+        let tool = matches!(
+            self,
+            Command::Monitor(_) | Command::Publish(_) | Command::LoadTest(_) | Command::Demo(_)
+        );
+        !tool && settings.is_some_and(|s| s.log_format == LogFormat::Json)
+    }
+
     /// Sets up logging for this command. The service logs as configured;
     /// the tools keep their standard output for their own report.
     pub fn init_telemetry(
