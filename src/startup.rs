@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::config::{ParticipantMode, Settings};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::participants::HttpParticipants;
+use crate::redact;
 use crate::store::{SagaStore, StoreError};
 use crate::telemetry;
 use crate::transport::{self, Transport, TransportError};
@@ -43,6 +44,53 @@ pub struct Application {
     router: axum::Router,
     orchestrator: Orchestrator,
     header_timeout: std::time::Duration,
+    connected: Connected,
+}
+
+/// What the service connected to, without secrets: said once it is ready.
+#[derive(Debug, Clone)]
+struct Connected {
+    store: String,
+    broker: String,
+    alliances: String,
+    integrations: String,
+}
+
+impl Connected {
+    fn of(settings: &Settings) -> Self {
+        use secrecy::ExposeSecret;
+        let database = settings.database_url.expose_secret();
+        let participant = |mode: ParticipantMode, url: &url::Url, channel: &str| match mode {
+            ParticipantMode::Http => format!("http {}", redact::url(url)),
+            ParticipantMode::Broker => format!("broker, commands on {channel}"),
+        };
+        Self {
+            store: url::Url::parse(database)
+                .map(|u| redact::url(&u))
+                .unwrap_or_else(|_| redact::url_text(database)),
+            broker: settings.broker_url.redacted(),
+            alliances: participant(
+                settings.alliances_mode,
+                &settings.alliances_api_url,
+                &settings.channels.alliance_commands,
+            ),
+            integrations: participant(
+                settings.integrations_mode,
+                &settings.integrations_api_url,
+                &settings.channels.integration_commands,
+            ),
+        }
+    }
+}
+
+/// Where a person reaches the API bound at `addr`: a wildcard address is
+/// not one to browse to.
+fn browsable(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://localhost:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 impl Application {
@@ -101,6 +149,7 @@ impl Application {
             router,
             orchestrator,
             header_timeout: settings.api_header_timeout,
+            connected: Connected::of(settings),
         })
     }
 
@@ -123,7 +172,17 @@ impl Application {
     ) -> std::io::Result<()> {
         self.orchestrator.spawn_background();
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, "API listening");
+        let api = browsable(addr);
+        let c = &self.connected;
+        tracing::info!(
+            %addr,
+            docs = %format!("{api}/docs"),
+            store = %c.store,
+            broker = %c.broker,
+            alliances = %c.alliances,
+            integrations = %c.integrations,
+            "ready: API listening"
+        );
         api::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         tracing::info!("shutting down");
         self.orchestrator.shutdown().await;

@@ -67,8 +67,9 @@ fn help_says_where_settings_come_from() {
     }
 }
 
-#[test]
-fn logs_written_to_a_pipe_carry_no_colour_codes() {
+/// Runs `serve` on SQLite and the in-memory broker, its output piped, and
+/// returns its log lines up to the ready line; then kills it.
+fn serve_until_ready() -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("saga-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut serve = Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"))
@@ -82,6 +83,7 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
             ("TERM", "xterm-256color"),
             ("BROKER_URL", "memory://"),
             ("API_ADDR", "127.0.0.1:0"),
+            ("ALIANZAS_API_URL", "http://svc:s3cret-pw@127.0.0.1:9/"),
         ])
         .env(
             "DATABASE_URL",
@@ -113,6 +115,12 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     let _ = serve.kill();
     let _ = serve.wait();
     let _ = std::fs::remove_dir_all(&dir);
+    shown
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let shown = serve_until_ready();
     assert!(
         shown.iter().any(|l| l.contains("INFO")),
         "log lines were written: {shown:?}"
@@ -120,6 +128,25 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     assert!(
         !shown.concat().contains('\u{1b}'),
         "colour codes in a pipe: {shown:?}"
+    );
+}
+
+#[test]
+fn once_ready_serve_says_what_it_connected_to_and_where_to_go() {
+    let shown = serve_until_ready();
+    let ready = shown.last().expect("a ready line");
+    for part in [
+        "docs=http://127.0.0.1:",
+        "store=sqlite:",
+        "broker=memory://",
+        "alliances=http http://svc:***@127.0.0.1:9/",
+        "integrations=http http://",
+    ] {
+        assert!(ready.contains(part), "{part} missing from {ready}");
+    }
+    assert!(
+        !shown.concat().contains("s3cret-pw"),
+        "a secret was logged: {shown:?}"
     );
 }
 
