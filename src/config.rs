@@ -5,9 +5,9 @@
 //! start-up with one line naming the variable instead of failing later deep
 //! inside a connection pool or a retry loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -31,6 +31,23 @@ pub enum ConfigError {
     /// The config file could not be read or parsed.
     #[error("invalid config file: {0}")]
     File(#[from] config::ConfigError),
+    /// The config file has a key that names no setting: most likely a typo,
+    /// which ignored would leave the setting at its default unnoticed.
+    #[error("unknown setting {key} in {}{}", .file.display(), did_you_mean(*.closest))]
+    UnknownKey {
+        /// The key as the file spells it.
+        key: String,
+        /// The file it is in.
+        file: PathBuf,
+        /// The known name nearest to it, if any is near.
+        closest: Option<&'static str>,
+    },
+}
+
+fn did_you_mean(closest: Option<&str>) -> String {
+    closest
+        .map(|name| format!(" (did you mean {name}?)"))
+        .unwrap_or_default()
 }
 
 /// Which broker adapter to build, from `BROKER_URL`. Its `Debug` is
@@ -184,20 +201,19 @@ impl Settings {
         // the file: merged in one builder, an upper-case file key and its
         // environment twin would be two keys in no particular order.
         let mut values = match file {
-            Some(path) => scalars(
-                config::Config::builder().add_source(config::File::from(path).required(true)),
-            )?,
+            Some(path) => read_file(path)?,
             None => HashMap::new(),
         };
-        values.extend(scalars(
-            config::Config::builder().add_source(config::Environment::default()),
-        )?);
+        values.extend(environment()?);
         Self::from_values(&values)
     }
 
     /// Builds settings from lower-cased `name → value` pairs; unknown names are ignored.
     pub fn from_values(values: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let v = Values(values);
+        Self::parse(&Values::new(values))
+    }
+
+    fn parse(v: &Values) -> Result<Self, ConfigError> {
         let retry = RetryPolicy {
             kind: v.parse("RETRY_POLICY", RetryKind::Exponential, parse_retry_kind)?,
             max_attempts: v.bounded("RETRY_MAX_ATTEMPTS", 5, 100)?,
@@ -384,12 +400,69 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// A source's scalar values with case-folded keys; nested tables are not
-/// settings of ours and are skipped.
-fn scalars(
-    builder: config::ConfigBuilder<config::builder::DefaultState>,
-) -> Result<HashMap<String, String>, ConfigError> {
-    let raw: HashMap<String, config::Value> = builder.build()?.try_deserialize()?;
+/// The config file's settings, keys case-folded. Unlike the environment,
+/// which is full of other programs' variables, everything in the file is
+/// meant for us: a key that names no setting is refused.
+fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let raw: BTreeMap<String, config::Value> = config::Config::builder()
+        .add_source(config::File::from(path).required(true))
+        .build()?
+        .try_deserialize()?;
+    let mut values = HashMap::new();
+    // Sorted, so that of several bad keys the same one is named every time.
+    for (key, value) in raw {
+        let Some(name) = known_name(&key) else {
+            return Err(ConfigError::UnknownKey {
+                closest: closest_name(&key),
+                file: path.to_path_buf(),
+                key,
+            });
+        };
+        let text = value.into_string().map_err(|_| {
+            invalid(
+                name,
+                "expected a single value, got a table or a list".into(),
+            )
+        })?;
+        if values.insert(name.to_ascii_lowercase(), text).is_some() {
+            // Which of the two would win is arbitrary: refuse both.
+            return Err(invalid(
+                name,
+                format!("given twice in {}, in different cases", path.display()),
+            ));
+        }
+    }
+    Ok(values)
+}
+
+/// The setting `key` names, in any case.
+fn known_name(key: &str) -> Option<&'static str> {
+    NAMES
+        .iter()
+        .copied()
+        .find(|name| name.eq_ignore_ascii_case(key))
+}
+
+/// The known name a few edits from `key`, for a typo's "did you mean".
+fn closest_name(key: &str) -> Option<&'static str> {
+    /// Far enough for a dropped letter or two, or `ALLIANCES` for `ALIANZAS`.
+    const MAX_EDITS: usize = 3;
+    let key = key.to_ascii_uppercase();
+    NAMES
+        .iter()
+        .map(|name| (strsim::damerau_levenshtein(&key, name), *name))
+        .filter(|(edits, _)| *edits <= MAX_EDITS)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// The environment's variables, names case-folded; those that are not
+/// settings of ours are kept and never looked at.
+fn environment() -> Result<HashMap<String, String>, ConfigError> {
+    let raw: HashMap<String, config::Value> = config::Config::builder()
+        .add_source(config::Environment::default())
+        .build()?
+        .try_deserialize()?;
     Ok(raw
         .into_iter()
         .filter_map(|(key, value)| {
@@ -421,11 +494,62 @@ pub fn parse_database_url(s: &str) -> Result<(), String> {
     }
 }
 
-struct Values<'a>(&'a HashMap<String, String>);
+/// Every setting's name, as the environment spells it.
+const NAMES: &[&str] = &[
+    "BROKER_URL",
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "INTEGRACIONES_API_URL",
+    "ALIANZAS_API_URL",
+    "ALIANZAS_MODE",
+    "INTEGRACIONES_MODE",
+    "API_ADDR",
+    "API_HEADER_TIMEOUT_MS",
+    "ADMIN_TOKEN",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "RETRY_POLICY",
+    "RETRY_MAX_ATTEMPTS",
+    "RETRY_BASE_DELAY_MS",
+    "RETRY_MAX_DELAY_MS",
+    "COMPENSATION_DEADLINE_SECS",
+    "STEP_TIMEOUT_MS",
+    "SAGA_DEADLINE_SECS",
+    "MAX_IN_FLIGHT",
+    "REDIS_CLAIM_IDLE_MS",
+    "REDIS_TRIM_INTERVAL_MS",
+    "REDIS_TRIM_MIN_AGE_SECS",
+    "MAX_MESSAGE_BYTES",
+    "CHANNEL_PARTNER_EVENTS",
+    "CHANNEL_ALLIANCE_COMMANDS",
+    "CHANNEL_INTEGRATION_COMMANDS",
+    "CHANNEL_SAGA_REPLIES",
+    "CHANNEL_SAGA_EVENTS",
+    "SUBSCRIPTION_NAME",
+    "SHUTDOWN_GRACE_SECS",
+    "MIGRATE_ON_START",
+    "INSTANCE_ID",
+    "SWEEP_INTERVAL_MS",
+];
 
-impl Values<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        self.0
+/// Raw values by lower-cased name, and the names asked for (which a unit
+/// test holds equal to [`NAMES`]).
+struct Values<'a> {
+    values: &'a HashMap<String, String>,
+    read: std::cell::RefCell<std::collections::BTreeSet<&'static str>>,
+}
+
+impl<'a> Values<'a> {
+    fn new(values: &'a HashMap<String, String>) -> Self {
+        Self {
+            values,
+            read: Default::default(),
+        }
+    }
+
+    fn get(&self, name: &'static str) -> Option<String> {
+        self.read.borrow_mut().insert(name);
+        self.values
             .get(&name.to_ascii_lowercase())
             .map(|s| s.trim().to_string())
     }
@@ -717,25 +841,95 @@ mod tests {
 
     #[test]
     fn a_config_file_is_read_with_keys_in_any_case() {
-        let path = std::env::temp_dir().join(format!(
-            "saga-config-{}.toml",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::write(
-            &path,
-            "RETRY_MAX_ATTEMPTS = 7\nretry_policy = \"linear\"\n[nested]\nignored = 1\n",
-        )
-        .unwrap();
-        let file =
-            scalars(config::Config::builder().add_source(config::File::from(path.as_path())))
-                .unwrap();
-        std::fs::remove_file(&path).unwrap();
+        let file = TempFile::with(
+            "RETRY_MAX_ATTEMPTS = 7\nretry_policy = \"linear\"\nStep_Timeout_Ms = 1500\n",
+        );
+        let values = read_file(&file.0).unwrap();
         assert_eq!(
-            file.get("retry_max_attempts").map(String::as_str),
+            values.get("retry_max_attempts").map(String::as_str),
             Some("7")
         );
-        let s = Settings::from_values(&file).unwrap();
+        let s = Settings::from_values(&values).unwrap();
         assert_eq!((s.retry.max_attempts, s.retry.kind), (7, RetryKind::Linear));
+        assert_eq!(s.step_timeout, Duration::from_millis(1500));
+    }
+
+    /// A config file holding `text`, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn with(text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "saga-config-{}.toml",
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_an_error_naming_it_and_the_file() {
+        let file = TempFile::with("BROKR_URL = \"redis://cache:6379\"\n");
+        let line = read_file(&file.0).unwrap_err().to_string();
+        let expected = format!(
+            "unknown setting BROKR_URL in {} (did you mean BROKER_URL?)",
+            file.0.display()
+        );
+        assert_eq!(line, expected);
+    }
+
+    #[test]
+    fn an_unknown_file_key_far_from_every_name_gets_no_suggestion() {
+        let file = TempFile::with("colour = \"blue\"\n");
+        let line = read_file(&file.0).unwrap_err().to_string();
+        assert_eq!(
+            line,
+            format!("unknown setting colour in {}", file.0.display())
+        );
+    }
+
+    #[test]
+    fn a_table_in_the_file_is_an_unknown_setting_too() {
+        let file = TempFile::with("RETRY_MAX_ATTEMPTS = 7\n[nested]\nignored = 1\n");
+        let line = read_file(&file.0).unwrap_err().to_string();
+        assert!(line.starts_with("unknown setting nested in "), "{line}");
+    }
+
+    #[test]
+    fn a_known_file_key_holding_a_table_is_refused() {
+        let file = TempFile::with("[BROKER_URL]\nhost = \"cache\"\n");
+        let line = read_file(&file.0).unwrap_err().to_string();
+        assert!(line.starts_with("invalid setting BROKER_URL: "), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+
+    #[test]
+    fn a_file_key_given_twice_in_two_cases_is_refused() {
+        let file = TempFile::with("RETRY_MAX_ATTEMPTS = 7\nretry_max_attempts = 8\n");
+        let line = read_file(&file.0).unwrap_err().to_string();
+        assert!(
+            line.starts_with("invalid setting RETRY_MAX_ATTEMPTS: "),
+            "{line}"
+        );
+        assert!(line.contains("twice"), "{line}");
+    }
+
+    #[test]
+    fn every_known_name_is_read_and_every_name_read_is_known() {
+        let values = HashMap::new();
+        let v = Values::new(&values);
+        Settings::parse(&v).expect("defaults are valid");
+        let read: Vec<&str> = v.read.into_inner().into_iter().collect();
+        let mut known = NAMES.to_vec();
+        known.sort_unstable();
+        assert_eq!(read, known);
     }
 
     #[test]

@@ -169,3 +169,24 @@ fn a_failure_to_start_is_said_once() {
         );
     }
 }
+
+#[test]
+fn a_mistyped_key_in_the_config_file_stops_start_up_naming_it() {
+    let file =
+        std::env::temp_dir().join(format!("saga-cli-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &file,
+        "RETRY_MAX_ATTEMPTS = 3\nBROKR_URL = \"redis://cache:6379\"\n",
+    )
+    .expect("write the config file");
+    let path = file.display().to_string();
+    // `migrate` reads the settings first: it fails before connecting anywhere.
+    let out = run(&["--config", &path, "migrate"]);
+    let _ = std::fs::remove_file(&file);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{shown}");
+    assert_eq!(
+        shown.trim_end(),
+        format!("error: unknown setting BROKR_URL in {path} (did you mean BROKER_URL?)")
+    );
+}
