@@ -59,7 +59,7 @@ struct Connected {
 impl Connected {
     fn of(settings: &Settings) -> Self {
         use secrecy::ExposeSecret;
-        let database = settings.database_url.expose_secret();
+        let database = settings.database.url.expose_secret();
         let participant = |mode: ParticipantMode, url: &url::Url, channel: &str| match mode {
             ParticipantMode::Http => format!("http {}", redact::url(url)),
             ParticipantMode::Broker => format!("broker, commands on {channel}"),
@@ -68,16 +68,16 @@ impl Connected {
             store: url::Url::parse(database)
                 .map(|u| redact::url(&u))
                 .unwrap_or_else(|_| redact::url_text(database)),
-            broker: settings.broker_url.redacted(),
+            broker: settings.broker.url.redacted(),
             alliances: participant(
-                settings.alliances_mode,
-                &settings.alliances_api_url,
-                &settings.channels.alliance_commands,
+                settings.participants.alliances_mode,
+                &settings.participants.alliances_url,
+                &settings.broker.channels.alliance_commands,
             ),
             integrations: participant(
-                settings.integrations_mode,
-                &settings.integrations_api_url,
-                &settings.channels.integration_commands,
+                settings.participants.integrations_mode,
+                &settings.participants.integrations_url,
+                &settings.broker.channels.integration_commands,
             ),
         }
     }
@@ -98,9 +98,9 @@ impl Application {
     /// and the broker, then builds the rest.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let store =
-            crate::store::connect(&settings.database_url, settings.database_max_connections)
+            crate::store::connect(&settings.database.url, settings.database.max_connections)
                 .await?;
-        if settings.migrate_on_start {
+        if settings.database.migrate_on_start {
             store.migrate().await?;
         }
         let transport = transport::from_settings(settings).await?;
@@ -120,9 +120,9 @@ impl Application {
             });
         }
         let participants = HttpParticipants::new(
-            settings.alliances_api_url.clone(),
-            settings.integrations_api_url.clone(),
-            settings.step_timeout,
+            settings.participants.alliances_url.clone(),
+            settings.participants.integrations_url.clone(),
+            settings.participants.step_timeout,
         )?;
         let orchestrator = Orchestrator::new(
             store,
@@ -131,24 +131,24 @@ impl Application {
             OrchestratorConfig::from(settings),
             CancellationToken::new(),
         );
-        let listener = TcpListener::bind(settings.api_addr)
+        let listener = TcpListener::bind(settings.api.addr)
             .await
             .map_err(|source| StartupError::Bind {
-                addr: settings.api_addr,
+                addr: settings.api.addr,
                 source,
             })?;
         let state = AppState {
             orchestrator: orchestrator.clone(),
             metrics: telemetry::metrics_handle(),
-            admin_token: settings.admin_token.clone(),
+            admin_token: settings.api.admin_token.clone(),
             counts: Arc::default(),
         };
-        let router = api::router(state, settings.max_message_bytes);
+        let router = api::router(state, settings.limits.max_message_bytes);
         Ok(Self {
             listener,
             router,
             orchestrator,
-            header_timeout: settings.api_header_timeout,
+            header_timeout: settings.api.header_timeout,
             connected: Connected::of(settings),
         })
     }

@@ -87,16 +87,16 @@ impl From<&Settings> for OrchestratorConfig {
     fn from(s: &Settings) -> Self {
         Self {
             retry: s.retry,
-            step_timeout: s.step_timeout,
-            saga_deadline: s.saga_deadline,
-            channels: s.channels.clone(),
-            instance_id: s.instance_id.clone(),
-            max_message_bytes: s.max_message_bytes,
-            max_in_flight: s.max_in_flight,
-            sweep_interval: s.sweep_interval,
-            shutdown_grace: s.shutdown_grace,
-            alliances_mode: s.alliances_mode,
-            integrations_mode: s.integrations_mode,
+            step_timeout: s.participants.step_timeout,
+            saga_deadline: s.limits.saga_deadline,
+            channels: s.broker.channels.clone(),
+            instance_id: s.instance.id.clone(),
+            max_message_bytes: s.limits.max_message_bytes,
+            max_in_flight: s.limits.max_in_flight,
+            sweep_interval: s.instance.sweep_interval,
+            shutdown_grace: s.instance.shutdown_grace,
+            alliances_mode: s.participants.alliances_mode,
+            integrations_mode: s.participants.integrations_mode,
         }
     }
 }
@@ -652,13 +652,17 @@ mod tests {
 
     #[test]
     fn upkeep_covers_saga_replies_only_where_they_are_consumed() {
-        let config = |mode: &str| {
-            let values = HashMap::from([("alianzas_mode".to_string(), mode.to_string())]);
-            OrchestratorConfig::from(&Settings::from_values(&values).expect("valid"))
+        let config = |mode| {
+            let mut settings = Settings::default();
+            settings.participants.alliances_mode = mode;
+            OrchestratorConfig::from(&settings)
         };
-        assert_eq!(config("http").consumed_channels(), ["partner-events"]);
         assert_eq!(
-            config("broker").consumed_channels(),
+            config(ParticipantMode::Http).consumed_channels(),
+            ["partner-events"]
+        );
+        assert_eq!(
+            config(ParticipantMode::Broker).consumed_channels(),
             ["partner-events", "saga-replies"]
         );
     }

@@ -432,21 +432,25 @@ pub fn dead_letter_message(raw: &RawMessage, reason: &str, source_channel: &str)
 
 /// Builds the adapter `BROKER_URL` names.
 pub async fn from_settings(settings: &Settings) -> Result<Arc<dyn Transport>, TransportError> {
-    match &settings.broker_url {
+    match &settings.broker.url {
         BrokerUrl::Redis(url) => Ok(Arc::new(
             RedisTransport::connect(
                 url.as_str(),
-                &settings.subscription,
-                &settings.instance_id,
-                settings.redis_claim_idle,
+                &settings.broker.subscription,
+                &settings.instance.id,
+                settings.broker.claim_idle,
             )
             .await?
-            .with_maintenance(settings.redis_trim_interval, settings.redis_trim_min_age),
+            .with_maintenance(settings.broker.trim_interval, settings.broker.trim_min_age),
         )),
         BrokerUrl::Memory => Ok(Arc::new(MemoryTransport::new())),
         BrokerUrl::Pulsar(url) => Ok(Arc::new(
-            PulsarTransport::connect(url.as_str(), &settings.subscription, &settings.instance_id)
-                .await?,
+            PulsarTransport::connect(
+                url.as_str(),
+                &settings.broker.subscription,
+                &settings.instance.id,
+            )
+            .await?,
         )),
     }
 }

@@ -21,7 +21,7 @@ const SEEN_TIMEOUT: Duration = Duration::from_secs(30);
 async fn tap(app: &TestApp) -> Tap {
     let settings = Settings::from_values(&app.config.values).expect("test settings");
     let channels = monitor::all_channels(&app.channels);
-    Tap::open(&settings.broker_url, &channels, StartAt::Now)
+    Tap::open(&settings.broker.url, &channels, StartAt::Now)
         .await
         .expect("the monitor opens")
 }

@@ -103,7 +103,7 @@ async fn publish_events(
     let counter = progress.clone();
     let published = load::publish(
         transport,
-        &settings.channels.partner_events,
+        &settings.broker.channels.partner_events,
         events,
         plan,
         move |n| counter.inc(n as u64),
@@ -119,7 +119,7 @@ pub async fn publish(cmd: &PublishCmd, settings: &Settings) -> anyhow::Result<Ex
     println!(
         "published {} PartnerCreated events to {} in {:.2} s (correlation_id {})",
         published.events.len(),
-        settings.channels.partner_events,
+        settings.broker.channels.partner_events,
         published.took.as_secs_f64(),
         plan.correlation_id
     );
@@ -131,14 +131,14 @@ pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result
     let api = cmd
         .api
         .clone()
-        .unwrap_or_else(|| api_url(settings.api_addr));
+        .unwrap_or_else(|| api_url(settings.api.addr));
     if !cmd.json {
         println!(
             "load test {}: {} events to {} on {}, sagas read back from {api}",
             plan.correlation_id,
             plan.count,
-            settings.channels.partner_events,
-            settings.broker_url.redacted(),
+            settings.broker.channels.partner_events,
+            settings.broker.url.redacted(),
         );
     }
     let events = load::events(&plan);

@@ -82,7 +82,7 @@ impl Command {
             self,
             Command::Monitor(_) | Command::Publish(_) | Command::LoadTest(_) | Command::Demo(_)
         );
-        !tool && settings.is_some_and(|s| s.log_format == LogFormat::Json)
+        !tool && settings.is_some_and(|s| s.telemetry.log_format == LogFormat::Json)
     }
 
     /// Sets up logging for this command. The service logs as configured;
@@ -100,7 +100,9 @@ impl Command {
                 telemetry::init_tool_tracing();
                 Ok(None)
             }
-            (_, Some(s)) => telemetry::init_tracing(s.log_format, &s.log_filter).map(Some),
+            (_, Some(s)) => {
+                telemetry::init_tracing(s.telemetry.log_format, &s.telemetry.log_filter).map(Some)
+            }
             (_, None) => Ok(telemetry::init_tracing(
                 LogFormat::Pretty,
                 &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

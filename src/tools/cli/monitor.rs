@@ -82,12 +82,12 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
     } else {
         StartAt::Now
     };
-    let mut tap = Tap::open(&settings.broker_url, &channels, start).await?;
+    let mut tap = Tap::open(&settings.broker.url, &channels, start).await?;
     eprintln!(
         "monitoring {} channel{} on {} {} (Ctrl-C to stop)",
         channels.len(),
         if channels.len() == 1 { "" } else { "s" },
-        settings.broker_url.redacted(),
+        settings.broker.url.redacted(),
         if cmd.from_start {
             "from the start"
         } else {
@@ -96,7 +96,7 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
     );
     let kinds: HashMap<&str, ChannelKind> = channels
         .iter()
-        .map(|c| (c.as_str(), ChannelKind::of(c, &settings.channels)))
+        .map(|c| (c.as_str(), ChannelKind::of(c, &settings.broker.channels)))
         .collect();
     let mut printer = Printer::new(style, cmd.group_by, &channels);
     let mut shown: u64 = 0;
@@ -132,7 +132,7 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
                 .get(tapped.channel.as_str())
                 .copied()
                 .unwrap_or(ChannelKind::Other);
-            let observed = Observed::parse(&tapped, kind, settings.max_message_bytes);
+            let observed = Observed::parse(&tapped, kind, settings.limits.max_message_bytes);
             if !filter.matches(&observed) {
                 continue;
             }
@@ -161,7 +161,7 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
 /// The channels asked for, each once, in the order given; or all of them.
 fn channels(cmd: &MonitorCmd, settings: &Settings) -> Vec<String> {
     if cmd.channels.is_empty() {
-        return monitor::all_channels(&settings.channels);
+        return monitor::all_channels(&settings.broker.channels);
     }
     let mut seen = Vec::with_capacity(cmd.channels.len());
     for c in &cmd.channels {

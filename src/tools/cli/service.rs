@@ -18,7 +18,7 @@ pub struct ServeArgs {
 /// Runs the orchestrator until Ctrl-C or SIGTERM.
 pub async fn serve(args: &ServeArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut settings = settings.clone();
-    settings.migrate_on_start &= !args.no_migrate;
+    settings.database.migrate_on_start &= !args.no_migrate;
     let app = Application::build(&settings).await?;
     app.run_until_stopped(shutdown_signal())
         .await
@@ -28,7 +28,7 @@ pub async fn serve(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Exit
 
 /// Applies the database migrations and exits.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = crate::store::connect(&settings.database_url, 1).await?;
+    let store = crate::store::connect(&settings.database.url, 1).await?;
     store.migrate().await?;
     println!("migrations applied");
     Ok(ExitCode::SUCCESS)

@@ -78,17 +78,17 @@ async fn answer_on_broker(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // The participants' own consumer group, apart from the orchestrator's.
     let mut own = settings.clone();
-    own.subscription = "saga-participants".into();
+    own.broker.subscription = "saga-participants".into();
     let transport = transport::from_settings(&own).await?;
     println!(
         "answering commands on {} and {}",
-        own.channels.alliance_commands, own.channels.integration_commands
+        own.broker.channels.alliance_commands, own.broker.channels.integration_commands
     );
     Ok(tokio::spawn(simulator::broker::run(
         sim.clone(),
         transport,
-        own.channels.clone(),
-        own.max_message_bytes,
+        own.broker.channels.clone(),
+        own.limits.max_message_bytes,
         stop.clone(),
     )))
 }

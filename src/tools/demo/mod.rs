@@ -5,7 +5,6 @@
 
 mod report;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use uuid::Uuid;
 
 pub use report::render;
 
-use crate::config::Settings;
+use crate::config::{BrokerUrl, Settings};
 use crate::envelope::{Envelope, EventType};
 use crate::saga::{HistoryEntry, Saga, SagaState};
 use crate::startup::{Application, StartupError};
@@ -92,8 +91,6 @@ pub enum DemoError {
     Listen(std::io::Error),
     #[error(transparent)]
     Startup(#[from] StartupError),
-    #[error("{0}")]
-    Settings(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot publish the demo events: {0}")]
@@ -133,7 +130,7 @@ pub async fn run(
         &database,
         local_port(&alliances)?,
         local_port(&integrations)?,
-    )?;
+    );
     let stop = CancellationToken::new();
     tokio::spawn(simulator::http::serve(
         sim.clone(),
@@ -158,7 +155,7 @@ pub async fn run(
     let started = Instant::now();
     for chunk in events(options.count).chunks(100) {
         transport
-            .publish(&settings.channels.partner_events, chunk)
+            .publish(&settings.broker.channels.partner_events, chunk)
             .await?;
     }
     let progress = wait_until_settled(store.as_ref(), options, &mut on_progress).await?;
@@ -214,29 +211,26 @@ fn settings(
     database: &std::path::Path,
     alliances: u16,
     integrations: u16,
-) -> Result<Settings, DemoError> {
-    let values: HashMap<String, String> = [
-        ("broker_url", "memory://".to_string()),
-        ("database_url", format!("sqlite://{}", database.display())),
-        ("api_addr", options.api_addr.to_string()),
-        ("alianzas_api_url", format!("http://127.0.0.1:{alliances}")),
-        (
-            "integraciones_api_url",
-            format!("http://127.0.0.1:{integrations}"),
-        ),
-        ("retry_max_attempts", "4".into()),
-        ("retry_base_delay_ms", "50".into()),
-        ("retry_max_delay_ms", "400".into()),
-        ("step_timeout_ms", "2000".into()),
-        ("saga_deadline_secs", "60".into()),
-        ("sweep_interval_ms", "250".into()),
-        ("shutdown_grace_secs", "5".into()),
-        ("admin_token", "demo".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    Ok(Settings::from_values(&values)?)
+) -> Settings {
+    let loopback = |port: u16| {
+        url::Url::parse(&format!("http://127.0.0.1:{port}"))
+            .expect("a loopback URL with a port is a URL")
+    };
+    let mut s = Settings::default();
+    s.broker.url = BrokerUrl::Memory;
+    s.database.url = format!("sqlite://{}", database.display()).into();
+    s.api.addr = options.api_addr;
+    s.api.admin_token = Some("demo".into());
+    s.participants.alliances_url = loopback(alliances);
+    s.participants.integrations_url = loopback(integrations);
+    s.participants.step_timeout = Duration::from_secs(2);
+    s.retry.max_attempts = 4;
+    s.retry.base_delay = Duration::from_millis(50);
+    s.retry.max_delay = Duration::from_millis(400);
+    s.limits.saga_deadline = Duration::from_secs(60);
+    s.instance.sweep_interval = Duration::from_millis(250);
+    s.instance.shutdown_grace = Duration::from_secs(5);
+    s
 }
 
 /// `count` partners as integrations would announce them.
