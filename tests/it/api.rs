@@ -286,7 +286,7 @@ async fn admin_routes_need_the_token_and_are_refused_without_one() {
 
     let (alliances, integrations) = mocks().await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.unset("ADMIN_TOKEN");
+    config.settings.api.admin_token = None;
     let closed = spawn_app_with(alliances, integrations, config).await;
     error_of(
         closed
@@ -672,7 +672,7 @@ async fn metrics_summary_is_503_json_when_the_store_is_down() {
     assert_eq!(app.get("/metrics/summary").await.status(), 200);
 
     // Take the service's database away from under it.
-    let url = url::Url::parse(&app.config.values["database_url"]).unwrap();
+    let url = url::Url::parse(app.config.database_url()).unwrap();
     let name = url.path().trim_start_matches('/').to_string();
     let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)

@@ -11,13 +11,10 @@ use saga_orchestrator::envelope::{Envelope, EventType, MessageStatus};
 
 use crate::helpers::{mocks, partner, spawn_app_with, states, Entry, TestApp, TestConfig};
 
-pub(crate) async fn broker_mode_app(step_timeout_ms: u32) -> TestApp {
+pub(crate) async fn broker_mode_app(step_timeout_ms: u64) -> TestApp {
     let (alliances, integrations) = mocks().await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config
-        .set("ALIANZAS_MODE", "broker")
-        .set("INTEGRACIONES_MODE", "broker")
-        .set("STEP_TIMEOUT_MS", &step_timeout_ms.to_string());
+    config.over_broker(Duration::from_millis(step_timeout_ms));
     spawn_app_with(alliances, integrations, config).await
 }
 
@@ -392,11 +389,8 @@ async fn an_alliance_created_after_compensation_is_recorded_for_a_person() {
 async fn sagas_awaiting_replies_keep_their_slots_so_new_events_wait_in_the_broker() {
     let (alliances, integrations) = mocks().await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config
-        .set("ALIANZAS_MODE", "broker")
-        .set("INTEGRACIONES_MODE", "broker")
-        .set("STEP_TIMEOUT_MS", "20000")
-        .set("MAX_IN_FLIGHT", "2");
+    config.over_broker(Duration::from_secs(20));
+    config.settings.limits.max_in_flight = 2;
     let app = spawn_app_with(alliances, integrations, config).await;
     let partners: Vec<String> = (0..5).map(|_| partner()).collect();
     for p in &partners {

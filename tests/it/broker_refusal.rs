@@ -10,16 +10,21 @@
 //!   a protocol error and drops the connection, which looks like an outage
 //!   until the relay pings it and sends again.
 
+use std::time::Duration;
+
 use serde_json::json;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
+use saga_orchestrator::config::{ParticipantMode, Settings};
 use saga_orchestrator::envelope::MessageStatus;
 
 use crate::api::summary_when;
 use crate::broker::PrivateRedis;
 use crate::broker_mode::{answer, command, reply};
-use crate::helpers::{mocks, partner, spawn_app_with, PrivatePulsar, TestApp, TestConfig};
+use crate::helpers::{
+    broker_url, mocks, partner, spawn_app_with, PrivatePulsar, TestApp, TestConfig,
+};
 use crate::outbox_rows::Db;
 use crate::relay::{event_of, metric};
 
@@ -29,7 +34,7 @@ const PULSAR_MAX_MESSAGE_BYTES: usize = 8 * 1024;
 #[tokio::test]
 async fn a_command_pulsar_refuses_as_too_large_is_parked_and_the_rest_flows() {
     let pulsar = PrivatePulsar::start_with_max_message_size(PULSAR_MAX_MESSAGE_BYTES).await;
-    let parked = refused_command_is_parked(&pulsar.url, 2 * PULSAR_MAX_MESSAGE_BYTES, &[]).await;
+    let parked = refused_command_is_parked(&pulsar.url, 2 * PULSAR_MAX_MESSAGE_BYTES, |_| {}).await;
     for row in &parked {
         assert!(
             row.reason.contains("Exceed maximum message size"),
@@ -42,8 +47,8 @@ async fn a_command_pulsar_refuses_as_too_large_is_parked_and_the_rest_flows() {
 async fn a_command_redis_refuses_as_too_large_is_parked_and_the_rest_flows() {
     let redis = PrivateRedis::start(&["--proto-max-bulk-len", "1mb"]).await;
     // The service itself takes bodies that large.
-    let limit = ("MAX_MESSAGE_BYTES", "4194304");
-    let parked = refused_command_is_parked(&redis.url, 3 * 512 * 1024, &[limit]).await;
+    let limit = |s: &mut Settings| s.limits.max_message_bytes = 4 * 1024 * 1024;
+    let parked = refused_command_is_parked(&redis.url, 3 * 512 * 1024, limit).await;
     for row in &parked {
         assert!(row.reason.starts_with("redis: "), "{row:?}");
     }
@@ -56,7 +61,7 @@ async fn a_command_redis_refuses_as_too_large_is_parked_and_the_rest_flows() {
 async fn refused_command_is_parked(
     url: &str,
     notes_bytes: usize,
-    settings: &[(&str, &str)],
+    tailor: impl FnOnce(&mut Settings),
 ) -> Vec<crate::outbox_rows::ParkedRow> {
     let (alliances, integrations) = mocks().await;
     Mock::given(method("DELETE"))
@@ -65,14 +70,12 @@ async fn refused_command_is_parked(
         .mount(&integrations)
         .await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config
-        .set("BROKER_URL", url)
-        .set("ALIANZAS_MODE", "broker")
-        .set("STEP_TIMEOUT_MS", "1500");
-    for (name, value) in settings {
-        config.set(name, value);
-    }
-    let db = Db::from_url(&config.values["database_url"]);
+    let s = &mut config.settings;
+    s.broker.url = broker_url(url);
+    s.participants.alliances_mode = ParticipantMode::Broker;
+    s.participants.step_timeout = Duration::from_millis(1500);
+    tailor(s);
+    let db = Db::from_url(config.database_url());
     let app = spawn_app_with(alliances, integrations, config).await;
     let commands = app.channels.alliance_commands.clone();
     let events = app.channels.saga_events.clone();

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use crate::broker_mode::{command, reasons, reply};
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, states, PrivatePulsar,
-    TestApp, TestBroker, TestConfig, TERMINAL,
+    alliance_created, broker_url, mocks, on_create_alliance, partner, spawn_app_with, states,
+    PrivatePulsar, TestApp, TestBroker, TestConfig, TERMINAL,
 };
 
 const PER_HALF: usize = 100;
@@ -67,7 +67,7 @@ async fn pulsar_broker_restart_mid_stream_loses_and_repeats_nothing() {
     )
     .await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("BROKER_URL", &pulsar.url);
+    config.settings.broker.url = broker_url(&pulsar.url);
     let app = spawn_app_with(alliances, integrations, config).await;
 
     let mut partners = publish_half(&pulsar.url, &app, 1).await;
@@ -153,11 +153,8 @@ async fn a_broker_outage_does_not_spend_the_attempts_of_sagas_awaiting_replies()
     let pulsar = PrivatePulsar::start().await;
     let (alliances, integrations) = mocks().await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config
-        .set("BROKER_URL", &pulsar.url)
-        .set("ALIANZAS_MODE", "broker")
-        .set("INTEGRACIONES_MODE", "broker")
-        .set("STEP_TIMEOUT_MS", "1500");
+    config.settings.broker.url = broker_url(&pulsar.url);
+    config.over_broker(Duration::from_millis(1500));
     let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
     app.publish_partner(&p, &format!("evt-{p}"), "corr-outage")

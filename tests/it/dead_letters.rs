@@ -29,7 +29,7 @@ async fn poison_entries_are_dead_lettered_while_valid_events_complete() {
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-1"), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("MAX_MESSAGE_BYTES", "4096");
+    config.settings.limits.max_message_bytes = 4096;
     let mut app = spawn_app_with(alliances, integrations, config).await;
     let stream = app.channels.partner_events.clone();
 

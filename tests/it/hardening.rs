@@ -14,6 +14,7 @@ use crate::helpers::{
     alliance_created, mocks, on_create_alliance, on_delete_partner, partner, spawn_app,
     spawn_app_with, states, TestApp, TestConfig,
 };
+use saga_orchestrator::config::ParticipantMode;
 use saga_orchestrator::envelope::MessageStatus;
 
 const TOKEN: &str = "test-admin-token";
@@ -29,7 +30,7 @@ async fn status_and_detail(response: reqwest::Response) -> (u16, String) {
 
 /// A connection to the test's own database.
 async fn database(app: &TestApp) -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(&app.config.values["database_url"])
+    sqlx::PgConnection::connect(app.config.database_url())
         .await
         .expect("connect to the test database")
 }
@@ -123,7 +124,7 @@ async fn starting_a_saga_over_http_needs_the_admin_token() {
     // With no token configured the route is refused, never open.
     let (alliances, integrations) = mocks().await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.unset("ADMIN_TOKEN");
+    config.settings.api.admin_token = None;
     let closed = spawn_app_with(alliances, integrations, config).await;
     let (status, detail) = status_and_detail(closed.post_anonymous("/sagas", &body).await).await;
     assert_eq!(status, 403, "{detail}");
@@ -285,10 +286,10 @@ async fn a_compensation_that_only_ever_reports_progress_is_parked_at_its_deadlin
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config
-        .set("INTEGRACIONES_MODE", "broker")
-        .set("STEP_TIMEOUT_MS", "1000")
-        .set("COMPENSATION_DEADLINE_SECS", "3");
+    let s = &mut config.settings;
+    s.participants.integrations_mode = ParticipantMode::Broker;
+    s.participants.step_timeout = Duration::from_secs(1);
+    s.retry.compensation_deadline = Duration::from_secs(3);
     let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
     app.post(
@@ -370,7 +371,7 @@ async fn stopping_publishes_the_events_of_the_last_commits() {
     )
     .await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("SHUTDOWN_GRACE_SECS", "5");
+    config.settings.instance.shutdown_grace = Duration::from_secs(5);
     let mut app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
     app.post(
@@ -400,7 +401,7 @@ async fn stopping_publishes_the_events_of_the_last_commits() {
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let (alliances, integrations) = mocks().await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("API_HEADER_TIMEOUT_MS", "300");
+    config.settings.api.header_timeout = Duration::from_millis(300);
     let app = spawn_app_with(alliances, integrations, config).await;
     let addr = app.address.trim_start_matches("http://").to_string();
 

@@ -7,11 +7,14 @@
 //! database) and `TEST_REDIS_URL` / `TEST_PULSAR_URL`: `make test` starts
 //! them all.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use saga_orchestrator::config::{Channels, Settings};
+use saga_orchestrator::config::{
+    BrokerUrl, Channels, InstanceSettings, LogFormat, ParticipantMode, Settings,
+};
 use saga_orchestrator::startup::Application;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -48,63 +51,82 @@ pub async fn fresh_database() -> String {
     url.to_string()
 }
 
-/// Settings for one test: its own database, channels and mocks.
+/// Settings for one test: its own database, channels and mocks. A test
+/// tailors `settings` field by field before spawning. Its instance id is
+/// never a running service's: each launch takes a fresh one.
 #[derive(Clone)]
 pub struct TestConfig {
-    pub values: HashMap<String, String>,
-    pub channels: Channels,
+    pub settings: Settings,
 }
 
 impl TestConfig {
     /// Fast retries and short timeouts, so failure paths finish in seconds.
     pub async fn new(alliances: &MockServer, integrations: &MockServer) -> Self {
         let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..12]);
-        let channels = Channels::prefixed(&prefix);
-        let database_url = fresh_database().await;
-        let mut values = HashMap::new();
-        let mut set = |k: &str, v: &str| {
-            values.insert(k.to_ascii_lowercase(), v.to_string());
-        };
-        set("BROKER_URL", &BrokerKind::from_env().url());
-        set("DATABASE_URL", &database_url);
-        set("DATABASE_MAX_CONNECTIONS", "5");
-        set("API_ADDR", "127.0.0.1:0");
-        set("ALIANZAS_API_URL", &alliances.uri());
-        set("INTEGRACIONES_API_URL", &integrations.uri());
-        set("RETRY_MAX_ATTEMPTS", "3");
-        set("RETRY_BASE_DELAY_MS", "20");
-        set("RETRY_MAX_DELAY_MS", "100");
-        set("STEP_TIMEOUT_MS", "2000");
-        set("SWEEP_INTERVAL_MS", "200");
-        set("REDIS_CLAIM_IDLE_MS", "1000");
+        let mut s = Settings::default();
+        s.broker.url = broker_url(&BrokerKind::from_env().url());
+        s.broker.channels = Channels::prefixed(&prefix);
+        s.broker.claim_idle = Duration::from_secs(1);
         // Tests read whole channels with XRANGE: nothing may trim them
         // under their feet (the upkeep's own test turns it on).
-        set("REDIS_TRIM_INTERVAL_MS", "0");
-        set("SHUTDOWN_GRACE_SECS", "2");
-        set("ADMIN_TOKEN", "test-admin-token");
-        set("LOG_FORMAT", "pretty");
-        set("CHANNEL_PARTNER_EVENTS", &channels.partner_events);
-        set("CHANNEL_ALLIANCE_COMMANDS", &channels.alliance_commands);
-        set(
-            "CHANNEL_INTEGRATION_COMMANDS",
-            &channels.integration_commands,
-        );
-        set("CHANNEL_SAGA_REPLIES", &channels.saga_replies);
-        set("CHANNEL_SAGA_EVENTS", &channels.saga_events);
-        Self { values, channels }
+        s.broker.trim_interval = None;
+        s.database.url = fresh_database().await.into();
+        s.database.max_connections = 5;
+        s.api.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        s.api.admin_token = Some(TEST_ADMIN_TOKEN.into());
+        s.participants.alliances_url = mock_url(alliances);
+        s.participants.integrations_url = mock_url(integrations);
+        s.participants.step_timeout = Duration::from_secs(2);
+        s.retry.max_attempts = 3;
+        s.retry.base_delay = Duration::from_millis(20);
+        s.retry.max_delay = Duration::from_millis(100);
+        s.instance.sweep_interval = Duration::from_millis(200);
+        s.instance.shutdown_grace = Duration::from_secs(2);
+        s.telemetry.log_format = LogFormat::Pretty;
+        Self { settings: s }
     }
 
-    /// Overrides one setting.
-    pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
-        self.values
-            .insert(name.to_ascii_lowercase(), value.to_string());
-        self
+    /// The test's own channel names.
+    pub fn channels(&self) -> &Channels {
+        &self.settings.broker.channels
     }
 
-    /// Removes one setting (back to its default).
-    pub fn unset(&mut self, name: &str) -> &mut Self {
-        self.values.remove(&name.to_ascii_lowercase());
+    /// The test's own database, for tests that look into it.
+    pub fn database_url(&self) -> &str {
+        self.settings.database.url.expose_secret()
+    }
+
+    /// Both participants asked over the broker, each reply awaited up to
+    /// `step_timeout`.
+    pub fn over_broker(&mut self, step_timeout: Duration) -> &mut Self {
+        let participants = &mut self.settings.participants;
+        participants.alliances_mode = ParticipantMode::Broker;
+        participants.integrations_mode = ParticipantMode::Broker;
+        participants.step_timeout = step_timeout;
         self
+    }
+}
+
+/// The admin token every test service has, unless its test removes it.
+const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+
+/// `url` as the service's `BROKER_URL`.
+pub fn broker_url(url: &str) -> BrokerUrl {
+    url.parse()
+        .unwrap_or_else(|problem| panic!("test broker URL {url}: {problem}"))
+}
+
+/// A mock participant's base URL.
+fn mock_url(server: &MockServer) -> url::Url {
+    url::Url::parse(&server.uri()).expect("wiremock serves on a URL")
+}
+
+/// The URL the service under test connects to, password and all, for the
+/// test's own connection to the same broker.
+fn connect_url(url: &BrokerUrl) -> &str {
+    match url {
+        BrokerUrl::Redis(url) | BrokerUrl::Pulsar(url) => url.as_str(),
+        BrokerUrl::Memory => panic!("the integration tests run on Redis or Pulsar"),
     }
 }
 
@@ -168,19 +190,16 @@ pub async fn spawn_app_with(
 ) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         // No OTLP endpoint in tests: there is no span pipeline to keep alive.
-        let _ = saga_orchestrator::telemetry::init_tracing(
-            saga_orchestrator::config::LogFormat::Pretty,
-            "info,sqlx=warn",
-        );
+        let _ = saga_orchestrator::telemetry::init_tracing(LogFormat::Pretty, "info,sqlx=warn");
     }
     let (address, stop, server) = launch(&config).await;
-    let broker = TestBroker::connect_url(&config.values["broker_url"]).await;
+    let broker = TestBroker::connect_url(connect_url(&config.settings.broker.url)).await;
     TestApp {
         address,
         http: reqwest::Client::new(),
         alliances,
         integrations,
-        channels: config.channels.clone(),
+        channels: config.channels().clone(),
         broker,
         config,
         stop,
@@ -189,7 +208,9 @@ pub async fn spawn_app_with(
 }
 
 async fn launch(config: &TestConfig) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
-    let settings = Settings::from_values(&config.values).expect("test settings are valid");
+    // A new process to the store and the broker, as after a crash.
+    let mut settings = config.settings.clone();
+    settings.instance.id = InstanceSettings::unique_id();
     let app = Application::build(&settings).await.expect("service builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let stop = CancellationToken::new();
@@ -257,8 +278,8 @@ impl TestApp {
     /// which every route that changes state needs (`POST /sagas` too).
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         let mut request = self.http.post(format!("{}{path}", self.address)).json(body);
-        if let Some(token) = self.config.values.get("admin_token") {
-            request = request.bearer_auth(token);
+        if let Some(token) = &self.config.settings.api.admin_token {
+            request = request.bearer_auth(token.expose_secret());
         }
         request.send().await.expect("POST")
     }

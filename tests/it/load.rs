@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_orchestrator::config::Settings;
 use saga_orchestrator::tools::load::{self, PublishPlan};
 use saga_orchestrator::transport;
 use wiremock::matchers::{body_string_contains, method, path};
@@ -29,8 +28,9 @@ async fn a_load_test_reports_every_saga_by_outcome() {
     on_create_alliance(&alliances, alliance_created("a-load"), None).await;
     on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
     let app = spawn_app(alliances, integrations).await;
-    let settings = Settings::from_values(&app.config.values).expect("settings");
-    let transport = transport::from_settings(&settings).await.expect("broker");
+    let transport = transport::from_settings(&app.config.settings)
+        .await
+        .expect("broker");
 
     let plan = PublishPlan {
         count: 40,

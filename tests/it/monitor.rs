@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use saga_orchestrator::config::{Channels, Settings};
+use saga_orchestrator::config::Channels;
 use saga_orchestrator::tools::monitor::{
     self, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
 };
@@ -19,9 +19,8 @@ const SEEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A tap on every channel of `app` (its own, prefixed names) from now.
 async fn tap(app: &TestApp) -> Tap {
-    let settings = Settings::from_values(&app.config.values).expect("test settings");
     let channels = monitor::all_channels(&app.channels);
-    Tap::open(&settings.broker.url, &channels, StartAt::Now)
+    Tap::open(&app.config.settings.broker.url, &channels, StartAt::Now)
         .await
         .expect("the monitor opens")
 }

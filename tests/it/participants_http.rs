@@ -311,7 +311,9 @@ async fn password_stays_out_of_saga_data(url_of: impl Fn(u16) -> String, passwor
     let (alliances, integrations) = mocks().await;
     on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("ALIANZAS_API_URL", &url_of(closed_port().await));
+    // Parsed as the service parses ALIANZAS_API_URL, odd escapes and all.
+    config.settings.participants.alliances_url =
+        url::Url::parse(&url_of(closed_port().await)).expect("an http URL");
     let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
 

@@ -15,8 +15,8 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-claimed"), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("REDIS_CLAIM_IDLE_MS", "500");
-    let stream = config.channels.partner_events.clone();
+    config.settings.broker.claim_idle = Duration::from_millis(500);
+    let stream = config.channels().partner_events.clone();
     let broker = TestBroker::connect().await;
 
     // A consumer of the subscription takes the event and dies before acking it.
@@ -46,7 +46,7 @@ async fn a_saga_abandoned_mid_retry_is_finished_after_a_restart() {
     .await;
     on_create_alliance(&alliances, alliance_created("a-recovered"), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("STEP_TIMEOUT_MS", "500");
+    config.settings.participants.step_timeout = Duration::from_millis(500);
     let mut app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
 
@@ -84,7 +84,7 @@ async fn sagas_recorded_beyond_capacity_wait_for_the_sweeper() {
     )
     .await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("MAX_IN_FLIGHT", "1");
+    config.settings.limits.max_in_flight = 1;
     let app = spawn_app_with(alliances, integrations, config).await;
 
     let partners: Vec<String> = (0..4).map(|_| partner()).collect();
@@ -107,7 +107,7 @@ async fn events_published_before_the_first_start_are_consumed() {
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-early"), None).await;
     let config = TestConfig::new(&alliances, &integrations).await;
-    let stream = config.channels.partner_events.clone();
+    let stream = config.channels().partner_events.clone();
     let p = partner();
     TestBroker::connect()
         .await
@@ -130,8 +130,8 @@ async fn a_batching_producers_events_survive_a_crash_part_way_through_the_batch(
     .await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
     // Fewer slots than the batch: its messages are handled (and acked) in parts.
-    config.set("MAX_IN_FLIGHT", "3");
-    let stream = config.channels.partner_events.clone();
+    config.settings.limits.max_in_flight = 3;
+    let stream = config.channels().partner_events.clone();
     let mut app = spawn_app_with(alliances, integrations, config).await;
     let partners: Vec<String> = (0..12).map(|_| partner()).collect();
     app.broker

@@ -18,7 +18,8 @@ use saga_orchestrator::transport::{
 use uuid::Uuid;
 
 use crate::helpers::{
-    alliance_created, env, mocks, on_create_alliance, partner, spawn_app_with, TestApp, TestConfig,
+    alliance_created, broker_url, env, mocks, on_create_alliance, partner, spawn_app_with, TestApp,
+    TestConfig,
 };
 
 /// The orchestrator's consumer group (the default setting).
@@ -235,11 +236,11 @@ async fn trimming_drops_only_what_every_group_has_acknowledged() {
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-trim"), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config
-        .set("BROKER_URL", &env("TEST_REDIS_URL"))
-        .set("REDIS_TRIM_INTERVAL_MS", "100")
-        .set("REDIS_TRIM_MIN_AGE_SECS", "0");
-    let channels = config.channels.clone();
+    let broker = &mut config.settings.broker;
+    broker.url = broker_url(&env("TEST_REDIS_URL"));
+    broker.trim_interval = Some(Duration::from_millis(100));
+    broker.trim_min_age = Duration::ZERO;
+    let channels = config.channels().clone();
     let events = channels.partner_events.clone();
     let dlq = format!("{events}-dlq");
     let conn = redis().await;

@@ -36,10 +36,10 @@ async fn unreadable_rows_are_parked_and_the_rest_is_relayed(database_url: Option
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-relay"), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    if let Some(url) = &database_url {
-        config.set("DATABASE_URL", url);
+    if let Some(url) = database_url {
+        config.settings.database.url = url.into();
     }
-    let db = Db::from_url(&config.values["database_url"]);
+    let db = Db::from_url(config.database_url());
     let app = spawn_app_with(alliances, integrations, config).await;
     let events = app.channels.saga_events.clone();
 
@@ -119,7 +119,7 @@ async fn a_saga_event_with_a_300_character_correlation_id_is_published_not_parke
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-long"), None).await;
     let config = TestConfig::new(&alliances, &integrations).await;
-    let db = Db::from_url(&config.values["database_url"]);
+    let db = Db::from_url(config.database_url());
     let app = spawn_app_with(alliances, integrations, config).await;
     let events = app.channels.saga_events.clone();
     let long_partner = partner();
@@ -160,7 +160,7 @@ async fn an_error_that_hits_a_whole_channel_parks_nothing() {
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, alliance_created("a-channel"), None).await;
     let config = TestConfig::new(&alliances, &integrations).await;
-    let events = config.channels.saga_events.clone();
+    let events = config.channels().saga_events.clone();
     // saga-events is unusable (every XADD answers WRONGTYPE) while the
     // broker itself answers pings: no message is to blame for that.
     let mut conn = redis().await;

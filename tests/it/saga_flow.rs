@@ -185,7 +185,7 @@ async fn slow_participants_time_out_and_are_retried() {
     .await;
     on_create_alliance(&alliances, alliance_created("a-fast"), None).await;
     let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.set("STEP_TIMEOUT_MS", "300");
+    config.settings.participants.step_timeout = std::time::Duration::from_millis(300);
     let app = spawn_app_with(alliances, integrations, config).await;
     let p = partner();
 
