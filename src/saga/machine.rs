@@ -203,48 +203,68 @@ pub fn begin(saga: &Saga, now: DateTime<Utc>) -> Decision {
 }
 
 /// The state machine: what `input` does to `saga` at time `now`.
+///
+/// Sorted by what the input is about, each part deciding on its own: a
+/// participant's reply, the broker round trip of an attempt, an operator's
+/// action, or a step's outcome (or deadline) in the phase the saga is in.
+/// Listing every input, without a catch-all, makes a new one choose.
 pub fn decide(
     saga: &Saga,
     input: &Input,
     policy: &RetryPolicy,
     now: DateTime<Utc>,
 ) -> Result<Decision, InvalidTransition> {
-    use SagaState::*;
-    let invalid = || InvalidTransition {
+    let decision = match input {
+        Input::Replied { reply, reply_by } => return replied(saga, reply, *reply_by, policy, now),
+        Input::Begin => (saga.state == SagaState::Started).then(|| begin(saga, now)),
+        Input::CommandSent { .. }
+        | Input::BrokerUnreachable { .. }
+        | Input::ReplyTimedOut { .. } => round_trip(saga, input, policy, now),
+        Input::ForceCompensate { .. } | Input::RetryFailed { .. } => {
+            by_operator(saga, input, policy, now)
+        }
+        Input::StepSucceeded { .. }
+        | Input::StepRejected { .. }
+        | Input::StepFailed { .. }
+        | Input::DeadlinePassed => {
+            if saga.state.is_forward() {
+                forward(saga, input, policy, now)
+            } else {
+                compensation(saga, input, policy, now)
+            }
+        }
+    };
+    decision.ok_or_else(|| InvalidTransition {
         state: saga.state,
         step: saga.step,
         input: input_name(input),
-    };
+    })
+}
+
+/// Broker mode: an attempt's command going out, and its reply not coming.
+/// The command of an attempt goes out once; its outcome comes back once.
+/// `None`: the input does not apply.
+fn round_trip(
+    saga: &Saga,
+    input: &Input,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Option<Decision> {
+    use SagaState::*;
     let on_step = |step: &Step| *step == saga.step;
-    // The command of an attempt goes out once; its outcome comes back once.
     let awaiting = |step: &Step| on_step(step) && saga.awaiting_reply;
-
+    // No reply by the deadline is a failed attempt like a transient error.
+    let no_reply = "no reply before the step deadline";
     match (saga.state, input) {
-        (_, Input::Replied { reply, reply_by }) => replied(saga, reply, *reply_by, policy, now),
-
-        (Started, Input::Begin) => Ok(begin(saga, now)),
-
         (CreatingAlliance | Compensating, Input::CommandSent { step, reply_by })
             if on_step(step) && !saga.awaiting_reply =>
         {
-            let to = match saga.state {
-                CreatingAlliance => AwaitingAlliance,
-                state => state,
-            };
-            Ok(Decision {
-                to,
-                reason: Reason::CommandSent,
-                detail: Some(format!("attempt {}", saga.attempts)),
-                command: Some(*step),
-                next: await_reply(saga, *step, *reply_by),
-                ..keep(saga)
-            })
+            Some(command_sent(saga, *step, *reply_by))
         }
-
         (AwaitingAlliance | Compensating, Input::BrokerUnreachable { step, until })
             if awaiting(step) =>
         {
-            Ok(Decision {
+            Some(Decision {
                 reason: Reason::BrokerUnreachable,
                 detail: Some(format!(
                     "no reply to attempt {} and the broker does not answer; waiting without spending an attempt",
@@ -254,57 +274,80 @@ pub fn decide(
                 ..keep(saga)
             })
         }
-
-        (AwaitingAlliance | Compensating, Input::ReplyTimedOut { step }) if awaiting(step) => {
-            let failed = Input::StepFailed {
-                step: *step,
-                error: "no reply before the step deadline".into(),
-                retry_after: None,
-            };
-            decide(saga, &failed, policy, now)
+        (AwaitingAlliance, Input::ReplyTimedOut { step }) if awaiting(step) => {
+            Some(alliance_attempt_failed(saga, no_reply, None, policy, now))
         }
-
-        (
-            CreatingAlliance | AwaitingAlliance,
-            Input::StepSucceeded {
-                step,
-                alliance_id,
-                detail,
-            },
-        ) if on_step(step) => {
-            let details = json!({ "step": step.as_str(), "alliance_id": alliance_id });
-            Ok(Decision {
-                to: Completed,
-                alliance_id: alliance_id.clone(),
-                last_error: None,
-                reason: Reason::AllianceCreated,
-                detail: detail
-                    .clone()
-                    .or_else(|| alliance_id.as_ref().map(|id| format!("alliance_id={id}"))),
-                events: vec![
-                    event(
-                        EventType::SagaStepSucceeded,
-                        MessageStatus::Progress,
-                        saga,
-                        details.clone(),
-                    ),
-                    event(
-                        EventType::SagaCompleted,
-                        MessageStatus::Completed,
-                        saga,
-                        details,
-                    ),
-                ],
-                next: NextAction::Done,
-                ..keep(saga)
-            })
+        (Compensating, Input::ReplyTimedOut { step }) if awaiting(step) => {
+            Some(deletion_attempt_failed(saga, no_reply, None, policy, now))
         }
+        _ => None,
+    }
+}
 
-        (CreatingAlliance | AwaitingAlliance, Input::StepRejected { step, error })
-            if on_step(step) =>
-        {
+/// The step's command is committed to the outbox: await its reply.
+fn command_sent(saga: &Saga, step: Step, reply_by: DateTime<Utc>) -> Decision {
+    let to = match saga.state {
+        SagaState::CreatingAlliance => SagaState::AwaitingAlliance,
+        state => state,
+    };
+    Decision {
+        to,
+        reason: Reason::CommandSent,
+        detail: Some(format!("attempt {}", saga.attempts)),
+        command: Some(step),
+        next: await_reply(saga, step, reply_by),
+        ..keep(saga)
+    }
+}
+
+/// An operator forces compensation of a live saga, or re-drives a parked
+/// one's. `None`: the state does not allow it.
+fn by_operator(
+    saga: &Saga,
+    input: &Input,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Option<Decision> {
+    match input {
+        Input::ForceCompensate { reason } if saga.state.is_forward() => Some(compensate(
+            policy,
+            saga,
+            now,
+            Reason::ForcedByOperator,
+            reason,
+            vec![],
+        )),
+        Input::RetryFailed { reason } if saga.state == SagaState::Failed => {
+            let mut decision =
+                compensate(policy, saga, now, Reason::RetriedByOperator, reason, vec![]);
+            // Keep the original cause visible: the operator's reason goes to
+            // the history, not over the error that parked the saga.
+            decision.last_error = saga.last_error.clone();
+            Some(decision)
+        }
+        _ => None,
+    }
+}
+
+/// Moving forward: the alliance call's outcome, or the deadline passing.
+/// A saga still `started` has made no call, so no outcome answers it.
+/// `None`: the input does not apply (a stale or duplicate outcome).
+fn forward(
+    saga: &Saga,
+    input: &Input,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Option<Decision> {
+    let on_step = |step: &Step| *step == saga.step && saga.state != SagaState::Started;
+    match input {
+        Input::StepSucceeded {
+            step,
+            alliance_id,
+            detail,
+        } if on_step(step) => Some(alliance_created(saga, *step, alliance_id, detail)),
+        Input::StepRejected { step, error } if on_step(step) => {
             let failed = step_failed(saga, error, None);
-            Ok(compensate(
+            Some(compensate(
                 policy,
                 saga,
                 now,
@@ -313,49 +356,23 @@ pub fn decide(
                 vec![failed],
             ))
         }
-
-        (
-            CreatingAlliance | AwaitingAlliance,
-            Input::StepFailed {
-                step,
-                error,
-                retry_after,
-            },
-        ) if on_step(step) => {
-            if !policy.allows_another(saga.attempts) {
-                let failed = step_failed(saga, error, None);
-                let detail = format!("{} attempts: {error}", saga.attempts);
-                return Ok(compensate(
-                    policy,
-                    saga,
-                    now,
-                    Reason::RetriesExhausted,
-                    &detail,
-                    vec![failed],
-                ));
-            }
-            let at = retry_at(saga, policy, *retry_after, now);
-            if at > saga.deadline_at {
-                let failed = step_failed(saga, error, None);
-                let detail = format!("next attempt would pass the deadline: {error}");
-                return Ok(compensate(
-                    policy,
-                    saga,
-                    now,
-                    Reason::DeadlinePassed,
-                    &detail,
-                    vec![failed],
-                ));
-            }
-            Ok(retry(saga, error, at))
-        }
-
-        (Started | CreatingAlliance | AwaitingAlliance, Input::DeadlinePassed) => {
+        Input::StepFailed {
+            step,
+            error,
+            retry_after,
+        } if on_step(step) => Some(alliance_attempt_failed(
+            saga,
+            error,
+            *retry_after,
+            policy,
+            now,
+        )),
+        Input::DeadlinePassed => {
             let detail = format!(
                 "deadline {} passed",
                 crate::envelope::format_time(saga.deadline_at)
             );
-            Ok(compensate(
+            Some(compensate(
                 policy,
                 saga,
                 now,
@@ -364,93 +381,185 @@ pub fn decide(
                 vec![],
             ))
         }
+        _ => None,
+    }
+}
 
-        (Compensating, Input::StepSucceeded { step, .. }) if on_step(step) => Ok(Decision {
-            to: Compensated,
-            reason: Reason::PartnerDeleted,
-            detail: None,
-            events: vec![
-                event(
-                    EventType::SagaStepSucceeded,
-                    MessageStatus::Progress,
-                    saga,
-                    json!({ "step": step.as_str() }),
-                ),
-                event(
-                    EventType::SagaCompensated,
-                    MessageStatus::Completed,
-                    saga,
-                    json!({ "reason": saga.last_error }),
-                ),
-            ],
-            next: NextAction::Done,
-            ..keep(saga)
-        }),
+/// The alliance exists: `completed`.
+fn alliance_created(
+    saga: &Saga,
+    step: Step,
+    alliance_id: &Option<String>,
+    detail: &Option<String>,
+) -> Decision {
+    let details = json!({ "step": step.as_str(), "alliance_id": alliance_id });
+    Decision {
+        to: SagaState::Completed,
+        alliance_id: alliance_id.clone(),
+        last_error: None,
+        reason: Reason::AllianceCreated,
+        detail: detail
+            .clone()
+            .or_else(|| alliance_id.as_ref().map(|id| format!("alliance_id={id}"))),
+        events: vec![
+            event(
+                EventType::SagaStepSucceeded,
+                MessageStatus::Progress,
+                saga,
+                details.clone(),
+            ),
+            event(
+                EventType::SagaCompleted,
+                MessageStatus::Completed,
+                saga,
+                details,
+            ),
+        ],
+        next: NextAction::Done,
+        ..keep(saga)
+    }
+}
 
+/// A transient failure creating the alliance: try again, unless the
+/// retries are spent or the next attempt would come after the deadline;
+/// then compensate.
+fn alliance_attempt_failed(
+    saga: &Saga,
+    error: &str,
+    retry_after: Option<Duration>,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Decision {
+    if !policy.allows_another(saga.attempts) {
+        let failed = step_failed(saga, error, None);
+        let detail = format!("{} attempts: {error}", saga.attempts);
+        return compensate(
+            policy,
+            saga,
+            now,
+            Reason::RetriesExhausted,
+            &detail,
+            vec![failed],
+        );
+    }
+    let at = retry_at(saga, policy, retry_after, now);
+    if at > saga.deadline_at {
+        let failed = step_failed(saga, error, None);
+        let detail = format!("next attempt would pass the deadline: {error}");
+        return compensate(
+            policy,
+            saga,
+            now,
+            Reason::DeadlinePassed,
+            &detail,
+            vec![failed],
+        );
+    }
+    retry(saga, error, at)
+}
+
+/// Compensating: the partner deletion's outcome, or its deadline passing;
+/// and, compensating or done, a step that finished after the saga stopped
+/// waiting for it. `None`: the input does not apply.
+fn compensation(
+    saga: &Saga,
+    input: &Input,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Option<Decision> {
+    use SagaState::*;
+    let compensating_on = |step: &Step| saga.state == Compensating && *step == saga.step;
+    match input {
+        Input::StepSucceeded { step, .. } if compensating_on(step) => {
+            Some(partner_deleted(saga, *step))
+        }
+        // A step done after the saga stopped waiting for it (an operator
+        // forced compensation, or another instance took over, while the
+        // call was in flight): recorded, never dropped.
+        Input::StepSucceeded {
+            step, alliance_id, ..
+        } if matches!(saga.state, Compensating | Compensated | Failed) => {
+            late_success(saga, *step, alliance_id)
+        }
         // Deleting a partner has no business rejection (docs/contract.md §4): any
         // refusal is retried like a transient failure, then parked.
-        (
-            Compensating,
-            Input::StepFailed {
-                step,
-                error,
-                retry_after: _,
-            }
-            | Input::StepRejected { step, error },
-        ) if on_step(step) => {
-            let retry_after = match input {
-                Input::StepFailed { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            if !policy.allows_another(saga.attempts) {
-                let detail = format!("{} attempts: {error}", saga.attempts);
-                return Ok(park(saga, Reason::CompensationExhausted, error, detail));
-            }
-            // Compensation keeps trying past the forward deadline (the
-            // partner must go), but not past its own.
-            let at = retry_at(saga, policy, retry_after, now);
-            if at > saga.deadline_at {
-                let detail = format!("next attempt would pass the compensation deadline: {error}");
-                return Ok(park(saga, Reason::CompensationDeadlinePassed, error, detail));
-            }
-            Ok(retry(saga, error, at))
+        Input::StepFailed {
+            step,
+            error,
+            retry_after,
+        } if compensating_on(step) => Some(deletion_attempt_failed(
+            saga,
+            error,
+            *retry_after,
+            policy,
+            now,
+        )),
+        Input::StepRejected { step, error } if compensating_on(step) => {
+            Some(deletion_attempt_failed(saga, error, None, policy, now))
         }
-
-        (Compensating, Input::DeadlinePassed) => {
+        Input::DeadlinePassed if saga.state == Compensating => {
             let error = format!(
                 "compensation deadline {} passed",
                 crate::envelope::format_time(saga.deadline_at)
             );
             let detail = error.clone();
-            Ok(park(saga, Reason::CompensationDeadlinePassed, &error, detail))
+            Some(park(
+                saga,
+                Reason::CompensationDeadlinePassed,
+                &error,
+                detail,
+            ))
         }
-
-        // A step done after the saga stopped waiting for it (an operator
-        // forced compensation, or another instance took over, while the
-        // call was in flight): recorded, never dropped.
-        (
-            Compensating | Compensated | Failed,
-            Input::StepSucceeded {
-                step, alliance_id, ..
-            },
-        ) => {
-            late_success(saga, *step, alliance_id).ok_or_else(invalid)
-        }
-
-        (Started | CreatingAlliance | AwaitingAlliance, Input::ForceCompensate { reason }) => Ok(
-            compensate(policy, saga, now, Reason::ForcedByOperator, reason, vec![]),
-        ),
-
-        (Failed, Input::RetryFailed { reason }) => {
-            let mut decision = compensate(policy, saga, now, Reason::RetriedByOperator, reason, vec![]);
-            // Keep the original cause visible: the operator's reason goes to
-            // the history, not over the error that parked the saga.
-            decision.last_error = saga.last_error.clone();
-            Ok(decision)
-        }
-
-        _ => Err(invalid()),
+        _ => None,
     }
+}
+
+/// The partner is gone: `compensated`.
+fn partner_deleted(saga: &Saga, step: Step) -> Decision {
+    Decision {
+        to: SagaState::Compensated,
+        reason: Reason::PartnerDeleted,
+        detail: None,
+        events: vec![
+            event(
+                EventType::SagaStepSucceeded,
+                MessageStatus::Progress,
+                saga,
+                json!({ "step": step.as_str() }),
+            ),
+            event(
+                EventType::SagaCompensated,
+                MessageStatus::Completed,
+                saga,
+                json!({ "reason": saga.last_error }),
+            ),
+        ],
+        next: NextAction::Done,
+        ..keep(saga)
+    }
+}
+
+/// Deleting the partner failed: try again, unless the retries are spent or
+/// the next attempt would come after the compensation deadline; then park.
+fn deletion_attempt_failed(
+    saga: &Saga,
+    error: &str,
+    retry_after: Option<Duration>,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Decision {
+    if !policy.allows_another(saga.attempts) {
+        let detail = format!("{} attempts: {error}", saga.attempts);
+        return park(saga, Reason::CompensationExhausted, error, detail);
+    }
+    // Compensation keeps trying past the forward deadline (the
+    // partner must go), but not past its own.
+    let at = retry_at(saga, policy, retry_after, now);
+    if at > saga.deadline_at {
+        let detail = format!("next attempt would pass the compensation deadline: {error}");
+        return park(saga, Reason::CompensationDeadlinePassed, error, detail);
+    }
+    retry(saga, error, at)
 }
 
 /// A participant's reply. A final one settles the attempt it answers; a
