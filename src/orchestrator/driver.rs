@@ -58,63 +58,16 @@ pub(super) async fn drive(
 /// Drives until terminal, handed off, or (broker mode) waiting for a
 /// reply: then `Some(reply deadline)`.
 async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Option<DateTime<Utc>> {
-    let cancel = &orch.inner.cancel;
     while let NextAction::Call { step, at } = next {
-        if cancel.is_cancelled() {
+        if orch.inner.cancel.is_cancelled() {
             // Shutting down: start no new call; the saga is durable and its
             // lease will lapse.
             return None;
         }
-        let wait = (at - Utc::now()).to_std().unwrap_or_default();
-        if !wait.is_zero() {
-            if !pause(cancel, wait).await {
-                return None;
-            }
-            // While we slept an operator (or another instance whose lease
-            // check saw ours lapse) may have moved the saga: then the call
-            // planned before the pause must not be made.
-            match orch.inner.store.get(saga.saga_id).await {
-                Ok(Some(current)) if current.version == saga.version => {}
-                Ok(_) => {
-                    tracing::info!("saga moved on while waiting; leaving it");
-                    return None;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot re-read the saga; leaving it to recovery");
-                    return None;
-                }
-            }
+        if !wait_until(orch, &saga, at).await {
+            return None;
         }
-        let now = Utc::now();
-        let input = if saga.state == SagaState::Started {
-            Input::Begin
-        } else if !saga.state.is_terminal() && now >= saga.deadline_at {
-            // Forward: compensate. Compensating: park as failed.
-            Input::DeadlinePassed
-        } else if saga.awaiting_reply {
-            // Only the sweeper hands us an awaiting saga: its reply deadline
-            // passed. With the broker down, no command went out and no
-            // reply could come: that is not the participant's failure.
-            let ping = tokio::time::timeout(PING_TIMEOUT, orch.inner.transport.ping()).await;
-            match ping.unwrap_or(Err(TransportError::Timeout("broker ping"))) {
-                Ok(()) => Input::ReplyTimedOut { step },
-                Err(e) => {
-                    tracing::warn!(error = %e, "reply deadline passed with the broker unreachable; waiting longer");
-                    Input::BrokerUnreachable {
-                        step,
-                        until: saga::later(now, orch.inner.config.step_timeout),
-                    }
-                }
-            }
-        } else if orch.inner.config.over_broker(step) {
-            // The command goes out with this transition, through the outbox.
-            Input::CommandSent {
-                step,
-                reply_by: saga::later(now, orch.inner.config.step_timeout),
-            }
-        } else {
-            call(orch, &saga, step).await
-        };
+        let input = next_input(orch, &saga, step).await;
         let decision = match saga::decide(&saga, &input, &orch.inner.config.retry, Utc::now()) {
             Ok(decision) => decision,
             Err(stale) => {
@@ -137,6 +90,72 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Optio
     match next {
         NextAction::AwaitReply { until, .. } => Some(until),
         _ => None,
+    }
+}
+
+/// Sleeps until the call planned for `at` is due. `false`: it must not be
+/// made (shutting down, or the saga moved or cannot be re-read meanwhile).
+async fn wait_until(orch: &Orchestrator, saga: &Saga, at: DateTime<Utc>) -> bool {
+    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+    if wait.is_zero() {
+        return true;
+    }
+    if !pause(&orch.inner.cancel, wait).await {
+        return false;
+    }
+    // While we slept an operator (or another instance whose lease
+    // check saw ours lapse) may have moved the saga: then the call
+    // planned before the pause must not be made.
+    match orch.inner.store.get(saga.saga_id).await {
+        Ok(Some(current)) if current.version == saga.version => true,
+        Ok(_) => {
+            tracing::info!("saga moved on while waiting; leaving it");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-read the saga; leaving it to recovery");
+            false
+        }
+    }
+}
+
+/// What happens at `step` now that it is due: the saga begins, its
+/// deadline has passed, its reply is overdue, its command goes out, or the
+/// participant is called (over HTTP) and answers.
+async fn next_input(orch: &Orchestrator, saga: &Saga, step: saga::Step) -> Input {
+    let now = Utc::now();
+    if saga.state == SagaState::Started {
+        Input::Begin
+    } else if !saga.state.is_terminal() && now >= saga.deadline_at {
+        // Forward: compensate. Compensating: park as failed.
+        Input::DeadlinePassed
+    } else if saga.awaiting_reply {
+        reply_overdue(orch, step, now).await
+    } else if orch.inner.config.over_broker(step) {
+        // The command goes out with this transition, through the outbox.
+        Input::CommandSent {
+            step,
+            reply_by: saga::later(now, orch.inner.config.step_timeout),
+        }
+    } else {
+        call(orch, saga, step).await
+    }
+}
+
+/// Only the sweeper hands us an awaiting saga: its reply deadline passed.
+/// With the broker down, no command went out and no reply could come: that
+/// is not the participant's failure, so the saga waits longer instead.
+async fn reply_overdue(orch: &Orchestrator, step: saga::Step, now: DateTime<Utc>) -> Input {
+    let ping = tokio::time::timeout(PING_TIMEOUT, orch.inner.transport.ping()).await;
+    match ping.unwrap_or(Err(TransportError::Timeout("broker ping"))) {
+        Ok(()) => Input::ReplyTimedOut { step },
+        Err(e) => {
+            tracing::warn!(error = %e, "reply deadline passed with the broker unreachable; waiting longer");
+            Input::BrokerUnreachable {
+                step,
+                until: saga::later(now, orch.inner.config.step_timeout),
+            }
+        }
     }
 }
 
