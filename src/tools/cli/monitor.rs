@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::telemetry;
 use crate::tools::monitor::{
-    self, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap, TapError,
+    self, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap, TapError, Tapped,
 };
 use clap::Args;
 
@@ -94,68 +94,96 @@ pub async fn run(cmd: &MonitorCmd, settings: &Settings) -> anyhow::Result<ExitCo
             "from now"
         },
     );
-    let kinds: HashMap<&str, ChannelKind> = channels
-        .iter()
-        .map(|c| (c.as_str(), ChannelKind::of(c, &settings.broker.channels)))
-        .collect();
-    let mut printer = Printer::new(style, cmd.group_by, &channels);
-    let mut shown: u64 = 0;
+    let mut output = Output {
+        kinds: channels
+            .iter()
+            .map(|c| (c.as_str(), ChannelKind::of(c, &settings.broker.channels)))
+            .collect(),
+        max_message_bytes: settings.limits.max_message_bytes,
+        filter,
+        printer: Printer::new(style, cmd.group_by, &channels),
+        limit: cmd.limit,
+        shown: 0,
+    };
+    follow(&mut tap, &mut output).await?;
+    tap.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what `tap` reads until Ctrl-C / SIGTERM, `--limit` or a closed
+/// standard output. The broker going away is not the end: it is said once
+/// per attempt and retried, keeping the positions read so far. Only a
+/// closed tap is an error.
+async fn follow(tap: &mut Tap, output: &mut Output<'_>) -> Result<(), TapError> {
     let mut failures: u32 = 0;
     let shutdown = crate::startup::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let batch = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => return Ok(()),
             batch = tap.next_batch() => batch,
         };
-        let batch = match batch {
+        match batch {
             Ok(batch) => {
                 failures = 0;
-                batch
+                if !output.print(batch) {
+                    return Ok(());
+                }
             }
-            Err(TapError::Closed) => return Err(TapError::Closed.into()),
+            Err(TapError::Closed) => return Err(TapError::Closed),
             Err(e) => {
-                // The broker went away: say so once per attempt and keep
-                // trying; the positions read so far are kept.
                 failures += 1;
                 eprintln!("monitor: {e} (retrying)");
                 let wait = Duration::from_millis(250 << failures.min(4));
                 tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(wait) => continue,
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
-        };
+        }
+    }
+}
+
+/// Which messages are shown and how; counts them against `--limit`.
+struct Output<'a> {
+    kinds: HashMap<&'a str, ChannelKind>,
+    max_message_bytes: usize,
+    filter: Filter,
+    printer: Printer,
+    limit: Option<u64>,
+    shown: u64,
+}
+
+impl Output<'_> {
+    /// Prints the matching messages of `batch` to standard output.
+    /// `false`: stop, `--limit` is reached or the reader went away.
+    fn print(&mut self, batch: Vec<Tapped>) -> bool {
         let mut out = std::io::stdout().lock();
         for tapped in batch {
-            let kind = kinds
+            let kind = self
+                .kinds
                 .get(tapped.channel.as_str())
                 .copied()
                 .unwrap_or(ChannelKind::Other);
-            let observed = Observed::parse(&tapped, kind, settings.limits.max_message_bytes);
-            if !filter.matches(&observed) {
+            let observed = Observed::parse(&tapped, kind, self.max_message_bytes);
+            if !self.filter.matches(&observed) {
                 continue;
             }
-            for line in printer.lines(&observed) {
+            for line in self.printer.lines(&observed) {
                 // The reader went away (`| head`): done, not an error.
                 if writeln!(out, "{line}").is_err() {
-                    drop(out);
-                    tap.close().await;
-                    return Ok(ExitCode::SUCCESS);
+                    return false;
                 }
             }
-            shown += 1;
-            if cmd.limit.is_some_and(|limit| shown >= limit) {
+            self.shown += 1;
+            if self.limit.is_some_and(|limit| self.shown >= limit) {
                 let _ = out.flush();
-                drop(out);
-                tap.close().await;
-                return Ok(ExitCode::SUCCESS);
+                return false;
             }
         }
         let _ = out.flush();
+        true
     }
-    tap.close().await;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The channels asked for, each once, in the order given; or all of them.
