@@ -89,48 +89,7 @@ impl SagaStore for PostgresStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        // In a stable order, so two batches that share partners (or
-        // events) wait on each other's rows instead of deadlocking.
-        let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
-        ordered.sort_by(|a, b| {
-            (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
-        });
-        let cols = SagaColumns::from(ordered.as_slice());
-        let inserted: HashMap<String, Uuid> = sqlx::query(
-            "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
-                alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-                next_attempt_at, lease_owner, lease_until, version) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                $7::int4[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::timestamptz[], \
-                $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
-                $17::timestamptz[], $18::int4[]) \
-             ON CONFLICT DO NOTHING \
-             RETURNING event_id, saga_id",
-        )
-        .bind(cols.saga_id)
-        .bind(cols.event_id)
-        .bind(cols.correlation_id)
-        .bind(cols.partner_id)
-        .bind(cols.state)
-        .bind(cols.step)
-        .bind(cols.attempts)
-        .bind(cols.alliance_id)
-        .bind(cols.last_error)
-        .bind(cols.payload)
-        .bind(cols.traceparent)
-        .bind(cols.created_at)
-        .bind(cols.updated_at)
-        .bind(cols.deadline_at)
-        .bind(cols.next_attempt_at)
-        .bind(cols.lease_owner)
-        .bind(cols.lease_until)
-        .bind(cols.version)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-
+        let inserted = insert_sagas(&mut tx, sagas).await?;
         let owners = existing_owners(&mut tx, sagas, &inserted).await?;
 
         let is_new = |n: &NewSaga| inserted.get(&n.saga.event_id) == Some(&n.saga.saga_id);
@@ -150,18 +109,7 @@ impl SagaStore for PostgresStore {
                 if is_new(n) {
                     Ok(Created::New(n.saga.saga_id))
                 } else {
-                    owners
-                        .by_event
-                        .get(&n.saga.event_id)
-                        .or_else(|| owners.by_partner.get(&n.saga.partner_id))
-                        .map(|id| Created::Duplicate(*id))
-                        .ok_or_else(|| StoreError::Corrupt {
-                            saga_id: n.saga.saga_id,
-                            problem: format!(
-                                "event {} neither inserted nor found by event or partner",
-                                n.saga.event_id
-                            ),
-                        })
+                    owners.duplicate(n)
                 }
             })
             .collect()
@@ -405,11 +353,79 @@ impl SagaStore for PostgresStore {
     }
 }
 
+/// Inserts the saga rows of a batch in one statement; returns the
+/// `event_id` and `saga_id` of each row inserted (the others met an
+/// existing saga: the same event, or a live one of the same partner).
+async fn insert_sagas(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sagas: &[NewSaga],
+) -> Result<HashMap<String, Uuid>, StoreError> {
+    // In a stable order, so two batches that share partners (or
+    // events) wait on each other's rows instead of deadlocking.
+    let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
+    ordered.sort_by(|a, b| {
+        (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
+    });
+    let cols = SagaColumns::from(ordered.as_slice());
+    Ok(sqlx::query(
+        "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+            alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
+            next_attempt_at, lease_owner, lease_until, version) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+            $7::int4[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::timestamptz[], \
+            $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
+            $17::timestamptz[], $18::int4[]) \
+         ON CONFLICT DO NOTHING \
+         RETURNING event_id, saga_id",
+    )
+    .bind(cols.saga_id)
+    .bind(cols.event_id)
+    .bind(cols.correlation_id)
+    .bind(cols.partner_id)
+    .bind(cols.state)
+    .bind(cols.step)
+    .bind(cols.attempts)
+    .bind(cols.alliance_id)
+    .bind(cols.last_error)
+    .bind(cols.payload)
+    .bind(cols.traceparent)
+    .bind(cols.created_at)
+    .bind(cols.updated_at)
+    .bind(cols.deadline_at)
+    .bind(cols.next_attempt_at)
+    .bind(cols.lease_owner)
+    .bind(cols.lease_until)
+    .bind(cols.version)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
+    .collect::<Result<_, sqlx::Error>>()?)
+}
+
 /// The sagas that kept some of a batch from being inserted: the same
 /// `event_id`, or another saga of the same partner that is not compensated.
 struct Owners {
     by_event: HashMap<String, Uuid>,
     by_partner: HashMap<String, Uuid>,
+}
+
+impl Owners {
+    /// The saga that kept `new` out: the one of its event, else the live
+    /// one of its partner.
+    fn duplicate(&self, new: &NewSaga) -> Result<Created, StoreError> {
+        self.by_event
+            .get(&new.saga.event_id)
+            .or_else(|| self.by_partner.get(&new.saga.partner_id))
+            .map(|id| Created::Duplicate(*id))
+            .ok_or_else(|| StoreError::Corrupt {
+                saga_id: new.saga.saga_id,
+                problem: format!(
+                    "event {} neither inserted nor found by event or partner",
+                    new.saga.event_id
+                ),
+            })
+    }
 }
 
 async fn existing_owners(
@@ -429,31 +445,36 @@ async fn existing_owners(
         return Ok(owners);
     }
     let events: Vec<&str> = missing.iter().map(|n| n.saga.event_id.as_str()).collect();
-    for row in sqlx::query("SELECT event_id, saga_id FROM sagas WHERE event_id = ANY($1)")
-        .bind(&events)
-        .fetch_all(&mut **tx)
-        .await?
-    {
-        owners
-            .by_event
-            .insert(row.try_get("event_id")?, row.try_get("saga_id")?);
-    }
+    owners.by_event.extend(
+        saga_ids_by(
+            tx,
+            "SELECT event_id, saga_id FROM sagas WHERE event_id = ANY($1)",
+            &events,
+        )
+        .await?,
+    );
     // Within the batch, the first of two events for one partner was just
     // inserted: the partner query below finds it too.
     let partners: Vec<&str> = missing.iter().map(|n| n.saga.partner_id.as_str()).collect();
-    for row in sqlx::query(
-        "SELECT partner_id, saga_id FROM sagas \
-         WHERE partner_id = ANY($1) AND state <> 'compensated'",
-    )
-    .bind(&partners)
-    .fetch_all(&mut **tx)
-    .await?
-    {
-        owners
-            .by_partner
-            .insert(row.try_get("partner_id")?, row.try_get("saga_id")?);
-    }
+    owners.by_partner.extend(
+        saga_ids_by(
+            tx,
+            "SELECT partner_id, saga_id FROM sagas \
+             WHERE partner_id = ANY($1) AND state <> 'compensated'",
+            &partners,
+        )
+        .await?,
+    );
     Ok(owners)
+}
+
+/// The `(key, saga_id)` pairs `sql` selects for `keys`, bound as `$1`.
+async fn saga_ids_by(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sql: &str,
+    keys: &[&str],
+) -> Result<Vec<(String, Uuid)>, StoreError> {
+    Ok(sqlx::query_as(sql).bind(keys).fetch_all(&mut **tx).await?)
 }
 
 /// Column arrays for one multi-row `UNNEST` insert of sagas.
