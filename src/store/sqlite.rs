@@ -101,35 +101,7 @@ impl SagaStore for SqliteStore {
         let mut created = Vec::with_capacity(sagas.len());
         for new in sagas {
             let s = &new.saga;
-            let inserted = sqlx::query(
-                "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
-                    alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-                    next_attempt_at, lease_owner, lease_until, version) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(s.saga_id.to_string())
-            .bind(&s.event_id)
-            .bind(&s.correlation_id)
-            .bind(&s.partner_id)
-            .bind(s.state.as_str())
-            .bind(s.step.as_str())
-            .bind(attempts_i32(s.attempts))
-            .bind(&s.alliance_id)
-            .bind(&s.last_error)
-            .bind(Value::Object(s.payload.clone()).to_string())
-            .bind(&s.traceparent)
-            .bind(micros(s.created_at))
-            .bind(micros(s.updated_at))
-            .bind(micros(s.deadline_at))
-            .bind(s.next_attempt_at.map(micros))
-            .bind(new.lease.as_ref().map(|l| l.owner.as_str()))
-            .bind(new.lease.as_ref().map(|l| micros(l.until)))
-            .bind(s.version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
+            if insert_saga(&mut tx, new).await? {
                 for h in &new.history {
                     insert_history(&mut tx, s.saga_id, h).await?;
                 }
@@ -138,20 +110,7 @@ impl SagaStore for SqliteStore {
                 }
                 created.push(Created::New(s.saga_id));
             } else {
-                // The same event, or another saga of this partner that is
-                // not compensated (see migrations/postgres/0003).
-                let existing: String = sqlx::query_scalar(
-                    "SELECT saga_id FROM ( \
-                        SELECT saga_id, 0 AS rank FROM sagas WHERE event_id = ? \
-                        UNION ALL SELECT saga_id, 1 AS rank FROM sagas \
-                            WHERE partner_id = ? AND state <> 'compensated') \
-                     ORDER BY rank LIMIT 1",
-                )
-                .bind(&s.event_id)
-                .bind(&s.partner_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                created.push(Created::Duplicate(parse_uuid(&existing)?));
+                created.push(Created::Duplicate(existing_saga(&mut tx, s).await?));
             }
         }
         tx.commit().await?;
@@ -418,6 +377,58 @@ impl SagaStore for SqliteStore {
             .fetch_one(&self.pool)
             .await?)
     }
+}
+
+/// Inserts the saga row of `new`; `false` when an existing saga kept it
+/// out (see [`existing_saga`]).
+async fn insert_saga(tx: &mut Transaction<'_, Sqlite>, new: &NewSaga) -> Result<bool, StoreError> {
+    let s = &new.saga;
+    let inserted = sqlx::query(
+        "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
+            alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
+            next_attempt_at, lease_owner, lease_until, version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(s.saga_id.to_string())
+    .bind(&s.event_id)
+    .bind(&s.correlation_id)
+    .bind(&s.partner_id)
+    .bind(s.state.as_str())
+    .bind(s.step.as_str())
+    .bind(attempts_i32(s.attempts))
+    .bind(&s.alliance_id)
+    .bind(&s.last_error)
+    .bind(Value::Object(s.payload.clone()).to_string())
+    .bind(&s.traceparent)
+    .bind(micros(s.created_at))
+    .bind(micros(s.updated_at))
+    .bind(micros(s.deadline_at))
+    .bind(s.next_attempt_at.map(micros))
+    .bind(new.lease.as_ref().map(|l| l.owner.as_str()))
+    .bind(new.lease.as_ref().map(|l| micros(l.until)))
+    .bind(s.version)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The saga that kept `s` out: the same event, or another saga of this
+/// partner that is not compensated (see migrations/postgres/0003).
+async fn existing_saga(tx: &mut Transaction<'_, Sqlite>, s: &Saga) -> Result<Uuid, StoreError> {
+    let existing: String = sqlx::query_scalar(
+        "SELECT saga_id FROM ( \
+            SELECT saga_id, 0 AS rank FROM sagas WHERE event_id = ? \
+            UNION ALL SELECT saga_id, 1 AS rank FROM sagas \
+                WHERE partner_id = ? AND state <> 'compensated') \
+         ORDER BY rank LIMIT 1",
+    )
+    .bind(&s.event_id)
+    .bind(&s.partner_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    parse_uuid(&existing)
 }
 
 async fn insert_history(
