@@ -6,6 +6,7 @@
 //! each atomically, refusing a transition whose `expected_version` is stale.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::time::Duration;

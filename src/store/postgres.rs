@@ -18,20 +18,18 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::rows::{
+    history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE, SAGA_COLUMNS,
+};
 use super::{
-    attempts_i32, parse_state, parse_step, payload_object, read_claimed_bytes, stored_message,
-    Created, ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
-    TransitionWrite,
+    attempts_i32, payload_object, read_claimed_bytes, stored_message, Created, ListQuery, NewSaga,
+    OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
-    alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-    next_attempt_at, awaiting_reply, version";
 
 /// [`SAGA_COLUMNS`] without the payload (up to `MAX_MESSAGE_BYTES` each),
 /// which listings do not show: an empty object stands in for it.
@@ -148,18 +146,7 @@ impl SagaStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                let from: Option<String> = row.try_get("from_state")?;
-                let to: String = row.try_get("to_state")?;
-                Ok(HistoryEntry {
-                    seq: row.try_get("seq")?,
-                    from_state: from.map(|f| parse_state(saga_id, &f)).transpose()?,
-                    to_state: parse_state(saga_id, &to)?,
-                    reason: row.try_get("reason")?,
-                    detail: row.try_get("detail")?,
-                    at: row.try_get("at")?,
-                })
-            })
+            .map(|row| history_entry(row, saga_id, row.try_get("at")?))
             .collect()
     }
 
@@ -211,15 +198,8 @@ impl SagaStore for PostgresStore {
     }
 
     async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT state, count(*) AS n FROM sagas GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok((parse_state(Uuid::nil(), &state)?, row.try_get("n")?))
-            })
-            .collect()
+        let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
+        rows.iter().map(state_count).collect()
     }
 
     async fn claim_outbox(
@@ -650,27 +630,13 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
 
 fn saga_from_row(row: &PgRow) -> Result<Saga, StoreError> {
     let saga_id: Uuid = row.try_get("saga_id")?;
-    let state: String = row.try_get("state")?;
-    let step: String = row.try_get("step")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    let payload = payload_object(saga_id, row.try_get::<Value, _>("payload")?)?;
-    Ok(Saga {
+    let own = DialectFields {
         saga_id,
-        event_id: row.try_get("event_id")?,
-        correlation_id: row.try_get("correlation_id")?,
-        partner_id: row.try_get("partner_id")?,
-        state: parse_state(saga_id, &state)?,
-        step: parse_step(saga_id, &step)?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        alliance_id: row.try_get("alliance_id")?,
-        last_error: row.try_get("last_error")?,
-        payload,
+        payload: payload_object(saga_id, row.try_get::<Value, _>("payload")?)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         deadline_at: row.try_get("deadline_at")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
-        traceparent: row.try_get("traceparent")?,
-        awaiting_reply: row.try_get("awaiting_reply")?,
-        version: row.try_get("version")?,
-    })
+    };
+    saga_from(row, own)
 }

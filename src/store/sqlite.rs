@@ -18,18 +18,16 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::rows::{
+    history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE, SAGA_COLUMNS,
+};
 use super::{
-    attempts_i32, parse_state, parse_step, payload_object, read_claimed_bytes, stored_message,
-    Created, ListQuery, NewSaga, OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError,
-    TransitionWrite,
+    attempts_i32, payload_object, read_claimed_bytes, stored_message, Created, ListQuery, NewSaga,
+    OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-const SAGA_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
-    alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-    next_attempt_at, awaiting_reply, version";
 
 /// [`SAGA_COLUMNS`] without the payload (up to `MAX_MESSAGE_BYTES` each),
 /// which listings do not show: an empty object stands in for it.
@@ -180,18 +178,7 @@ impl SagaStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                let from: Option<String> = row.try_get("from_state")?;
-                let to: String = row.try_get("to_state")?;
-                Ok(HistoryEntry {
-                    seq: row.try_get("seq")?,
-                    from_state: from.map(|f| parse_state(saga_id, &f)).transpose()?,
-                    to_state: parse_state(saga_id, &to)?,
-                    reason: row.try_get("reason")?,
-                    detail: row.try_get("detail")?,
-                    at: time(saga_id, row.try_get("at")?)?,
-                })
-            })
+            .map(|row| history_entry(row, saga_id, time(saga_id, row.try_get("at")?)?))
             .collect()
     }
 
@@ -245,15 +232,8 @@ impl SagaStore for SqliteStore {
     }
 
     async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT state, count(*) AS n FROM sagas GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok((parse_state(Uuid::nil(), &state)?, row.try_get("n")?))
-            })
-            .collect()
+        let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
+        rows.iter().map(state_count).collect()
     }
 
     async fn claim_outbox(
@@ -489,9 +469,6 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
 
 fn saga_from_row(row: &SqliteRow) -> Result<Saga, StoreError> {
     let saga_id = parse_uuid(&row.try_get::<String, _>("saga_id")?)?;
-    let state: String = row.try_get("state")?;
-    let step: String = row.try_get("step")?;
-    let attempts: i32 = row.try_get("attempts")?;
     let payload_text: String = row.try_get("payload")?;
     let payload_value: Value =
         serde_json::from_str(&payload_text).map_err(|e| StoreError::Corrupt {
@@ -499,23 +476,13 @@ fn saga_from_row(row: &SqliteRow) -> Result<Saga, StoreError> {
             problem: format!("payload: {e}"),
         })?;
     let next: Option<i64> = row.try_get("next_attempt_at")?;
-    Ok(Saga {
+    let own = DialectFields {
         saga_id,
-        event_id: row.try_get("event_id")?,
-        correlation_id: row.try_get("correlation_id")?,
-        partner_id: row.try_get("partner_id")?,
-        state: parse_state(saga_id, &state)?,
-        step: parse_step(saga_id, &step)?,
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        alliance_id: row.try_get("alliance_id")?,
-        last_error: row.try_get("last_error")?,
         payload: payload_object(saga_id, payload_value)?,
         created_at: time(saga_id, row.try_get("created_at")?)?,
         updated_at: time(saga_id, row.try_get("updated_at")?)?,
         deadline_at: time(saga_id, row.try_get("deadline_at")?)?,
         next_attempt_at: next.map(|v| time(saga_id, v)).transpose()?,
-        traceparent: row.try_get("traceparent")?,
-        awaiting_reply: row.try_get("awaiting_reply")?,
-        version: row.try_get("version")?,
-    })
+    };
+    saga_from(row, own)
 }
