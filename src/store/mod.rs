@@ -269,9 +269,18 @@ pub(crate) fn stored_message(message: &OutboxMessage) -> Value {
     body
 }
 
-/// Reads one claimed row back (what [`stored_message`] wrote, or failed
-/// to be read as JSON) into `claim`: a message, or a fault saying why it
-/// is none.
+/// The claimed rows, `(id, channel, message as stored)`, read back oldest
+/// first, each as [`read_claimed_bytes`] reads it.
+pub(crate) fn read_claim(rows: impl IntoIterator<Item = (i64, String, Vec<u8>)>) -> OutboxClaim {
+    let mut claim = OutboxClaim::default();
+    for (id, channel, message) in rows {
+        read_claimed_bytes(&mut claim, id, channel, &message);
+    }
+    claim.messages.sort_by_key(|m| m.id);
+    claim.unreadable.sort_by_key(|f| f.id);
+    claim
+}
+
 /// A claimed row's message as the bytes stored: text that is not UTF-8 or
 /// not JSON (a hand edit, another writer, a number serde cannot hold) makes
 /// that one row unreadable, never the whole claim.
@@ -282,6 +291,9 @@ pub(crate) fn read_claimed_bytes(claim: &mut OutboxClaim, id: i64, channel: Stri
     read_claimed(claim, id, channel, message);
 }
 
+/// Reads one claimed row back (what [`stored_message`] wrote, or failed
+/// to be read as JSON) into `claim`: a message, or a fault saying why it
+/// is none.
 pub(crate) fn read_claimed(
     claim: &mut OutboxClaim,
     id: i64,

@@ -22,7 +22,7 @@ use super::rows::{
     history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE, SAGA_COLUMNS,
 };
 use super::{
-    attempts_i32, payload_object, read_claimed_bytes, stored_message, Created, ListQuery, NewSaga,
+    attempts_i32, payload_object, read_claim, stored_message, Created, ListQuery, NewSaga,
     OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
@@ -209,7 +209,9 @@ impl SagaStore for PostgresStore {
         lease: Duration,
         limit: u32,
     ) -> Result<OutboxClaim, StoreError> {
-        let rows = sqlx::query(
+        // The message as text: a jsonb value serde cannot read (a number
+        // out of its range, say) must fail its own row, not every claim.
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
              WHERE id IN ( \
                 SELECT id FROM outbox \
@@ -224,21 +226,7 @@ impl SagaStore for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut claim = OutboxClaim::default();
-        for row in &rows {
-            // As text: a jsonb value serde cannot read (a number out of its
-            // range, say) must fail its own row, not every claim.
-            let message: Vec<u8> = row.try_get("message")?;
-            read_claimed_bytes(
-                &mut claim,
-                row.try_get("id")?,
-                row.try_get("channel")?,
-                &message,
-            );
-        }
-        claim.messages.sort_by_key(|m| m.id);
-        claim.unreadable.sort_by_key(|f| f.id);
-        Ok(claim)
+        Ok(read_claim(rows))
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use super::rows::{
     history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE, SAGA_COLUMNS,
 };
 use super::{
-    attempts_i32, payload_object, read_claimed_bytes, stored_message, Created, ListQuery, NewSaga,
+    attempts_i32, payload_object, read_claim, stored_message, Created, ListQuery, NewSaga,
     OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
@@ -243,7 +243,9 @@ impl SagaStore for SqliteStore {
         lease: Duration,
         limit: u32,
     ) -> Result<OutboxClaim, StoreError> {
-        let rows = sqlx::query(
+        // As bytes: it may not even be text (a hand edit, another
+        // writer), and that must fail its own row, not every claim.
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
             "UPDATE outbox SET claimed_by = ?, claimed_until = ? \
              WHERE id IN ( \
                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ? ORDER BY id LIMIT ?) \
@@ -255,22 +257,9 @@ impl SagaStore for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut claim = OutboxClaim::default();
-        for row in &rows {
-            // As bytes: it may not even be text (a hand edit, another
-            // writer), and that must fail its own row, not every claim.
-            let message: Vec<u8> = row.try_get("message")?;
-            let channel: Vec<u8> = row.try_get("channel")?;
-            read_claimed_bytes(
-                &mut claim,
-                row.try_get("id")?,
-                String::from_utf8_lossy(&channel).into_owned(),
-                &message,
-            );
-        }
-        claim.messages.sort_by_key(|m| m.id);
-        claim.unreadable.sort_by_key(|f| f.id);
-        Ok(claim)
+        Ok(read_claim(rows.into_iter().map(
+            |(id, channel, message)| (id, String::from_utf8_lossy(&channel).into_owned(), message),
+        )))
     }
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
