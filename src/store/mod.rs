@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 pub use postgres::PostgresStore;
@@ -152,6 +153,38 @@ pub struct ListQuery {
     /// Only sagas older than this one (the previous page's last).
     pub before: Option<Uuid>,
     pub limit: u32,
+}
+
+impl ListQuery {
+    /// Adds the filters, newest-first order and page size to `qb`, a select
+    /// from `sagas` whose `WHERE` clause is open; `saga_id` binds an id as
+    /// the dialect stores it.
+    pub(crate) fn push_onto<'a, DB, Id>(
+        &'a self,
+        qb: &mut QueryBuilder<'a, DB>,
+        saga_id: impl Fn(Uuid) -> Id,
+    ) where
+        DB: sqlx::Database,
+        &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        Id: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    {
+        if let Some(state) = self.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(partner) = &self.partner_id {
+            qb.push(" AND partner_id = ").push_bind(partner.as_str());
+        }
+        if let Some(correlation) = &self.correlation_id {
+            qb.push(" AND correlation_id = ")
+                .push_bind(correlation.as_str());
+        }
+        if let Some(before) = self.before {
+            qb.push(" AND saga_id < ").push_bind(saga_id(before));
+        }
+        qb.push(" ORDER BY saga_id DESC LIMIT ")
+            .push_bind(i64::from(self.limit));
+    }
 }
 
 /// Where sagas, their history and the outbox live.

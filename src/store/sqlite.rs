@@ -185,21 +185,7 @@ impl SagaStore for SqliteStore {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("SELECT {LIST_COLUMNS} FROM sagas WHERE 1 = 1"));
-        if let Some(state) = query.state {
-            qb.push(" AND state = ").push_bind(state.as_str());
-        }
-        if let Some(partner) = &query.partner_id {
-            qb.push(" AND partner_id = ").push_bind(partner.clone());
-        }
-        if let Some(correlation) = &query.correlation_id {
-            qb.push(" AND correlation_id = ")
-                .push_bind(correlation.clone());
-        }
-        if let Some(before) = query.before {
-            qb.push(" AND saga_id < ").push_bind(before.to_string());
-        }
-        qb.push(" ORDER BY saga_id DESC LIMIT ")
-            .push_bind(i64::from(query.limit));
+        query.push_onto(&mut qb, |id| id.to_string());
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(saga_from_row).collect()
     }
