@@ -274,11 +274,8 @@ fn round_trip(
                 ..keep(saga)
             })
         }
-        (AwaitingAlliance, Input::ReplyTimedOut { step }) if awaiting(step) => {
-            Some(alliance_attempt_failed(saga, no_reply, None, policy, now))
-        }
-        (Compensating, Input::ReplyTimedOut { step }) if awaiting(step) => {
-            Some(deletion_attempt_failed(saga, no_reply, None, policy, now))
+        (AwaitingAlliance | Compensating, Input::ReplyTimedOut { step }) if awaiting(step) => {
+            Some(attempt_failed(saga, no_reply, None, policy, now))
         }
         _ => None,
     }
@@ -360,13 +357,7 @@ fn forward(
             step,
             error,
             retry_after,
-        } if on_step(step) => Some(alliance_attempt_failed(
-            saga,
-            error,
-            *retry_after,
-            policy,
-            now,
-        )),
+        } if on_step(step) => Some(attempt_failed(saga, error, *retry_after, policy, now)),
         Input::DeadlinePassed => {
             let detail = format!(
                 "deadline {} passed",
@@ -420,44 +411,6 @@ fn alliance_created(
     }
 }
 
-/// A transient failure creating the alliance: try again, unless the
-/// retries are spent or the next attempt would come after the deadline;
-/// then compensate.
-fn alliance_attempt_failed(
-    saga: &Saga,
-    error: &str,
-    retry_after: Option<Duration>,
-    policy: &RetryPolicy,
-    now: DateTime<Utc>,
-) -> Decision {
-    if !policy.allows_another(saga.attempts) {
-        let failed = step_failed(saga, error, None);
-        let detail = format!("{} attempts: {error}", saga.attempts);
-        return compensate(
-            policy,
-            saga,
-            now,
-            Reason::RetriesExhausted,
-            &detail,
-            vec![failed],
-        );
-    }
-    let at = retry_at(saga, policy, retry_after, now);
-    if at > saga.deadline_at {
-        let failed = step_failed(saga, error, None);
-        let detail = format!("next attempt would pass the deadline: {error}");
-        return compensate(
-            policy,
-            saga,
-            now,
-            Reason::DeadlinePassed,
-            &detail,
-            vec![failed],
-        );
-    }
-    retry(saga, error, at)
-}
-
 /// Compensating: the partner deletion's outcome, or its deadline passing;
 /// and, compensating or done, a step that finished after the saga stopped
 /// waiting for it. `None`: the input does not apply.
@@ -487,15 +440,9 @@ fn compensation(
             step,
             error,
             retry_after,
-        } if compensating_on(step) => Some(deletion_attempt_failed(
-            saga,
-            error,
-            *retry_after,
-            policy,
-            now,
-        )),
+        } if compensating_on(step) => Some(attempt_failed(saga, error, *retry_after, policy, now)),
         Input::StepRejected { step, error } if compensating_on(step) => {
-            Some(deletion_attempt_failed(saga, error, None, policy, now))
+            Some(attempt_failed(saga, error, None, policy, now))
         }
         Input::DeadlinePassed if saga.state == Compensating => {
             let error = format!(
@@ -539,27 +486,69 @@ fn partner_deleted(saga: &Saga, step: Step) -> Decision {
     }
 }
 
-/// Deleting the partner failed: try again, unless the retries are spent or
-/// the next attempt would come after the compensation deadline; then park.
-fn deletion_attempt_failed(
+/// A failed attempt at the step. It is tried again while the policy allows
+/// and the next attempt comes within the phase's deadline: compensation
+/// keeps trying past the forward deadline (the partner must go), but not
+/// past its own. After the last attempt a forward saga compensates and a
+/// compensating one is parked.
+fn attempt_failed(
     saga: &Saga,
     error: &str,
     retry_after: Option<Duration>,
     policy: &RetryPolicy,
     now: DateTime<Utc>,
 ) -> Decision {
+    use LastAttempt::*;
+    let last = match next_attempt(saga, policy, retry_after, now) {
+        Ok(at) => return retry(saga, error, at),
+        Err(last) => last,
+    };
+    let spent = || format!("{} attempts: {error}", saga.attempts);
+    let compensate_now = |reason, detail: &str| {
+        let failed = step_failed(saga, error, None);
+        compensate(policy, saga, now, reason, detail, vec![failed])
+    };
+    match (saga.state, last) {
+        (SagaState::Compensating, RetriesSpent) => {
+            park(saga, Reason::CompensationExhausted, error, spent())
+        }
+        (SagaState::Compensating, PastDeadline) => {
+            let detail = format!("next attempt would pass the compensation deadline: {error}");
+            park(saga, Reason::CompensationDeadlinePassed, error, detail)
+        }
+        (_, RetriesSpent) => compensate_now(Reason::RetriesExhausted, &spent()),
+        (_, PastDeadline) => compensate_now(
+            Reason::DeadlinePassed,
+            &format!("next attempt would pass the deadline: {error}"),
+        ),
+    }
+}
+
+/// Why a failed attempt was the step's last.
+#[derive(Debug, Clone, Copy)]
+enum LastAttempt {
+    /// The policy allows no more attempts.
+    RetriesSpent,
+    /// The next one would come after the phase's deadline.
+    PastDeadline,
+}
+
+/// When to try the step again after a failed attempt, or why not.
+fn next_attempt(
+    saga: &Saga,
+    policy: &RetryPolicy,
+    retry_after: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, LastAttempt> {
     if !policy.allows_another(saga.attempts) {
-        let detail = format!("{} attempts: {error}", saga.attempts);
-        return park(saga, Reason::CompensationExhausted, error, detail);
+        return Err(LastAttempt::RetriesSpent);
     }
-    // Compensation keeps trying past the forward deadline (the
-    // partner must go), but not past its own.
-    let at = retry_at(saga, policy, retry_after, now);
+    let delay = policy.delay(saga.attempts, saga.saga_id, retry_after);
+    let at = super::later(now, delay);
     if at > saga.deadline_at {
-        let detail = format!("next attempt would pass the compensation deadline: {error}");
-        return park(saga, Reason::CompensationDeadlinePassed, error, detail);
+        return Err(LastAttempt::PastDeadline);
     }
-    retry(saga, error, at)
+    Ok(at)
 }
 
 /// A participant's reply. A final one settles the attempt it answers; a
@@ -802,16 +791,6 @@ fn retry(saga: &Saga, error: &str, at: DateTime<Utc>) -> Decision {
         },
         ..keep(saga)
     }
-}
-
-fn retry_at(
-    saga: &Saga,
-    policy: &RetryPolicy,
-    retry_after: Option<Duration>,
-    now: DateTime<Utc>,
-) -> DateTime<Utc> {
-    let delay = policy.delay(saga.attempts, saga.saga_id, retry_after);
-    super::later(now, delay)
 }
 
 fn step_failed(saga: &Saga, error: &str, retry_at: Option<DateTime<Utc>>) -> SagaEvent {
