@@ -562,7 +562,11 @@ impl Orchestrator {
             .map(|event| {
                 let mut payload = event.payload.clone();
                 payload.insert("state".into(), Value::from(saga.state.as_str()));
-                payload.insert("step".into(), Value::from(saga.step.as_str()));
+                // An event about a step (a failed attempt) keeps that step;
+                // the others name the step the saga is on now.
+                payload
+                    .entry("step")
+                    .or_insert_with(|| Value::from(saga.step.as_str()));
                 let mut envelope = Envelope::new(
                     event.event_type,
                     saga.correlation_id.clone(),

@@ -2,13 +2,13 @@
 //! to the (mocked) participants out, states read through the API.
 
 use serde_json::json;
-use wiremock::matchers::{header, method, path, path_regex};
+use wiremock::matchers::{body_partial_json, header, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::broker::partner_created;
 use crate::helpers::{
     alliance_created, mocks, on_create_alliance, on_delete_partner, partner, spawn_app,
-    spawn_app_with, states, TestConfig,
+    spawn_app_with, states, TestApp, TestConfig,
 };
 
 #[tokio::test]
@@ -384,4 +384,115 @@ async fn a_traceparent_sent_with_the_event_reaches_the_participant() {
             .is_some_and(|tp| tp.contains(trace_id)),
         "{events:?}"
     );
+}
+
+/// The saga's events on `saga-events`, in order, as (type, payload).
+async fn saga_events_of(
+    app: &TestApp,
+    saga: &serde_json::Value,
+    n: usize,
+) -> Vec<(String, serde_json::Value)> {
+    let saga_id = saga["saga_id"].as_str().unwrap().to_string();
+    app.wait_for_entries(&app.channels.saga_events, n, |e| {
+        e.get("saga_id") == Some(&saga_id)
+    })
+    .await
+    .iter()
+    .map(|e| {
+        let payload = serde_json::from_str(&e["payload"]).unwrap();
+        (e["event_type"].clone(), payload)
+    })
+    .collect()
+}
+
+/// Each event's (type, step, attempt, will_retry), `-` where it has none.
+fn steps(events: &[(String, serde_json::Value)]) -> Vec<String> {
+    let field = |p: &serde_json::Value, k: &str| match &p[k] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    events
+        .iter()
+        .map(|(kind, p)| {
+            format!(
+                "{kind} {} {} {}",
+                field(p, "step"),
+                field(p, "attempt"),
+                field(p, "will_retry")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_saga_event_names_the_step_and_attempt_it_is_about() {
+    let (alliances, integrations) = mocks().await;
+    let rejected = partner();
+    let flaky = partner();
+    let undeletable = partner();
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({ "partner_id": rejected })))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"error": "no"})))
+        .mount(&alliances)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({ "partner_id": flaky })))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&alliances)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({ "partner_id": flaky })))
+        .respond_with(alliance_created("a-flaky"))
+        .mount(&alliances)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({ "partner_id": undeletable })))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"error": "no"})))
+        .mount(&alliances)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(format!("/partners/{rejected}")))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&integrations)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(format!("/partners/{undeletable}")))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&integrations)
+        .await;
+    let app = spawn_app(alliances, integrations).await;
+    for p in [&rejected, &flaky, &undeletable] {
+        app.publish_partner(p, &format!("evt-{p}"), &format!("corr-{p}"))
+            .await;
+    }
+
+    let saga = app.settled(&rejected).await;
+    assert_eq!(
+        steps(&saga_events_of(&app, &saga, 5).await),
+        [
+            "SagaStarted create_alliance - -",
+            "SagaStepFailed create_alliance 1 false",
+            "SagaCompensating delete_partner - -",
+            "SagaStepSucceeded delete_partner - -",
+            "SagaCompensated delete_partner - -",
+        ]
+    );
+    let saga = app.settled(&flaky).await;
+    assert_eq!(
+        steps(&saga_events_of(&app, &saga, 4).await),
+        [
+            "SagaStarted create_alliance - -",
+            "SagaStepFailed create_alliance 1 true",
+            "SagaStepSucceeded create_alliance - -",
+            "SagaCompleted create_alliance - -",
+        ]
+    );
+    let saga = app.settled(&undeletable).await;
+    let events = steps(&saga_events_of(&app, &saga, 5).await);
+    assert_eq!(events[1], "SagaStepFailed create_alliance 1 false");
+    assert_eq!(events[2], "SagaCompensating delete_partner - -");
+    assert_eq!(events[3], "SagaStepFailed delete_partner 1 true");
+    assert_eq!(events.last().unwrap(), "SagaFailed delete_partner - -");
 }
