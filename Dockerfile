@@ -4,7 +4,7 @@
 #   docker run --rm -p 8000:8000 -e DATABASE_URL=… -e BROKER_URL=… saga-orchestrator
 #   docker run --rm saga-orchestrator simulate --alianzas-addr 0.0.0.0:8002 --integraciones-addr 0.0.0.0:8001
 #
-# Lint with scripts/lint-deploy.sh (hadolint, failure threshold: warning).
+# Lint with `make lint-deploy` (hadolint, failure threshold: warning).
 
 # ---------------------------------------------------------------------------
 # Builder. The toolchain is pinned: the locked dependencies need Rust 1.89 or
@@ -30,9 +30,11 @@ WORKDIR /build
 # workspace member's manifest must be here for `--locked` to accept the
 # lockfile; each member needs a stub target for cargo to load it (a member
 # added to the workspace needs its manifest and stubs added here too).
+# xtask (the repository's tooling) is never built here: its stub stays.
 COPY Cargo.toml Cargo.lock ./
 COPY tools/pulsar-lite-proxy/Cargo.toml tools/pulsar-lite-proxy/Cargo.toml
-RUN for member in . tools/pulsar-lite-proxy; do \
+COPY xtask/Cargo.toml xtask/Cargo.toml
+RUN for member in . tools/pulsar-lite-proxy xtask; do \
         mkdir -p "$member/src" \
         && echo 'fn main() {}' > "$member/src/main.rs" \
         && touch "$member/src/lib.rs"; \

@@ -1,0 +1,199 @@
+//! `make test`: the whole suite against private PostgreSQL, Redis and
+//! Pulsar, the integration suite twice (Redis pass, then Pulsar pass).
+
+use crate::install::{self, Dep};
+use crate::services::Services;
+use crate::{paths, process, signals};
+use anyhow::{bail, Result};
+use std::path::Path;
+use std::time::Instant;
+
+/// Tests that need no broker (store, demo), always use their own broker
+/// (broker_restart, broker_refusal) or always the suite's Redis
+/// (redis_streams): they run in the Redis pass only.
+const BROKER_FREE: &str = "test(/^store::/) | test(/^demo::/) | test(/^broker_restart::/) \
+     | test(/^broker_refusal::/) | test(/^redis_streams::/)";
+
+/// Runs it all; `args` go to the test runner (say a name filter). Returns
+/// the exit code.
+pub fn run(args: &[String]) -> Result<u8> {
+    let started = Instant::now();
+    let result = run_inner(args);
+    let code = match &result {
+        Ok(code) => *code,
+        Err(_) => signals::exit_code().unwrap_or(1),
+    };
+    let secs = started.elapsed().as_secs();
+    eprintln!(
+        "test: finished in {}m{:02}s (exit {code})",
+        secs / 60,
+        secs % 60
+    );
+    result.map(|_| code)
+}
+
+fn run_inner(args: &[String]) -> Result<u8> {
+    install::ensure(&[Dep::Protoc, Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
+    // Everything once, up front: the proxy the services need comes from the
+    // same build as the tests, so nothing is compiled twice.
+    let mut build = paths::cargo();
+    build.args(["build", "--workspace", "--all-targets"]);
+    signals::run(&mut build, "cargo build --workspace --all-targets")?;
+    let proxy = paths::binary("debug", "pulsar-lite-proxy");
+    clean_dead_runs();
+    // A state directory per run, named after us: concurrent runs (and
+    // `make test-services-up`) never share or stop each other's servers,
+    // and a later run cleans up after one that was SIGKILLed.
+    let dir = paths::dev().join(format!("test-services-{}", std::process::id()));
+    let services = Services::new(&dir, paths::env_number("TEST_SERVICES_TIMEOUT", 60)?);
+    let _stop = StopOnDrop(&services);
+    let mut env = services.start(Some(proxy))?;
+    env.push(("TEST_SERVICES_DIR".into(), dir.display().to_string()));
+    for (k, v) in &env {
+        if k.starts_with("TEST_") && k.ends_with("_URL") && !k.contains("DIRECT") {
+            eprintln!("test: {k}={v}");
+        }
+    }
+    let backtrace = std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "1".into());
+    env.push(("RUST_BACKTRACE".into(), backtrace));
+    run_suites(args, &env)
+}
+
+struct StopOnDrop<'a>(&'a Services);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.stop() {
+            eprintln!("test: stopping the test services failed: {e:#}");
+        }
+    }
+}
+
+/// `.dev/test-services-<pid>` of runs whose owner is gone (SIGKILLed:
+/// their cleanup never ran).
+fn clean_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(paths::dev()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("test-services-")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if process::gone(owner) {
+            eprintln!("test: cleaning up the services of dead run {owner}");
+            let _ = Services::new(&entry.path(), 60).stop();
+        }
+    }
+}
+
+/// Doc tests, then nextest's two passes (or cargo test's without it).
+fn run_suites(args: &[String], env: &[(String, String)]) -> Result<u8> {
+    let mut failed = false;
+    let mut step = |what: &str, cargo_args: &[&str], broker: &str| -> Result<()> {
+        let mut cmd = paths::cargo();
+        cmd.args(cargo_args)
+            .args(args)
+            .envs(env.iter().cloned())
+            .env("TEST_BROKER", broker);
+        let status = signals::status(&mut cmd)?;
+        signals::check()?;
+        if !status.success() {
+            eprintln!("test: {what} failed ({status})");
+            failed = true;
+        }
+        Ok(())
+    };
+    // Doc tests first, so the run closes on the main runner's summary.
+    // Runner flags (nextest's -E, say) would break cargo test: skipped then.
+    let has_lib = paths::root().join("src/lib.rs").is_file();
+    if has_lib && !args.iter().any(|a| a.starts_with('-')) {
+        step("doc tests", &["test", "--doc", "--no-fail-fast"], "redis")?;
+    } else if has_lib {
+        eprintln!("test: runner flags given, skipping doc tests");
+    }
+    let filter = format!("not ({BROKER_FREE})");
+    if has_nextest() {
+        eprintln!("test: unit tests, and the integration suite on Redis");
+        step(
+            "the Redis pass",
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-targets",
+                "--no-fail-fast",
+            ],
+            "redis",
+        )?;
+        eprintln!("test: the integration suite on Pulsar");
+        step(
+            "the Pulsar pass",
+            &[
+                "nextest",
+                "run",
+                "--test",
+                "it",
+                "--no-fail-fast",
+                "-E",
+                &filter,
+            ],
+            "pulsar",
+        )?;
+    } else {
+        eprintln!("test: cargo-nextest not installed, using cargo test");
+        step(
+            "the Redis pass",
+            &["test", "--workspace", "--all-targets", "--no-fail-fast"],
+            "redis",
+        )?;
+        step(
+            "the Pulsar pass",
+            &["test", "--test", "it", "--no-fail-fast"],
+            "pulsar",
+        )?;
+    }
+    Ok(u8::from(failed))
+}
+
+fn has_nextest() -> bool {
+    paths::cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `make test-services-up`: the same servers, kept in `dir` until
+/// `test-services-down`.
+pub fn services_up(dir: &Path) -> Result<()> {
+    install::ensure(&[Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
+    let with_pulsar = std::env::var("TEST_SERVICES_PULSAR").map_or(true, |v| v != "0");
+    let proxy = if with_pulsar {
+        Some(crate::pulsar::debug_proxy()?)
+    } else {
+        None
+    };
+    let services = Services::new(dir, paths::env_number("TEST_SERVICES_TIMEOUT", 60)?);
+    for (k, v) in services.start(proxy)? {
+        println!("export {k}={v}");
+    }
+    Ok(())
+}
+
+/// `make test-services-down`.
+pub fn services_down(dir: &Path) -> Result<()> {
+    Services::new(dir, 60).stop()
+}
+
+/// `cargo xtask test-services status`: exit 1 unless all run.
+pub fn services_status(dir: &Path) -> Result<()> {
+    let (text, ok) = Services::new(dir, 60).status();
+    print!("{text}");
+    if !ok {
+        bail!("not all running");
+    }
+    Ok(())
+}
