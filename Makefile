@@ -21,6 +21,7 @@ CARGO ?= cargo
 # uses its own per-run directory instead.
 TEST_SERVICES_DIR ?= .dev/test-services
 DEV_STACK := scripts/dev-stack.sh
+XTASK := $(CARGO) xtask
 
 .PHONY: help
 help: ## Show this list of targets
@@ -38,8 +39,8 @@ demo: ## Run the embedded demo: SQLite, in-memory broker, simulated participants
 	$(CARGO) run --release --quiet -- demo $(ARGS)
 
 .PHONY: test
-test: lint-deploy ## Run all tests (both brokers) against private PostgreSQL, Redis and Pulsar
-	scripts/test.sh
+test: lint-deploy ## Run all tests (both brokers) against private PostgreSQL, Redis and Pulsar (ARGS=filter)
+	$(XTASK) test $(ARGS)
 
 # --- stacks: Docker Compose, or local processes without a Docker engine ---------
 
@@ -126,23 +127,23 @@ build: ## Build the release binary
 
 .PHONY: pulsar-up
 pulsar-up: ## Start pulsar-lite + its compatibility proxy on free ports (state in .dev/pulsar-lite)
-	scripts/pulsar-lite.sh start
+	$(XTASK) pulsar start
 
 .PHONY: pulsar-down
 pulsar-down: ## Stop pulsar-lite and its proxy
-	scripts/pulsar-lite.sh stop
+	$(XTASK) pulsar stop
 
 .PHONY: test-services-up
 test-services-up: ## Start PostgreSQL, Redis, Pulsar for tests (source .dev/test-services/env)
-	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh start
+	$(XTASK) test-services up --dir $(TEST_SERVICES_DIR)
 
 .PHONY: test-services-down
 test-services-down: ## Stop the servers started by test-services-up
-	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh stop
+	$(XTASK) test-services down --dir $(TEST_SERVICES_DIR)
 
 .PHONY: clean
 clean: ## Stop the dev stack and test services, remove build output and local state (.dev)
 	$(DEV_STACK) clean
-	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh stop
+	$(XTASK) test-services down --dir $(TEST_SERVICES_DIR)
 	$(CARGO) clean
 	rm -rf .dev
