@@ -56,10 +56,13 @@ enum Command {
         #[arg(value_enum, default_value = "dev")]
         stack: stack::Stack,
     },
-    /// Stop a stack (locally: all of it; the data stays).
+    /// Stop a stack (locally: all of it; the data stays unless --purge).
     Down {
         #[arg(value_enum, default_value = "dev")]
         stack: stack::Stack,
+        /// Also delete the local stack's state, data included (.dev/dev-stack).
+        #[arg(long)]
+        purge: bool,
     },
     /// Each service of the stack(s): running or not, PID, address.
     Status,
@@ -114,7 +117,7 @@ fn dispatch(command: Command) -> Result<u8> {
         }
         Command::Pulsar(cmd) => pulsar::cli(cmd)?,
         Command::Up { stack } => stack::up(stack)?,
-        Command::Down { stack } => stack::down(stack)?,
+        Command::Down { stack, purge } => stack::down(stack, purge)?,
         Command::Status => stack::status()?,
         Command::Logs {
             no_follow,
@@ -126,7 +129,9 @@ fn dispatch(command: Command) -> Result<u8> {
         Command::Demo { args } => return release::exec("demo", &args),
         Command::Monitor { args } => return release::exec("monitor", &args),
         Command::Migrate => return release::exec("migrate", &[]),
-        Command::Build => release::build()?,
+        Command::Build => {
+            release::build("as make build asks", false)?;
+        }
         Command::Bench => bench::run()?,
         Command::Lint => lint::lint()?,
         Command::LintDeploy { files } => return lint::deploy(&files),

@@ -15,17 +15,15 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-/// Builds the release binaries (protoc first) and returns the service's.
-pub fn build() -> Result<()> {
-    build_quiet(false).map(|_| ())
-}
-
-/// As [`build`]; `quiet` keeps cargo to errors (demo's output stays short).
-pub fn build_quiet(quiet: bool) -> Result<PathBuf> {
+/// Builds the release binaries (protoc first); `why` says what for, so
+/// a first build of several minutes is never silent. Cargo's own output
+/// is kept (`quiet` leaves only errors: demo's output stays short).
+pub fn build(why: &str, quiet: bool) -> Result<PathBuf> {
     install::ensure(&[Dep::Protoc])?;
     eprintln!(
-        "xtask: cargo build --release -p saga-orchestrator -p pulsar-lite-proxy \
-         (the service and the dev stack's Pulsar proxy, one build; the first takes minutes)"
+        "xtask: building the release binaries, {why}: cargo build --release -p saga-orchestrator \
+         -p pulsar-lite-proxy (the service and the dev stack's Pulsar proxy, in one build that \
+         every release target shares; the first one takes several minutes)"
     );
     let mut cargo = paths::cargo();
     cargo.args([
@@ -51,7 +49,7 @@ pub fn proxy() -> PathBuf {
 /// Runs `saga-orchestrator SUB ARGS` from the repository root (it reads
 /// ./.env there); its exit code.
 pub fn exec(sub: &str, args: &[String]) -> Result<u8> {
-    let bin = build_quiet(true)?;
+    let bin = build(&format!("for saga-orchestrator {sub}"), true)?;
     let status = signals::status(
         Command::new(bin)
             .current_dir(paths::root())
@@ -75,7 +73,7 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 /// run.pid, so `make status` can say how it was started.
 pub fn run(args: &[String]) -> Result<u8> {
     stack::ensure_env()?;
-    let bin = build_quiet(false)?;
+    let bin = build("for make run", false)?;
     let dir = stack::dir();
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("orchestrator.log");

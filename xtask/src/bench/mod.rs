@@ -17,7 +17,7 @@ mod report;
 use crate::stack::{self, App, Local, Stack};
 use crate::{paths, ports, process, release, signals};
 use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The run's settings, from BENCH_*.
@@ -93,7 +93,7 @@ impl Drop for Cleanup {
             delete_streams(&self.prefix);
         }
         if self.stack_started {
-            let _ = stack::down(Stack::Dev);
+            let _ = stack::down(Stack::Dev, false);
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
@@ -120,6 +120,18 @@ fn delete_streams(prefix: &str) {
     }
 }
 
+/// One bench run: its settings, where it keeps things, what it runs.
+struct Run {
+    s: Settings,
+    local: Local,
+    bin: PathBuf,
+    run_dir: PathBuf,
+    scratch: PathBuf,
+    broker_url: String,
+    prefix: String,
+    env: Vec<(String, String)>,
+}
+
 pub fn run() -> Result<()> {
     let s = Settings::from_env()?;
     let local = Local::from_env()?;
@@ -138,8 +150,9 @@ pub fn run() -> Result<()> {
     )?;
     let (y, mo, d, h, mi, sec) = paths::utc_now();
     let stamp = format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{sec:02}Z");
-    let out_dir = paths::dev().join("bench");
-    let run_dir = out_dir.join(format!("{stamp}-{}", s.broker));
+    let run_dir = paths::dev()
+        .join("bench")
+        .join(format!("{stamp}-{}", s.broker));
     let prefix = format!("bench-{stamp}-");
     let stack_was_up = stack::dev_is_up()?;
     let mut cleanup = Cleanup {
@@ -156,7 +169,10 @@ pub fn run() -> Result<()> {
         cleanup.stack_started = true;
         stack::up(Stack::Dev)?;
     }
-    let bin = release::build_quiet(false)?;
+    let bin = release::build(
+        "for the bench's orchestrator, simulators and load test",
+        false,
+    )?;
     fresh_database()?;
     std::fs::create_dir_all(&run_dir)?;
     std::fs::create_dir_all(&cleanup.scratch)?;
@@ -165,17 +181,20 @@ pub fn run() -> Result<()> {
         _ => format!("pulsar://127.0.0.1:{}", p.pulsar),
     };
     let env = run_env(&s, &local, &broker_url, &prefix);
-    start_apps(&s, &local, &bin, &run_dir, &cleanup.scratch, &env)?;
-    let meta = report::Meta {
-        settings: &s,
-        broker_url: &broker_url,
-        prefix: &prefix,
-        stack_was_up,
-        run_dir: &run_dir,
+    let scratch = cleanup.scratch.clone();
+    let run = Run {
+        s,
+        local,
+        bin,
+        run_dir,
+        scratch,
+        broker_url,
+        prefix,
+        env,
     };
-    let outcome = load_test(&s, &local, &bin, &run_dir, &cleanup.scratch, &env, &meta);
+    let outcome = run.start_apps().and_then(|()| run.load_test(stack_was_up));
     drop(cleanup);
-    outcome.map(|_| ())
+    outcome
 }
 
 fn fresh_database() -> Result<()> {
@@ -231,101 +250,99 @@ fn run_env(s: &Settings, local: &Local, broker_url: &str, prefix: &str) -> Vec<(
     env
 }
 
-/// `bin` with only `env` (and `rust_log`), run from `cwd`: outside the
-/// repository, since the binary reads .env from its directory and above.
-fn clean_command(bin: &Path, cwd: &Path, env: &[(String, String)], rust_log: &str) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(cwd)
-        .env_clear()
-        .envs(env.iter().cloned())
-        .env("RUST_LOG", rust_log);
-    cmd
-}
-
-fn start_apps(
-    s: &Settings,
-    local: &Local,
-    bin: &Path,
-    run_dir: &Path,
-    scratch: &Path,
-    env: &[(String, String)],
-) -> Result<()> {
-    let p = &local.ports;
-    let sim = App::new(run_dir, "simulator", "simulate");
-    let mut cmd = clean_command(bin, scratch, env, "info");
-    cmd.arg("simulate");
-    if s.participants == "broker" {
-        cmd.arg("--broker");
+impl Run {
+    /// `bin` with only the run's environment (and `rust_log`), from the
+    /// scratch directory: the binary reads .env from its directory and above.
+    fn command(&self, rust_log: &str) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(&self.scratch)
+            .env_clear()
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", rust_log);
+        cmd
     }
-    cmd.args(["--alianzas-addr", &format!("127.0.0.1:{}", p.alianzas)])
-        .args([
-            "--integraciones-addr",
-            &format!("127.0.0.1:{}", p.integraciones),
-        ])
-        .args(s.sim_args.split_whitespace());
-    sim.start(&mut cmd)?;
-    sim.wait_http(p.alianzas, "/stats", local.timeout)?;
-    sim.wait_http(p.integraciones, "/stats", local.timeout)?;
-    let orchestrator = App::new(run_dir, "orchestrator", "serve");
-    orchestrator.start(clean_command(bin, scratch, env, "info,sqlx=warn").arg("serve"))?;
-    orchestrator.wait_http(p.api, "/ready", local.timeout)?;
-    eprintln!(
-        "bench: orchestrator (pid {}) and simulators (pid {}) ready",
-        orchestrator.pid().unwrap_or(0),
-        sim.pid().unwrap_or(0)
-    );
-    Ok(())
-}
 
-/// Runs the load test, writes the JSON; its path.
-fn load_test(
-    s: &Settings,
-    local: &Local,
-    bin: &Path,
-    run_dir: &Path,
-    scratch: &Path,
-    env: &[(String, String)],
-    meta: &report::Meta,
-) -> Result<PathBuf> {
-    let rate_text = if s.rate.parse::<f64>().is_ok_and(|r| r == 0.0) {
-        "unlimited rate".to_string()
-    } else {
-        format!("{}/s", s.rate)
-    };
-    eprintln!(
-        "bench: load test: {} events, {rate_text}, {} publishers, {}, participants over {} ({})",
-        s.events, s.concurrency, s.broker, s.participants, s.sim_args
-    );
-    let started_at = paths::utc_iso();
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let loadavg: String = loadavg
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
-    // Logs go to stdout with the JSON: keep them to errors.
-    let mut cmd = clean_command(bin, scratch, env, "error");
-    cmd.args([
-        "load-test",
-        "--events",
-        &s.events.to_string(),
-        "--rate",
-        &s.rate,
-    ])
-    .args(["--concurrency", &s.concurrency.to_string()])
-    .args(["--api", &format!("http://127.0.0.1:{}", local.ports.api)])
-    .args(["--timeout-secs", &s.timeout.to_string(), "--json"])
-    .stdout(std::fs::File::create(run_dir.join("load-test.out"))?)
-    .stderr(std::fs::File::create(run_dir.join("load-test.err"))?);
-    let status = signals::status(&mut cmd)?;
-    signals::check()?;
-    let code = status.code().unwrap_or(1);
-    let json = report::write(meta, &started_at, &loadavg, code, bin)?;
-    if code != 0 {
-        bail!(
-            "the load test failed (exit {code}): see {}",
-            run_dir.display()
+    fn start_apps(&self) -> Result<()> {
+        let (p, timeout) = (&self.local.ports, self.local.timeout);
+        let sim = App::new(&self.run_dir, "simulator", "simulate");
+        let mut cmd = self.command("info");
+        cmd.arg("simulate");
+        if self.s.participants == "broker" {
+            cmd.arg("--broker");
+        }
+        cmd.args(["--alianzas-addr", &format!("127.0.0.1:{}", p.alianzas)])
+            .args([
+                "--integraciones-addr",
+                &format!("127.0.0.1:{}", p.integraciones),
+            ])
+            .args(self.s.sim_args.split_whitespace());
+        sim.start(&mut cmd)?;
+        sim.wait_http(p.alianzas, "/stats", timeout)?;
+        sim.wait_http(p.integraciones, "/stats", timeout)?;
+        let orchestrator = App::new(&self.run_dir, "orchestrator", "serve");
+        orchestrator.start(self.command("info,sqlx=warn").arg("serve"))?;
+        orchestrator.wait_http(p.api, "/ready", timeout)?;
+        eprintln!(
+            "bench: orchestrator (pid {}) and simulators (pid {}) ready on {}",
+            orchestrator.pid().unwrap_or(0),
+            sim.pid().unwrap_or(0),
+            self.broker_url
         );
+        Ok(())
     }
-    Ok(json)
+
+    /// Runs the load test and writes the JSON; fails if the test did.
+    fn load_test(&self, stack_was_up: bool) -> Result<()> {
+        let s = &self.s;
+        let rate_text = match s.rate.parse::<f64>() {
+            Ok(r) if r > 0.0 => format!("{}/s", s.rate),
+            _ => "unlimited rate".to_string(),
+        };
+        eprintln!(
+            "bench: load test: {} events, {rate_text}, {} publishers, {}, participants over {} ({})",
+            s.events, s.concurrency, s.broker, s.participants, s.sim_args
+        );
+        let started_at = paths::utc_iso();
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let loadavg = loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Logs go to stdout with the JSON: keep them to errors.
+        let mut cmd = self.command("error");
+        cmd.args([
+            "load-test",
+            "--events",
+            &s.events.to_string(),
+            "--rate",
+            &s.rate,
+        ])
+        .args(["--concurrency", &s.concurrency.to_string()])
+        .args([
+            "--api",
+            &format!("http://127.0.0.1:{}", self.local.ports.api),
+        ])
+        .args(["--timeout-secs", &s.timeout.to_string(), "--json"])
+        .stdout(std::fs::File::create(self.run_dir.join("load-test.out"))?)
+        .stderr(std::fs::File::create(self.run_dir.join("load-test.err"))?);
+        let status = signals::status(&mut cmd)?;
+        signals::check()?;
+        let code = status.code().unwrap_or(1);
+        let meta = report::Meta {
+            settings: s,
+            broker_url: &self.broker_url,
+            prefix: &self.prefix,
+            stack_was_up,
+            run_dir: &self.run_dir,
+        };
+        report::write(&meta, &started_at, &loadavg, code, &self.bin)?;
+        if code != 0 {
+            bail!(
+                "the load test failed (exit {code}): see {}",
+                self.run_dir.display()
+            );
+        }
+        Ok(())
+    }
 }

@@ -117,7 +117,11 @@ impl Local {
         }
         install::ensure(&deps)?;
         // The proxy comes from the service's release build (see release.rs).
-        release::build()?;
+        let why = match stack {
+            Stack::Dev => "for the dev stack's Pulsar (pulsar-lite needs pulsar-lite-proxy in front, see TROUBLESHOOTING.md)",
+            _ => "for the stack's orchestrator and simulators",
+        };
+        release::build(why, false)?;
         let mut started = Vec::new();
         let result = self.start_services(stack, want_pulsar, &mut started);
         if let Err(e) = result {

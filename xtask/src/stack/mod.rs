@@ -76,14 +76,18 @@ pub fn up(stack: Stack) -> Result<()> {
     status::print(&local)
 }
 
-pub fn down(stack: Stack) -> Result<()> {
+/// Stops `stack`; `purge` also deletes the local stack's state and data.
+pub fn down(stack: Stack, purge: bool) -> Result<()> {
     let docker = docker()?;
     if docker {
         docker::down(stack)?;
     }
     // Local processes are stopped whatever the engine: they may predate it.
     if dir().is_dir() || !docker {
-        Local::from_env()?.down(false)?;
+        Local::from_env()?.down(purge)?;
+    }
+    if purge && dir().is_dir() {
+        local::purge()?;
     }
     Ok(())
 }

@@ -8,6 +8,10 @@ use std::process::Command;
 
 fn row(name: &str, state: &str, pid: Option<i32>, address: &str) {
     let pid = pid.map(|p| p.to_string()).unwrap_or_default();
+    print_row(name, state, &pid, address);
+}
+
+fn print_row(name: &str, state: &str, pid: &str, address: &str) {
     println!("  {name:<13} {state:<12} {pid:<10} {address}");
 }
 
@@ -32,7 +36,7 @@ fn short(path: &Path) -> String {
 pub fn print(local: &Local) -> Result<()> {
     let p = &local.ports;
     println!("local stack (state in {}):", short(&dir()));
-    row("SERVICE", "STATE", None, "ADDRESS");
+    print_row("SERVICE", "STATE", "PID", "ADDRESS");
     let pg = local.postgres();
     match pg.pid().filter(|_| pg.running()) {
         Some(pid) => {
