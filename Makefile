@@ -96,7 +96,7 @@ monitor: ## Live view of the channels' events, grouped by correlation (ARGS=…)
 
 .PHONY: bench
 bench: ## Standard load test on the dev stack → .dev/bench/<time>-<broker>.json (BENCH_BROKER=pulsar|redis, BENCH_EVENTS, BENCH_RATE)
-	scripts/bench.sh
+	$(XTASK) bench
 
 .PHONY: migrate
 migrate: ## Apply database migrations (release build)

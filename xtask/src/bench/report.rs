@@ -200,9 +200,9 @@ fn print_summary(meta: &Value, r: &Value) {
     );
     if let Some(outcomes) = r["outcomes"].as_object() {
         for (state, stats) in outcomes {
+            let count = stats["count"].as_u64().unwrap_or(0);
             println!(
-                "  {state:<12} {:>6}   {}",
-                stats["count"],
+                "  {state:<12} {count:>6}   {}",
                 latencies(&stats["latency_ms"])
             );
         }
