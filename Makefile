@@ -110,7 +110,7 @@ lint: lint-deploy ## Check formatting, clippy (warnings as errors) and the deplo
 
 .PHONY: lint-deploy
 lint-deploy: ## Check compose files (docker compose config), Dockerfile (hadolint), dashboards
-	scripts/lint-deploy.sh
+	$(XTASK) lint-deploy
 
 .PHONY: fmt
 fmt: ## Format all code with rustfmt
