@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use std::process::Command;
 
 /// A tool `install` knows how to provide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dep {
     /// protoc: the `pulsar` crate's build script runs it.
     Protoc,
@@ -21,11 +21,20 @@ pub enum Dep {
 
 impl Dep {
     /// As on the command line: protoc, postgres, redis, pulsar-lite.
-    pub fn name(&self) -> String {
-        use clap::ValueEnum;
-        self.to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default()
+    pub fn name(&self) -> &'static str {
+        match self {
+            Dep::Protoc => "protoc",
+            Dep::Postgres => "postgres",
+            Dep::Redis => "redis",
+            Dep::PulsarLite => "pulsar-lite",
+        }
+    }
+
+    /// The dependency called `name`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        ALL.into_iter().find(|d| d.name() == name).ok_or_else(|| {
+            anyhow::anyhow!("unknown dependency '{name}' (protoc, postgres, redis, pulsar-lite)")
+        })
     }
 }
 
@@ -77,7 +86,7 @@ pub fn ensure(deps: &[Dep]) -> Result<()> {
     }
     let want_pulsar = deps.contains(&Dep::PulsarLite) && pulsar::find_broker_bin().is_none();
     if packages.is_empty() && !want_pulsar {
-        let names: Vec<String> = deps.iter().map(Dep::name).collect();
+        let names: Vec<&str> = deps.iter().map(Dep::name).collect();
         eprintln!("install: all present ({})", names.join(", "));
         return Ok(());
     }

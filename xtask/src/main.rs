@@ -2,6 +2,7 @@
 //! every service starter shared by the tests, the dev stack and bench. What
 //! each `make` target runs; see xtask/README.md for the design.
 
+mod args;
 mod bench;
 mod install;
 mod lint;
@@ -17,132 +18,102 @@ mod signals;
 mod stack;
 mod test;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use anyhow::{bail, Result};
+use args::Args;
 use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(name = "cargo xtask", about = "saga-orchestrator's development tasks")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+const USAGE: &str = "\
+cargo xtask COMMAND   (saga-orchestrator's development tasks; `make help` lists the make targets)
 
-#[derive(Subcommand)]
-enum Command {
-    /// Install what the build and the tests need (default: all), idempotently.
-    Install {
-        #[arg(value_enum)]
-        deps: Vec<install::Dep>,
-    },
-    /// Run every test (both brokers) against private servers; ARGS go to the runner.
-    Test {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Long-lived test servers: up (prints the env), down, status.
-    TestServices {
-        #[arg(value_parser = ["up", "down", "status"])]
-        action: String,
-        /// State directory [default: .dev/test-services].
-        #[arg(long, env = "TEST_SERVICES_DIR")]
-        dir: Option<PathBuf>,
-    },
-    /// pulsar-lite behind its compatibility proxy (what the tests restart).
-    Pulsar(pulsar::Cmd),
-    /// Start a stack: dev, simple, full or shared.
-    Up {
-        #[arg(value_enum, default_value = "dev")]
-        stack: stack::Stack,
-    },
-    /// Stop a stack (locally: all of it; the data stays unless --purge).
-    Down {
-        #[arg(value_enum, default_value = "dev")]
-        stack: stack::Stack,
-        /// Also delete the local stack's state, data included (.dev/dev-stack).
-        #[arg(long)]
-        purge: bool,
-    },
-    /// Each service of the stack(s): running or not, PID, address.
-    Status,
-    /// The stack's logs: followed, or (--no-follow) their last lines once.
-    Logs {
-        #[arg(long)]
-        no_follow: bool,
-        services: Vec<String>,
-    },
-    /// Stop stacks and test services, cargo clean, delete .dev.
-    Clean,
-    /// Create .env from .env.example if it is missing.
-    EnsureEnv,
-    /// The orchestrator (release build) with .env, its output also in the stack's log.
-    Run {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// The embedded demo (release build).
-    Demo {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// The channels' live view (release build).
-    Monitor {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Apply the database migrations (release build).
-    Migrate,
-    /// Build the release binary (and the proxy, in the same build).
-    Build,
-    /// The standard load test on the dev stack (BENCH_* settings).
-    Bench,
-    /// fmt --check and clippy with warnings as errors.
-    Lint,
-    /// Compose files, Dockerfile and dashboards, without a Docker engine.
-    LintDeploy { files: Vec<PathBuf> },
-}
+  install [protoc|postgres|redis|pulsar-lite]...   install what is missing (default: all), idempotently
+  test [RUNNER ARGS]...        every test, both brokers, against private servers
+  test-services up|down|status [--dir DIR]         long-lived test servers (default .dev/test-services)
+  pulsar [--dir DIR] ACTION    pulsar-lite + proxy: start [--proxy-port P …] | stop [--purge] | status
+                               | env | restart-broker [--kill] | stop-broker [--kill] | start-broker
+                               | install [--check]   (xtask/src/pulsar/cli.rs lists the settings)
+  up [dev|simple|full|shared]  start a stack (Docker Compose, or local processes without Docker)
+  down [STACK] [--purge]       stop it (locally all of it; --purge also deletes .dev/dev-stack)
+  status                       each service: running or not, PID, address
+  logs [--no-follow] [SERVICE]...                  the stack's logs
+  clean                        stacks and test services down, cargo clean, .dev removed
+  ensure-env                   create .env from .env.example if missing
+  run [ARGS]...                the orchestrator (release build), output also in .dev/dev-stack/orchestrator.log
+  demo|monitor [ARGS]...       saga-orchestrator demo / monitor (release build)
+  migrate | build              apply the migrations / build the release binaries
+  bench                        the standard load test on the dev stack (BENCH_* settings)
+  lint                         cargo fmt --check and clippy -D warnings
+  lint-deploy [FILE]...        compose files, Dockerfile, dashboards (no Docker engine needed)
+";
 
-fn dispatch(command: Command) -> Result<u8> {
-    match command {
-        Command::Install { deps } => install::ensure(&deps)?,
-        Command::Test { args } => return test::run(&args),
-        Command::TestServices { action, dir } => {
-            let dir = dir.unwrap_or_else(|| paths::dev().join("test-services"));
-            match action.as_str() {
-                "up" => test::services_up(&dir)?,
-                "down" => test::services_down(&dir)?,
-                _ => test::services_status(&dir)?,
+/// Runs the command named by the first word; the exit code.
+fn dispatch(mut args: Args) -> Result<u8> {
+    let Some(command) = args.word() else {
+        if args.flag("--help") || args.flag("-h") {
+            print!("{USAGE}");
+            return Ok(0);
+        }
+        bail!("no command given\n\n{USAGE}");
+    };
+    match command.as_str() {
+        "help" => print!("{USAGE}"),
+        "install" => {
+            let deps = args
+                .rest()
+                .iter()
+                .map(|d| install::Dep::from_name(d))
+                .collect::<Result<Vec<_>>>()?;
+            install::ensure(&deps)?;
+        }
+        "test" => return test::run(&args.rest()),
+        "test-services" => test::services(&mut args)?,
+        "pulsar" => pulsar::cli(&mut args)?,
+        "up" | "down" => {
+            let purge = command == "down" && args.flag("--purge");
+            let stack = stack::Stack::from_name(&args.word().unwrap_or_else(|| "dev".into()))?;
+            args.done()?;
+            match command.as_str() {
+                "up" => stack::up(stack)?,
+                _ => stack::down(stack, purge)?,
             }
         }
-        Command::Pulsar(cmd) => pulsar::cli(cmd)?,
-        Command::Up { stack } => stack::up(stack)?,
-        Command::Down { stack, purge } => stack::down(stack, purge)?,
-        Command::Status => stack::status()?,
-        Command::Logs {
-            no_follow,
-            services,
-        } => stack::logs(!no_follow, &services)?,
-        Command::Clean => stack::clean()?,
-        Command::EnsureEnv => stack::ensure_env()?,
-        Command::Run { args } => return release::run(&args),
-        Command::Demo { args } => return release::exec("demo", &args),
-        Command::Monitor { args } => return release::exec("monitor", &args),
-        Command::Migrate => return release::exec("migrate", &[]),
-        Command::Build => {
-            release::build("as make build asks", false)?;
+        "logs" => {
+            let follow = !args.flag("--no-follow");
+            stack::logs(follow, &args.rest())?;
         }
-        Command::Bench => bench::run()?,
-        Command::Lint => lint::lint()?,
-        Command::LintDeploy { files } => return lint::deploy(&files),
+        "run" => return release::run(&args.rest()),
+        "migrate" => {
+            args.done()?;
+            return release::exec("migrate", &[]);
+        }
+        "demo" | "monitor" => return release::exec(&command, &args.rest()),
+        "lint-deploy" => {
+            let files: Vec<_> = args.rest().into_iter().map(Into::into).collect();
+            return lint::deploy(&files);
+        }
+        _ => {
+            args.done()?;
+            simple(&command)?;
+        }
     }
     Ok(0)
 }
 
+/// The commands that take no arguments.
+fn simple(command: &str) -> Result<()> {
+    match command {
+        "status" => stack::status(),
+        "clean" => stack::clean(),
+        "ensure-env" => stack::ensure_env(),
+        "build" => release::build("as make build asks", false).map(|_| ()),
+        "bench" => bench::run(),
+        "lint" => lint::lint(),
+        other => bail!("unknown command '{other}'\n\n{USAGE}"),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     signals::install();
-    match dispatch(cli.command) {
+    match dispatch(Args::new(std::env::args().skip(1))) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("xtask: error: {e:#}");

@@ -166,9 +166,24 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// `cargo xtask test-services up|down|status [--dir DIR]` (default
+/// $TEST_SERVICES_DIR, else .dev/test-services).
+pub fn services(args: &mut crate::args::Args) -> Result<()> {
+    let dir = args.path("--dir", Some("TEST_SERVICES_DIR"))?;
+    let dir = dir.unwrap_or_else(|| paths::dev().join("test-services"));
+    let action = args.word().unwrap_or_default();
+    args.done()?;
+    match action.as_str() {
+        "up" => services_up(&dir),
+        "down" => services_down(&dir),
+        "status" => services_status(&dir),
+        other => bail!("test-services: expected up, down or status, not '{other}'"),
+    }
+}
+
 /// `make test-services-up`: the same servers, kept in `dir` until
 /// `test-services-down`.
-pub fn services_up(dir: &Path) -> Result<()> {
+fn services_up(dir: &Path) -> Result<()> {
     install::ensure(&[Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
     let with_pulsar = std::env::var("TEST_SERVICES_PULSAR").map_or(true, |v| v != "0");
     let proxy = if with_pulsar {
@@ -189,7 +204,7 @@ pub fn services_down(dir: &Path) -> Result<()> {
 }
 
 /// `cargo xtask test-services status`: exit 1 unless all run.
-pub fn services_status(dir: &Path) -> Result<()> {
+fn services_status(dir: &Path) -> Result<()> {
     let (text, ok) = Services::new(dir, 60).status();
     print!("{text}");
     if !ok {

@@ -200,5 +200,5 @@ mod cli;
 mod install;
 mod procs;
 
-pub use cli::{debug_proxy, run as cli, Cmd};
+pub use cli::{debug_proxy, run as cli};
 pub use install::{find_broker_bin, install_broker};

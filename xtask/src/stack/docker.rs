@@ -65,7 +65,7 @@ pub fn compose(stack: Stack, args: &[&str]) -> Result<Command> {
 
 fn remembered() -> Vec<Stack> {
     let text = std::fs::read_to_string(super::dir().join("docker-stacks")).unwrap_or_default();
-    text.lines().filter_map(Stack::from_name).collect()
+    text.lines().filter_map(Stack::parse).collect()
 }
 
 fn remember(stacks: &[Stack]) -> Result<()> {
@@ -150,7 +150,7 @@ pub fn status() -> Result<()> {
 pub fn logs(follow: bool, services: &[String]) -> Result<()> {
     let stack = std::env::var("STACK")
         .ok()
-        .and_then(|s| Stack::from_name(&s))
+        .and_then(|s| Stack::parse(&s))
         .or_else(|| remembered().pop())
         .unwrap_or(Stack::Dev);
     let mut args = vec!["logs", "--tail", "100"];

@@ -20,7 +20,7 @@ use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 /// Which stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stack {
     /// PostgreSQL, Redis, Pulsar for `make run`.
     Dev,
@@ -42,10 +42,18 @@ impl Stack {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    /// The stack called `name`, if one is.
+    pub fn parse(name: &str) -> Option<Self> {
         [Stack::Dev, Stack::Simple, Stack::Full, Stack::Shared]
             .into_iter()
             .find(|s| s.name() == name.trim())
+    }
+
+    /// As [`Stack::parse`], an error naming the choices otherwise.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::parse(name).ok_or_else(|| {
+            anyhow::anyhow!("unknown stack '{name}' (expected dev, simple, full or shared)")
+        })
     }
 }
 
