@@ -90,49 +90,56 @@ fn clean_dead_runs() {
     }
 }
 
+/// Runs `cargo ARGS` with the services' env on `broker`; false if it failed.
+fn step(
+    what: &str,
+    cargo_args: &[&str],
+    args: &[String],
+    env: &[(String, String)],
+    broker: &str,
+) -> Result<bool> {
+    let mut cmd = paths::cargo();
+    cmd.args(cargo_args)
+        .args(args)
+        .envs(env.iter().cloned())
+        .env("TEST_BROKER", broker);
+    let status = signals::status(&mut cmd)?;
+    signals::check()?;
+    if !status.success() {
+        eprintln!("test: {what} failed ({status})");
+    }
+    Ok(status.success())
+}
+
 /// Doc tests, then nextest's two passes (or cargo test's without it).
 fn run_suites(args: &[String], env: &[(String, String)]) -> Result<u8> {
-    let mut failed = false;
-    let mut step = |what: &str, cargo_args: &[&str], broker: &str| -> Result<()> {
-        let mut cmd = paths::cargo();
-        cmd.args(cargo_args)
-            .args(args)
-            .envs(env.iter().cloned())
-            .env("TEST_BROKER", broker);
-        let status = signals::status(&mut cmd)?;
-        signals::check()?;
-        if !status.success() {
-            eprintln!("test: {what} failed ({status})");
-            failed = true;
-        }
-        Ok(())
-    };
+    let mut ok = true;
     // Doc tests first, so the run closes on the main runner's summary.
     // Runner flags (nextest's -E, say) would break cargo test: skipped then.
     let has_lib = paths::root().join("src/lib.rs").is_file();
     if has_lib && !args.iter().any(|a| a.starts_with('-')) {
-        step("doc tests", &["test", "--doc", "--no-fail-fast"], "redis")?;
+        ok &= step(
+            "doc tests",
+            &["test", "--doc", "--no-fail-fast"],
+            args,
+            env,
+            "redis",
+        )?;
     } else if has_lib {
         eprintln!("test: runner flags given, skipping doc tests");
     }
     let filter = format!("not ({BROKER_FREE})");
-    if has_nextest() {
-        eprintln!("test: unit tests, and the integration suite on Redis");
-        step(
-            "the Redis pass",
-            &[
-                "nextest",
-                "run",
-                "--workspace",
-                "--all-targets",
-                "--no-fail-fast",
-            ],
-            "redis",
-        )?;
-        eprintln!("test: the integration suite on Pulsar");
-        step(
-            "the Pulsar pass",
-            &[
+    let (redis_pass, pulsar_pass): (Vec<&str>, Vec<&str>) = if has_nextest() {
+        let redis = vec![
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-targets",
+            "--no-fail-fast",
+        ];
+        (
+            redis,
+            vec![
                 "nextest",
                 "run",
                 "--test",
@@ -141,22 +148,17 @@ fn run_suites(args: &[String], env: &[(String, String)]) -> Result<u8> {
                 "-E",
                 &filter,
             ],
-            "pulsar",
-        )?;
+        )
     } else {
         eprintln!("test: cargo-nextest not installed, using cargo test");
-        step(
-            "the Redis pass",
-            &["test", "--workspace", "--all-targets", "--no-fail-fast"],
-            "redis",
-        )?;
-        step(
-            "the Pulsar pass",
-            &["test", "--test", "it", "--no-fail-fast"],
-            "pulsar",
-        )?;
-    }
-    Ok(u8::from(failed))
+        let redis = vec!["test", "--workspace", "--all-targets", "--no-fail-fast"];
+        (redis, vec!["test", "--test", "it", "--no-fail-fast"])
+    };
+    eprintln!("test: unit tests, and the integration suite on Redis");
+    ok &= step("the Redis pass", &redis_pass, args, env, "redis")?;
+    eprintln!("test: the integration suite on Pulsar");
+    ok &= step("the Pulsar pass", &pulsar_pass, args, env, "pulsar")?;
+    Ok(u8::from(!ok))
 }
 
 fn has_nextest() -> bool {

@@ -15,7 +15,7 @@
 mod report;
 
 use crate::stack::{self, App, Local, Stack};
-use crate::{paths, ports, process, release, signals};
+use crate::{paths, process, release, signals};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -137,17 +137,7 @@ pub fn run() -> Result<()> {
     let local = Local::from_env()?;
     let p = &local.ports;
     let hint = "move the bench's own orchestrator with ORCHESTRATOR_HOST_PORT=8010 (a make run? make simple-down / full-down?)";
-    ports::require_free(p.api, "the orchestrator's API", hint)?;
-    ports::require_free(
-        p.alianzas,
-        "simulated alliances",
-        "move ours with ALIANZAS_HOST_PORT=8012",
-    )?;
-    ports::require_free(
-        p.integraciones,
-        "simulated integrations",
-        "move ours with INTEGRACIONES_HOST_PORT=8011",
-    )?;
+    local.require_app_ports(hint)?;
     let (y, mo, d, h, mi, sec) = paths::utc_now();
     let stamp = format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{sec:02}Z");
     let run_dir = paths::dev()

@@ -198,6 +198,11 @@ fn print_summary(meta: &Value, r: &Value) {
         "  latency      {} · max {max}  (event → terminal state)",
         latencies(&r["latency_ms"])
     );
+    print_outcomes(r);
+}
+
+/// A line per terminal state, then what went wrong, if anything.
+fn print_outcomes(r: &Value) {
     if let Some(outcomes) = r["outcomes"].as_object() {
         for (state, stats) in outcomes {
             let count = stats["count"].as_u64().unwrap_or(0);

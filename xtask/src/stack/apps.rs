@@ -83,44 +83,26 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 impl Local {
-    /// The simulators and the orchestrator of the local simple/full stacks,
-    /// set up like their compose services (loopback instead of 0.0.0.0).
-    pub fn start_apps(&self, stack: Stack) -> Result<()> {
+    /// The API and simulator ports must be free; `api_hint` says how to
+    /// move the API (bench and the stacks give different advice).
+    pub fn require_app_ports(&self, api_hint: &str) -> Result<()> {
         let p = &self.ports;
-        let broker = match stack {
-            Stack::Simple => format!("redis://127.0.0.1:{}", p.redis),
-            _ => format!("pulsar://127.0.0.1:{}", p.pulsar),
-        };
-        let stack_file = super::dir().join("apps.stack");
-        let same = process::read_first_line(&stack_file).as_deref() == Some(stack.name());
-        if same && self.simulator().running() && self.orchestrator().running() {
-            eprintln!(
-                "stack: orchestrator and simulators of '{}' already running",
-                stack.name()
-            );
-            return Ok(());
-        }
-        self.stop_apps()?;
-        crate::ports::require_free(
-            p.api,
-            "the orchestrator's API",
-            "move ours with ORCHESTRATOR_HOST_PORT=8010",
-        )?;
-        crate::ports::require_free(
-            p.alianzas,
-            "simulated alliances",
+        let (sim_a, sim_i) = (
             "move ours with ALIANZAS_HOST_PORT=8012",
-        )?;
-        crate::ports::require_free(
-            p.integraciones,
-            "simulated integrations",
             "move ours with INTEGRACIONES_HOST_PORT=8011",
-        )?;
-        let bin = crate::paths::binary("release", "saga-orchestrator");
-        let mut sim = Command::new(&bin);
+        );
+        crate::ports::require_free(p.api, "the orchestrator's API", api_hint)?;
+        crate::ports::require_free(p.alianzas, "simulated alliances", sim_a)?;
+        crate::ports::require_free(p.integraciones, "simulated integrations", sim_i)
+    }
+
+    /// `simulate --broker`, set up like its compose service (loopback).
+    fn simulator_command(&self, bin: &Path, broker: &str) -> Command {
+        let p = &self.ports;
+        let mut sim = Command::new(bin);
         sim.current_dir(crate::paths::root())
             .envs([
-                ("BROKER_URL", broker.as_str()),
+                ("BROKER_URL", broker),
                 ("LOG_FORMAT", "json"),
                 ("RUST_LOG", "info"),
             ])
@@ -138,15 +120,16 @@ impl Local {
                 &env_or("SIM_DELETE_FAIL_RATIO", "0.2"),
             ])
             .args(["--seed", &env_or("SIM_SEED", "42")]);
-        self.simulator().start(&mut sim)?;
-        self.simulator()
-            .wait_http(p.alianzas, "/stats", self.timeout)?;
-        self.simulator()
-            .wait_http(p.integraciones, "/stats", self.timeout)?;
-        let mut serve = Command::new(&bin);
+        sim
+    }
+
+    /// `serve`, set up like its compose service (loopback).
+    fn orchestrator_command(&self, bin: &Path, broker: &str) -> Command {
+        let p = &self.ports;
+        let mut serve = Command::new(bin);
         serve
             .current_dir(crate::paths::root())
-            .env("BROKER_URL", &broker)
+            .env("BROKER_URL", broker)
             .env("DATABASE_URL", self.database_url(super::local::PG_DB))
             .env(
                 "ALIANZAS_API_URL",
@@ -168,16 +151,41 @@ impl Local {
             .env("ADMIN_TOKEN", env_or("ORCHESTRATOR_ADMIN_TOKEN", ""))
             .envs([("LOG_FORMAT", "json"), ("RUST_LOG", "info,sqlx=warn")])
             .arg("serve");
-        self.orchestrator().start(&mut serve)?;
-        self.orchestrator()
-            .wait_http(p.api, "/ready", self.timeout)?;
+        serve
+    }
+
+    /// The simulators and the orchestrator of the local simple/full stacks.
+    pub fn start_apps(&self, stack: Stack) -> Result<()> {
+        let p = &self.ports;
+        let broker = match stack {
+            Stack::Simple => format!("redis://127.0.0.1:{}", p.redis),
+            _ => format!("pulsar://127.0.0.1:{}", p.pulsar),
+        };
+        let stack_file = super::dir().join("apps.stack");
+        let same = process::read_first_line(&stack_file).as_deref() == Some(stack.name());
+        if same && self.simulator().running() && self.orchestrator().running() {
+            eprintln!(
+                "stack: orchestrator and simulators of '{}' already running",
+                stack.name()
+            );
+            return Ok(());
+        }
+        self.stop_apps()?;
+        self.require_app_ports("move ours with ORCHESTRATOR_HOST_PORT=8010")?;
+        let bin = crate::paths::binary("release", "saga-orchestrator");
+        let (sim, orchestrator) = (self.simulator(), self.orchestrator());
+        sim.start(&mut self.simulator_command(&bin, &broker))?;
+        sim.wait_http(p.alianzas, "/stats", self.timeout)?;
+        sim.wait_http(p.integraciones, "/stats", self.timeout)?;
+        orchestrator.start(&mut self.orchestrator_command(&bin, &broker))?;
+        orchestrator.wait_http(p.api, "/ready", self.timeout)?;
         write_line(&stack_file, stack.name())?;
         eprintln!(
             "stack: simulator (pid {}) on 127.0.0.1:{}/{}, orchestrator (pid {}) on http://127.0.0.1:{} ({broker})",
-            self.simulator().pid().unwrap_or(0),
+            sim.pid().unwrap_or(0),
             p.alianzas,
             p.integraciones,
-            self.orchestrator().pid().unwrap_or(0),
+            orchestrator.pid().unwrap_or(0),
             p.api
         );
         Ok(())

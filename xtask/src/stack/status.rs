@@ -64,28 +64,7 @@ pub fn print(local: &Local) -> Result<()> {
         ),
         None => down_row("redis", p.redis),
     }
-    let pulsar = local.pulsar();
-    let port = |w| pulsar.port(w).unwrap_or(0);
-    match pulsar.broker_pid().filter(|_| pulsar.broker_running()) {
-        Some(pid) => {
-            let address = format!(
-                "127.0.0.1:{} (metrics :{}), clients use the proxy",
-                port("broker"),
-                port("metrics")
-            );
-            row("pulsar-lite", "running", Some(pid), &address);
-        }
-        None => row("pulsar-lite", "not running", None, ""),
-    }
-    match pulsar.proxy_pid().filter(|_| pulsar.proxy_running()) {
-        Some(pid) => row(
-            "pulsar-proxy",
-            "running",
-            Some(pid),
-            &format!("127.0.0.1:{}  (Pulsar for clients)", port("proxy")),
-        ),
-        None => down_row("pulsar-proxy", p.pulsar),
-    }
+    print_pulsar(local);
     let sim = local.simulator();
     match sim.pid().filter(|_| sim.running()) {
         Some(pid) => {
@@ -105,6 +84,30 @@ pub fn print(local: &Local) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The broker and the proxy in front of it.
+fn print_pulsar(local: &Local) {
+    let pulsar = local.pulsar();
+    let port = |w| pulsar.port(w).unwrap_or(0);
+    match pulsar.broker_pid().filter(|_| pulsar.broker_running()) {
+        Some(pid) => {
+            let address = format!(
+                "127.0.0.1:{} (metrics :{}), clients use the proxy",
+                port("broker"),
+                port("metrics")
+            );
+            row("pulsar-lite", "running", Some(pid), &address);
+        }
+        None => row("pulsar-lite", "not running", None, ""),
+    }
+    match pulsar.proxy_pid().filter(|_| pulsar.proxy_running()) {
+        Some(pid) => {
+            let address = format!("127.0.0.1:{}  (Pulsar for clients)", port("proxy"));
+            row("pulsar-proxy", "running", Some(pid), &address);
+        }
+        None => down_row("pulsar-proxy", local.ports.pulsar),
+    }
 }
 
 /// Started by the stack, by `make run`, or some other way: a
