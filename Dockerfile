@@ -30,9 +30,11 @@ WORKDIR /build
 # workspace member's manifest must be here for `--locked` to accept the
 # lockfile; each member needs a stub target for cargo to load it (a member
 # added to the workspace needs its manifest and stubs added here too).
+# xtask (the repository's tooling) is never built here: its stub stays.
 COPY Cargo.toml Cargo.lock ./
 COPY tools/pulsar-lite-proxy/Cargo.toml tools/pulsar-lite-proxy/Cargo.toml
-RUN for member in . tools/pulsar-lite-proxy; do \
+COPY xtask/Cargo.toml xtask/Cargo.toml
+RUN for member in . tools/pulsar-lite-proxy xtask; do \
         mkdir -p "$member/src" \
         && echo 'fn main() {}' > "$member/src/main.rs" \
         && touch "$member/src/lib.rs"; \

@@ -1,15 +1,17 @@
 # Developer entry points. `make` (or `make help`) lists the targets.
 #
-# To add a target, declare it .PHONY and put a `## description` after its
-# prerequisites; `make help` picks it up automatically:
+# Each target is one line calling `cargo xtask …` (xtask/, the repository's
+# tooling in Rust; see xtask/README.md) or cargo itself. To add a target,
+# declare it .PHONY and put a `## description` after its prerequisites;
+# `make help` picks it up automatically:
 #
 #   .PHONY: demo
-#   demo: build ## Run the demo scenario
-#   	scripts/demo.sh
+#   demo: ## Run the demo scenario
+#   	$(XTASK) demo $(ARGS)
 #
 # The stack targets (dev-up … clean) use Docker Compose where a Docker engine
-# answers, local processes under .dev/dev-stack where none does; see
-# scripts/dev-stack.sh and the README ("Development stacks").
+# answers, local processes under .dev/dev-stack where none does (README,
+# "Development stacks").
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,10 +19,10 @@ SHELL := bash
 MAKEFLAGS += --no-print-directory
 
 CARGO ?= cargo
+XTASK := $(CARGO) xtask
 # Where `make test-services-up` keeps its long-lived servers; `make test`
 # uses its own per-run directory instead.
 TEST_SERVICES_DIR ?= .dev/test-services
-DEV_STACK := scripts/dev-stack.sh
 
 .PHONY: help
 help: ## Show this list of targets
@@ -34,115 +36,108 @@ help: ## Show this list of targets
 
 .PHONY: demo
 demo: ## Run the embedded demo: SQLite, in-memory broker, simulated participants (ARGS=--keep …)
-	scripts/install-deps.sh protoc
-	$(CARGO) run --release --quiet -- demo $(ARGS)
+	$(XTASK) demo $(ARGS)
 
 .PHONY: test
-test: lint-deploy ## Run all tests (both brokers) against private PostgreSQL, Redis and Pulsar
-	scripts/test.sh
+test: lint-deploy ## Run all tests (both brokers) against private PostgreSQL, Redis and Pulsar (ARGS=filter)
+	$(XTASK) test $(ARGS)
 
 # --- stacks: Docker Compose, or local processes without a Docker engine ---------
 
 .PHONY: dev-up
 dev-up: ## Start PostgreSQL :5432, Redis :6379, Pulsar :6650 for `make run` (compose, or local processes)
-	$(DEV_STACK) up dev
+	$(XTASK) up dev
 
 .PHONY: dev-down
 dev-down: ## Stop the dev stack (locally: everything the *-up targets started; data kept)
-	$(DEV_STACK) down dev
+	$(XTASK) down dev
 
 .PHONY: simple-up
 simple-up: ## PostgreSQL + Redis + simulators + orchestrator on Redis Streams (no Pulsar/Grafana)
-	$(DEV_STACK) up simple
+	$(XTASK) up simple
 
 .PHONY: simple-down
 simple-down: ## Stop the simple stack
-	$(DEV_STACK) down simple
+	$(XTASK) down simple
 
 .PHONY: full-up
 full-up: ## Everything: dev services + simulators + orchestrator on Pulsar (+ Prometheus, Grafana with Docker)
-	$(DEV_STACK) up full
+	$(XTASK) up full
 
 .PHONY: full-down
 full-down: ## Stop the full stack
-	$(DEV_STACK) down full
+	$(XTASK) down full
 
 .PHONY: shared-up
 shared-up: ## Orchestrator + PostgreSQL joining a shared Pulsar's Docker network (needs Docker; SHARED_SIMULATORS=1)
-	$(DEV_STACK) up shared
+	$(XTASK) up shared
 
 .PHONY: shared-down
 shared-down: ## Stop the shared-Pulsar stack
-	$(DEV_STACK) down shared
+	$(XTASK) down shared
 
 .PHONY: status
 status: ## Show each service of the stack(s): running or not, pid, address
-	@$(DEV_STACK) status
+	@$(XTASK) status
 
 .PHONY: logs
 logs: ## Follow the stack's logs (compose logs -f, or the local log files; ARGS="--no-follow orchestrator")
-	@$(DEV_STACK) logs $(ARGS)
+	@$(XTASK) logs $(ARGS)
 
 # --- running it -------------------------------------------------------------------
 
 .PHONY: run
-run: ## Run the orchestrator (release build) with .env, created from .env.example if missing
-	@$(DEV_STACK) ensure-env
-	scripts/install-deps.sh protoc
-	$(CARGO) run --release -- serve $(ARGS)
+run: ## Run the orchestrator (release build) with .env (made from .env.example if missing); log also in .dev/dev-stack
+	$(XTASK) run $(ARGS)
 
 .PHONY: monitor
 monitor: ## Live view of the channels' events, grouped by correlation (ARGS=…)
-	scripts/monitor $(ARGS)
+	$(XTASK) monitor $(ARGS)
 
 .PHONY: bench
 bench: ## Standard load test on the dev stack → .dev/bench/<time>-<broker>.json (BENCH_BROKER=pulsar|redis, BENCH_EVENTS, BENCH_RATE)
-	scripts/bench.sh
+	$(XTASK) bench
 
 .PHONY: migrate
 migrate: ## Apply database migrations (release build)
-	$(CARGO) run --release -- migrate
+	$(XTASK) migrate
 
 # --- checks -------------------------------------------------------------------------
 
 .PHONY: lint
 lint: lint-deploy ## Check formatting, clippy (warnings as errors) and the deployment files
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(XTASK) lint
 
 .PHONY: lint-deploy
 lint-deploy: ## Check compose files (docker compose config), Dockerfile (hadolint), dashboards
-	scripts/lint-deploy.sh
+	$(XTASK) lint-deploy
 
 .PHONY: fmt
 fmt: ## Format all code with rustfmt
 	$(CARGO) fmt --all
 
 .PHONY: build
-build: ## Build the release binary
-	$(CARGO) build --release
+build: ## Build the release binary (installs protoc first if missing)
+	$(XTASK) build
 
 # --- servers for the tests ------------------------------------------------------
 
 .PHONY: pulsar-up
 pulsar-up: ## Start pulsar-lite + its compatibility proxy on free ports (state in .dev/pulsar-lite)
-	scripts/pulsar-lite.sh start
+	$(XTASK) pulsar start
 
 .PHONY: pulsar-down
 pulsar-down: ## Stop pulsar-lite and its proxy
-	scripts/pulsar-lite.sh stop
+	$(XTASK) pulsar stop
 
 .PHONY: test-services-up
 test-services-up: ## Start PostgreSQL, Redis, Pulsar for tests (source .dev/test-services/env)
-	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh start
+	$(XTASK) test-services up --dir $(TEST_SERVICES_DIR)
 
 .PHONY: test-services-down
 test-services-down: ## Stop the servers started by test-services-up
-	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh stop
+	$(XTASK) test-services down --dir $(TEST_SERVICES_DIR)
 
 .PHONY: clean
 clean: ## Stop the dev stack and test services, remove build output and local state (.dev)
-	$(DEV_STACK) clean
-	TEST_SERVICES_DIR=$(TEST_SERVICES_DIR) scripts/test-services.sh stop
-	$(CARGO) clean
-	rm -rf .dev
+	$(XTASK) clean

@@ -590,7 +590,7 @@ impl PrivateRedis {
             .args(args)
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("start redis-server (scripts/install-deps.sh redis)");
+            .expect("start redis-server (cargo xtask install redis)");
         // Owned at once, so a failed start still stops it (on drop).
         let redis = Self {
             child,

@@ -5,7 +5,7 @@
 //! nothing.
 //!
 //! Always on the suite's Redis (`TEST_REDIS_URL`), whatever `TEST_BROKER`
-//! says: Pulsar has nothing of the kind, so `scripts/test.sh` runs these in
+//! says: Pulsar has nothing of the kind, so `make test` runs these in
 //! its first pass only.
 
 use std::time::{Duration, Instant};

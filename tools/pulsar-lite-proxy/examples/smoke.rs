@@ -3,7 +3,7 @@
 //! subscription from the earliest position, every one acked.
 //!
 //! ```text
-//! scripts/pulsar-lite.sh start && source .dev/pulsar-lite/env
+//! make pulsar-up && source .dev/pulsar-lite/env
 //! cargo run -p pulsar-lite-proxy --example smoke                  # via the proxy: passes
 //! cargo run -p pulsar-lite-proxy --example smoke -- \
 //!     --url "$TEST_PULSAR_DIRECT_URL" --timeout 10                # straight to pulsar-lite: fails

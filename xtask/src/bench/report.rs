@@ -1,0 +1,221 @@
+//! Bench's JSON file ({"meta": run and machine, "report": load-test's
+//! JSON}) and its printed summary.
+
+use super::Settings;
+use crate::{paths, process};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What the run was: written beside the load test's own report.
+pub struct Meta<'a> {
+    pub settings: &'a Settings,
+    pub broker_url: &'a str,
+    pub prefix: &'a str,
+    pub stack_was_up: bool,
+    pub run_dir: &'a Path,
+}
+
+fn first_line_of(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A line of /proc/cpuinfo or /proc/meminfo starting with `key`, after the colon.
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+fn machine(loadavg: &str) -> Value {
+    let mem_mb = proc_field("/proc/meminfo", "MemTotal:")
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb / 1024);
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu": proc_field("/proc/cpuinfo", "model name"),
+        "mem_total_mb": mem_mb,
+        "kernel": first_line_of(Command::new("uname").arg("-srm")),
+        "loadavg_at_start": loadavg,
+    })
+}
+
+fn build_info(bin: &Path) -> Value {
+    let root = paths::root();
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    json!({
+        "git_rev": first_line_of(Command::new("git").arg("-C").arg(&root).args(["rev-parse", "HEAD"])),
+        "git_dirty": dirty,
+        "version": first_line_of(Command::new(bin).arg("--version")),
+        "rustc": first_line_of(Command::new("rustc").arg("--version")),
+    })
+}
+
+/// The load test's report: pretty-printed, from the last line that is exactly "{".
+fn parse_report(raw: &str) -> Result<Value> {
+    let lines: Vec<&str> = raw.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| *l == "{")
+        .context("no JSON report in the load test's output")?;
+    serde_json::from_str(&lines[start..].join("\n"))
+        .context("the load test's JSON report does not parse")
+}
+
+/// Writes .dev/bench/<name>.json, prints the summary; the file's path.
+pub fn write(
+    meta: &Meta,
+    started_at: &str,
+    loadavg: &str,
+    exit_code: i32,
+    bin: &Path,
+) -> Result<PathBuf> {
+    let out = meta.run_dir.join("load-test.out");
+    let raw = std::fs::read_to_string(&out).unwrap_or_default();
+    let report = match parse_report(&raw) {
+        Ok(report) => report,
+        Err(e) => {
+            let logs = ["load-test.err", "load-test.out", "orchestrator.log"]
+                .map(|f| meta.run_dir.join(f));
+            let tails = process::log_tails(&logs.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+            bail!("the load test produced no report (exit {exit_code}): {e:#}{tails}");
+        }
+    };
+    let s = meta.settings;
+    let logs = meta
+        .run_dir
+        .strip_prefix(paths::root())
+        .unwrap_or(meta.run_dir);
+    let meta_json = json!({
+        "started_at": started_at,
+        "broker": s.broker,
+        "broker_url": meta.broker_url,
+        "events": s.events,
+        "rate": s.rate.parse::<f64>().unwrap_or(0.0),
+        "concurrency": s.concurrency,
+        "max_in_flight": s.max_in_flight,
+        "participants": s.participants,
+        "simulator_args": s.sim_args,
+        "database": "saga_bench",
+        "channel_prefix": meta.prefix,
+        "stack": if crate::stack::docker()? { "docker" } else { "local" },
+        "stack_was_running": meta.stack_was_up,
+        "load_test_exit_status": exit_code,
+        "logs": logs.display().to_string(),
+        "machine": machine(loadavg),
+        "build": build_info(bin),
+    });
+    let path = meta.run_dir.with_extension("json");
+    let text = serde_json::to_string_pretty(&json!({"meta": meta_json, "report": report}))? + "\n";
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    print_summary(&meta_json, &report);
+    let shown = path.strip_prefix(paths::root()).unwrap_or(&path);
+    println!(
+        "  saved        {}  (logs in {}/)",
+        shown.display(),
+        logs.display()
+    );
+    Ok(path)
+}
+
+fn ms(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{:.2} s", x / 1000.0)
+    } else {
+        format!("{x:.0} ms")
+    }
+}
+
+fn latencies(lat: &Value) -> String {
+    let f = |k: &str| ms(lat[k].as_f64().unwrap_or(0.0));
+    format!("p50 {} · p95 {} · p99 {}", f("p50"), f("p95"), f("p99"))
+}
+
+fn print_summary(meta: &Value, r: &Value) {
+    let (m, b) = (&meta["machine"], &meta["build"]);
+    let rate = match meta["rate"].as_f64() {
+        Some(x) if x > 0.0 => format!("{x}/s"),
+        _ => "unlimited rate".into(),
+    };
+    let str_of = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!(
+        "bench {}: {} events, {rate}, {} publishers, participants over {} ({})",
+        str_of(&meta["broker"]),
+        r["events"],
+        meta["concurrency"],
+        str_of(&meta["participants"]),
+        str_of(&meta["simulator_args"])
+    );
+    let rev: String = str_of(&b["git_rev"]).chars().take(10).collect();
+    let dirty = if b["git_dirty"] == true {
+        " (dirty)"
+    } else {
+        ""
+    };
+    println!(
+        "  machine      {} CPUs ({}), {} MB, load {}; build {rev}{dirty}",
+        m["nproc"],
+        str_of(&m["cpu"]),
+        m["mem_total_mb"],
+        str_of(&m["loadavg_at_start"])
+    );
+    let num = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    println!(
+        "  events       {} published in {:.2} s",
+        r["events"],
+        num("publish_secs")
+    );
+    println!(
+        "  settled      {} of {} in {:.2} s  →  {:.0} sagas/s",
+        r["settled"],
+        r["events"],
+        num("elapsed_secs"),
+        num("sagas_per_sec")
+    );
+    let max = ms(r["latency_ms"]["max"].as_f64().unwrap_or(0.0));
+    println!(
+        "  latency      {} · max {max}  (event → terminal state)",
+        latencies(&r["latency_ms"])
+    );
+    print_outcomes(r);
+}
+
+/// A line per terminal state, then what went wrong, if anything.
+fn print_outcomes(r: &Value) {
+    if let Some(outcomes) = r["outcomes"].as_object() {
+        for (state, stats) in outcomes {
+            let count = stats["count"].as_u64().unwrap_or(0);
+            println!(
+                "  {state:<12} {count:>6}   {}",
+                latencies(&stats["latency_ms"])
+            );
+        }
+    }
+    if r["unsettled"].as_u64().unwrap_or(0) > 0 {
+        println!("  ✗ {} events have no terminal saga", r["unsettled"]);
+    }
+    if r["duplicates"].as_u64().unwrap_or(0) > 0 {
+        println!("  ✗ {} duplicate sagas", r["duplicates"]);
+    }
+}
