@@ -11,6 +11,8 @@ const MASK: &str = "***";
 
 /// `url` as text with its password masked; with a user name and no
 /// password, the user name is masked instead (it is then often a token).
+/// Every query value is masked too, its key kept: drivers take passwords
+/// and tokens as query parameters (`?password=…`).
 pub fn url(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
@@ -18,6 +20,16 @@ pub fn url(url: &Url) -> String {
         let _ = shown.set_password(Some(MASK));
     } else if !shown.username().is_empty() {
         let _ = shown.set_username(MASK);
+    }
+    if let Some(query) = url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}={MASK}"),
+                None => pair.to_string(),
+            })
+            .collect();
+        shown.set_query(Some(&masked.join("&")));
     }
     shown.to_string()
 }
@@ -89,6 +101,18 @@ mod tests {
         assert_eq!(u("http://user:pw@h:1/api"), "http://user:***@h:1/api");
         assert_eq!(u("https://tok3n@h/"), "https://***@h/");
         assert_eq!(u("http://h:1/x"), "http://h:1/x");
+    }
+
+    #[test]
+    fn query_values_are_masked_keys_kept() {
+        // sqlx and others take a password as a query parameter too.
+        let u = |s: &str| url(&Url::parse(s).unwrap());
+        assert_eq!(
+            u("postgres://app@db/saga?password=hunter2&sslmode=require"),
+            "postgres://***@db/saga?password=***&sslmode=***"
+        );
+        assert_eq!(u("http://h/x?token=t0k#frag"), "http://h/x?token=***#frag");
+        assert_eq!(u("http://h/x?flag"), "http://h/x?flag");
     }
 
     #[test]

@@ -211,3 +211,22 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    #[test]
+    fn the_ready_line_shows_no_password_wherever_the_url_carries_it() {
+        let mut settings = Settings::default();
+        settings.database.url =
+            SecretString::from("postgres://app:pw-in-userinfo@db:5432/saga?password=pw-in-query");
+        let shown = format!("{:?}", Connected::of(&settings));
+        assert!(shown.contains("db:5432/saga"), "{shown}");
+        for secret in ["pw-in-userinfo", "pw-in-query"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! Brings the dev stack up unless it runs (and takes it down again after),
 //! builds the release binary, starts `simulate` and `serve` on a fresh
 //! database (saga_bench) and channels of their own (bench-<time>-…), in a
-//! clean environment (CONTRACT §6 defaults, nothing from ./.env), runs
+//! clean environment (docs/contract.md §6 defaults, nothing from ./.env), runs
 //! `load-test --json`, writes .dev/bench/<time>-<broker>.json ({"meta",
 //! "report"}) with the processes' logs beside it, prints the summary, and
 //! stops what it started, by PID. Fails if any event has no terminal saga,
