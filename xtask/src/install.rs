@@ -4,6 +4,7 @@
 use crate::process::{is_executable, is_root, which};
 use crate::{postgres, pulsar, signals};
 use anyhow::{bail, Result};
+use std::io::IsTerminal;
 use std::process::Command;
 
 /// A tool `install` knows how to provide.
@@ -106,8 +107,9 @@ pub fn ensure(deps: &[Dep]) -> Result<()> {
     Ok(())
 }
 
-/// `apt-get install` of `packages`, as root or through `sudo -n` (no
-/// password prompt: CI has no terminal to type one).
+/// `apt-get install` of `packages`, as root or through `sudo`: `sudo -n`
+/// (no password prompt) without a terminal, as in CI, which has none to
+/// type one; a person at a terminal may be asked for theirs.
 fn apt_install(packages: &[&str]) -> Result<()> {
     let list = packages.join(" ");
     if which("apt-get").is_none() {
@@ -118,7 +120,10 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             Command::new("apt-get")
         } else {
             let mut sudo = Command::new("sudo");
-            sudo.args(["-n", "apt-get"]);
+            if !std::io::stdin().is_terminal() {
+                sudo.arg("-n");
+            }
+            sudo.arg("apt-get");
             sudo
         };
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
