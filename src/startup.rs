@@ -58,16 +58,12 @@ struct Connected {
 
 impl Connected {
     fn of(settings: &Settings) -> Self {
-        use secrecy::ExposeSecret;
-        let database = settings.database.url.expose_secret();
         let participant = |mode: ParticipantMode, url: &url::Url, channel: &str| match mode {
             ParticipantMode::Http => format!("http {}", redact::url(url)),
             ParticipantMode::Broker => format!("broker, commands on {channel}"),
         };
         Self {
-            store: url::Url::parse(database)
-                .map(|u| redact::url(&u))
-                .unwrap_or_else(|_| redact::url_text(database)),
+            store: settings.database.redacted_url(),
             broker: settings.broker.url.redacted(),
             alliances: participant(
                 settings.participants.alliances_mode,

@@ -29,6 +29,17 @@ impl Default for DatabaseSettings {
 }
 
 impl DatabaseSettings {
+    /// `DATABASE_URL` without its password (userinfo or query), for logs
+    /// and output, as [`BrokerUrl::redacted`](super::BrokerUrl::redacted)
+    /// is for the broker.
+    pub fn redacted_url(&self) -> String {
+        use secrecy::ExposeSecret;
+        let url = self.url.expose_secret();
+        Url::parse(url)
+            .map(|u| crate::redact::url(&u))
+            .unwrap_or_else(|_| crate::redact::url_text(url))
+    }
+
     /// The names this section reads.
     pub(super) const NAMES: &'static [&'static str] = &[
         "DATABASE_URL",
