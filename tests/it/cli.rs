@@ -2,6 +2,7 @@
 //! separate process.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -9,16 +10,23 @@ fn run(args: &[&str]) -> Output {
     run_with(args, &[])
 }
 
-/// Runs the binary with only `env` (and `PATH`) for an environment, its
-/// output captured through pipes.
-fn run_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"))
+/// The binary, run in `dir` with only `env` (and `PATH`) for an
+/// environment: nothing from the developer's own .env or environment.
+fn binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"));
+    command
         .args(args)
-        // Nothing from the developer's own .env or environment.
-        .current_dir(std::env::temp_dir())
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    command
+}
+
+/// Runs the binary with only `env` for an environment, its output
+/// captured through pipes.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    binary(&std::env::temp_dir(), args, env)
         .output()
         .expect("the binary runs")
 }
@@ -72,34 +80,27 @@ fn help_says_where_settings_come_from() {
 fn serve_until_ready() -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("saga-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"))
-        .arg("serve")
-        .current_dir(&dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs([
-            ("LOG_FORMAT", "pretty"),
-            ("RUST_LOG", "info"),
-            ("TERM", "xterm-256color"),
-            ("BROKER_URL", "memory://"),
-            ("API_ADDR", "127.0.0.1:0"),
-            ("ALIANZAS_API_URL", "http://svc:s3cret-pw@127.0.0.1:9/"),
-        ])
-        .env(
-            "DATABASE_URL",
-            format!("sqlite:{}", dir.join("store.db").display()),
-        )
+    let database = format!("sqlite:{}", dir.join("store.db").display());
+    let env = [
+        ("LOG_FORMAT", "pretty"),
+        ("RUST_LOG", "info"),
+        ("TERM", "xterm-256color"),
+        ("BROKER_URL", "memory://"),
+        ("API_ADDR", "127.0.0.1:0"),
+        ("ALIANZAS_API_URL", "http://svc:s3cret-pw@127.0.0.1:9/"),
+        ("DATABASE_URL", database.as_str()),
+    ];
+    let mut serve = binary(&dir, &["serve"], &env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("serve starts");
     let stdout = serve.stdout.take().expect("piped");
     let (lines, seen) = std::sync::mpsc::channel();
+    // Read on a thread, so that a serve that never gets ready times out.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let ready = line.contains("API listening");
-            let _ = lines.send(line);
-            if ready {
+            if lines.send(line).is_err() {
                 break;
             }
         }
