@@ -107,6 +107,19 @@ impl BrokerUrl {
             Self::Memory => "memory://".to_string(),
         }
     }
+
+    /// The host and port a network broker listens on (each scheme's
+    /// default port when the URL names none); `None` in process.
+    pub fn host_and_port(&self) -> Option<(String, u16)> {
+        let (url, default_port) = match self {
+            Self::Pulsar(url) if url.scheme() == "pulsar+ssl" => (url, 6651),
+            Self::Pulsar(url) => (url, 6650),
+            Self::Redis(url) => (url, 6379),
+            Self::Memory => return None,
+        };
+        let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+        Some((host, url.port().unwrap_or(default_port)))
+    }
 }
 
 /// Parses a `BROKER_URL`; the error says what is wrong, without the

@@ -18,6 +18,9 @@ pub struct InstanceSettings {
     /// How long shutdown waits for in-flight sagas before leaving them to
     /// recovery (`SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+    /// How long start-up keeps trying to reach the store and the broker;
+    /// 0 tries once (`STARTUP_TIMEOUT_SECS`).
+    pub startup_timeout: Duration,
 }
 
 impl Default for InstanceSettings {
@@ -26,14 +29,19 @@ impl Default for InstanceSettings {
             id: Self::unique_id(),
             sweep_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl InstanceSettings {
     /// The names this section reads.
-    pub(super) const NAMES: &'static [&'static str] =
-        &["INSTANCE_ID", "SWEEP_INTERVAL_MS", "SHUTDOWN_GRACE_SECS"];
+    pub(super) const NAMES: &'static [&'static str] = &[
+        "INSTANCE_ID",
+        "SWEEP_INTERVAL_MS",
+        "SHUTDOWN_GRACE_SECS",
+        "STARTUP_TIMEOUT_SECS",
+    ];
 
     pub(super) fn parse(v: &Values) -> Result<Self, ConfigError> {
         let d = Self::default();
@@ -48,6 +56,11 @@ impl InstanceSettings {
                 positive_millis(HOUR_MS),
             )?,
             shutdown_grace: v.parse("SHUTDOWN_GRACE_SECS", d.shutdown_grace, secs_up_to(3600))?,
+            startup_timeout: v.parse(
+                "STARTUP_TIMEOUT_SECS",
+                d.startup_timeout,
+                secs_up_to(3600),
+            )?,
         })
     }
 
@@ -69,10 +82,15 @@ mod tests {
         let d = InstanceSettings::default();
         assert_eq!(d.sweep_interval, Duration::from_secs(1));
         assert_eq!(d.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(d.startup_timeout, Duration::from_secs(30));
         let parsed = parse_pairs(&[], InstanceSettings::parse).expect("defaults parse");
         assert_eq!(
-            (parsed.sweep_interval, parsed.shutdown_grace),
-            (d.sweep_interval, d.shutdown_grace)
+            (
+                parsed.sweep_interval,
+                parsed.shutdown_grace,
+                parsed.startup_timeout
+            ),
+            (d.sweep_interval, d.shutdown_grace, d.startup_timeout)
         );
         assert_ne!(parsed.id, d.id, "each process its own name");
     }

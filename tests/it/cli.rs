@@ -159,6 +159,7 @@ fn a_failure_to_start_is_said_once() {
             &[
                 ("LOG_FORMAT", format),
                 ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+                ("STARTUP_TIMEOUT_SECS", "0"),
             ],
         );
         let shown = text(&out);
@@ -169,6 +170,70 @@ fn a_failure_to_start_is_said_once() {
             "{format}: said once: {shown}"
         );
     }
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
+
+/// What `serve` prints when `setting` names an address where nothing
+/// listens: one line at once naming the setting, the address and how long
+/// it will be tried, then the failure, once; nothing from the libraries.
+fn serve_cannot_reach(setting: &str, address: &str, env: &[(&str, &str)]) {
+    let mut env = env.to_vec();
+    env.extend([
+        ("LOG_FORMAT", "pretty"),
+        ("API_ADDR", "127.0.0.1:0"),
+        ("STARTUP_TIMEOUT_SECS", "1"),
+    ]);
+    let out = run_with(&["serve"], &env);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    let lines: Vec<&str> = shown.lines().collect();
+    let named = format!("{setting}={address}");
+    assert_eq!(lines.len(), 2, "two lines and no more: {shown}");
+    assert!(
+        lines[0].contains("WARN")
+            && lines[0].contains(&named)
+            && lines[0].contains("for up to 1 s (STARTUP_TIMEOUT_SECS)"),
+        "said at once, with how long it will try: {shown}"
+    );
+    assert!(
+        lines[1].starts_with("error: cannot reach the ") && lines[1].contains(&named),
+        "{shown}"
+    );
+    assert!(
+        lines[1].ends_with("(tried for 1 s; STARTUP_TIMEOUT_SECS sets how long)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_broker_that_is_not_there_is_named_at_once_with_how_long_it_is_tried() {
+    for scheme in ["pulsar", "redis"] {
+        let address = format!("{scheme}://127.0.0.1:{}", closed_port());
+        serve_cannot_reach(
+            "BROKER_URL",
+            &address,
+            &[
+                ("BROKER_URL", &address),
+                ("DATABASE_URL", "sqlite::memory:"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_database_that_is_not_there_is_named_at_once_without_its_password() {
+    let port = closed_port();
+    let url = format!("postgres://saga:pg-s3cret@127.0.0.1:{port}/saga");
+    serve_cannot_reach(
+        "DATABASE_URL",
+        &format!("postgres://saga:***@127.0.0.1:{port}/saga"),
+        &[("DATABASE_URL", &url), ("BROKER_URL", "memory://")],
+    );
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub async fn serve(args: &ServeArgs, settings: &Settings) -> anyhow::Result<Exit
 
 /// Applies the database migrations and exits.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = crate::store::connect(&settings.database.url, 1).await?;
+    let store = crate::startup::reach::open_store(settings, 1).await?;
     store.migrate().await?;
     println!("migrations applied");
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,8 @@
 //! Tests build it the same way, on port 0, with their own database and
 //! channel names.
 
+pub mod reach;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -15,15 +17,16 @@ use crate::participants::HttpParticipants;
 use crate::redact;
 use crate::store::{SagaStore, StoreError};
 use crate::telemetry;
-use crate::transport::{self, Transport, TransportError};
+use crate::transport::Transport;
+pub use reach::Unreachable;
 
 /// Why the service could not start; each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot open the saga store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot connect to the broker: {0}")]
-    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
     #[error("cannot build the participants' HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error(
@@ -91,15 +94,14 @@ fn browsable(addr: std::net::SocketAddr) -> String {
 
 impl Application {
     /// Connects the store (migrating it unless `MIGRATE_ON_START=false`)
-    /// and the broker, then builds the rest.
+    /// and the broker, each tried for `STARTUP_TIMEOUT_SECS`, then builds
+    /// the rest.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let store =
-            crate::store::connect(&settings.database.url, settings.database.max_connections)
-                .await?;
+        let store = reach::open_store(settings, settings.database.max_connections).await?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
         }
-        let transport = transport::from_settings(settings).await?;
+        let transport = reach::connect_broker(settings).await?;
         Self::build_with(settings, store, transport).await
     }
 
