@@ -47,7 +47,11 @@ fn main() -> ExitCode {
     // Said once: as a log line where logs are JSON for a collector, as
     // `error: …` for a person otherwise.
     let json_logs = command.logs_as_json(settings.as_ref());
-    match runtime.block_on(dispatch(command, settings)) {
+    let outcome = runtime.block_on(dispatch(command, settings));
+    // Dropping a runtime waits for its blocking tasks (a DNS lookup of a
+    // host that is gone, say) without end: the exit must not.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(code) => code,
         Err(e) if json_logs => {
             tracing::error!(error = %e, "exiting");

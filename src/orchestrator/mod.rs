@@ -12,11 +12,13 @@ mod consumer;
 mod driver;
 mod relay;
 mod replies;
+mod shutdown;
 mod sweeper;
 mod upkeep;
 mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,6 +158,12 @@ struct Inner {
     /// One permit per saga driven at once.
     permits: Arc<Semaphore>,
     relay_wake: Notify,
+    /// Writes of this instance to the outbox, and how many of them the
+    /// relay has seen through (it found the outbox empty after them).
+    /// Shutdown's last relay pass is needed only while they differ; rows an
+    /// earlier run left are relayed while running, or at the next start.
+    outbox_writes: AtomicU64,
+    outbox_relayed: AtomicU64,
     /// Group commit of transitions.
     writer: writer::Writer,
     /// Slots of sagas waiting for a broker reply, until their deadline
@@ -203,6 +211,8 @@ impl Orchestrator {
                 config,
                 permits,
                 relay_wake: Notify::new(),
+                outbox_writes: AtomicU64::new(0),
+                outbox_relayed: AtomicU64::new(0),
                 writer,
                 awaiting: std::sync::Mutex::default(),
                 driving: std::sync::Mutex::default(),
@@ -219,45 +229,37 @@ impl Orchestrator {
     /// and the broker's upkeep, and in broker mode the `saga-replies`
     /// consumer.
     pub fn spawn_background(&self) {
-        self.inner.tasks.spawn(consumer::run(self.clone()));
+        self.spawn_loop(consumer::run(self.clone()));
         if self.inner.config.uses_replies() {
-            self.inner.tasks.spawn(replies::run(self.clone()));
+            self.spawn_loop(replies::run(self.clone()));
         }
         self.inner.relay.spawn(relay::run(self.clone()));
-        self.inner.tasks.spawn(sweeper::run(self.clone()));
-        self.inner.tasks.spawn(upkeep::run(self.clone()));
+        self.spawn_loop(sweeper::run(self.clone()));
+        self.spawn_loop(upkeep::run(self.clone()));
     }
 
-    /// Waits for background work to stop after cancellation, at most the
-    /// shutdown grace; sagas still mid-step are left to recovery (durable,
-    /// leased, retried with the same idempotency keys). The relay stops
-    /// last, with one final pass, so the events of the drivers' last
-    /// commits go out now rather than at the next start.
-    pub async fn shutdown(&self) {
-        let inner = &self.inner;
-        let deadline = tokio::time::Instant::now() + inner.config.shutdown_grace;
-        inner.cancel.cancel();
-        inner.tasks.close();
-        if tokio::time::timeout_at(deadline, inner.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "shutdown grace elapsed with sagas in flight; recovery will resume them"
-            );
-        }
-        inner.relay_stop.cancel();
-        inner.relay.close();
-        // The final pass gets at least a moment even when the grace is spent.
-        let relay_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        if tokio::time::timeout_at(relay_deadline, inner.relay.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "the outbox relay's last pass did not finish; the next start relays the rest"
-            );
-        }
+    /// Runs a background loop until shutdown, which drops it wherever it
+    /// waits (a pool acquire, a broker reconnect): everything it does is
+    /// safe to cut short (unacked messages are redelivered, a lapsed claim
+    /// is claimed again), and nothing in flight waits on it.
+    fn spawn_loop(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.inner.cancel.clone();
+        self.inner
+            .tasks
+            .spawn(async move { cancel.run_until_cancelled_owned(work).await });
+    }
+
+    /// Tells the relay there is something to publish.
+    fn wake_relay(&self) {
+        self.inner.outbox_writes.fetch_add(1, Ordering::AcqRel);
+        self.inner.relay_wake.notify_one();
+    }
+
+    /// Whether this instance wrote to the outbox since the relay last
+    /// found it empty.
+    fn outbox_pending(&self) -> bool {
+        let relayed = self.inner.outbox_relayed.load(Ordering::Acquire);
+        self.inner.outbox_writes.load(Ordering::Acquire) > relayed
     }
 
     /// Records sagas (deduplicated by `event_id`) and drives the new ones
@@ -278,7 +280,7 @@ impl Orchestrator {
             permits.push(permit);
         }
         let created = self.inner.store.create(&new).await?;
-        self.inner.relay_wake.notify_one();
+        self.wake_relay();
         for (((draft, decision), permit), outcome) in
             new.into_iter().zip(decisions).zip(permits).zip(&created)
         {
@@ -543,7 +545,7 @@ impl Orchestrator {
             metrics::histogram!(telemetry::SAGA_SECONDS, "outcome" => after.state.as_str())
                 .record(seconds);
         }
-        self.inner.relay_wake.notify_one();
+        self.wake_relay();
         Ok(Some(after))
     }
 

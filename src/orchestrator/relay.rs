@@ -21,6 +21,7 @@
 //! sends); they are sent again later, at least once as always.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -47,12 +48,29 @@ pub(super) async fn run(orch: Orchestrator) {
             () = tokio::time::sleep(IDLE_POLL) => {}
             () = inner.relay_stop.cancelled() => {
                 // One last pass, once the drivers are done (see
-                // `Orchestrator::shutdown`), so their final events go out.
-                drain(&orch).await;
+                // `Orchestrator::shutdown`), so their final events go out;
+                // none when we wrote nothing since the outbox was last
+                // empty (the store may be gone: asking it would only wait).
+                if orch.outbox_pending() {
+                    drain(&orch).await;
+                }
                 return;
             }
         }
-        drain(&orch).await;
+        tokio::select! {
+            () = drain(&orch) => {}
+            () = stopped_with_nothing_to_relay(&orch) => return,
+        }
+    }
+}
+
+/// Resolves when the relay is told to stop and this instance has nothing
+/// of its own left to publish: a pass then in progress (perhaps waiting on
+/// a store that is gone) is not worth waiting for.
+async fn stopped_with_nothing_to_relay(orch: &Orchestrator) {
+    orch.inner.relay_stop.cancelled().await;
+    if orch.outbox_pending() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -76,12 +94,17 @@ async fn drain(orch: &Orchestrator) {
     let inner = &orch.inner;
     let mut failures = 0;
     loop {
+        // Read before the claim: an empty claim sees every write up to here.
+        let writes = inner.outbox_writes.load(Ordering::Acquire);
         let claim = match inner
             .store
             .claim_outbox(&inner.config.instance_id, Utc::now(), CLAIM_LEASE, BATCH)
             .await
         {
-            Ok(claim) if claim.is_empty() => return,
+            Ok(claim) if claim.is_empty() => {
+                inner.outbox_relayed.fetch_max(writes, Ordering::AcqRel);
+                return;
+            }
             Ok(claim) => claim,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox claim failed");

@@ -21,4 +21,5 @@ mod recovery;
 mod redis_streams;
 mod relay;
 mod saga_flow;
+mod shutdown;
 mod store;

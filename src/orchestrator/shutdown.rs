@@ -1,0 +1,106 @@
+//! Stopping: no new work, the sagas in flight given the grace period to
+//! reach a durable point, then one last relay pass, each wait said.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::Orchestrator;
+
+/// The relay's last pass gets at least this, even when the grace is spent.
+const LAST_PASS_MIN: Duration = Duration::from_secs(1);
+/// Saga ids named in a log line at most.
+const NAMED: usize = 5;
+
+impl Orchestrator {
+    /// Stops taking work and waits, at most the shutdown grace
+    /// (`SHUTDOWN_GRACE_SECS`), for the sagas in flight; those still
+    /// mid-step are left to recovery (durable, leased, retried with the
+    /// same idempotency keys). The background loops stop at once. The relay
+    /// stops last, with one final pass when this instance wrote to the
+    /// outbox since it was last empty, so the events of the drivers' last
+    /// commits go out now rather than at the next start.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let grace = inner.config.shutdown_grace;
+        let deadline = Instant::now() + grace;
+        inner.cancel.cancel();
+        inner.tasks.close();
+        let in_flight = self.driven_now();
+        if !in_flight.is_empty() {
+            tracing::info!(
+                in_flight = in_flight.len(),
+                sagas = %named(&in_flight),
+                "shutting down: waiting up to {} s (SHUTDOWN_GRACE_SECS) for the sagas in flight to finish their step",
+                grace.as_secs()
+            );
+        }
+        if tokio::time::timeout_at(deadline, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            let left = self.driven_now();
+            tracing::warn!(
+                left = left.len(),
+                sagas = %named(&left),
+                "shutdown grace elapsed with sagas in flight; recovery will resume them"
+            );
+        }
+        self.stop_relay(deadline.max(Instant::now() + LAST_PASS_MIN))
+            .await;
+    }
+
+    async fn stop_relay(&self, deadline: Instant) {
+        let inner = &self.inner;
+        if self.outbox_pending() {
+            tracing::info!(
+                "relaying the last events written, for up to {} s",
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil()
+            );
+        }
+        inner.relay_stop.cancel();
+        inner.relay.close();
+        if tokio::time::timeout_at(deadline, inner.relay.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the outbox relay's last pass did not finish; the next start relays the rest"
+            );
+        }
+    }
+
+    /// The sagas a driver of this instance is on now.
+    fn driven_now(&self) -> Vec<Uuid> {
+        let driving = self.inner.driving.lock().unwrap_or_else(|e| e.into_inner());
+        driving.keys().copied().collect()
+    }
+}
+
+/// A few of `ids`, for a log line: "id, id, … and 12 more".
+fn named(ids: &[Uuid]) -> String {
+    let mut shown: Vec<String> = ids.iter().take(NAMED).map(Uuid::to_string).collect();
+    if ids.len() > NAMED {
+        shown.push(format!("and {} more", ids.len() - NAMED));
+    }
+    shown.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_names_a_few_sagas_and_counts_the_rest() {
+        let ids: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+        let shown = named(&ids);
+        assert!(shown.starts_with(&ids[0].to_string()), "{shown}");
+        assert!(shown.ends_with(", and 2 more"), "{shown}");
+        assert_eq!(named(&ids[..2]), format!("{}, {}", ids[0], ids[1]));
+        assert_eq!(named(&[]), "");
+    }
+}

@@ -1,0 +1,253 @@
+//! Stopping the binary, run as a separate process: SIGTERM waits for the
+//! sagas in flight (saying so), at most the grace period, and never on a
+//! store or a broker that cannot answer when nothing is in flight.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+use wiremock::MockServer;
+
+use crate::helpers::{alliance_created, fresh_database, on_create_alliance, BrokerKind};
+
+/// A TCP forwarder in front of a server, which a test can cut: every
+/// connection through it closed and the port refusing new ones, as when
+/// the server's machine goes away.
+struct Cut {
+    port: u16,
+    connections: JoinSet<()>,
+}
+
+impl Cut {
+    async fn to(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("bound").port();
+        let mut connections = JoinSet::new();
+        // The accept loop is one of the connections: cutting stops it too,
+        // which closes the port.
+        connections.spawn(async move {
+            let mut links = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, connections }
+    }
+
+    /// `url` with its host and port replaced by this forwarder's.
+    fn in_front_of(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).expect("a URL");
+        url.set_host(Some("127.0.0.1")).expect("a host");
+        url.set_port(Some(self.port)).expect("a port");
+        url.to_string()
+    }
+
+    fn cut(&mut self) {
+        self.connections.abort_all();
+    }
+}
+
+fn host_and_port(url: &str, default_port: u16) -> String {
+    let url = url::Url::parse(url).expect("a URL");
+    let host = url.host_str().expect("a host");
+    format!("{host}:{}", url.port().unwrap_or(default_port))
+}
+
+/// `serve`, run as a separate process with `env` on top of a test's own
+/// channels, until it said it is ready.
+struct Serve {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    shown: Vec<String>,
+    api: String,
+}
+
+const ADMIN_TOKEN: &str = "shutdown-test-token";
+
+impl Serve {
+    async fn start(env: &[(&str, String)]) -> Self {
+        let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LOG_FORMAT", "pretty")
+            .env("API_ADDR", "127.0.0.1:0")
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for name in [
+            "partner-events",
+            "saga-events",
+            "saga-replies",
+            "alliance-commands",
+            "integration-commands",
+        ] {
+            let setting = format!("CHANNEL_{}", name.to_uppercase().replace('-', "_"));
+            command.env(setting, format!("{prefix}{name}"));
+        }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = command.spawn().expect("serve starts");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut serve = Self {
+            child,
+            lines,
+            shown: Vec::new(),
+            api: String::new(),
+        };
+        serve.api = serve.ready().await;
+        serve
+    }
+
+    /// Reads the log up to the ready line; the API's address from it.
+    async fn ready(&mut self) -> String {
+        let read = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                self.shown.push(line.clone());
+                if line.contains("API listening") {
+                    return Some(line);
+                }
+            }
+            None
+        });
+        let line = read.await.ok().flatten();
+        let line = line.unwrap_or_else(|| panic!("serve got ready: {:#?}", self.shown));
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("addr="))
+            .expect("the ready line names the address");
+        format!("http://{addr}")
+    }
+
+    /// Sends SIGTERM; returns how it exited and how long that took, with
+    /// the rest of its log read.
+    async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().expect("running") as libc::pid_t;
+        // SAFETY: a plain signal to our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let asked = Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(90), self.child.wait())
+            .await
+            .expect("exits within the grace period")
+            .expect("waited");
+        let took = asked.elapsed();
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            self.shown.push(line);
+        }
+        eprintln!("exited {status} {took:?} after SIGTERM");
+        (status, took)
+    }
+
+    fn said(&self, words: &str) -> bool {
+        self.shown.iter().any(|line| line.contains(words))
+    }
+}
+
+#[tokio::test]
+async fn with_the_store_and_broker_gone_and_nothing_in_flight_sigterm_exits_at_once() {
+    let database = fresh_database().await;
+    let broker = BrokerKind::from_env().url();
+    let mut store_link = Cut::to(host_and_port(&database, 5432)).await;
+    let mut broker_link = Cut::to(host_and_port(&broker, 6650)).await;
+    let mut serve = Serve::start(&[
+        ("DATABASE_URL", store_link.in_front_of(&database)),
+        ("BROKER_URL", broker_link.in_front_of(&broker)),
+        ("SHUTDOWN_GRACE_SECS", "60".into()),
+    ])
+    .await;
+    store_link.cut();
+    broker_link.cut();
+    // Long enough for every loop to be stuck in a reconnection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, took) = serve.terminate().await;
+    let shown = &serve.shown;
+    assert!(status.success(), "{status}: {shown:#?}");
+    // A pool acquire on a gone database gives up after 10 s: stopping
+    // sooner shows shutdown waited on nothing that cannot answer.
+    assert!(
+        took < Duration::from_secs(8),
+        "took {took:?} with nothing in flight: {shown:#?}"
+    );
+    assert!(serve.said("shutting down"), "{shown:#?}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
+    let alliances = MockServer::start().await;
+    let integrations = MockServer::start().await;
+    // The call in flight when SIGTERM comes answers after 3 s.
+    on_create_alliance(
+        &alliances,
+        alliance_created("a-1").set_delay(Duration::from_secs(3)),
+        None,
+    )
+    .await;
+    let database = fresh_database().await;
+    let mut serve = Serve::start(&[
+        ("DATABASE_URL", database.clone()),
+        ("BROKER_URL", BrokerKind::from_env().url()),
+        ("ALIANZAS_API_URL", alliances.uri()),
+        ("INTEGRACIONES_API_URL", integrations.uri()),
+        ("SHUTDOWN_GRACE_SECS", "60".into()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let started: Value = http
+        .post(format!("{}/sagas", serve.api))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"payload": {"partner_id": crate::helpers::partner(), "name": "Acme"}}))
+        .send()
+        .await
+        .expect("POST /sagas")
+        .json()
+        .await
+        .expect("json");
+    let saga_id = started["saga_id"].as_str().expect("saga_id").to_string();
+    while alliances
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = serve.terminate().await;
+    let shown = &serve.shown;
+    assert!(status.success(), "{status}: {shown:#?}");
+    assert!(
+        serve.said("waiting up to 60 s (SHUTDOWN_GRACE_SECS) for the sagas in flight")
+            && serve.said(&saga_id),
+        "says what it waits for: {shown:#?}"
+    );
+    assert!(
+        !serve.said("shutdown grace elapsed"),
+        "the step finished in the grace: {shown:#?}"
+    );
+    // Its step done, its events out (woken by the commit, or in the last
+    // pass): nothing left for the next start.
+    let mut db = sqlx::PgConnection::connect(&database)
+        .await
+        .expect("connect");
+    let state: String = sqlx::query_scalar("SELECT state FROM sagas WHERE saga_id = $1::uuid")
+        .bind(&saga_id)
+        .fetch_one(&mut db)
+        .await
+        .expect("the saga");
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&mut db)
+        .await
+        .expect("the outbox");
+    assert_eq!((state.as_str(), unsent), ("completed", 0), "{shown:#?}");
+}
