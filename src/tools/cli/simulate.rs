@@ -9,9 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Behaviour;
 use crate::config::Settings;
-use crate::startup::shutdown_signal;
+use crate::startup::{reach, shutdown_signal};
 use crate::tools::simulator::{self, Simulator, SimulatorConfig};
-use crate::transport;
 
 /// `simulate`'s options. The flags keep the participants' service names.
 #[derive(Args)]
@@ -79,7 +78,7 @@ async fn answer_on_broker(
     // The participants' own consumer group, apart from the orchestrator's.
     let mut own = settings.clone();
     own.broker.subscription = "saga-participants".into();
-    let transport = transport::from_settings(&own).await?;
+    let transport = reach::connect_broker(&own).await?;
     println!(
         "answering commands on {} and {}",
         own.broker.channels.alliance_commands, own.broker.channels.integration_commands
