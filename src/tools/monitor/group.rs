@@ -46,8 +46,9 @@ pub enum GroupKey {
     /// One saga's messages, the `PartnerCreated` that started it included.
     Saga(String),
     /// Messages naming a partner whose saga is not known (yet): a
-    /// `PartnerCreated` read before its saga's first message waits here,
-    /// and moves into the saga's group when that message comes.
+    /// `PartnerCreated` read before its saga's first message waits here
+    /// (up to [`BlockRules::max_hold`]), and moves into the saga's group
+    /// when that message comes.
     Partner(String),
     /// One `correlation_id`'s messages.
     Correlation(String),
@@ -107,7 +108,8 @@ pub struct BlockRules {
     pub quiet: Duration,
     /// A finished group is printed after this long without a message.
     pub settle: Duration,
-    /// A group is printed after being held this long, however busy.
+    /// A group is printed after being held this long, however busy; a
+    /// partner's messages wait this long for their saga to appear.
     pub max_hold: Duration,
     /// Messages buffered at most; past it the oldest group is printed.
     pub max_lines: usize,
@@ -188,7 +190,10 @@ impl Blocks {
         let due: Vec<(GroupKey, Flush)> = self
             .groups
             .iter()
-            .filter_map(|(key, group)| Some((key.clone(), group.due(now, &self.rules)?)))
+            .filter_map(|(key, group)| {
+                let waiting = matches!(key, GroupKey::Partner(_));
+                Some((key.clone(), group.due(now, &self.rules, waiting)?))
+            })
             .collect();
         self.take(due, now)
     }
@@ -389,11 +394,16 @@ impl Group {
         !self.sagas.is_empty() && self.sagas.iter().all(|(_, done)| *done)
     }
 
-    fn due(&self, now: Instant, rules: &BlockRules) -> Option<Flush> {
+    /// Why it is to be printed at `now`, if it is. `waiting`: a partner's
+    /// messages waiting for their saga, which the orchestrator may start
+    /// only seconds later under load: they are held until
+    /// [`BlockRules::max_hold`] rather than the (shorter) quiet time.
+    fn due(&self, now: Instant, rules: &BlockRules, waiting: bool) -> Option<Flush> {
         let idle = now.saturating_duration_since(self.last_seen);
+        let quiet = if waiting { rules.max_hold } else { rules.quiet };
         if self.finished() && idle >= rules.settle {
             Some(Flush::Finished)
-        } else if idle >= rules.quiet {
+        } else if idle >= quiet {
             Some(Flush::Quiet)
         } else if now.saturating_duration_since(self.first_seen) >= rules.max_hold {
             Some(Flush::Held)
@@ -736,6 +746,32 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].key, GroupKey::Partner("p-2".into()));
         assert_eq!(rest[0].flush, Flush::End);
+    }
+
+    #[test]
+    fn a_partner_created_waits_for_its_saga_longer_than_a_saga_goes_quiet() {
+        // Under a backlog the orchestrator starts the saga seconds later.
+        let now = Instant::now();
+        let mut blocks = Blocks::new(GroupBy::Saga, rules());
+        push_all(&mut blocks, now, vec![created("p-1", "e-1", 0)]);
+        assert!(blocks.due(secs(now, 10.0)).is_empty(), "still waiting");
+        let later = secs(now, 12.0);
+        push_all(
+            &mut blocks,
+            later,
+            vec![started(S1, "p-1", 12_000), completed(S1, "p-1", 12_020)],
+        );
+        let out = blocks.due(secs(later, 1.0));
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(types(&out[0])[0], "PartnerCreated");
+
+        // A saga that never comes: shown after the hold time.
+        push_all(&mut blocks, now, vec![created("p-2", "e-2", 0)]);
+        assert!(blocks.due(secs(now, 29.0)).is_empty());
+        let alone = blocks.due(secs(now, 30.0));
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].key, GroupKey::Partner("p-2".into()));
+        assert_eq!(alone[0].flush, Flush::Quiet);
     }
 
     #[test]
