@@ -38,8 +38,10 @@ pub struct MonitorCmd {
     #[arg(long, default_value = "saga", value_name = "KEY")]
     group_by: GroupBy,
     /// Seconds without a new message after which a group not finished
-    /// (a saga stuck mid-way) is printed anyway, e.g. 0.5 or 10.
-    #[arg(long, default_value = "3", value_name = "SECS", value_parser = parse_idle)]
+    /// (a saga stuck mid-way) is printed anyway, e.g. 0.5 or 60. The
+    /// default is above the default STEP_TIMEOUT_MS (10 s), so a saga
+    /// waiting out a participant's timeout is not cut in two.
+    #[arg(long, default_value = "15", value_name = "SECS", value_parser = parse_idle)]
     idle: Duration,
     /// First replay what the broker still holds (Redis from id 0, Pulsar from
     /// Earliest), then follow. Default: only messages from now on.
@@ -268,4 +270,32 @@ fn channels(cmd: &MonitorCmd, settings: &Settings) -> Vec<String> {
         }
     }
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        monitor: MonitorCmd,
+    }
+
+    #[test]
+    fn by_default_sagas_are_grouped_with_the_library_idle_time() {
+        let cmd = Command::try_parse_from(["monitor"]).expect("no arguments needed");
+        assert_eq!(cmd.monitor.group_by, GroupBy::Saga);
+        assert_eq!(cmd.monitor.idle, monitor::group::DEFAULT_QUIET);
+    }
+
+    #[test]
+    fn the_idle_time_is_seconds_within_reason() {
+        assert_eq!(parse_idle("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_idle(" 10 "), Ok(Duration::from_secs(10)));
+        for bad in ["0", "-1", "soon", "3601", "NaN", "inf"] {
+            assert!(parse_idle(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -27,8 +27,10 @@ use crate::envelope::EventType;
 use crate::saga::SagaState;
 
 /// How long an unfinished group may go without a new message before it is
-/// printed anyway (`monitor --idle`).
-pub const DEFAULT_QUIET: Duration = Duration::from_secs(3);
+/// printed anyway (`monitor --idle`): longer than the default step timeout
+/// (`STEP_TIMEOUT_MS`, 10 s), the longest a saga normally waits in silence
+/// (for a participant's answer, before trying again).
+pub const DEFAULT_QUIET: Duration = Duration::from_secs(15);
 /// How long a finished saga's group waits for stragglers: messages of it
 /// still in flight on other channels, read a moment later.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -265,6 +267,24 @@ impl Blocks {
         }
     }
 
+    /// A saga block of commands and replies alone (a participant's reply
+    /// need not name the partner) says what the saga's earlier messages
+    /// did: its partner, and the state its latest saga event put it in.
+    fn fill_in(&self, block: &mut Block) {
+        let GroupKey::Saga(saga) = &block.key else {
+            return;
+        };
+        let Some(link) = self.links.sagas.get(saga) else {
+            return;
+        };
+        if block.partner_id.is_none() {
+            block.partner_id.clone_from(&link.partner_id);
+        }
+        if block.state.is_none() {
+            block.state.clone_from(&link.state);
+        }
+    }
+
     /// Prints the oldest groups until the buffer is within its bound.
     fn over_bound(&mut self, now: Instant) -> Vec<Block> {
         let mut out = Vec::new();
@@ -290,7 +310,9 @@ impl Blocks {
                 self.lines = self.lines.saturating_sub(group.messages.len());
                 let continued = !self.printed.insert(key.clone());
                 let first_seq = group.first_seq;
-                Some((first_seq, group.into_block(key, flush, continued, now)))
+                let mut block = group.into_block(key, flush, continued, now);
+                self.fill_in(&mut block);
+                Some((first_seq, block))
             })
             .collect();
         blocks.sort_by(|(a_seq, a), (b_seq, b)| {
@@ -874,6 +896,24 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].flush, Flush::Finished);
         assert!(rest[0].continued, "the saga was shown before");
+    }
+
+    #[test]
+    fn a_block_without_saga_events_still_says_where_its_saga_is() {
+        let now = Instant::now();
+        let mut blocks = Blocks::new(GroupBy::Saga, rules());
+        push_all(
+            &mut blocks,
+            now,
+            vec![saga_event("SagaCompensating", S1, "p-1", "compensating", 0)],
+        );
+        assert_eq!(blocks.due(secs(now, 3.0)).len(), 1);
+        let later = secs(now, 4.0);
+        push_all(&mut blocks, later, vec![reply(S1, 4000)]);
+        let out = blocks.due(secs(later, 3.0));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].state.as_deref(), Some("compensating"));
+        assert_eq!(out[0].partner_id.as_deref(), Some("p-1"));
     }
 
     #[test]
