@@ -91,7 +91,7 @@ run: ## Run the orchestrator (release build) with .env (made from .env.example i
 	$(XTASK) run $(ARGS)
 
 .PHONY: monitor
-monitor: ## Live view of the channels' events, grouped by correlation (ARGS=…)
+monitor: ## Live view of the channels' events, grouped by saga (ARGS=…)
 	$(XTASK) monitor $(ARGS)
 
 .PHONY: bench

@@ -75,6 +75,22 @@ fn help_says_where_settings_come_from() {
     }
 }
 
+#[test]
+fn the_monitor_groups_by_saga_unless_told_and_checks_its_idle_time() {
+    let out = run(&["monitor", "--help"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("[default: saga]"), "{shown}");
+    assert!(shown.contains("--idle <SECS>"), "{shown}");
+    // Refused before any broker is asked.
+    for bad in ["0", "soon", "3601"] {
+        let out = run(&["monitor", "--idle", bad]);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(2), "--idle {bad}: {shown}");
+        assert!(shown.contains("--idle <SECS>"), "--idle {bad}: {shown}");
+    }
+}
+
 /// Runs `serve` on SQLite and the in-memory broker, its output piped, and
 /// returns its log lines up to the ready line; then kills it.
 fn serve_until_ready() -> Vec<String> {

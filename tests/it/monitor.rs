@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use saga_orchestrator::config::Channels;
 use saga_orchestrator::tools::monitor::{
-    self, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
+    self, BlockRules, Blocks, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
 };
 
 use crate::helpers::{
@@ -135,15 +135,27 @@ async fn the_monitor_sees_a_saga_and_steals_nothing_from_the_orchestrator() {
         Some("a-mon")
     );
 
-    // What an operator would read: one group, every line under it.
+    // What an operator would read: one block, the saga's PartnerCreated
+    // (which has no saga_id) in it, headed by the saga and its outcome.
     let mut printer = Printer::new(
         Style::Text { colour: false },
-        GroupBy::Correlation,
+        GroupBy::Saga,
         &monitor::all_channels(&app.channels),
     );
-    let text: Vec<String> = seen.iter().flat_map(|o| printer.lines(o)).collect();
-    assert_eq!(text[0], format!("── correlation {corr} ──"));
+    let mut blocks = Blocks::new(GroupBy::Saga, BlockRules::default());
+    let now = Instant::now();
+    for o in &seen {
+        assert_eq!(blocks.push(o.clone(), now), Vec::new(), "{o:?}");
+    }
+    let printed = blocks.drain(now);
+    assert_eq!(printed.len(), 1, "{printed:#?}");
+    let text = printer.block(&printed[0]);
+    assert!(
+        text[0].starts_with(&format!("── saga {saga_id} · partner {p} · completed")),
+        "{text:#?}"
+    );
     assert_eq!(text.len(), seen.len() + 1, "{text:#?}");
+    assert!(text[1].contains("PartnerCreated"), "{text:#?}");
     assert!(text
         .iter()
         .any(|l| l.contains("SagaCompleted") && l.contains(&saga_id[saga_id.len() - 8..])));
@@ -219,8 +231,8 @@ async fn the_monitor_shows_malformed_input_and_its_dead_letter() {
         dead.source_channel.as_deref(),
         Some(app.channels.partner_events.as_str())
     );
-    let mut printer = Printer::new(Style::Text { colour: false }, GroupBy::None, &[]);
-    assert!(printer.lines(original)[0].contains("MALFORMED"));
-    assert!(printer.lines(dead)[0].contains("dlq_reason=invalid JSON"));
+    let printer = Printer::new(Style::Text { colour: false }, GroupBy::None, &[]);
+    assert!(printer.line(original).contains("MALFORMED"));
+    assert!(printer.line(dead).contains("dlq_reason=invalid JSON"));
     tap.close().await;
 }

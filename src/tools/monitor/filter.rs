@@ -1,4 +1,4 @@
-//! Which messages to show, and what groups them.
+//! Which messages to show, and what the grouped view groups by.
 
 use std::str::FromStr;
 
@@ -42,15 +42,20 @@ fn saga_id_matches(have: &str, wanted: &str) -> bool {
     !wanted.is_empty() && (have.starts_with(&wanted) || have.ends_with(&wanted))
 }
 
-/// What the grouped view groups by.
+/// What the grouped view groups by (see [`super::group`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GroupBy {
-    /// One group per `correlation_id`: an event and everything it caused.
+    /// One group per saga, the `PartnerCreated` that started it included
+    /// (joined by its `partner_id`). The default: a saga is the unit the
+    /// orchestrator runs and it has a known end, so its block can be
+    /// printed as soon as it finishes, even when a whole load test shares
+    /// one `correlation_id`.
     #[default]
-    Correlation,
-    /// One group per `saga_id` (a `PartnerCreated` has none yet).
     Saga,
-    /// No grouping: one flat stream.
+    /// One group per `correlation_id`: an event and everything it caused,
+    /// however many sagas that is.
+    Correlation,
+    /// No grouping: one flat stream, each message printed as read.
     None,
 }
 
@@ -58,16 +63,6 @@ pub enum GroupBy {
 pub const NO_KEY: &str = "(none)";
 
 impl GroupBy {
-    /// The group `o` belongs to; `None` when not grouping.
-    pub fn key(self, o: &Observed) -> Option<String> {
-        let field = match self {
-            Self::Correlation => &o.correlation_id,
-            Self::Saga => &o.saga_id,
-            Self::None => return None,
-        };
-        Some(field.clone().unwrap_or_else(|| NO_KEY.to_string()))
-    }
-
     /// The word used in group headers.
     pub fn label(self) -> &'static str {
         match self {
@@ -154,11 +149,8 @@ mod tests {
     }
 
     #[test]
-    fn group_keys_and_parsing() {
-        let o = observed(Some("order-42"), None, None);
-        assert_eq!(GroupBy::Correlation.key(&o).as_deref(), Some("order-42"));
-        assert_eq!(GroupBy::Saga.key(&o).as_deref(), Some(NO_KEY));
-        assert_eq!(GroupBy::None.key(&o), None);
+    fn group_by_parses_and_defaults_to_saga() {
+        assert_eq!(GroupBy::default(), GroupBy::Saga);
         assert_eq!("saga".parse(), Ok(GroupBy::Saga));
         assert_eq!("Correlation".parse(), Ok(GroupBy::Correlation));
         assert_eq!("none".parse(), Ok(GroupBy::None));

@@ -11,15 +11,19 @@
 //! input included.
 //!
 //! - [`view`]: a message as the monitor sees it ([`Observed`]), read leniently.
-//! - [`filter`]: `--correlation-id` / `--saga-id` / `--event-type`, and group keys.
+//! - [`filter`]: `--correlation-id` / `--saga-id` / `--event-type`, and `--group-by`.
+//! - [`group`]: which group a message is in (a saga's `PartnerCreated`
+//!   included), buffered and printed as one block in time order.
 //! - [`render`]: text lines (colour optional) and JSON lines.
 
 pub mod filter;
+pub mod group;
 pub mod render;
 pub mod view;
 
 pub use crate::transport::tap::{StartAt, Tap, TapError, Tapped};
 pub use filter::{Filter, GroupBy};
+pub use group::{Block, BlockRules, Blocks, Flush, GroupKey};
 pub use render::{Printer, Style};
 pub use view::{ChannelKind, Observed};
 

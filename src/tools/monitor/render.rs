@@ -1,5 +1,6 @@
-//! Output: one text line per message (ANSI colours optional, a header when
-//! the group changes) or one JSON object per line for machines.
+//! Output: text for people (ANSI colours optional) or one JSON object per
+//! line for machines; a message at a time (the flat view) or a block at a
+//! time (the grouped view: in text a header, then the group's lines).
 //!
 //! Everything taken from a message is cleaned of control characters before
 //! it reaches a terminal: a message must not be able to move the cursor or
@@ -7,7 +8,8 @@
 
 use serde_json::{json, Value};
 
-use super::filter::GroupBy;
+use super::filter::{GroupBy, NO_KEY};
+use super::group::{Block, Flush, GroupKey};
 use super::view::{shorten, ChannelKind, Observed};
 use crate::envelope::format_time;
 
@@ -46,13 +48,14 @@ pub enum Style {
     Json,
 }
 
-/// Turns messages into output lines, remembering the current group.
+/// Turns messages, and blocks of them, into output lines.
 #[derive(Debug)]
 pub struct Printer {
     style: Style,
     group_by: GroupBy,
     channel_width: usize,
-    group: Option<String>,
+    /// The group of the block printed last.
+    last: Option<GroupKey>,
 }
 
 impl Printer {
@@ -69,31 +72,80 @@ impl Printer {
             style,
             group_by,
             channel_width,
-            group: None,
+            last: None,
         }
     }
 
-    /// The lines to write for `o`: in the grouped text view a header first
-    /// when its group differs from the previous message's.
-    pub fn lines(&mut self, o: &Observed) -> Vec<String> {
-        let key = self.group_by.key(o);
+    /// The line for `o` in the flat view (no grouping).
+    pub fn line(&self, o: &Observed) -> String {
+        match self.style {
+            Style::Json => json_line(o, None),
+            Style::Text { colour } => self.text_line(o, colour),
+        }
+    }
+
+    /// The lines of `block`. In text: a header saying what the group is
+    /// and why it is printed now (one per run of ungrouped messages),
+    /// then a line per message. In JSON: an object per message, each
+    /// naming its group.
+    pub fn block(&mut self, block: &Block) -> Vec<String> {
+        let key = block.key.text();
         let colour = match self.style {
-            Style::Json => return vec![json_line(o, key.as_deref())],
+            Style::Json => {
+                return block
+                    .messages
+                    .iter()
+                    .map(|o| json_line(o, Some(&key)))
+                    .collect()
+            }
             Style::Text { colour } => colour,
         };
-        let line = self.text_line(o, colour);
-        let Some(key) = key else {
-            return vec![line];
-        };
         let paint_group = |text: &str| paint(colour, group_colour(&key), text);
-        let mut lines = Vec::with_capacity(2);
-        if self.group.as_deref() != Some(key.as_str()) {
-            let header = format!("── {} {} ──", self.group_by.label(), clean(&key));
-            lines.push(paint_group(&header));
-            self.group = Some(key.clone());
+        let mut lines = Vec::with_capacity(block.messages.len() + 1);
+        let ungrouped_again =
+            block.key == GroupKey::Missing && self.last.as_ref() == Some(&GroupKey::Missing);
+        if !ungrouped_again {
+            lines.push(paint_group(&self.header(block)));
         }
-        lines.push(format!("{} {line}", paint_group("│")));
+        self.last = Some(block.key.clone());
+        for o in &block.messages {
+            lines.push(format!(
+                "{} {}",
+                paint_group("│"),
+                self.text_line(o, colour)
+            ));
+        }
         lines
+    }
+
+    /// `── saga <id> · partner <id> · <state>[ · continued][ · why now] ──`
+    fn header(&self, block: &Block) -> String {
+        let mut parts = match &block.key {
+            GroupKey::Saga(id) => {
+                let mut parts = vec![format!("saga {}", clean(id))];
+                parts.extend(
+                    block
+                        .partner_id
+                        .as_deref()
+                        .map(|p| format!("partner {}", clean(p))),
+                );
+                parts.extend(block.state.as_deref().map(clean));
+                parts
+            }
+            GroupKey::Partner(id) => vec![format!("partner {}", clean(id)), "no saga seen".into()],
+            GroupKey::Correlation(id) => vec![format!("correlation {}", clean(id))],
+            GroupKey::Missing => vec![format!("{} {NO_KEY}", self.group_by.label())],
+        };
+        if block.continued {
+            parts.push("continued".into());
+        }
+        match block.flush {
+            Flush::Quiet => parts.push(format!("quiet {}", seconds(block.idle))),
+            Flush::Held => parts.push("more to come".into()),
+            Flush::Full => parts.push("buffer full".into()),
+            Flush::Finished | Flush::End | Flush::Ungrouped => {}
+        }
+        format!("── {} ──", parts.join(" · "))
     }
 
     fn text_line(&self, o: &Observed, colour: bool) -> String {
@@ -237,7 +289,7 @@ fn value_colour(key: &str) -> &'static str {
 /// A stable colour per group key (FNV-1a, so the same key gets the same
 /// colour in every run).
 fn group_colour(key: &str) -> &'static str {
-    if key == super::filter::NO_KEY {
+    if key == NO_KEY {
         return "2";
     }
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -252,6 +304,14 @@ fn paint(colour: bool, code: &str, text: &str) -> String {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
         text.to_string()
+    }
+}
+
+/// A duration as whole seconds, or milliseconds when under one.
+fn seconds(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        0 => format!("{}ms", d.as_millis()),
+        s => format!("{s}s"),
     }
 }
 
@@ -328,7 +388,7 @@ mod tests {
                 json!({"partner_id": "p-1", "state": "completed", "step": "create_alliance", "alliance_id": "a-9", "name": "not shown"}),
             ),
         );
-        let lines = plain().lines(&o);
+        let lines = vec![plain().line(&o)];
         assert_eq!(
             lines,
             ["14:00:00.123 saga-events              SagaCompleted       completed …3f2a9c1d order-42  partner_id=p-1 state=completed step=create_alliance alliance_id=a-9"]
@@ -356,9 +416,7 @@ mod tests {
                     json!({"partner_id": "p-1", "error": "refused"}),
                 ),
             );
-            let line = printer(Style::Text { colour: true }, GroupBy::None)
-                .lines(&o)
-                .remove(0);
+            let line = printer(Style::Text { colour: true }, GroupBy::None).line(&o);
             assert!(
                 line.contains(&format!("{code}{channel} ")),
                 "{channel}: {line:?}"
@@ -379,7 +437,7 @@ mod tests {
                 json!({"partner_id": "p-1", "attempt": 2, "idempotency_key": "k"}),
             ),
         );
-        let line = plain().lines(&command).remove(0);
+        let line = plain().line(&command);
         assert!(line.contains("CreateAlliance"), "{line}");
         assert!(line.ends_with("partner_id=p-1 attempt=2"), "{line}");
 
@@ -392,7 +450,7 @@ mod tests {
                 json!({"progress": "half way"}),
             ),
         );
-        assert!(plain().lines(&reply)[0].ends_with("progress=half way"));
+        assert!(plain().line(&reply).ends_with("progress=half way"));
 
         let event = observe(
             "partner-events",
@@ -403,7 +461,7 @@ mod tests {
                 json!({"partner_id": "p-1", "name": "Acme"}),
             ),
         );
-        let line = plain().lines(&event).remove(0);
+        let line = plain().line(&event);
         assert!(
             line.contains("PartnerCreated      -         -         c-1  partner_id=p-1"),
             "{line}"
@@ -419,7 +477,7 @@ mod tests {
                 ("payload".into(), b"{bad\x1b[2J\n".to_vec()),
             ]),
         );
-        let line = plain().lines(&o).remove(0);
+        let line = plain().line(&o);
         assert!(line.contains("MALFORMED invalid JSON: payload"), "{line}");
         assert!(
             line.contains("raw: event_id=e-1 payload={bad?[2J "),
@@ -427,9 +485,7 @@ mod tests {
         );
         assert!(!line.contains('\x1b') && !line.contains('\n'));
         // Colour codes only come from us.
-        let coloured = printer(Style::Text { colour: true }, GroupBy::None)
-            .lines(&o)
-            .remove(0);
+        let coloured = printer(Style::Text { colour: true }, GroupBy::None).line(&o);
         assert!(coloured.contains("\x1b[1;7;31mMALFORMED\x1b[0m"));
         assert!(!coloured.contains("\x1b[2J"));
 
@@ -440,7 +496,7 @@ mod tests {
                 properties: vec![],
             },
         );
-        assert!(plain().lines(&binary)[0].contains("MALFORMED"));
+        assert!(plain().line(&binary).contains("MALFORMED"));
     }
 
     #[test]
@@ -457,7 +513,7 @@ mod tests {
             "partner-events",
         );
         let o = observe("partner-events-dlq", dl);
-        let line = plain().lines(&o).remove(0);
+        let line = plain().line(&o);
         assert!(line.contains("partner-events-dlq"), "{line}");
         assert!(line.contains("PartnerCreated"), "{line}");
         assert!(
@@ -474,7 +530,7 @@ mod tests {
             ("payload".into(), b"{\"partner_id\":".to_vec()),
         ]);
         let dl = dead_letter_message(&bad, "invalid JSON: payload", "partner-events");
-        let line = plain().lines(&observe("partner-events-dlq", dl)).remove(0);
+        let line = plain().line(&observe("partner-events-dlq", dl));
         assert!(
             line.ends_with("source=partner-events payload={\"partner_id\":"),
             "{line}"
@@ -485,37 +541,116 @@ mod tests {
             properties: vec![],
         };
         let dl = dead_letter_message(&body, "invalid JSON", "saga-replies");
-        let line = plain().lines(&observe("saga-replies-dlq", dl)).remove(0);
+        let line = plain().line(&observe("saga-replies-dlq", dl));
         assert!(line.ends_with("source=saga-replies raw=oops"), "{line}");
     }
 
+    fn started(corr: &str) -> Observed {
+        observe(
+            "saga-events",
+            envelope(
+                EventType::SagaStarted,
+                corr,
+                Some(MessageStatus::Started),
+                json!({"partner_id": "p-1", "state": "creating_alliance"}),
+            ),
+        )
+    }
+
+    fn block(key: GroupKey, flush: Flush, messages: Vec<Observed>) -> Block {
+        Block {
+            key,
+            messages,
+            flush,
+            continued: false,
+            partner_id: Some("p-1".into()),
+            state: Some("completed".into()),
+            idle: std::time::Duration::from_millis(3200),
+        }
+    }
+
     #[test]
-    fn grouped_view_prints_a_header_when_the_group_changes() {
-        let mut p = printer(Style::Text { colour: false }, GroupBy::Correlation);
-        let a = |corr: &str| {
-            observe(
-                "saga-events",
-                envelope(
-                    EventType::SagaStarted,
-                    corr,
-                    Some(MessageStatus::Started),
-                    json!({"partner_id": "p"}),
-                ),
+    fn a_block_is_a_header_saying_what_became_of_the_saga_then_its_lines() {
+        let mut p = printer(Style::Text { colour: false }, GroupBy::Saga);
+        let created = observe(
+            "partner-events",
+            envelope(
+                EventType::PartnerCreated,
+                "order-1",
+                None,
+                json!({"partner_id": "p-1", "name": "Acme"}),
+            ),
+        );
+        let saga = GroupKey::Saga(SAGA.into());
+        let lines = p.block(&block(
+            saga.clone(),
+            Flush::Finished,
+            vec![created, started("order-1")],
+        ));
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            format!("── saga {SAGA} · partner p-1 · completed ──")
+        );
+        assert!(lines[1].starts_with("│ 14:00:00.123 partner-events"));
+        assert!(lines[2].starts_with("│ 14:00:00.123 saga-events"));
+
+        // Unfinished, and not the saga's first block.
+        let mut quiet = block(saga.clone(), Flush::Quiet, vec![started("order-1")]);
+        quiet.state = Some("awaiting_alliance".into());
+        quiet.continued = true;
+        assert_eq!(
+            p.block(&quiet)[0],
+            format!("── saga {SAGA} · partner p-1 · awaiting_alliance · continued · quiet 3s ──")
+        );
+        let reasons = [
+            (Flush::Held, " · more to come"),
+            (Flush::Full, " · buffer full"),
+            (Flush::End, ""),
+        ];
+        for (flush, note) in reasons {
+            let b = block(saga.clone(), flush, vec![started("order-1")]);
+            assert_eq!(
+                p.block(&b)[0],
+                format!("── saga {SAGA} · partner p-1 · completed{note} ──")
+            );
+        }
+        let mut partner = block(GroupKey::Partner("p-1".into()), Flush::End, vec![]);
+        partner.state = None;
+        assert_eq!(p.block(&partner)[0], "── partner p-1 · no saga seen ──");
+
+        let mut by_corr = printer(Style::Text { colour: false }, GroupBy::Correlation);
+        let corr = block(
+            GroupKey::Correlation("order-1".into()),
+            Flush::Finished,
+            vec![started("order-1")],
+        );
+        assert_eq!(by_corr.block(&corr)[0], "── correlation order-1 ──");
+
+        let mut coloured = printer(Style::Text { colour: true }, GroupBy::Saga);
+        let lines = coloured.block(&block(saga, Flush::End, vec![started("order-1")]));
+        let colour = group_colour(SAGA);
+        assert!(lines[0].starts_with(&format!("\x1b[{colour}m── saga {SAGA}")));
+        assert!(lines[1].starts_with(&format!("\x1b[{colour}m│\x1b[0m ")));
+    }
+
+    #[test]
+    fn ungrouped_messages_in_a_row_share_one_header() {
+        let mut p = printer(Style::Text { colour: false }, GroupBy::Saga);
+        let bare = || {
+            block(
+                GroupKey::Missing,
+                Flush::Ungrouped,
+                vec![started("order-1")],
             )
         };
-        let first = p.lines(&a("order-1"));
+        let first = p.block(&bare());
         assert_eq!(first.len(), 2);
-        assert_eq!(first[0], "── correlation order-1 ──");
-        assert!(first[1].starts_with("│ 14:00:00.123 saga-events"));
-        assert_eq!(p.lines(&a("order-1")).len(), 1, "same group: no header");
-        let next = p.lines(&a("order-2"));
-        assert_eq!(next[0], "── correlation order-2 ──");
-
-        let mut by_saga = printer(Style::Text { colour: true }, GroupBy::Saga);
-        let lines = by_saga.lines(&a("order-1"));
-        let colour = group_colour(SAGA);
-        assert_eq!(lines[0], format!("\x1b[{colour}m── saga {SAGA} ──\x1b[0m"));
-        assert!(lines[1].starts_with(&format!("\x1b[{colour}m│\x1b[0m ")));
+        assert_eq!(first[0], "── saga (none) ──");
+        assert_eq!(p.block(&bare()).len(), 1, "no second header");
+        let saga = block(GroupKey::Saga(SAGA.into()), Flush::End, vec![started("x")]);
+        assert_eq!(p.block(&saga).len(), 2);
+        assert_eq!(p.block(&bare()).len(), 2, "a header again after a group");
     }
 
     #[test]
@@ -539,10 +674,8 @@ mod tests {
                 json!({"partner_id": "p-1"}),
             ),
         );
-        let mut p = printer(Style::Json, GroupBy::Correlation);
-        let lines = p.lines(&o);
-        assert_eq!(lines.len(), 1, "no header lines in JSON");
-        let v: Value = serde_json::from_str(&lines[0]).unwrap();
+        let p = printer(Style::Json, GroupBy::None);
+        let v: Value = serde_json::from_str(&p.line(&o)).unwrap();
         assert_eq!(v["time"], "2026-11-22T14:00:00.123Z");
         assert_eq!(v["channel"], "saga-events");
         assert_eq!(v["kind"], "saga-events");
@@ -552,13 +685,32 @@ mod tests {
         assert_eq!(v["correlation_id"], "order-1");
         assert_eq!(v["payload"]["partner_id"], "p-1");
         assert_eq!(v["malformed"], Value::Null);
-        assert_eq!(v["group"], "order-1");
+        assert_eq!(v["group"], Value::Null, "not grouped");
+
+        // Grouped: one object per message, no header, each with its group.
+        let mut p = printer(Style::Json, GroupBy::Saga);
+        let two = block(
+            GroupKey::Saga(SAGA.into()),
+            Flush::Finished,
+            vec![o.clone(), o.clone()],
+        );
+        let lines = p.block(&two);
+        assert_eq!(lines.len(), 2, "no header lines in JSON");
+        for line in &lines {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["group"], SAGA);
+            assert!(!line.contains('\x1b'));
+        }
+        let partner = block(GroupKey::Partner("p-1".into()), Flush::End, vec![o]);
+        let v: Value = serde_json::from_str(&p.block(&partner)[0]).unwrap();
+        assert_eq!(v["group"], "partner:p-1");
 
         let bad = observe(
             "partner-events",
             RawMessage::Fields(vec![("payload".into(), b"\x1b[31m".to_vec())]),
         );
-        let v: Value = serde_json::from_str(&p.lines(&bad)[0]).unwrap();
+        let alone = block(GroupKey::Missing, Flush::Ungrouped, vec![bad]);
+        let v: Value = serde_json::from_str(&p.block(&alone)[0]).unwrap();
         assert!(v["malformed"].as_str().unwrap().contains("invalid JSON"));
         assert_eq!(v["group"], "(none)");
     }
