@@ -3,12 +3,12 @@
 //!
 //! - Redis: plain `XREAD` on all streams at once, no consumer group (the
 //!   orchestrator's group and its pending lists are never touched);
-//! - Pulsar: per topic an exclusive, non-durable subscription of its own
-//!   (`saga-monitor-…`), acked as read and unsubscribed on a clean stop (see
-//!   `pulsar/tap.rs` for why both).
+//! - Pulsar: per topic an exclusive subscription of its own (`saga-monitor-…`,
+//!   non-durable, by default), acked as read and unsubscribed on a clean stop
+//!   (see `pulsar/tap.rs` for why both).
 //!
-//! The monitor reads with it; each broker's reader lives beside that
-//! broker's adapter, in its folder.
+//! The monitor and `load-test` read with it; each broker's reader lives
+//! beside that broker's adapter, in its folder.
 
 use chrono::{DateTime, Utc};
 
@@ -50,6 +50,29 @@ pub enum StartAt {
     Now,
     /// Everything the broker still holds (Redis id `0`, Pulsar `Earliest`).
     Beginning,
+}
+
+/// The reader's own subscriptions on Pulsar (Redis reads need none): named
+/// `<prefix>-<random>`, and durable or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapSubscription {
+    pub prefix: &'static str,
+    /// A non-durable subscription goes with its consumer on a real Pulsar,
+    /// even after a crash; but pulsar-lite redelivers windows of messages to
+    /// one (tens of thousands of copies in a 10,000-saga run), a durable
+    /// one none. A reader that must count what it reads (`load-test`) asks
+    /// for a durable one and relies on removing it at [`Tap::close`].
+    pub durable: bool,
+}
+
+impl Default for TapSubscription {
+    /// The monitor's: `saga-monitor-…`, non-durable.
+    fn default() -> Self {
+        Self {
+            prefix: "saga-monitor",
+            durable: false,
+        }
+    }
 }
 
 /// One message as read, before any interpretation.
@@ -100,6 +123,16 @@ impl Tap {
         channels: &[String],
         start: StartAt,
     ) -> Result<Self, TapError> {
+        Self::open_with(broker, channels, start, TapSubscription::default()).await
+    }
+
+    /// [`Tap::open`] with subscriptions of `subscription`'s kind on Pulsar.
+    pub async fn open_with(
+        broker: &BrokerUrl,
+        channels: &[String],
+        start: StartAt,
+        subscription: TapSubscription,
+    ) -> Result<Self, TapError> {
         if channels.is_empty() {
             return Err(TapError::NoChannels);
         }
@@ -108,7 +141,7 @@ impl Tap {
                 RedisTap::open(url.as_str(), channels, start).await?,
             )),
             BrokerUrl::Pulsar(url) => {
-                Inner::Pulsar(PulsarTap::open(url.as_str(), channels, start).await?)
+                Inner::Pulsar(PulsarTap::open(url.as_str(), channels, start, subscription).await?)
             }
             BrokerUrl::Memory => return Err(TapError::MemoryBroker),
         };

@@ -1,12 +1,15 @@
-//! Pulsar: per topic, an exclusive *non-durable* subscription of the
-//! monitor's own (`saga-monitor-<random>`), never the orchestrator's.
+//! Pulsar: per topic, an exclusive subscription of the reader's own
+//! (`saga-monitor-<random>` for the monitor, non-durable), never the
+//! orchestrator's.
 //!
 //! This is what the crate's `Reader` does, but done by hand with a consumer
 //! so that the subscription can also be removed explicitly: a real Pulsar
 //! drops a non-durable subscription when its consumer disconnects, but
 //! pulsar-lite (our development broker) keeps it, and a subscription nobody
 //! reads retains every later message. So every message is acked as it is
-//! read, and on a clean stop each subscription is unsubscribed.
+//! read, and on a clean stop each subscription is unsubscribed. A reader
+//! that counts what it reads (`load-test`) asks for a durable subscription
+//! instead (see [`TapSubscription`]): it is removed the same way.
 //!
 //! A task per topic owns its consumer and forwards what it reads. Like the
 //! service's consumers, one whose stream ends, keeps failing, or whose
@@ -26,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{connection_retry_options, topic as pulsar_topic, Watchdog as PulsarWatchdog};
-use crate::transport::tap::{StartAt, TapError, Tapped, LOG_TARGET};
+use crate::transport::tap::{StartAt, TapError, TapSubscription, Tapped, LOG_TARGET};
 use crate::transport::RawMessage;
 
 /// How long one `next_batch` waits for a first message.
@@ -46,13 +49,19 @@ pub(crate) struct PulsarTap {
 impl PulsarTap {
     /// Connects and subscribes to every topic before returning, so their
     /// positions are fixed (and a broker that is down is reported).
-    pub async fn open(url: &str, channels: &[String], start: StartAt) -> Result<Self, TapError> {
+    pub async fn open(
+        url: &str,
+        channels: &[String],
+        start: StartAt,
+        kind: TapSubscription,
+    ) -> Result<Self, TapError> {
         let client = Pulsar::builder(url, TokioExecutor)
             .with_connection_retry_options(connection_retry_options())
             .build()
             .await?;
         let subscription = format!(
-            "saga-monitor-{}",
+            "{}-{}",
+            kind.prefix,
             &Uuid::new_v4().simple().to_string()[..12]
         );
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -65,6 +74,7 @@ impl PulsarTap {
                 client: client.clone(),
                 channel: channel.clone(),
                 subscription: subscription.clone(),
+                durable: kind.durable,
                 start,
                 last: None,
                 tx: tx.clone(),
@@ -110,6 +120,7 @@ struct ReaderTask {
     client: Pulsar<TokioExecutor>,
     channel: String,
     subscription: String,
+    durable: bool,
     start: StartAt,
     /// The last message forwarded: a rebuilt consumer starts after it.
     last: Option<MessageIdData>,
@@ -125,8 +136,10 @@ impl ReaderTask {
             StartAt::Beginning => InitialPosition::Earliest,
         };
         let mut options = ConsumerOptions::default()
-            .durable(false)
+            .durable(self.durable)
             .with_initial_position(position);
+        // A durable subscription resumes at its own cursor anyway; the
+        // start message is what a non-durable one needs.
         if let Some(last) = &self.last {
             options = options.starting_on_message(last.clone());
         }
