@@ -26,6 +26,20 @@ pub fn cpu_secs(pid: i32) -> Option<f64> {
     (per_sec > 0).then(|| ticks as f64 / per_sec as f64)
 }
 
+/// CPU seconds (user + system) of every child this process has waited
+/// for so far: around one child's run, the difference is that child's.
+pub fn children_cpu_secs() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage only writes the struct it is handed.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: it succeeded, so the struct is filled (and was zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
 /// A process's peak resident memory in KiB (VmHWM).
 pub fn peak_rss_kib(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -209,6 +223,7 @@ mod tests {
         assert!(cpu_secs(pid).is_some_and(|s| s >= 0.0));
         assert!(peak_rss_kib(pid).is_some_and(|k| k > 0));
         assert_eq!(cpu_secs(-1), None);
+        assert!(children_cpu_secs().is_some_and(|s| s >= 0.0));
     }
 
     #[test]

@@ -364,10 +364,16 @@ impl Run {
             .args(["--timeout-secs", &s.timeout.to_string(), "--json"])
             .stdout(std::fs::File::create(self.run_dir.join("load-test.out"))?)
             .stderr(std::fs::File::create(self.run_dir.join("load-test.err"))?);
+        // The load generator's own CPU: the only child reaped in between.
+        let reaped_before = costs::children_cpu_secs();
         let status = signals::status(&mut cmd)?;
+        let load_test_cpu = costs::children_cpu_secs()
+            .zip(reaped_before)
+            .map(|(after, before)| ((after - before) * 1000.0).round() / 1000.0);
         signals::check()?;
         let code = status.code().unwrap_or(1);
-        let costs = self.costs(&before);
+        let mut costs = self.costs(&before);
+        costs["load_test"] = serde_json::json!({ "cpu_secs": load_test_cpu });
         let meta = report::Meta {
             settings: s,
             broker_url: &self.broker_url,

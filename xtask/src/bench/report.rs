@@ -236,10 +236,12 @@ fn print_costs(c: &Value) {
     let service = &c["service"];
     if let Some(cpu) = num(&service["cpu_secs"]) {
         let rss = num(&service["peak_rss_mib"]).map_or("?".into(), |m| format!("{m} MiB"));
-        let sim = num(&c["simulator"]["cpu_secs"]).map_or("?".into(), |s| format!("{s:.2}"));
+        let cpu_of = |v: &Value| num(v).map_or("?".into(), |s| format!("{s:.2}"));
         println!(
-            "  service      {cpu:.2} CPU-s ({} ms a saga), peak RSS {rss}; simulator {sim} CPU-s",
-            num(&service["cpu_ms_per_saga"]).unwrap_or(0.0)
+            "  service      {cpu:.2} CPU-s ({} ms a saga), peak RSS {rss}; simulator {} CPU-s, load test {} CPU-s",
+            num(&service["cpu_ms_per_saga"]).unwrap_or(0.0),
+            cpu_of(&c["simulator"]["cpu_secs"]),
+            cpu_of(&c["load_test"]["cpu_secs"]),
         );
     }
     let pg = &c["postgres"];
