@@ -10,6 +10,9 @@
 //! The monitor and `load-test` read with it; each broker's reader lives
 //! beside that broker's adapter, in its folder.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::pulsar::tap::PulsarTap;
@@ -159,6 +162,16 @@ impl Tap {
         // Stable: one channel's own order is kept whatever the clocks say.
         batch.sort_by_key(|t| t.broker_time_ms.unwrap_or(u64::MAX));
         Ok(batch)
+    }
+
+    /// Counts the messages the broker delivered to this reader again, which
+    /// it skipped (a Pulsar subscription's redeliveries; Redis reads by
+    /// position and never repeats).
+    pub fn repeats(&self) -> Arc<AtomicU64> {
+        match &self.0 {
+            Inner::Redis(_) => Arc::new(AtomicU64::new(0)),
+            Inner::Pulsar(tap) => tap.repeats(),
+        }
     }
 
     /// Stops reading; Pulsar readers are closed so their subscriptions go.

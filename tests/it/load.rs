@@ -64,6 +64,7 @@ fn report(mode: Mode, in_flight: Option<usize>, finished: &load::Finished) -> Lo
         correlation_id: None,
         timeout: TIMEOUT,
         publish: finished.publish,
+        broker_repeats: 0,
     };
     LoadReport::new(&info, &finished.ledger)
 }
@@ -259,5 +260,49 @@ async fn sagas_that_never_end_stop_the_binary_with_a_failure_naming_them() {
     assert_eq!(
         report["unfinished_partners"].as_array().map(Vec::len),
         Some(2)
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_binary_removes_its_pulsar_subscription() {
+    // Redis: the reader is a plain XREAD and leaves nothing behind.
+    if BrokerKind::from_env() != BrokerKind::Pulsar {
+        return;
+    }
+    let channels = Channels::prefixed(&format!("load-int-{}-", load::run_id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"))
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BROKER_URL", BrokerKind::from_env().url())
+        .env("CHANNEL_PARTNER_EVENTS", &channels.partner_events)
+        .env("CHANNEL_SAGA_EVENTS", &channels.saga_events)
+        .args(["load-test", "--events", "5", "--in-flight", "2", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Its subscription exists once it is reading: interrupt it then.
+    assert_eq!(
+        pulsar_subscriptions_become(&channels.saga_events, 1).await,
+        Some(true),
+        "the load test never subscribed"
+    );
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupt.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("it exits")
+        .expect("its output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        pulsar_subscriptions_become(&channels.saga_events, 0).await,
+        Some(true),
+        "the interrupted load test left its subscription on {}",
+        channels.saga_events
     );
 }

@@ -144,6 +144,10 @@ fn check_mode(cmd: &LoadTestCmd) -> anyhow::Result<()> {
 
 pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
     check_mode(cmd)?;
+    // Ctrl-C or SIGTERM from here on ends the run with its reader removed;
+    // polled once now so the handlers are in place before anything opens.
+    let mut interrupted = Box::pin(crate::startup::shutdown_signal());
+    let _ = futures::FutureExt::now_or_never(&mut interrupted);
     let plan = plan(cmd.events, &cmd.publish);
     let channels = &settings.broker.channels;
     let mode = if cmd.burst {
@@ -180,8 +184,9 @@ pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result
     // Interrupted or not, the reader's subscription is removed.
     let finished = tokio::select! {
         finished = run => finished,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = &mut interrupted => Err(anyhow::anyhow!("interrupted: no report")),
     };
+    let broker_repeats = watch.broker_repeats();
     watch.close().await;
     let finished = finished?;
     let info = RunInfo {
@@ -191,6 +196,7 @@ pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result
         correlation_id: plan.correlation_id.clone(),
         timeout,
         publish: finished.publish,
+        broker_repeats,
     };
     print_report(cmd, &LoadReport::new(&info, &finished.ledger))
 }

@@ -75,6 +75,8 @@ pub struct RunInfo {
     pub timeout: Duration,
     /// How long publishing took (burst mode).
     pub publish: Option<Duration>,
+    /// Messages the broker delivered to the reader twice.
+    pub broker_repeats: u64,
 }
 
 /// The whole run.
@@ -105,6 +107,9 @@ pub struct LoadReport {
     pub repeated_events: usize,
     /// Terminal events of partners not of this run, ignored.
     pub ignored_events: usize,
+    /// saga-events messages the broker delivered to the reader again,
+    /// skipped before counting (Pulsar redeliveries).
+    pub broker_redeliveries: u64,
     /// First send to the last terminal event.
     pub elapsed_secs: f64,
     pub sagas_per_sec: f64,
@@ -138,6 +143,7 @@ impl LoadReport {
             duplicates: ledger.second_sagas(),
             repeated_events: ledger.repeats(),
             ignored_events: ledger.strangers(),
+            broker_redeliveries: info.broker_repeats,
             elapsed_secs: round3(elapsed.as_secs_f64()),
             sagas_per_sec: if elapsed.is_zero() {
                 0.0
@@ -194,6 +200,12 @@ impl LoadReport {
                 ));
             }
             out.push('\n');
+        }
+        if self.broker_redeliveries > 0 {
+            out.push_str(&format!(
+                "  note         the broker delivered {} saga-events messages to the reader again (skipped)\n",
+                self.broker_redeliveries
+            ));
         }
         out.push_str(&self.problems());
         out
@@ -292,6 +304,7 @@ mod tests {
             correlation_id: None,
             timeout: Duration::from_secs(5),
             publish: (mode == Mode::Burst).then_some(Duration::from_millis(40)),
+            broker_repeats: 0,
         }
     }
 

@@ -8,6 +8,8 @@
 //! A task owns the reader so every event is stamped when it arrives, not
 //! when the run gets round to it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -38,6 +40,7 @@ type Forwarded = Result<Vec<Seen>, String>;
 /// Terminal saga events as they arrive, from the moment it was opened.
 pub struct TerminalWatch {
     rx: mpsc::Receiver<Forwarded>,
+    repeats: Arc<AtomicU64>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -55,11 +58,13 @@ impl TerminalWatch {
         let tap = Tap::open_with(broker, &channels, StartAt::Now, SUBSCRIPTION)
             .await
             .map_err(LoadError::Watch)?;
+        let repeats = tap.repeats();
         let (tx, rx) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         let task = tokio::spawn(read(tap, tx, stop.clone(), max_bytes));
         Ok(Self {
             rx,
+            repeats,
             stop,
             task: Some(task),
         })
@@ -73,6 +78,7 @@ impl TerminalWatch {
         let task = tokio::spawn(relay(rx, tx, stop.clone()));
         Self {
             rx: forwarded,
+            repeats: Arc::default(),
             stop,
             task: Some(task),
         }
@@ -94,6 +100,12 @@ impl TerminalWatch {
             Ok(Err(why)) => Some(Err(LoadError::WatchLost(why))),
             Err(_) => None,
         }
+    }
+
+    /// Messages of any type the broker delivered to the reader again (and
+    /// the reader skipped): a durable Pulsar subscription should have none.
+    pub fn broker_repeats(&self) -> u64 {
+        self.repeats.load(Ordering::Relaxed)
     }
 
     /// Stops reading and removes the reader's subscription (Pulsar).

@@ -16,6 +16,8 @@
 //! connection check fails while idle is rebuilt on the same subscription,
 //! starting after the last message it forwarded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -42,6 +44,8 @@ const MAX_ERRORS: u32 = 3;
 /// Subscriptions on a set of topics, merged into one queue.
 pub(crate) struct PulsarTap {
     rx: mpsc::Receiver<Tapped>,
+    /// Messages the broker delivered again, skipped (see `ReaderTask::tapped`).
+    repeats: Arc<AtomicU64>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -69,6 +73,7 @@ impl PulsarTap {
         // A topic that cannot be subscribed stops those already subscribed.
         let undo = stop.clone().drop_guard();
         let mut tasks = Vec::with_capacity(channels.len());
+        let repeats = Arc::new(AtomicU64::new(0));
         for channel in channels {
             let task = ReaderTask {
                 client: client.clone(),
@@ -77,13 +82,19 @@ impl PulsarTap {
                 durable: kind.durable,
                 start,
                 last: None,
+                repeats: repeats.clone(),
                 tx: tx.clone(),
             };
             let consumer = task.build().await?;
             tasks.push(tokio::spawn(task.run(consumer, stop.clone())));
         }
         undo.disarm();
-        Ok(Self { rx, stop, tasks })
+        Ok(Self {
+            rx,
+            repeats,
+            stop,
+            tasks,
+        })
     }
 
     /// What the consumers forwarded, waiting up to [`POLL`] for the first.
@@ -98,6 +109,11 @@ impl PulsarTap {
             batch.push(t);
         }
         Ok(batch)
+    }
+
+    /// Counts the messages the broker delivered again (and that were skipped).
+    pub fn repeats(&self) -> Arc<AtomicU64> {
+        self.repeats.clone()
     }
 
     /// Stops reading and waits for the subscriptions to be removed.
@@ -124,6 +140,7 @@ struct ReaderTask {
     start: StartAt,
     /// The last message forwarded: a rebuilt consumer starts after it.
     last: Option<MessageIdData>,
+    repeats: Arc<AtomicU64>,
     tx: mpsc::Sender<Tapped>,
 }
 
@@ -250,6 +267,7 @@ impl ReaderTask {
         // redelivery (a rebuilt consumer's start, or an ack the broker did
         // not see), already on screen.
         if self.last.as_ref().is_some_and(|last| !is_after(&id, last)) {
+            self.repeats.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let metadata = message.payload.metadata;
