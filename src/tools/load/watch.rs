@@ -1,9 +1,10 @@
 //! Terminal saga events, read from `saga-events` by a reader of the load
 //! test's own: on Redis a plain `XREAD` from the stream's last entry at the
 //! start (no consumer group to clean up, the orchestrator's untouched); on
-//! Pulsar a durable exclusive subscription `saga-load-test-…` created at
-//! the latest message and removed again at [`TerminalWatch::close`] (see
-//! [`TapSubscription`] for why durable).
+//! Pulsar a durable Shared subscription `saga-load-test-…` created at the
+//! latest message and removed again at [`TerminalWatch::close`] (see
+//! [`TapSubscription`] for why: pulsar-lite floods an Exclusive one with
+//! redeliveries).
 //!
 //! A task owns the reader so every event is stamped when it arrives, not
 //! when the run gets round to it.
@@ -26,6 +27,7 @@ use crate::transport::RawMessage;
 const SUBSCRIPTION: TapSubscription = TapSubscription {
     prefix: "saga-load-test",
     durable: true,
+    shared: true,
 };
 /// Batches read ahead of the run.
 const QUEUE: usize = 1024;
@@ -103,7 +105,7 @@ impl TerminalWatch {
     }
 
     /// Messages of any type the broker delivered to the reader again (and
-    /// the reader skipped): a durable Pulsar subscription should have none.
+    /// the reader skipped): a Shared Pulsar subscription should have none.
     pub fn broker_repeats(&self) -> u64 {
         self.repeats.load(Ordering::Relaxed)
     }

@@ -1,6 +1,6 @@
-//! Pulsar: per topic, an exclusive subscription of the reader's own
-//! (`saga-monitor-<random>` for the monitor, non-durable), never the
-//! orchestrator's.
+//! Pulsar: per topic, a subscription of the reader's own
+//! (`saga-monitor-<random>` for the monitor, non-durable and exclusive),
+//! never the orchestrator's.
 //!
 //! This is what the crate's `Reader` does, but done by hand with a consumer
 //! so that the subscription can also be removed explicitly: a real Pulsar
@@ -8,8 +8,9 @@
 //! pulsar-lite (our development broker) keeps it, and a subscription nobody
 //! reads retains every later message. So every message is acked as it is
 //! read, and on a clean stop each subscription is unsubscribed. A reader
-//! that counts what it reads (`load-test`) asks for a durable subscription
-//! instead (see [`TapSubscription`]): it is removed the same way.
+//! that must keep up (`load-test`) asks for a durable Shared subscription
+//! instead (see [`TapSubscription`] for the measurement): it is removed the
+//! same way.
 //!
 //! A task per topic owns its consumer and forwards what it reads. Like the
 //! service's consumers, one whose stream ends, keeps failing, or whose
@@ -80,6 +81,7 @@ impl PulsarTap {
                 channel: channel.clone(),
                 subscription: subscription.clone(),
                 durable: kind.durable,
+                shared: kind.shared,
                 start,
                 last: None,
                 repeats: repeats.clone(),
@@ -137,6 +139,7 @@ struct ReaderTask {
     channel: String,
     subscription: String,
     durable: bool,
+    shared: bool,
     start: StartAt,
     /// The last message forwarded: a rebuilt consumer starts after it.
     last: Option<MessageIdData>,
@@ -164,7 +167,11 @@ impl ReaderTask {
             .consumer()
             .with_topic(pulsar_topic(&self.channel))
             .with_subscription(&self.subscription)
-            .with_subscription_type(SubType::Exclusive)
+            .with_subscription_type(if self.shared {
+                SubType::Shared
+            } else {
+                SubType::Exclusive
+            })
             .with_consumer_name(format!("{}-{}", self.subscription, self.channel))
             .with_options(options)
             .build()
