@@ -95,7 +95,7 @@ monitor: ## Live view of the channels' events, grouped by saga (ARGS=…)
 	$(XTASK) monitor $(ARGS)
 
 .PHONY: bench
-bench: ## Standard load test on the dev stack → .dev/bench/<time>-<broker>.json (BENCH_BROKER=pulsar|redis, BENCH_EVENTS, BENCH_RATE)
+bench: ## Standard load test on the dev stack → .dev/bench/<time>-<broker>.json (BENCH_BROKER=pulsar|redis, BENCH_EVENTS, BENCH_MODE=closed|burst, BENCH_IN_FLIGHT)
 	$(XTASK) bench
 
 .PHONY: migrate

@@ -3,12 +3,15 @@
 //!
 //! - Redis: plain `XREAD` on all streams at once, no consumer group (the
 //!   orchestrator's group and its pending lists are never touched);
-//! - Pulsar: per topic an exclusive, non-durable subscription of its own
-//!   (`saga-monitor-…`), acked as read and unsubscribed on a clean stop (see
-//!   `pulsar/tap.rs` for why both).
+//! - Pulsar: per topic an exclusive subscription of its own (`saga-monitor-…`,
+//!   non-durable, by default), acked as read and unsubscribed on a clean stop
+//!   (see `pulsar/tap.rs` for why both).
 //!
-//! The monitor reads with it; each broker's reader lives beside that
-//! broker's adapter, in its folder.
+//! The monitor and `load-test` read with it; each broker's reader lives
+//! beside that broker's adapter, in its folder.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -50,6 +53,38 @@ pub enum StartAt {
     Now,
     /// Everything the broker still holds (Redis id `0`, Pulsar `Earliest`).
     Beginning,
+}
+
+/// The reader's own subscriptions on Pulsar (Redis reads need none): named
+/// `<prefix>-<random>`, durable or not, Exclusive or Shared.
+///
+/// Measured in `make bench` (10,000 sagas, ~40,000 saga events): pulsar-lite
+/// delivered 99,435 extra copies to a durable *Exclusive* subscription,
+/// none to a Shared one, durable or not. The reader skips the copies, but
+/// reading them cost the load test more than twice the CPU. A reader that
+/// must keep up (`load-test`) therefore asks for Shared (it is the only
+/// consumer, so nothing is split) and durable: on a real Pulsar that is the
+/// kind the service itself uses. A durable subscription outlives a crash,
+/// so it relies on being removed at [`Tap::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapSubscription {
+    pub prefix: &'static str,
+    /// A non-durable subscription goes with its consumer on a real Pulsar,
+    /// even after a crash (pulsar-lite keeps it until unsubscribed).
+    pub durable: bool,
+    /// Shared instead of Exclusive.
+    pub shared: bool,
+}
+
+impl Default for TapSubscription {
+    /// The monitor's: `saga-monitor-…`, non-durable, Exclusive.
+    fn default() -> Self {
+        Self {
+            prefix: "saga-monitor",
+            durable: false,
+            shared: false,
+        }
+    }
 }
 
 /// One message as read, before any interpretation.
@@ -100,6 +135,16 @@ impl Tap {
         channels: &[String],
         start: StartAt,
     ) -> Result<Self, TapError> {
+        Self::open_with(broker, channels, start, TapSubscription::default()).await
+    }
+
+    /// [`Tap::open`] with subscriptions of `subscription`'s kind on Pulsar.
+    pub async fn open_with(
+        broker: &BrokerUrl,
+        channels: &[String],
+        start: StartAt,
+        subscription: TapSubscription,
+    ) -> Result<Self, TapError> {
         if channels.is_empty() {
             return Err(TapError::NoChannels);
         }
@@ -108,7 +153,7 @@ impl Tap {
                 RedisTap::open(url.as_str(), channels, start).await?,
             )),
             BrokerUrl::Pulsar(url) => {
-                Inner::Pulsar(PulsarTap::open(url.as_str(), channels, start).await?)
+                Inner::Pulsar(PulsarTap::open(url.as_str(), channels, start, subscription).await?)
             }
             BrokerUrl::Memory => return Err(TapError::MemoryBroker),
         };
@@ -126,6 +171,16 @@ impl Tap {
         // Stable: one channel's own order is kept whatever the clocks say.
         batch.sort_by_key(|t| t.broker_time_ms.unwrap_or(u64::MAX));
         Ok(batch)
+    }
+
+    /// Counts the messages the broker delivered to this reader again, which
+    /// it skipped (a Pulsar subscription's redeliveries; Redis reads by
+    /// position and never repeats).
+    pub fn repeats(&self) -> Arc<AtomicU64> {
+        match &self.0 {
+            Inner::Redis(_) => Arc::new(AtomicU64::new(0)),
+            Inner::Pulsar(tap) => tap.repeats(),
+        }
     }
 
     /// Stops reading; Pulsar readers are closed so their subscriptions go.

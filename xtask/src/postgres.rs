@@ -31,6 +31,9 @@ pub struct Spec<'a> {
     pub shared_buffers: Option<&'a str>,
     /// False skips initdb's fsync: safe for data that is thrown away.
     pub durable: bool,
+    /// Preload `pg_stat_statements` when installed, so `make bench` can
+    /// count statements per saga (a small cost on every statement).
+    pub stat_statements: bool,
     /// Name prefix of the /tmp data directory, when one is needed.
     pub tmp_prefix: &'a str,
     pub timeout: u64,
@@ -101,6 +104,13 @@ fn give_to(user: Option<&User>, path: &Path) -> Result<()> {
 
 /// The server binaries: $PG_BINDIR, the highest /usr/lib/postgresql/N/bin
 /// (Debian keeps them off PATH), or initdb's directory on PATH.
+/// Whether the server's `pg_stat_statements` library is installed (it is
+/// in Debian's postgresql package, not in every build): preloading a
+/// missing library would stop the server from starting.
+fn has_stat_statements() -> bool {
+    bindir().is_ok_and(|bin| bin.join("../lib/pg_stat_statements.so").is_file())
+}
+
 pub fn bindir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BINDIR") {
         return Ok(PathBuf::from(dir));
@@ -301,6 +311,9 @@ impl Postgres {
         );
         if let Some(size) = spec.shared_buffers {
             settings += &format!("shared_buffers = {size}\n");
+        }
+        if spec.stat_statements && has_stat_statements() {
+            settings += "shared_preload_libraries = 'pg_stat_statements'\n";
         }
         let path = home.join("data/xtask.conf");
         fs::write(&path, settings)?;

@@ -84,6 +84,7 @@ impl Services {
             max_connections: 300,
             shared_buffers: Some("128MB"),
             durable: false,
+            stat_statements: false,
             tmp_prefix: "saga-test-pg",
             timeout: self.timeout,
         })?;

@@ -1,34 +1,37 @@
 //! `publish` and `load-test`: the command-line side (arguments, progress
 //! bars, output) of the library's [`crate::tools::load`].
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::tools::load::{self, PublishPlan};
-use crate::transport;
+use crate::startup::reach;
+use crate::tools::load::{self, Ledger, LoadReport, Mode, PublishPlan, RunInfo, TerminalWatch};
+use crate::transport::Transport;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use uuid::Uuid;
+
+/// Publishers when `--concurrency` is not given.
+const DEFAULT_CONCURRENCY: u16 = 4;
 
 /// What to publish (shared by `publish` and `load-test`).
 #[derive(Args)]
 pub struct PublishArgs {
     /// Events per second across all publishers (0: as fast as the broker takes them).
+    /// For `load-test`, with --burst only.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     rate: f64,
     /// Share of partners (0–1) that alliances will refuse (email at @reject.test),
     /// so their sagas compensate. Needs the simulator (`saga-orchestrator simulate`).
     #[arg(long, default_value_t = 0.0, value_parser = super::ratio)]
     fail_ratio: f64,
-    /// Correlation id shared by every event (default: a fresh `load-…` id).
+    /// One correlation id for every event (default: each partner's own, its partner_id).
     #[arg(long)]
     correlation_id: Option<String>,
-    /// Publishers working side by side.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    concurrency: u16,
+    /// Publishers working side by side [default: 4]. For `load-test`, with --burst only.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: Option<u16>,
 }
 
 #[derive(Args)]
@@ -45,12 +48,19 @@ pub struct LoadTestCmd {
     /// How many PartnerCreated events to publish.
     #[arg(long, default_value_t = 1000)]
     events: usize,
+    /// Closed loop: keep this many sagas between published event and terminal
+    /// event on saga-events, publishing a new event only as one ends.
+    #[arg(long, default_value_t = 64, conflicts_with = "burst",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    in_flight: u64,
+    /// Burst (open loop) instead: publish every event (at --rate, by --concurrency
+    /// publishers), then wait for them all.
+    #[arg(long)]
+    burst: bool,
     #[command(flatten)]
     publish: PublishArgs,
-    /// The orchestrator's API, where the sagas are read back (default: from API_ADDR).
-    #[arg(long)]
-    api: Option<String>,
-    /// Give up waiting for sagas after this many seconds.
+    /// Give up on a saga with no terminal event this many seconds after its
+    /// event was published (and publish no more).
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
     /// Print the summary as JSON (for machines) instead of text.
@@ -71,12 +81,10 @@ fn plan(count: usize, args: &PublishArgs) -> PublishPlan {
     PublishPlan {
         count,
         rate: (args.rate > 0.0).then_some(args.rate),
-        concurrency: usize::from(args.concurrency),
+        concurrency: usize::from(args.concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
         fail_ratio: args.fail_ratio,
-        correlation_id: args
-            .correlation_id
-            .clone()
-            .unwrap_or_else(|| format!("load-{}", &Uuid::new_v4().simple().to_string()[..12])),
+        correlation_id: args.correlation_id.clone(),
+        run_id: load::run_id(),
     }
 }
 
@@ -92,139 +100,184 @@ fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-async fn publish_events(
-    settings: &Settings,
-    plan: &PublishPlan,
-    events: Vec<crate::envelope::Envelope>,
-    quiet: bool,
-) -> anyhow::Result<load::Published> {
-    let transport = transport::from_settings(settings).await?;
-    let progress = bar(events.len(), "published", quiet);
-    let counter = progress.clone();
-    let published = load::publish(
-        transport,
-        &settings.broker.channels.partner_events,
-        events,
-        plan,
-        move |n| counter.inc(n as u64),
-    )
-    .await?;
-    progress.finish_and_clear();
-    Ok(published)
+fn correlation_text(plan: &PublishPlan) -> String {
+    match &plan.correlation_id {
+        Some(id) => format!("correlation_id {id}"),
+        None => "each partner's correlation_id is its partner_id".to_string(),
+    }
 }
 
 pub async fn publish(cmd: &PublishCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
     let plan = plan(cmd.count, &cmd.publish);
-    let published = publish_events(settings, &plan, load::events(&plan), false).await?;
+    let transport = reach::connect_broker(settings).await?;
+    let progress = bar(plan.count, "published", false);
+    let counter = progress.clone();
+    let published = load::publish(
+        transport,
+        &settings.broker.channels.partner_events,
+        load::events(&plan),
+        &plan,
+        move |chunk| counter.inc(chunk.len() as u64),
+    )
+    .await?;
+    progress.finish_and_clear();
     println!(
-        "published {} PartnerCreated events to {} in {:.2} s (correlation_id {})",
+        "published {} PartnerCreated events to {} in {:.2} s (partners load-{}-…; {})",
         published.events.len(),
         settings.broker.channels.partner_events,
         published.took.as_secs_f64(),
-        plan.correlation_id
+        plan.run_id,
+        correlation_text(&plan)
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let plan = plan(cmd.events, &cmd.publish);
-    let api = cmd
-        .api
-        .clone()
-        .unwrap_or_else(|| api_url(settings.api.addr));
-    if !cmd.json {
-        println!(
-            "load test {}: {} events to {} on {}, sagas read back from {api}",
-            plan.correlation_id,
-            plan.count,
-            settings.broker.channels.partner_events,
-            settings.broker.url.redacted(),
+/// The closed loop paces itself: a rate or publishers of its own would
+/// mean nothing there, so asking for them is an error, not ignored.
+fn check_mode(cmd: &LoadTestCmd) -> anyhow::Result<()> {
+    if !cmd.burst && (cmd.publish.rate > 0.0 || cmd.publish.concurrency.is_some()) {
+        anyhow::bail!(
+            "--rate and --concurrency pace the burst mode: add --burst (the closed loop publishes as sagas end, --in-flight at a time)"
         );
     }
-    let events = load::events(&plan);
-    let partners: HashSet<String> = events
-        .iter()
-        .filter_map(|e| e.partner_id().map(str::to_string))
-        .collect();
-    // Publishing and settling overlap: watch the sagas while publishing.
-    let mut publishing = {
-        let settings = settings.clone();
-        let plan = plan.clone();
-        let quiet = cmd.json;
-        tokio::spawn(async move { publish_events(&settings, &plan, events, quiet).await })
+    Ok(())
+}
+
+pub async fn load_test(cmd: &LoadTestCmd, settings: &Settings) -> anyhow::Result<ExitCode> {
+    check_mode(cmd)?;
+    // Ctrl-C or SIGTERM from here on ends the run with its reader removed;
+    // polled once now so the handlers are in place before anything opens.
+    let mut interrupted = Box::pin(crate::startup::shutdown_signal());
+    let _ = futures::FutureExt::now_or_never(&mut interrupted);
+    let plan = plan(cmd.events, &cmd.publish);
+    let channels = &settings.broker.channels;
+    let mode = if cmd.burst {
+        Mode::Burst
+    } else {
+        Mode::ClosedLoop
     };
-    let settled = bar(plan.count, "settled", cmd.json);
-    let watcher = settled.clone();
+    let in_flight = usize::try_from(cmd.in_flight).unwrap_or(usize::MAX);
+    if !cmd.json {
+        let how = match mode {
+            Mode::ClosedLoop => format!("closed loop, {in_flight} in flight"),
+            Mode::Burst => "burst".to_string(),
+        };
+        println!(
+            "load test {}: {} events to {} on {} ({how}), terminal events read on {}; {}",
+            plan.run_id,
+            plan.count,
+            channels.partner_events,
+            settings.broker.url.redacted(),
+            channels.saga_events,
+            correlation_text(&plan),
+        );
+    }
+    let transport = reach::connect_broker(settings).await?;
+    // Open before anything is published, so no terminal event is missed.
+    let mut watch = TerminalWatch::open(
+        &settings.broker.url,
+        &channels.saga_events,
+        settings.limits.max_message_bytes,
+    )
+    .await?;
     let timeout = Duration::from_secs(cmd.timeout_secs);
-    let waiting = load::wait_for_sagas(
-        &api,
-        &plan.correlation_id,
-        &partners,
-        timeout,
-        move |done, seen| {
-            watcher.set_position(done as u64);
-            watcher.set_message(format!("({seen} recorded)"));
-        },
-    );
-    tokio::pin!(waiting);
-    // A failed publish ends the run at once rather than after the timeout.
-    let (published, waited) = tokio::select! {
-        published = &mut publishing => {
-            let published = published??;
-            (published, waiting.await?)
-        }
-        waited = &mut waiting => (publishing.await??, waited?),
+    let run = drive(cmd, &plan, mode, in_flight, transport, settings, &mut watch);
+    // Interrupted or not, the reader's subscription is removed.
+    let finished = tokio::select! {
+        finished = run => finished,
+        () = &mut interrupted => Err(anyhow::anyhow!("interrupted: no report")),
     };
-    settled.finish_and_clear();
-    let report = load::collect(
-        &plan.correlation_id,
-        &published.events,
-        published.took,
-        &waited.sagas,
-    );
+    let broker_repeats = watch.broker_repeats();
+    watch.close().await;
+    let finished = finished?;
+    let info = RunInfo {
+        run_id: plan.run_id.clone(),
+        mode,
+        in_flight: (mode == Mode::ClosedLoop).then_some(in_flight),
+        correlation_id: plan.correlation_id.clone(),
+        timeout,
+        publish: finished.publish,
+        broker_repeats,
+    };
+    print_report(cmd, &LoadReport::new(&info, &finished.ledger))
+}
+
+/// The report, and the exit status it deserves.
+fn print_report(cmd: &LoadTestCmd, report: &LoadReport) -> anyhow::Result<ExitCode> {
     if cmd.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{}", report.render());
     }
-    if !waited.complete {
+    if !report.is_clean() {
         eprintln!(
-            "error: {} of {} sagas settled within {} s",
-            waited.settled, plan.count, cmd.timeout_secs
+            "error: {} of {} sagas reached a terminal state ({} never published, {} with no terminal event within {} s), {} duplicates",
+            report.settled,
+            report.events,
+            report.events.saturating_sub(report.published),
+            report.unfinished,
+            cmd.timeout_secs,
+            report.duplicates
         );
+        return Ok(ExitCode::FAILURE);
     }
-    Ok(if report.is_clean() && waited.complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
-/// The API's base URL from `API_ADDR`; a wildcard address means this host.
-fn api_url(addr: SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
+/// Runs the chosen mode with a progress bar of settled sagas.
+async fn drive(
+    cmd: &LoadTestCmd,
+    plan: &PublishPlan,
+    mode: Mode,
+    in_flight: usize,
+    transport: Arc<dyn Transport>,
+    settings: &Settings,
+    watch: &mut TerminalWatch,
+) -> anyhow::Result<load::Finished> {
+    let settled = bar(plan.count, "settled", cmd.json);
+    let mut progress = {
+        let settled = settled.clone();
+        move |l: &Ledger| {
+            settled.set_position(l.settled() as u64);
+            settled.set_message(format!("({} in flight)", l.in_flight()));
+        }
     };
-    format!("http://{host}:{}", addr.port())
+    let channel = &settings.broker.channels.partner_events;
+    let timeout = Duration::from_secs(cmd.timeout_secs);
+    let events = load::events(plan);
+    let finished = match mode {
+        Mode::ClosedLoop => {
+            load::closed_loop(
+                transport,
+                channel,
+                events,
+                in_flight,
+                timeout,
+                watch,
+                &mut progress,
+            )
+            .await?
+        }
+        Mode::Burst => {
+            load::burst(
+                transport,
+                channel,
+                events,
+                plan,
+                timeout,
+                watch,
+                &mut progress,
+            )
+            .await?
+        }
+    };
+    settled.finish_and_clear();
+    Ok(finished)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_api_url_comes_from_api_addr() {
-        assert_eq!(
-            api_url("0.0.0.0:8000".parse().unwrap()),
-            "http://127.0.0.1:8000"
-        );
-        assert_eq!(
-            api_url("10.1.2.3:9000".parse().unwrap()),
-            "http://10.1.2.3:9000"
-        );
-    }
 
     #[test]
     fn rates_must_be_non_negative_numbers() {

@@ -62,7 +62,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Publish test PartnerCreated events on the broker, as integrations would.
     Publish(load::PublishCmd),
-    /// Publish at a rate, wait for every saga to settle, report throughput and latency.
+    /// Drive sagas through the service (closed loop, or --burst) and report throughput and latency.
     LoadTest(load::LoadTestCmd),
     /// Live view of every channel's messages, without taking any from the orchestrator.
     Monitor(monitor::MonitorCmd),

@@ -1,24 +1,34 @@
 //! Load tools: `publish` announces test partners on the broker the way
-//! integrations would; `load-test` also waits for their sagas through the
-//! API and reports throughput and latency.
+//! integrations would; `load-test` also reads their sagas' terminal events
+//! on `saga-events` and reports throughput and latency, in a closed loop
+//! (a new event as each saga ends) or a burst ([`run`]).
+//!
+//! Every partner's events carry its own correlation id (its `partner_id`)
+//! unless one is asked for, so the monitor shows one saga per group.
 //!
 //! A share of the partners can be made to fail on purpose: their email is
 //! at the simulator's refused domain, so alliances refuses them and their
 //! sagas compensate.
 
+mod ledger;
 mod report;
+mod run;
+mod watch;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uuid::Uuid;
 
-pub use report::{collect, LoadReport, OutcomeStats, SagaOutcome};
+pub use ledger::{Ledger, Outcome, Seen, Verdict};
+pub use report::{LatencyMs, LoadReport, Mode, OutcomeStats, RunInfo};
+pub use run::{burst, closed_loop, Finished};
+pub use watch::TerminalWatch;
 
 use crate::envelope::{Envelope, EventType};
 use crate::tools::simulator::REFUSED_DOMAIN;
+use crate::transport::tap::TapError;
 use crate::transport::{Transport, TransportError};
 
 /// What to publish.
@@ -31,8 +41,16 @@ pub struct PublishPlan {
     pub concurrency: usize,
     /// Share of partners (0–1) made to fail on purpose.
     pub fail_ratio: f64,
-    /// Shared by every event, so the run's sagas can be found again.
-    pub correlation_id: String,
+    /// Shared by every event; `None`: each partner's events carry its own
+    /// (the `partner_id`).
+    pub correlation_id: Option<String>,
+    /// Names the run's partners (`load-<run_id>-000042`).
+    pub run_id: String,
+}
+
+/// A fresh run id: short, and unique enough that two runs' partners never meet.
+pub fn run_id() -> String {
+    Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
 /// Why a load run stopped.
@@ -40,21 +58,17 @@ pub struct PublishPlan {
 pub enum LoadError {
     #[error("publishing failed: {0}")]
     Publish(#[from] TransportError),
-    #[error("the API at {url} did not answer: {source}")]
-    Api { url: String, source: reqwest::Error },
-    #[error("the API at {url} answered {status}: {body}")]
-    ApiStatus {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    #[error("cannot read saga-events: {0}")]
+    Watch(TapError),
+    #[error("reading saga-events stopped: {0}")]
+    WatchLost(String),
 }
 
 /// The run's `PartnerCreated` events: unique partners, every
 /// `1/fail_ratio`-th one at the refused domain (spread evenly, so any
 /// prefix of the run has about the right share).
 pub fn events(plan: &PublishPlan) -> Vec<Envelope> {
-    let run = &Uuid::new_v4().simple().to_string()[..8];
+    let run = &plan.run_id;
     let mut failed_so_far = 0usize;
     (0..plan.count)
         .map(|i| {
@@ -72,9 +86,10 @@ pub fn events(plan: &PublishPlan) -> Vec<Envelope> {
                 "name": format!("Load partner {i}"),
                 "email": format!("{partner_id}{domain}"),
             });
+            let correlation_id = plan.correlation_id.clone().unwrap_or(partner_id);
             Envelope::new(
                 EventType::PartnerCreated,
-                plan.correlation_id.clone(),
+                correlation_id,
                 None,
                 None,
                 payload.as_object().cloned().unwrap_or_default(),
@@ -93,13 +108,14 @@ pub struct Published {
 }
 
 /// Publishes `events` to `channel`, paced to `plan.rate` across
-/// `plan.concurrency` publishers; `on_sent` is called with each count sent.
+/// `plan.concurrency` publishers; `on_sent` is called with each batch
+/// sent, stamped with when it went.
 pub async fn publish(
     transport: Arc<dyn Transport>,
     channel: &str,
     events: Vec<Envelope>,
     plan: &PublishPlan,
-    on_sent: impl Fn(usize) + Send + Sync + 'static,
+    on_sent: impl Fn(&[Envelope]) + Send + Sync + 'static,
 ) -> Result<Published, LoadError> {
     let started = Instant::now();
     let workers = plan.concurrency.clamp(1, events.len().max(1));
@@ -133,7 +149,7 @@ pub async fn publish(
                     event.timestamp = now;
                 }
                 transport.publish(&channel, chunk).await?;
-                on_sent(chunk.len());
+                on_sent(chunk);
             }
             Ok::<_, TransportError>(share)
         });
@@ -151,108 +167,6 @@ pub async fn publish(
     })
 }
 
-/// What waiting for a run's sagas found.
-#[derive(Debug, Clone)]
-pub struct Waited {
-    /// Every saga of the run, as last read.
-    pub sagas: Vec<SagaOutcome>,
-    /// Partners of the run with a terminal saga.
-    pub settled: usize,
-    /// Whether every partner had one before the timeout.
-    pub complete: bool,
-}
-
-/// Polls the API until every partner in `partners` has a terminal saga of
-/// `correlation_id`, or the timeout; `on_progress` gets (settled, sagas
-/// seen) after each poll. Counting partners, not sagas, keeps a duplicate
-/// (or a saga of an earlier run with the same correlation id) from ending
-/// the wait early.
-pub async fn wait_for_sagas(
-    api: &str,
-    correlation_id: &str,
-    partners: &HashSet<String>,
-    timeout: Duration,
-    on_progress: impl Fn(usize, usize),
-) -> Result<Waited, LoadError> {
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        let sagas = fetch_sagas(&http, api, correlation_id).await?;
-        let settled: HashSet<&str> = sagas
-            .iter()
-            .filter(|s| s.is_terminal() && partners.contains(&s.partner_id))
-            .map(|s| s.partner_id.as_str())
-            .collect();
-        let settled = settled.len();
-        on_progress(settled, sagas.len());
-        let complete = settled >= partners.len();
-        if complete || started.elapsed() >= timeout {
-            return Ok(Waited {
-                sagas,
-                settled,
-                complete,
-            });
-        }
-        tokio::time::sleep(poll_interval(partners.len())).await;
-    }
-}
-
-/// Each poll reads every saga of the run, so large runs poll less often:
-/// the reads would otherwise take a noticeable share of the machine being
-/// measured. Timings come from the sagas' own timestamps, not from polls.
-fn poll_interval(sagas: usize) -> Duration {
-    Duration::from_millis((sagas as u64 / 5).clamp(250, 2_000))
-}
-
-/// Every saga of `correlation_id`, all pages.
-async fn fetch_sagas(
-    http: &reqwest::Client,
-    api: &str,
-    correlation_id: &str,
-) -> Result<Vec<SagaOutcome>, LoadError> {
-    let mut sagas = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let url = format!("{}/sagas", api.trim_end_matches('/'));
-        let mut query = vec![
-            ("correlation_id", correlation_id.to_string()),
-            ("limit", "500".to_string()),
-        ];
-        if let Some(c) = &cursor {
-            query.push(("cursor", c.clone()));
-        }
-        let api_error = |source| LoadError::Api {
-            url: url.clone(),
-            source,
-        };
-        let response = http
-            .get(&url)
-            .query(&query)
-            .send()
-            .await
-            .map_err(api_error)?;
-        let status = response.status();
-        let body = response.text().await.map_err(api_error)?;
-        if !status.is_success() {
-            return Err(LoadError::ApiStatus {
-                url,
-                status: status.as_u16(),
-                body,
-            });
-        }
-        let page = report::parse_page(&body).map_err(|e| LoadError::ApiStatus {
-            url: url.clone(),
-            status: status.as_u16(),
-            body: format!("unexpected body ({e})"),
-        })?;
-        sagas.extend(page.items);
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return Ok(sagas),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,7 +177,8 @@ mod tests {
             rate: None,
             concurrency: 1,
             fail_ratio,
-            correlation_id: "load-c".into(),
+            correlation_id: None,
+            run_id: "r1".into(),
         }
     }
 
@@ -279,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn events_are_unique_valid_partners_sharing_the_correlation_id() {
+    fn events_are_unique_valid_partners_each_with_its_own_correlation_id() {
         let events = events(&plan(50, 0.0));
         assert_eq!(events.len(), 50);
         let ids: std::collections::HashSet<_> = events
@@ -293,17 +208,18 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 50);
         for e in &events {
-            assert_eq!(e.correlation_id, "load-c");
+            assert_eq!(Some(e.correlation_id.as_str()), e.partner_id());
+            assert!(e.correlation_id.starts_with("load-r1-"));
             assert!(crate::envelope::PartnerCreated::from_payload(&e.payload).is_ok());
         }
         assert_eq!(failing(&events), 0);
     }
 
     #[test]
-    fn large_runs_poll_less_often() {
-        assert_eq!(poll_interval(100), Duration::from_millis(250));
-        assert_eq!(poll_interval(5_000), Duration::from_millis(1_000));
-        assert_eq!(poll_interval(100_000), Duration::from_secs(2));
+    fn a_correlation_id_asked_for_is_shared_by_every_event() {
+        let mut p = plan(5, 0.0);
+        p.correlation_id = Some("mine".into());
+        assert!(events(&p).iter().all(|e| e.correlation_id == "mine"));
     }
 
     #[test]
@@ -329,8 +245,8 @@ mod tests {
             "partner-events",
             events(&p),
             &p,
-            move |n| {
-                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            move |chunk| {
+                counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
             },
         )
         .await

@@ -1,18 +1,24 @@
-//! Pulsar: per topic, an exclusive *non-durable* subscription of the
-//! monitor's own (`saga-monitor-<random>`), never the orchestrator's.
+//! Pulsar: per topic, a subscription of the reader's own
+//! (`saga-monitor-<random>` for the monitor, non-durable and exclusive),
+//! never the orchestrator's.
 //!
 //! This is what the crate's `Reader` does, but done by hand with a consumer
 //! so that the subscription can also be removed explicitly: a real Pulsar
 //! drops a non-durable subscription when its consumer disconnects, but
 //! pulsar-lite (our development broker) keeps it, and a subscription nobody
 //! reads retains every later message. So every message is acked as it is
-//! read, and on a clean stop each subscription is unsubscribed.
+//! read, and on a clean stop each subscription is unsubscribed. A reader
+//! that must keep up (`load-test`) asks for a durable Shared subscription
+//! instead (see [`TapSubscription`] for the measurement): it is removed the
+//! same way.
 //!
 //! A task per topic owns its consumer and forwards what it reads. Like the
 //! service's consumers, one whose stream ends, keeps failing, or whose
 //! connection check fails while idle is rebuilt on the same subscription,
 //! starting after the last message it forwarded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -26,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{connection_retry_options, topic as pulsar_topic, Watchdog as PulsarWatchdog};
-use crate::transport::tap::{StartAt, TapError, Tapped, LOG_TARGET};
+use crate::transport::tap::{StartAt, TapError, TapSubscription, Tapped, LOG_TARGET};
 use crate::transport::RawMessage;
 
 /// How long one `next_batch` waits for a first message.
@@ -39,6 +45,8 @@ const MAX_ERRORS: u32 = 3;
 /// Subscriptions on a set of topics, merged into one queue.
 pub(crate) struct PulsarTap {
     rx: mpsc::Receiver<Tapped>,
+    /// Messages the broker delivered again, skipped (see `ReaderTask::tapped`).
+    repeats: Arc<AtomicU64>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -46,13 +54,19 @@ pub(crate) struct PulsarTap {
 impl PulsarTap {
     /// Connects and subscribes to every topic before returning, so their
     /// positions are fixed (and a broker that is down is reported).
-    pub async fn open(url: &str, channels: &[String], start: StartAt) -> Result<Self, TapError> {
+    pub async fn open(
+        url: &str,
+        channels: &[String],
+        start: StartAt,
+        kind: TapSubscription,
+    ) -> Result<Self, TapError> {
         let client = Pulsar::builder(url, TokioExecutor)
             .with_connection_retry_options(connection_retry_options())
             .build()
             .await?;
         let subscription = format!(
-            "saga-monitor-{}",
+            "{}-{}",
+            kind.prefix,
             &Uuid::new_v4().simple().to_string()[..12]
         );
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -60,20 +74,29 @@ impl PulsarTap {
         // A topic that cannot be subscribed stops those already subscribed.
         let undo = stop.clone().drop_guard();
         let mut tasks = Vec::with_capacity(channels.len());
+        let repeats = Arc::new(AtomicU64::new(0));
         for channel in channels {
             let task = ReaderTask {
                 client: client.clone(),
                 channel: channel.clone(),
                 subscription: subscription.clone(),
+                durable: kind.durable,
+                shared: kind.shared,
                 start,
                 last: None,
+                repeats: repeats.clone(),
                 tx: tx.clone(),
             };
             let consumer = task.build().await?;
             tasks.push(tokio::spawn(task.run(consumer, stop.clone())));
         }
         undo.disarm();
-        Ok(Self { rx, stop, tasks })
+        Ok(Self {
+            rx,
+            repeats,
+            stop,
+            tasks,
+        })
     }
 
     /// What the consumers forwarded, waiting up to [`POLL`] for the first.
@@ -88,6 +111,11 @@ impl PulsarTap {
             batch.push(t);
         }
         Ok(batch)
+    }
+
+    /// Counts the messages the broker delivered again (and that were skipped).
+    pub fn repeats(&self) -> Arc<AtomicU64> {
+        self.repeats.clone()
     }
 
     /// Stops reading and waits for the subscriptions to be removed.
@@ -110,9 +138,12 @@ struct ReaderTask {
     client: Pulsar<TokioExecutor>,
     channel: String,
     subscription: String,
+    durable: bool,
+    shared: bool,
     start: StartAt,
     /// The last message forwarded: a rebuilt consumer starts after it.
     last: Option<MessageIdData>,
+    repeats: Arc<AtomicU64>,
     tx: mpsc::Sender<Tapped>,
 }
 
@@ -125,8 +156,10 @@ impl ReaderTask {
             StartAt::Beginning => InitialPosition::Earliest,
         };
         let mut options = ConsumerOptions::default()
-            .durable(false)
+            .durable(self.durable)
             .with_initial_position(position);
+        // A durable subscription resumes at its own cursor anyway; the
+        // start message is what a non-durable one needs.
         if let Some(last) = &self.last {
             options = options.starting_on_message(last.clone());
         }
@@ -134,7 +167,11 @@ impl ReaderTask {
             .consumer()
             .with_topic(pulsar_topic(&self.channel))
             .with_subscription(&self.subscription)
-            .with_subscription_type(SubType::Exclusive)
+            .with_subscription_type(if self.shared {
+                SubType::Shared
+            } else {
+                SubType::Exclusive
+            })
             .with_consumer_name(format!("{}-{}", self.subscription, self.channel))
             .with_options(options)
             .build()
@@ -237,6 +274,7 @@ impl ReaderTask {
         // redelivery (a rebuilt consumer's start, or an ack the broker did
         // not see), already on screen.
         if self.last.as_ref().is_some_and(|last| !is_after(&id, last)) {
+            self.repeats.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let metadata = message.payload.metadata;

@@ -4,14 +4,18 @@
 //! builds the release binary, starts `simulate` and `serve` on a fresh
 //! database (saga_bench) and channels of their own (bench-<time>-…), in a
 //! clean environment (docs/contract.md §6 defaults, nothing from ./.env), runs
-//! `load-test --json`, writes .dev/bench/<time>-<broker>.json ({"meta",
-//! "report"}) with the processes' logs beside it, prints the summary, and
+//! `load-test --json` — by default the closed loop, 64 sagas in flight, as
+//! issue 12's peers were measured — and samples what the run cost
+//! ([`costs`]), writes .dev/bench/<time>-<broker>.json ({"meta", "report",
+//! "costs"}) with the processes' logs beside it, prints the summary, and
 //! stops what it started, by PID. Fails if any event has no terminal saga,
 //! or two. Settings: BENCH_BROKER (pulsar|redis), BENCH_EVENTS (10000),
-//! BENCH_RATE (0 = unlimited), BENCH_CONCURRENCY (4), BENCH_PARTICIPANTS
-//! (http|broker), BENCH_SIM_ARGS, BENCH_MAX_IN_FLIGHT (64),
-//! BENCH_TIMEOUT_SECS (300).
+//! BENCH_MODE (closed|burst), BENCH_IN_FLIGHT (64, closed loop),
+//! BENCH_RATE (0 = unlimited) and BENCH_CONCURRENCY (4), burst only,
+//! BENCH_PARTICIPANTS (http|broker), BENCH_SIM_ARGS, BENCH_MAX_IN_FLIGHT
+//! (64, the service's), BENCH_TIMEOUT_SECS (300).
 
+mod costs;
 mod report;
 
 use crate::stack::{self, App, Local, Stack};
@@ -24,6 +28,10 @@ use std::process::Command;
 pub struct Settings {
     pub broker: String,
     pub events: u64,
+    /// `closed` (a new event as each saga ends) or `burst`.
+    pub mode: String,
+    /// The closed loop's sagas in flight.
+    pub in_flight: u64,
     pub rate: String,
     pub concurrency: u64,
     pub participants: String,
@@ -44,6 +52,8 @@ impl Settings {
         let s = Settings {
             broker: env_or("BENCH_BROKER", "pulsar"),
             events: paths::env_number("BENCH_EVENTS", 10_000)?,
+            mode: env_or("BENCH_MODE", "closed"),
+            in_flight: paths::env_number("BENCH_IN_FLIGHT", 64)?,
             rate: env_or("BENCH_RATE", "0"),
             concurrency: paths::env_number("BENCH_CONCURRENCY", 4)?,
             participants: env_or("BENCH_PARTICIPANTS", "http"),
@@ -69,10 +79,56 @@ impl Settings {
                 s.rate
             );
         }
-        if s.events == 0 || s.concurrency == 0 || s.timeout == 0 {
-            bail!("BENCH_EVENTS, BENCH_CONCURRENCY and BENCH_TIMEOUT_SECS must be above 0");
+        if s.events == 0 || s.concurrency == 0 || s.timeout == 0 || s.in_flight == 0 {
+            bail!("BENCH_EVENTS, BENCH_IN_FLIGHT, BENCH_CONCURRENCY and BENCH_TIMEOUT_SECS must be above 0");
         }
+        s.check_mode()?;
         Ok(s)
+    }
+
+    /// The closed loop paces itself: a rate or publishers for it are a
+    /// mistake to say, not to ignore.
+    fn check_mode(&self) -> Result<()> {
+        match self.mode.as_str() {
+            "burst" => Ok(()),
+            "closed" => {
+                let paced = self.rate.parse::<f64>().is_ok_and(|r| r > 0.0)
+                    || std::env::var("BENCH_CONCURRENCY").is_ok_and(|v| !v.is_empty());
+                if paced {
+                    bail!("BENCH_RATE and BENCH_CONCURRENCY pace the burst mode: set BENCH_MODE=burst too (the closed loop keeps BENCH_IN_FLIGHT sagas in flight)");
+                }
+                Ok(())
+            }
+            other => bail!("BENCH_MODE must be closed or burst, not '{other}'"),
+        }
+    }
+
+    /// load-test's arguments for the mode.
+    fn mode_args(&self) -> Vec<String> {
+        match self.mode.as_str() {
+            "burst" => vec![
+                "--burst".into(),
+                "--rate".into(),
+                self.rate.clone(),
+                "--concurrency".into(),
+                self.concurrency.to_string(),
+            ],
+            _ => vec!["--in-flight".into(), self.in_flight.to_string()],
+        }
+    }
+
+    /// The mode in words, for the lines printed.
+    pub fn mode_text(&self) -> String {
+        match self.mode.as_str() {
+            "burst" => {
+                let rate = match self.rate.parse::<f64>() {
+                    Ok(r) if r > 0.0 => format!("{}/s", self.rate),
+                    _ => "unlimited rate".to_string(),
+                };
+                format!("burst, {rate}, {} publishers", self.concurrency)
+            }
+            _ => format!("closed loop, {} in flight", self.in_flight),
+        }
     }
 }
 
@@ -281,16 +337,17 @@ impl Run {
         Ok(())
     }
 
-    /// Runs the load test and writes the JSON; fails if the test did.
+    /// Runs the load test, samples what it cost, and writes the JSON;
+    /// fails if the test did.
     fn load_test(&self, stack_was_up: bool) -> Result<()> {
         let s = &self.s;
-        let rate_text = match s.rate.parse::<f64>() {
-            Ok(r) if r > 0.0 => format!("{}/s", s.rate),
-            _ => "unlimited rate".to_string(),
-        };
         eprintln!(
-            "bench: load test: {} events, {rate_text}, {} publishers, {}, participants over {} ({})",
-            s.events, s.concurrency, s.broker, s.participants, s.sim_args
+            "bench: load test: {} events, {}, {}, participants over {} ({})",
+            s.events,
+            s.mode_text(),
+            s.broker,
+            s.participants,
+            s.sim_args
         );
         let started_at = paths::utc_iso();
         let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -299,26 +356,24 @@ impl Run {
             .take(3)
             .collect::<Vec<_>>()
             .join(" ");
+        let before = self.sample();
         // Logs go to stdout with the JSON: keep them to errors.
         let mut cmd = self.command("error");
-        cmd.args([
-            "load-test",
-            "--events",
-            &s.events.to_string(),
-            "--rate",
-            &s.rate,
-        ])
-        .args(["--concurrency", &s.concurrency.to_string()])
-        .args([
-            "--api",
-            &format!("http://127.0.0.1:{}", self.local.ports.api),
-        ])
-        .args(["--timeout-secs", &s.timeout.to_string(), "--json"])
-        .stdout(std::fs::File::create(self.run_dir.join("load-test.out"))?)
-        .stderr(std::fs::File::create(self.run_dir.join("load-test.err"))?);
+        cmd.args(["load-test", "--events", &s.events.to_string()])
+            .args(s.mode_args())
+            .args(["--timeout-secs", &s.timeout.to_string(), "--json"])
+            .stdout(std::fs::File::create(self.run_dir.join("load-test.out"))?)
+            .stderr(std::fs::File::create(self.run_dir.join("load-test.err"))?);
+        // The load generator's own CPU: the only child reaped in between.
+        let reaped_before = costs::children_cpu_secs();
         let status = signals::status(&mut cmd)?;
+        let load_test_cpu = costs::children_cpu_secs()
+            .zip(reaped_before)
+            .map(|(after, before)| ((after - before) * 1000.0).round() / 1000.0);
         signals::check()?;
         let code = status.code().unwrap_or(1);
+        let mut costs = self.costs(&before);
+        costs["load_test"] = serde_json::json!({ "cpu_secs": load_test_cpu });
         let meta = report::Meta {
             settings: s,
             broker_url: &self.broker_url,
@@ -326,7 +381,7 @@ impl Run {
             stack_was_up,
             run_dir: &self.run_dir,
         };
-        report::write(&meta, &started_at, &loadavg, code, &self.bin)?;
+        report::write(&meta, &started_at, &loadavg, code, &self.bin, &costs)?;
         if code != 0 {
             bail!(
                 "the load test failed (exit {code}): see {}",
@@ -334,5 +389,100 @@ impl Run {
             );
         }
         Ok(())
+    }
+
+    /// What the run cost since `before`. The service is stopped here, after
+    /// its CPU and memory are read: its connections flush their PostgreSQL
+    /// statistics as they close.
+    fn costs(&self, before: &Sample) -> serde_json::Value {
+        let orchestrator = App::new(&self.run_dir, "orchestrator", "serve");
+        let simulator = App::new(&self.run_dir, "simulator", "simulate");
+        let cpu = |pid: Option<i32>, before: Option<f64>| {
+            let after = pid.and_then(costs::cpu_secs)?;
+            Some(((after - before?) * 1000.0).round() / 1000.0)
+        };
+        let service_cpu = cpu(orchestrator.pid(), before.service_cpu);
+        let simulator_cpu = cpu(simulator.pid(), before.simulator_cpu);
+        let peak_rss = orchestrator.pid().and_then(costs::peak_rss_kib);
+        let redis = (self.s.broker == "redis")
+            .then(costs::redis_commands)
+            .flatten();
+        let _ = orchestrator.stop(40);
+        let pg = costs::PgSample::take(false);
+        let sagas = self.s.events;
+        serde_json::json!({
+            "service": {
+                "cpu_secs": service_cpu,
+                "cpu_ms_per_saga": service_cpu.map(|c| (c * 1e6 / sagas as f64).round() / 1e3),
+                "peak_rss_mib": peak_rss.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
+            },
+            "simulator": { "cpu_secs": simulator_cpu },
+            "postgres": costs::pg_delta(&before.pg, &pg, sagas),
+            "redis": costs::redis_delta(&before.redis, &redis, sagas),
+        })
+    }
+}
+
+/// The counters read before the load test.
+struct Sample {
+    service_cpu: Option<f64>,
+    simulator_cpu: Option<f64>,
+    pg: costs::PgSample,
+    redis: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Run {
+    /// The counters now; pg_stat_statements starts over, so that it holds
+    /// the run only.
+    fn sample(&self) -> Sample {
+        let cpu = |name, sub| {
+            App::new(&self.run_dir, name, sub)
+                .pid()
+                .and_then(costs::cpu_secs)
+        };
+        Sample {
+            service_cpu: cpu("orchestrator", "serve"),
+            simulator_cpu: cpu("simulator", "simulate"),
+            pg: costs::PgSample::take(true),
+            redis: (self.s.broker == "redis")
+                .then(costs::redis_commands)
+                .flatten(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(mode: &str, rate: &str) -> Settings {
+        Settings {
+            broker: "redis".into(),
+            events: 10,
+            mode: mode.into(),
+            in_flight: 64,
+            rate: rate.into(),
+            concurrency: 4,
+            participants: "http".into(),
+            sim_args: String::new(),
+            max_in_flight: 64,
+            timeout: 300,
+        }
+    }
+
+    #[test]
+    fn the_closed_loop_is_the_default_and_refuses_a_rate() {
+        let closed = settings("closed", "0");
+        assert!(closed.check_mode().is_ok());
+        assert_eq!(closed.mode_args(), ["--in-flight", "64"]);
+        assert_eq!(closed.mode_text(), "closed loop, 64 in flight");
+        assert!(settings("closed", "500").check_mode().is_err());
+        assert!(settings("open", "0").check_mode().is_err());
+        let burst = settings("burst", "500");
+        assert_eq!(
+            burst.mode_args(),
+            ["--burst", "--rate", "500", "--concurrency", "4"]
+        );
+        assert_eq!(burst.mode_text(), "burst, 500/s, 4 publishers");
     }
 }

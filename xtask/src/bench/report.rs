@@ -1,5 +1,5 @@
 //! Bench's JSON file ({"meta": run and machine, "report": load-test's
-//! JSON}) and its printed summary.
+//! JSON, "costs": what the run cost}) and its printed summary.
 
 use super::Settings;
 use crate::{paths, process};
@@ -84,6 +84,7 @@ pub fn write(
     loadavg: &str,
     exit_code: i32,
     bin: &Path,
+    costs: &Value,
 ) -> Result<PathBuf> {
     let out = meta.run_dir.join("load-test.out");
     let raw = std::fs::read_to_string(&out).unwrap_or_default();
@@ -106,8 +107,11 @@ pub fn write(
         "broker": s.broker,
         "broker_url": meta.broker_url,
         "events": s.events,
-        "rate": s.rate.parse::<f64>().unwrap_or(0.0),
-        "concurrency": s.concurrency,
+        "mode": s.mode,
+        "mode_text": s.mode_text(),
+        "in_flight": (s.mode == "closed").then_some(s.in_flight),
+        "rate": (s.mode == "burst").then(|| s.rate.parse::<f64>().unwrap_or(0.0)),
+        "concurrency": (s.mode == "burst").then_some(s.concurrency),
         "max_in_flight": s.max_in_flight,
         "participants": s.participants,
         "simulator_args": s.sim_args,
@@ -121,11 +125,14 @@ pub fn write(
         "build": build_info(bin),
     });
     let path = meta.run_dir.with_extension("json");
-    let text = serde_json::to_string_pretty(&json!({"meta": meta_json, "report": report}))? + "\n";
+    let text = serde_json::to_string_pretty(
+        &json!({"meta": meta_json, "report": report, "costs": costs}),
+    )? + "\n";
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &path)?;
     print_summary(&meta_json, &report);
+    print_costs(costs);
     let shown = path.strip_prefix(paths::root()).unwrap_or(&path);
     println!(
         "  saved        {}  (logs in {}/)",
@@ -145,25 +152,21 @@ fn ms(x: f64) -> String {
 
 fn latencies(lat: &Value) -> String {
     let f = |k: &str| ms(lat[k].as_f64().unwrap_or(0.0));
-    format!("p50 {} · p95 {} · p99 {}", f("p50"), f("p95"), f("p99"))
+    format!("p50 {} · p90 {} · p99 {}", f("p50"), f("p90"), f("p99"))
 }
 
 fn print_summary(meta: &Value, r: &Value) {
     let (m, b) = (&meta["machine"], &meta["build"]);
-    let rate = match meta["rate"].as_f64() {
-        Some(x) if x > 0.0 => format!("{x}/s"),
-        _ => "unlimited rate".into(),
-    };
     let str_of = |v: &Value| {
         v.as_str()
             .map(str::to_string)
             .unwrap_or_else(|| v.to_string())
     };
     println!(
-        "bench {}: {} events, {rate}, {} publishers, participants over {} ({})",
+        "bench {}: {} events, {}, participants over {} ({})",
         str_of(&meta["broker"]),
         r["events"],
-        meta["concurrency"],
+        str_of(&meta["mode_text"]),
         str_of(&meta["participants"]),
         str_of(&meta["simulator_args"])
     );
@@ -181,11 +184,13 @@ fn print_summary(meta: &Value, r: &Value) {
         str_of(&m["loadavg_at_start"])
     );
     let num = |k: &str| r[k].as_f64().unwrap_or(0.0);
-    println!(
-        "  events       {} published in {:.2} s",
-        r["events"],
-        num("publish_secs")
-    );
+    match r["publish_secs"].as_f64() {
+        Some(secs) => println!("  events       {} published in {secs:.2} s", r["published"]),
+        None => println!(
+            "  in flight    at most {} (counted by the load test)",
+            r["max_in_flight"]
+        ),
+    }
     println!(
         "  settled      {} of {} in {:.2} s  →  {:.0} sagas/s",
         r["settled"],
@@ -195,7 +200,7 @@ fn print_summary(meta: &Value, r: &Value) {
     );
     let max = ms(r["latency_ms"]["max"].as_f64().unwrap_or(0.0));
     println!(
-        "  latency      {} · max {max}  (event → terminal state)",
+        "  latency      {} · max {max}  (event → terminal event)",
         latencies(&r["latency_ms"])
     );
     print_outcomes(r);
@@ -206,16 +211,67 @@ fn print_outcomes(r: &Value) {
     if let Some(outcomes) = r["outcomes"].as_object() {
         for (state, stats) in outcomes {
             let count = stats["count"].as_u64().unwrap_or(0);
-            println!(
-                "  {state:<12} {count:>6}   {}",
-                latencies(&stats["latency_ms"])
-            );
+            // No sagas, no latencies: zeros would read as measured.
+            let times = match count {
+                0 => String::new(),
+                _ => format!("   {}", latencies(&stats["latency_ms"])),
+            };
+            println!("  {state:<12} {count:>6}{times}");
         }
     }
     if r["unsettled"].as_u64().unwrap_or(0) > 0 {
-        println!("  ✗ {} events have no terminal saga", r["unsettled"]);
+        println!(
+            "  ✗ {} events have no terminal saga ({} published with none within the timeout)",
+            r["unsettled"], r["unfinished"]
+        );
     }
     if r["duplicates"].as_u64().unwrap_or(0) > 0 {
         println!("  ✗ {} duplicate sagas", r["duplicates"]);
+    }
+}
+
+/// The costs' lines: service, PostgreSQL, Redis, each when it was counted.
+fn print_costs(c: &Value) {
+    let num = |v: &Value| v.as_f64();
+    let service = &c["service"];
+    if let Some(cpu) = num(&service["cpu_secs"]) {
+        let rss = num(&service["peak_rss_mib"]).map_or("?".into(), |m| format!("{m} MiB"));
+        let cpu_of = |v: &Value| num(v).map_or("?".into(), |s| format!("{s:.2}"));
+        println!(
+            "  service      {cpu:.2} CPU-s ({} ms a saga), peak RSS {rss}; simulator {} CPU-s, load test {} CPU-s",
+            num(&service["cpu_ms_per_saga"]).unwrap_or(0.0),
+            cpu_of(&c["simulator"]["cpu_secs"]),
+            cpu_of(&c["load_test"]["cpu_secs"]),
+        );
+    }
+    let pg = &c["postgres"];
+    let mut parts = Vec::new();
+    if let Some(wal) = num(&pg["wal_bytes_per_saga"]) {
+        parts.push(format!("{wal:.0} B WAL"));
+    }
+    if let Some(commits) = num(&pg["per_saga"]["commits"]) {
+        parts.push(format!("{commits} commits"));
+    }
+    if let Some(statements) = num(&pg["statements_per_saga"]) {
+        parts.push(format!("{statements} statements"));
+    }
+    if !parts.is_empty() {
+        println!("  postgres     a saga: {}", parts.join(", "));
+    }
+    if let Some(note) = pg["statements_note"].as_str() {
+        println!("               ({note})");
+    }
+    if let Some(total) = num(&c["redis"]["commands_per_saga"]) {
+        let by = c["redis"]["by_command_per_saga"]
+            .as_array()
+            .map(|by| {
+                by.iter()
+                    .take(5)
+                    .map(|c| format!("{} {}", c["command"].as_str().unwrap_or("?"), c["per_saga"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!("  redis        a saga: {total} commands, every client's ({by})");
     }
 }

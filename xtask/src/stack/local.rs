@@ -185,6 +185,7 @@ impl Local {
             max_connections: 200,
             shared_buffers: None,
             durable: true,
+            stat_statements: true,
             tmp_prefix: "saga-dev-pg",
             timeout: self.timeout,
         }
