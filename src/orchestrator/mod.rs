@@ -10,6 +10,7 @@ pub mod clock;
 mod commands;
 mod consumer;
 mod driver;
+mod outbox_writes;
 mod relay;
 mod replies;
 mod shutdown;
@@ -18,13 +19,12 @@ mod upkeep;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -157,13 +157,11 @@ struct Inner {
     config: OrchestratorConfig,
     /// One permit per saga driven at once.
     permits: Arc<Semaphore>,
-    relay_wake: Notify,
-    /// Writes of this instance to the outbox, and how many of them the
-    /// relay has seen through (it found the outbox empty after them).
-    /// Shutdown's last relay pass is needed only while they differ; rows an
-    /// earlier run left are relayed while running, or at the next start.
-    outbox_writes: AtomicU64,
-    outbox_relayed: AtomicU64,
+    /// This instance's outbox writes, and the relay's wake-up (see
+    /// `outbox_writes`).
+    outbox: Arc<outbox_writes::OutboxWrites>,
+    /// When shutdown's grace ends; set when it begins.
+    stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     /// Group commit of transitions.
     writer: writer::Writer,
     /// Slots of sagas waiting for a broker reply, until their deadline
@@ -202,7 +200,8 @@ impl Orchestrator {
             config.max_in_flight,
             [config.channels.partner_events.clone()],
         );
-        let writer = writer::Writer::start(store.clone());
+        let outbox = Arc::new(outbox_writes::OutboxWrites::default());
+        let writer = writer::Writer::start(store.clone(), outbox.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -210,9 +209,8 @@ impl Orchestrator {
                 participants,
                 config,
                 permits,
-                relay_wake: Notify::new(),
-                outbox_writes: AtomicU64::new(0),
-                outbox_relayed: AtomicU64::new(0),
+                outbox,
+                stop_deadline: std::sync::OnceLock::new(),
                 writer,
                 awaiting: std::sync::Mutex::default(),
                 driving: std::sync::Mutex::default(),
@@ -249,19 +247,6 @@ impl Orchestrator {
             .spawn(async move { cancel.run_until_cancelled_owned(work).await });
     }
 
-    /// Tells the relay there is something to publish.
-    fn wake_relay(&self) {
-        self.inner.outbox_writes.fetch_add(1, Ordering::AcqRel);
-        self.inner.relay_wake.notify_one();
-    }
-
-    /// Whether this instance wrote to the outbox since the relay last
-    /// found it empty.
-    fn outbox_pending(&self) -> bool {
-        let relayed = self.inner.outbox_relayed.load(Ordering::Acquire);
-        self.inner.outbox_writes.load(Ordering::Acquire) > relayed
-    }
-
     /// Records sagas (deduplicated by `event_id`) and drives the new ones
     /// that came with a permit; the others wait for the sweeper.
     pub async fn start(
@@ -279,8 +264,10 @@ impl Orchestrator {
             decisions.push(decision);
             permits.push(permit);
         }
-        let created = self.inner.store.create(&new).await?;
-        self.wake_relay();
+        let writing = self.inner.outbox.in_flight();
+        let created = self.inner.store.create(&new).await;
+        writing.ended();
+        let created = created?;
         for (((draft, decision), permit), outcome) in
             new.into_iter().zip(decisions).zip(permits).zip(&created)
         {
@@ -545,7 +532,6 @@ impl Orchestrator {
             metrics::histogram!(telemetry::SAGA_SECONDS, "outcome" => after.state.as_str())
                 .record(seconds);
         }
-        self.wake_relay();
         Ok(Some(after))
     }
 

@@ -21,7 +21,6 @@
 //! sends); they are sent again later, at least once as always.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -44,14 +43,14 @@ pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
     loop {
         tokio::select! {
-            () = inner.relay_wake.notified() => {}
+            () = inner.outbox.wake.notified() => {}
             () = tokio::time::sleep(IDLE_POLL) => {}
             () = inner.relay_stop.cancelled() => {
                 // One last pass, once the drivers are done (see
                 // `Orchestrator::shutdown`), so their final events go out;
                 // none when we wrote nothing since the outbox was last
                 // empty (the store may be gone: asking it would only wait).
-                if orch.outbox_pending() {
+                if inner.outbox.pending() {
                     drain(&orch).await;
                 }
                 return;
@@ -69,7 +68,7 @@ pub(super) async fn run(orch: Orchestrator) {
 /// a store that is gone) is not worth waiting for.
 async fn stopped_with_nothing_to_relay(orch: &Orchestrator) {
     orch.inner.relay_stop.cancelled().await;
-    if orch.outbox_pending() {
+    if orch.inner.outbox.pending() {
         std::future::pending::<()>().await;
     }
 }
@@ -95,14 +94,14 @@ async fn drain(orch: &Orchestrator) {
     let mut failures = 0;
     loop {
         // Read before the claim: an empty claim sees every write up to here.
-        let writes = inner.outbox_writes.load(Ordering::Acquire);
+        let mark = inner.outbox.mark();
         let claim = match inner
             .store
             .claim_outbox(&inner.config.instance_id, Utc::now(), CLAIM_LEASE, BATCH)
             .await
         {
             Ok(claim) if claim.is_empty() => {
-                inner.outbox_relayed.fetch_max(writes, Ordering::AcqRel);
+                inner.outbox.seen_through(mark);
                 return;
             }
             Ok(claim) => claim,

@@ -14,38 +14,57 @@ const LAST_PASS_MIN: Duration = Duration::from_secs(1);
 const NAMED: usize = 5;
 
 impl Orchestrator {
-    /// Stops taking work and waits, at most the shutdown grace
-    /// (`SHUTDOWN_GRACE_SECS`), for the sagas in flight; those still
-    /// mid-step are left to recovery (durable, leased, retried with the
-    /// same idempotency keys). The background loops stop at once. The relay
-    /// stops last, with one final pass when this instance wrote to the
-    /// outbox since it was last empty, so the events of the drivers' last
-    /// commits go out now rather than at the next start.
-    pub async fn shutdown(&self) {
+    /// Stops taking work: the consumers, recovery and upkeep stop at once,
+    /// wherever they wait, and drivers start no new call. Called when the
+    /// signal comes, so the grace period counts from then; idempotent.
+    pub fn stop_taking_work(&self) {
         let inner = &self.inner;
         let grace = inner.config.shutdown_grace;
-        let deadline = Instant::now() + grace;
-        inner.cancel.cancel();
-        inner.tasks.close();
+        if inner.stop_deadline.set(Instant::now() + grace).is_ok() {
+            inner.cancel.cancel();
+            inner.tasks.close();
+        }
+    }
+
+    /// Stops taking work (if not done yet) and waits, at most the shutdown
+    /// grace (`SHUTDOWN_GRACE_SECS`) from [`Orchestrator::stop_taking_work`],
+    /// for the sagas in flight; those still mid-step are left to recovery
+    /// (durable, leased, retried with the same idempotency keys). The relay
+    /// stops last, with one final pass when this instance wrote to the
+    /// outbox since it was last seen empty, so the events of the drivers'
+    /// last commits go out now rather than at the next start.
+    pub async fn shutdown(&self) {
+        self.stop_taking_work();
+        let inner = &self.inner;
+        let deadline = inner
+            .stop_deadline
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now);
         let in_flight = self.driven_now();
         if !in_flight.is_empty() {
             tracing::info!(
                 in_flight = in_flight.len(),
                 sagas = %named(&in_flight),
                 "shutting down: waiting up to {} s (SHUTDOWN_GRACE_SECS) for the sagas in flight to finish their step",
-                grace.as_secs()
+                deadline.saturating_duration_since(Instant::now()).as_secs_f64().ceil()
             );
         }
-        if tokio::time::timeout_at(deadline, inner.tasks.wait())
-            .await
-            .is_err()
-        {
+        let waited = async {
+            inner.tasks.wait().await;
+            // Writes whose callers were dropped still land: the last
+            // relay pass must come after them.
+            inner.writer.idle().await;
+        };
+        if tokio::time::timeout_at(deadline, waited).await.is_err() {
             let left = self.driven_now();
-            tracing::warn!(
-                left = left.len(),
-                sagas = %named(&left),
-                "shutdown grace elapsed with sagas in flight; recovery will resume them"
-            );
+            if !left.is_empty() {
+                tracing::warn!(
+                    left = left.len(),
+                    sagas = %named(&left),
+                    "shutdown grace elapsed with sagas in flight; recovery will resume them"
+                );
+            }
         }
         self.stop_relay(deadline.max(Instant::now() + LAST_PASS_MIN))
             .await;
@@ -53,7 +72,7 @@ impl Orchestrator {
 
     async fn stop_relay(&self, deadline: Instant) {
         let inner = &self.inner;
-        if self.outbox_pending() {
+        if inner.outbox.pending() {
             tracing::info!(
                 "relaying the last events written, for up to {} s",
                 deadline

@@ -6,10 +6,13 @@
 //! it is free, so a lone transition is written at once, and under load the
 //! batches grow by themselves while the previous one commits.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::outbox_writes::OutboxWrites;
 use crate::store::{SagaStore, StoreError, TransitionWrite};
 
 /// Transitions written per transaction at most.
@@ -28,18 +31,49 @@ struct Job {
 /// The queue in front of the store's transition writes.
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
+    load: Arc<Load>,
 }
+
+/// Jobs queued, and jobs done: idle when they match.
+#[derive(Default)]
+struct Load {
+    queued: AtomicU64,
+    done: AtomicU64,
+}
+
+/// How often [`Writer::idle`] looks (at shutdown only).
+const IDLE_POLL: Duration = Duration::from_millis(5);
 
 impl Writer {
     /// Starts the writers; they stop once the `Writer` is dropped and the
     /// queue is empty.
-    pub(super) fn start(store: Arc<dyn SagaStore>) -> Self {
+    /// Each commit is counted in `outbox` once it went through, whether
+    /// or not its caller still waits for it.
+    pub(super) fn start(store: Arc<dyn SagaStore>, outbox: Arc<OutboxWrites>) -> Self {
         let (jobs, queue) = mpsc::channel(MAX_BATCH * WRITERS * 2);
         let queue = Arc::new(Mutex::new(queue));
+        let load = Arc::new(Load::default());
         for _ in 0..WRITERS {
-            tokio::spawn(run(store.clone(), queue.clone()));
+            tokio::spawn(run(
+                store.clone(),
+                queue.clone(),
+                outbox.clone(),
+                load.clone(),
+            ));
         }
-        Self { jobs }
+        Self { jobs, load }
+    }
+
+    /// Resolves once every write queued so far is done, even those whose
+    /// callers were dropped: shutdown's last relay pass must come after.
+    pub(super) async fn idle(&self) {
+        loop {
+            let queued = self.load.queued.load(Ordering::Acquire);
+            if self.load.done.load(Ordering::Acquire) >= queued {
+                return;
+            }
+            tokio::time::sleep(IDLE_POLL).await;
+        }
     }
 
     /// Writes one transition, batched with whatever else is being written
@@ -55,12 +89,20 @@ impl Writer {
             .send(Job { write, done })
             .await
             .map_err(|_| stopped())?;
+        // No await between the send and this: a dropped caller's job is
+        // counted once it is queued.
+        self.load.queued.fetch_add(1, Ordering::AcqRel);
         let (write, applied) = result.await.map_err(|_| stopped())?;
         Ok(applied?.then_some(write))
     }
 }
 
-async fn run(store: Arc<dyn SagaStore>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(
+    store: Arc<dyn SagaStore>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    outbox: Arc<OutboxWrites>,
+    load: Arc<Load>,
+) {
     loop {
         let jobs = {
             let mut queue = queue.lock().await;
@@ -90,8 +132,13 @@ async fn run(store: Arc<dyn SagaStore>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) 
             }
             Err(e) => vec![Err(e)],
         };
+        if results.iter().any(|r| matches!(r, Ok(true))) {
+            outbox.written();
+        }
+        let finished = dones.len() as u64;
         for ((write, done), result) in writes.into_iter().zip(dones).zip(results) {
             let _ = done.send((write, result));
         }
+        load.done.fetch_add(finished, Ordering::AcqRel);
     }
 }

@@ -181,8 +181,15 @@ impl Application {
             integrations = %c.integrations,
             "ready: API listening"
         );
-        api::serve(self.listener, self.router, self.header_timeout, shutdown).await;
-        tracing::info!("shutting down");
+        // The orchestrator stops taking work when the signal comes, while
+        // the API drains its open requests, so both fit in the grace.
+        let orchestrator = self.orchestrator.clone();
+        let signalled = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            orchestrator.stop_taking_work();
+        };
+        api::serve(self.listener, self.router, self.header_timeout, signalled).await;
         self.orchestrator.shutdown().await;
         Ok(())
     }

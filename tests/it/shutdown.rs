@@ -57,9 +57,14 @@ impl Cut {
     }
 }
 
-fn host_and_port(url: &str, default_port: u16) -> String {
+fn host_and_port(url: &str) -> String {
     let url = url::Url::parse(url).expect("a URL");
     let host = url.host_str().expect("a host");
+    let default_port = match url.scheme() {
+        "redis" | "rediss" => 6379,
+        "pulsar" | "pulsar+ssl" => 6650,
+        _ => 5432,
+    };
     format!("{host}:{}", url.port().unwrap_or(default_port))
 }
 
@@ -159,8 +164,8 @@ impl Serve {
 async fn with_the_store_and_broker_gone_and_nothing_in_flight_sigterm_exits_at_once() {
     let database = fresh_database().await;
     let broker = BrokerKind::from_env().url();
-    let mut store_link = Cut::to(host_and_port(&database, 5432)).await;
-    let mut broker_link = Cut::to(host_and_port(&broker, 6650)).await;
+    let mut store_link = Cut::to(host_and_port(&database)).await;
+    let mut broker_link = Cut::to(host_and_port(&broker)).await;
     let mut serve = Serve::start(&[
         ("DATABASE_URL", store_link.in_front_of(&database)),
         ("BROKER_URL", broker_link.in_front_of(&broker)),
@@ -183,14 +188,14 @@ async fn with_the_store_and_broker_gone_and_nothing_in_flight_sigterm_exits_at_o
     assert!(serve.said("shutting down"), "{shown:#?}");
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
+/// A service whose one saga is in its alliance call, which answers after
+/// `answer_after`, when SIGTERM comes; with `grace` seconds to stop in.
+async fn sigterm_during_a_call(answer_after: Duration, grace: &str) -> (Serve, String, String) {
     let alliances = MockServer::start().await;
     let integrations = MockServer::start().await;
-    // The call in flight when SIGTERM comes answers after 3 s.
     on_create_alliance(
         &alliances,
-        alliance_created("a-1").set_delay(Duration::from_secs(3)),
+        alliance_created("a-1").set_delay(answer_after),
         None,
     )
     .await;
@@ -200,11 +205,10 @@ async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
         ("BROKER_URL", BrokerKind::from_env().url()),
         ("ALIANZAS_API_URL", alliances.uri()),
         ("INTEGRACIONES_API_URL", integrations.uri()),
-        ("SHUTDOWN_GRACE_SECS", "60".into()),
+        ("SHUTDOWN_GRACE_SECS", grace.into()),
     ])
     .await;
-    let http = reqwest::Client::new();
-    let started: Value = http
+    let started: Value = reqwest::Client::new()
         .post(format!("{}/sagas", serve.api))
         .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"payload": {"partner_id": crate::helpers::partner(), "name": "Acme"}}))
@@ -224,8 +228,31 @@ async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (status, _) = serve.terminate().await;
+    assert!(status.success(), "{status}: {:#?}", serve.shown);
+    (serve, database, saga_id)
+}
+
+/// The saga's state and the rows left in the outbox, from the store.
+async fn stored(database: &str, saga_id: &str) -> (String, i64) {
+    let mut db = sqlx::PgConnection::connect(database)
+        .await
+        .expect("connect");
+    let state: String = sqlx::query_scalar("SELECT state FROM sagas WHERE saga_id = $1::uuid")
+        .bind(saga_id)
+        .fetch_one(&mut db)
+        .await
+        .expect("the saga");
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&mut db)
+        .await
+        .expect("the outbox");
+    (state, unsent)
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
+    let (serve, database, saga_id) = sigterm_during_a_call(Duration::from_secs(3), "60").await;
     let shown = &serve.shown;
-    assert!(status.success(), "{status}: {shown:#?}");
     assert!(
         serve.said("waiting up to 60 s (SHUTDOWN_GRACE_SECS) for the sagas in flight")
             && serve.said(&saga_id),
@@ -237,17 +264,20 @@ async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
     );
     // Its step done, its events out (woken by the commit, or in the last
     // pass): nothing left for the next start.
-    let mut db = sqlx::PgConnection::connect(&database)
-        .await
-        .expect("connect");
-    let state: String = sqlx::query_scalar("SELECT state FROM sagas WHERE saga_id = $1::uuid")
-        .bind(&saga_id)
-        .fetch_one(&mut db)
-        .await
-        .expect("the saga");
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&mut db)
-        .await
-        .expect("the outbox");
+    let (state, unsent) = stored(&database, &saga_id).await;
     assert_eq!((state.as_str(), unsent), ("completed", 0), "{shown:#?}");
+}
+
+#[tokio::test]
+async fn a_step_longer_than_the_grace_is_left_to_recovery_and_named() {
+    let (serve, database, saga_id) = sigterm_during_a_call(Duration::from_secs(30), "1").await;
+    let shown = &serve.shown;
+    assert!(
+        serve.said("shutdown grace elapsed with sagas in flight") && serve.said(&saga_id),
+        "names what it leaves: {shown:#?}"
+    );
+    // Left as it was, durable and leased: recovery makes the call again
+    // under the same idempotency key.
+    let (state, _) = stored(&database, &saga_id).await;
+    assert_eq!(state, "creating_alliance", "{shown:#?}");
 }
