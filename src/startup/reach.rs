@@ -72,6 +72,25 @@ fn how_long(tried: Tried) -> String {
     }
 }
 
+/// One try cut short, or how it failed.
+#[derive(Debug)]
+enum Failure<E> {
+    Failed(E),
+    Silent(Duration),
+}
+
+impl<E: Display> Display for Failure<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(e) => e.fmt(f),
+            Self::Silent(waited) => write!(f, "no answer within {:.1} s", waited.as_secs_f64()),
+        }
+    }
+}
+
+/// One try gets at least this, whatever is left of the timeout.
+const MIN_TRY: Duration = Duration::from_secs(1);
+
 /// Calls `attempt` until it succeeds, fails in a way `retryable` says
 /// trying again cannot fix, or `timeout` has passed.
 pub async fn reach<T, E, Fut>(
@@ -89,7 +108,14 @@ where
     let mut pause = FIRST_PAUSE;
     let mut said = false;
     loop {
-        let error = match attempt().await {
+        // One try never runs past the deadline (but gets a moment even
+        // when the timeout is 0).
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .max(MIN_TRY);
+        let tried =
+            tokio::time::timeout(budget, async { attempt().await.map_err(Failure::Failed) }).await;
+        let error = match tried.unwrap_or_else(|_| Err(Failure::Silent(budget))) {
             Ok(reached) => {
                 if said {
                     tracing::info!(
@@ -104,11 +130,16 @@ where
         };
         let give_up = |tried| Unreachable {
             dependency: dependency.clone(),
-            reason: error.to_string(),
+            // Libraries' errors may quote the URL they were given.
+            reason: crate::redact::in_text(&error.to_string()),
             tried,
         };
         let now = Instant::now();
-        if !retryable(&error) {
+        let may_mend = match &error {
+            Failure::Failed(e) => retryable(e),
+            Failure::Silent(_) => true,
+        };
+        if !may_mend {
             return Err(give_up(Tried::Pointless));
         }
         if timeout.is_zero() {
@@ -172,6 +203,9 @@ enum BrokerAttempt {
     /// Nothing listens at the address (or it does not answer).
     #[error("{0}")]
     NotListening(std::io::Error),
+    /// Something listens but gave no broker's handshake.
+    #[error("{0}")]
+    NotAnswering(TransportError),
     #[error("{0}")]
     Refused(TransportError),
 }
@@ -187,6 +221,13 @@ pub async fn connect_broker(settings: &Settings) -> Result<Arc<dyn Transport>, U
         knock(&settings.broker.url)
             .await
             .map_err(BrokerAttempt::NotListening)?;
+        if let BrokerUrl::Pulsar(url) = &settings.broker.url {
+            // A port that accepts is not yet a broker that answers (a
+            // proxy in front of one still starting, a wrong service).
+            transport::probe_pulsar(url.as_str())
+                .await
+                .map_err(BrokerAttempt::NotAnswering)?;
+        }
         transport::from_settings(settings)
             .await
             .map_err(BrokerAttempt::Refused)
@@ -197,6 +238,11 @@ pub async fn connect_broker(settings: &Settings) -> Result<Arc<dyn Transport>, U
         attempt,
         |e: &BrokerAttempt| match e {
             BrokerAttempt::NotListening(_) => true,
+            BrokerAttempt::NotAnswering(TransportError::Pulsar(e)) => !matches!(
+                **e,
+                pulsar::Error::Connection(pulsar::error::ConnectionError::Authentication(_))
+            ),
+            BrokerAttempt::NotAnswering(_) => true,
             BrokerAttempt::Refused(TransportError::Redis(e)) => {
                 e.is_io_error() || e.is_timeout() || e.code() == Some("LOADING")
             }

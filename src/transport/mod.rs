@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 
-pub use self::pulsar::{topic as pulsar_topic, PulsarTransport};
+pub use self::pulsar::{probe as probe_pulsar, topic as pulsar_topic, PulsarTransport};
 pub use memory::MemoryTransport;
 pub use redis_streams::RedisTransport;
 

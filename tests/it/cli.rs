@@ -241,6 +241,64 @@ fn a_broker_that_is_not_there_is_named_at_once_with_how_long_it_is_tried() {
     }
 }
 
+/// A loopback port that accepts connections and then, if `close`, drops
+/// each at once (a proxy whose broker is still starting), or else holds it
+/// without a word (a wrong service, a silent balancer).
+fn port_that_accepts(close: bool) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            if !close {
+                held.push(stream);
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_port_that_accepts_but_is_no_broker_is_tried_like_one_not_listening() {
+    let address = format!("pulsar://127.0.0.1:{}", port_that_accepts(true));
+    serve_cannot_reach(
+        "BROKER_URL",
+        &address,
+        &[
+            ("BROKER_URL", &address),
+            ("DATABASE_URL", "sqlite::memory:"),
+        ],
+    );
+}
+
+#[test]
+fn a_silent_broker_is_given_up_on_in_time_without_the_library_retrying() {
+    let address = format!("pulsar://127.0.0.1:{}", port_that_accepts(false));
+    let out = run_with(
+        &["serve"],
+        &[
+            ("LOG_FORMAT", "pretty"),
+            ("API_ADDR", "127.0.0.1:0"),
+            ("STARTUP_TIMEOUT_SECS", "1"),
+            ("BROKER_URL", &address),
+            ("DATABASE_URL", "sqlite::memory:"),
+        ],
+    );
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    let last = shown.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: cannot reach the broker at BROKER_URL={address}: "
+        )) && last.ends_with("(tried for 1 s; STARTUP_TIMEOUT_SECS sets how long)"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("pulsar::"),
+        "the library's own lines: {shown}"
+    );
+}
+
 #[test]
 fn a_database_that_is_not_there_is_named_at_once_without_its_password() {
     let port = closed_port();

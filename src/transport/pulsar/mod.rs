@@ -129,6 +129,35 @@ pub(crate) fn connection_retry_options() -> ConnectionRetryOptions {
     }
 }
 
+/// One handshake with the broker at `url`, no retries and nothing
+/// logged: start-up asks this until it answers (see `startup::reach`),
+/// then builds the real client, whose reconnection loop logs every retry.
+pub async fn probe(url: &str) -> Result<(), TransportError> {
+    use tracing::instrument::WithSubscriber;
+    // The crate logs each failed handshake at WARN or ERROR; the caller
+    // says the failure once itself.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    let client = Pulsar::builder(url, TokioExecutor)
+        .with_connection_retry_options(ConnectionRetryOptions {
+            max_retries: 0,
+            connection_timeout: PROBE_TIMEOUT,
+            ..connection_retry_options()
+        })
+        .with_operation_retry_options(OperationRetryOptions {
+            operation_timeout: PROBE_TIMEOUT,
+            retry_delay: Duration::from_millis(100),
+            max_retries: Some(0),
+        })
+        .build()
+        .with_subscriber(quiet)
+        .await?;
+    drop(client);
+    Ok(())
+}
+
+/// One start-up handshake at most.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The topic of a channel; a full topic name is kept as given.
 pub fn topic(channel: &str) -> String {
     if channel.contains("://") {
