@@ -128,25 +128,18 @@ where
             }
             Err(e) => e,
         };
-        let give_up = |tried| Unreachable {
-            dependency: dependency.clone(),
-            // Libraries' errors may quote the URL they were given.
-            reason: crate::redact::in_text(&error.to_string()),
-            tried,
-        };
         let now = Instant::now();
         let may_mend = match &error {
             Failure::Failed(e) => retryable(e),
             Failure::Silent(_) => true,
         };
-        if !may_mend {
-            return Err(give_up(Tried::Pointless));
-        }
-        if timeout.is_zero() {
-            return Err(give_up(Tried::Once));
-        }
-        if now >= deadline {
-            return Err(give_up(Tried::For(now - started)));
+        if let Some(tried) = stop_trying(may_mend, timeout, now - started, now >= deadline) {
+            return Err(Unreachable {
+                dependency: dependency.clone(),
+                // Libraries' errors may quote the URL they were given.
+                reason: crate::redact::in_text(&error.to_string()),
+                tried,
+            });
         }
         if !said {
             said = true;
@@ -160,6 +153,19 @@ where
         }
         tokio::time::sleep(pause.min(deadline - now)).await;
         pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// After a failed try: whether to give up, and how hard it was tried.
+fn stop_trying(may_mend: bool, timeout: Duration, spent: Duration, past: bool) -> Option<Tried> {
+    if !may_mend {
+        Some(Tried::Pointless)
+    } else if timeout.is_zero() {
+        Some(Tried::Once)
+    } else if past {
+        Some(Tried::For(spent))
+    } else {
+        None
     }
 }
 
