@@ -6,10 +6,11 @@
 //! after its commit; `start`, after the store's), not by the caller that
 //! asked for it: a caller dropped at shutdown (a background loop, an API
 //! request whose client left) must not hide a commit that went through.
-//! A write abandoned mid-way may or may not have committed, so it makes
-//! the outbox count as pending for good.
+//! A write abandoned mid-way may or may not have committed: it is counted
+//! as a write all the same, so a later empty claim settles it; one still
+//! under way makes the outbox pending until it ends.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -18,7 +19,8 @@ use tokio::sync::Notify;
 pub(super) struct OutboxWrites {
     written: AtomicU64,
     relayed: AtomicU64,
-    unsure: AtomicBool,
+    /// Writes under way outside the writer.
+    under_way: AtomicUsize,
     /// Wakes the relay.
     pub(super) wake: Notify,
 }
@@ -43,39 +45,34 @@ impl OutboxWrites {
     /// Whether something this instance wrote may still be unpublished.
     pub(super) fn pending(&self) -> bool {
         let relayed = self.relayed.load(Ordering::Acquire);
-        self.unsure.load(Ordering::Acquire) || self.written.load(Ordering::Acquire) > relayed
+        self.under_way.load(Ordering::Acquire) > 0 || self.written.load(Ordering::Acquire) > relayed
     }
 
-    /// Held across a write that is not made by the writer: counted when it
-    /// ends, and pending for good if it was abandoned before it ended.
+    /// Held across a write that is not made by the writer: pending while
+    /// it is under way, counted as a write when it ends or is abandoned
+    /// (counting one that did not commit costs one empty claim).
     pub(super) fn in_flight(&self) -> InFlight<'_> {
-        InFlight {
-            writes: self,
-            ended: false,
-        }
+        self.under_way.fetch_add(1, Ordering::AcqRel);
+        InFlight { writes: self }
     }
 }
 
 /// A write in flight; see [`OutboxWrites::in_flight`].
 pub(super) struct InFlight<'a> {
     writes: &'a OutboxWrites,
-    ended: bool,
 }
 
 impl InFlight<'_> {
-    /// The write returned (committed or refused: counting it is harmless).
-    pub(super) fn ended(mut self) {
-        self.ended = true;
-        self.writes.written();
-    }
+    /// The write returned.
+    pub(super) fn ended(self) {}
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            self.writes.unsure.store(true, Ordering::Release);
-            self.writes.wake.notify_one();
-        }
+        // Counted before it stops being under way: `pending` never sees
+        // neither.
+        self.writes.written();
+        self.writes.under_way.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -97,13 +94,18 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_write_keeps_the_outbox_pending() {
+    fn a_write_under_way_is_pending_and_counted_however_it_ends() {
         let writes = OutboxWrites::default();
-        writes.in_flight().ended();
+        let under_way = writes.in_flight();
         writes.seen_through(writes.mark());
-        assert!(!writes.pending(), "an ended write is counted");
+        assert!(writes.pending(), "under way: it may commit after the claim");
+        under_way.ended();
+        assert!(writes.pending(), "ended: counted, not yet seen through");
+        writes.seen_through(writes.mark());
+        assert!(!writes.pending());
         drop(writes.in_flight());
+        assert!(writes.pending(), "an abandoned write counts as one");
         writes.seen_through(writes.mark());
-        assert!(writes.pending(), "it may have committed after the claim");
+        assert!(!writes.pending(), "and a later empty claim settles it");
     }
 }

@@ -58,7 +58,9 @@ impl Orchestrator {
         };
         if tokio::time::timeout_at(deadline, waited).await.is_err() {
             let left = self.driven_now();
-            if !left.is_empty() {
+            if left.is_empty() {
+                tracing::warn!("shutdown grace elapsed with transitions still being written");
+            } else {
                 tracing::warn!(
                     left = left.len(),
                     sagas = %named(&left),

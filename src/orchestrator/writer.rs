@@ -41,6 +41,28 @@ struct Load {
     done: AtomicU64,
 }
 
+/// One job counted as queued; uncounted on drop unless it got in.
+struct Queued<'a>(Option<&'a Load>);
+
+impl<'a> Queued<'a> {
+    fn count(load: &'a Load) -> Self {
+        load.queued.fetch_add(1, Ordering::AcqRel);
+        Self(Some(load))
+    }
+
+    fn in_the_queue(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(load) = self.0 {
+            load.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// How often [`Writer::idle`] looks (at shutdown only).
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
@@ -85,13 +107,14 @@ impl Writer {
     ) -> Result<Option<TransitionWrite>, StoreError> {
         let (done, result) = oneshot::channel();
         let stopped = || StoreError::Unreachable("the transition writer has stopped".into());
+        // Counted before the send, so `done` never runs ahead of it; given
+        // back if the job never got into the queue.
+        let queued = Queued::count(&self.load);
         self.jobs
             .send(Job { write, done })
             .await
             .map_err(|_| stopped())?;
-        // No await between the send and this: a dropped caller's job is
-        // counted once it is queued.
-        self.load.queued.fetch_add(1, Ordering::AcqRel);
+        queued.in_the_queue();
         let (write, applied) = result.await.map_err(|_| stopped())?;
         Ok(applied?.then_some(write))
     }

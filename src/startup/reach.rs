@@ -88,8 +88,10 @@ impl<E: Display> Display for Failure<E> {
     }
 }
 
-/// One try gets at least this, whatever is left of the timeout.
-const MIN_TRY: Duration = Duration::from_secs(1);
+/// One try gets at least this, whatever is left of the timeout: what a
+/// slow but healthy first connection (DNS, TLS, a cold cloud database) may
+/// need, and the store's own connect bound.
+const MIN_TRY: Duration = Duration::from_secs(10);
 
 /// Calls `attempt` until it succeeds, fails in a way `retryable` says
 /// trying again cannot fix, or `timeout` has passed.
@@ -108,8 +110,8 @@ where
     let mut pause = FIRST_PAUSE;
     let mut said = false;
     loop {
-        // One try never runs past the deadline (but gets a moment even
-        // when the timeout is 0).
+        // One try never runs much past the deadline (but gets MIN_TRY even
+        // when the timeout is 0 or nearly spent).
         let budget = deadline
             .saturating_duration_since(Instant::now())
             .max(MIN_TRY);
@@ -133,18 +135,19 @@ where
             Failure::Failed(e) => retryable(e),
             Failure::Silent(_) => true,
         };
+        // Libraries' errors may quote the URL they were given.
+        let reason = crate::redact::in_text(&error.to_string());
         if let Some(tried) = stop_trying(may_mend, timeout, now - started, now >= deadline) {
             return Err(Unreachable {
                 dependency: dependency.clone(),
-                // Libraries' errors may quote the URL they were given.
-                reason: crate::redact::in_text(&error.to_string()),
+                reason,
                 tried,
             });
         }
         if !said {
             said = true;
             tracing::warn!(
-                "cannot reach {} at {}={} yet: {error}; trying again for up to {} s ({TIMEOUT_SETTING})",
+                "cannot reach {} at {}={} yet: {reason}; trying again for up to {} s ({TIMEOUT_SETTING})",
                 dependency.what,
                 dependency.setting,
                 dependency.address,

@@ -190,7 +190,10 @@ async fn with_the_store_and_broker_gone_and_nothing_in_flight_sigterm_exits_at_o
 
 /// A service whose one saga is in its alliance call, which answers after
 /// `answer_after`, when SIGTERM comes; with `grace` seconds to stop in.
-async fn sigterm_during_a_call(answer_after: Duration, grace: &str) -> (Serve, String, String) {
+async fn sigterm_during_a_call(
+    answer_after: Duration,
+    grace: &str,
+) -> (Serve, String, String, Duration) {
     let alliances = MockServer::start().await;
     let integrations = MockServer::start().await;
     on_create_alliance(
@@ -227,9 +230,9 @@ async fn sigterm_during_a_call(answer_after: Duration, grace: &str) -> (Serve, S
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (status, _) = serve.terminate().await;
+    let (status, took) = serve.terminate().await;
     assert!(status.success(), "{status}: {:#?}", serve.shown);
-    (serve, database, saga_id)
+    (serve, database, saga_id, took)
 }
 
 /// The saga's state and the rows left in the outbox, from the store.
@@ -251,7 +254,7 @@ async fn stored(database: &str, saga_id: &str) -> (String, i64) {
 
 #[tokio::test]
 async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
-    let (serve, database, saga_id) = sigterm_during_a_call(Duration::from_secs(3), "60").await;
+    let (serve, database, saga_id, _) = sigterm_during_a_call(Duration::from_secs(3), "60").await;
     let shown = &serve.shown;
     assert!(
         serve.said("waiting up to 60 s (SHUTDOWN_GRACE_SECS) for the sagas in flight")
@@ -270,8 +273,12 @@ async fn sigterm_lets_the_saga_in_flight_finish_its_step_and_says_it_waits() {
 
 #[tokio::test]
 async fn a_step_longer_than_the_grace_is_left_to_recovery_and_named() {
-    let (serve, database, saga_id) = sigterm_during_a_call(Duration::from_secs(30), "1").await;
+    let (serve, database, saga_id, took) =
+        sigterm_during_a_call(Duration::from_secs(30), "1").await;
     let shown = &serve.shown;
+    // The call answers after 30 s: stopping well before shows the grace,
+    // not the call, decided when.
+    assert!(took < Duration::from_secs(10), "took {took:?}: {shown:#?}");
     assert!(
         serve.said("shutdown grace elapsed with sagas in flight") && serve.said(&saga_id),
         "names what it leaves: {shown:#?}"
