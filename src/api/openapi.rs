@@ -231,6 +231,13 @@ impl PartialSchema for HistoryEntry {
                     .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
             )
             .required("at")
+            .property(
+                "instance_id",
+                ObjectBuilder::new()
+                    .schema_type([Type::String, Type::Null].into_iter().collect::<utoipa::openapi::schema::SchemaType>())
+                    .description(Some("The instance (`INSTANCE_ID`) that made the transition; `null` for rows stored before instances were recorded.")),
+            )
+            .required("instance_id")
             .into()
     }
 }
@@ -465,6 +472,7 @@ mod tests {
             reason: "partner_created".into(),
             detail: None,
             at: Utc::now(),
+            instance_id: Some("host-1-ab12".into()),
         };
         let written = serde_json::to_value(&entry).expect("entry");
         let schema = serde_json::to_value(HistoryEntry::schema()).expect("schema");

@@ -471,11 +471,12 @@ impl Orchestrator {
             reason: saga::Reason::PartnerCreated.as_str().to_string(),
             detail: Some(format!("event_id={}", saga.event_id)),
             at: now,
+            instance_id: Some(cfg.instance_id.clone()),
         };
         let decision = saga::begin(&saga, now);
         let after = decision.apply(&saga, now);
         let new = NewSaga {
-            history: vec![created, history_entry(&decision, after.version, now)],
+            history: vec![created, self.history_entry(&decision, after.version, now)],
             outbox: self.saga_events(&after, &decision),
             lease: leased.then(|| self.lease_until(now)),
             saga: after,
@@ -505,7 +506,7 @@ impl Orchestrator {
             outbox.push(commands::command(&self.inner.config.channels, &after, step));
         }
         let write = crate::store::TransitionWrite {
-            history: history_entry(decision, after.version, now),
+            history: self.history_entry(decision, after.version, now),
             outbox,
             expected_version: saga.version,
             lease,
@@ -533,6 +534,19 @@ impl Orchestrator {
                 .record(seconds);
         }
         Ok(Some(after))
+    }
+
+    /// The history row of `decision`, made by this instance.
+    fn history_entry(&self, decision: &Decision, seq: i32, at: DateTime<Utc>) -> HistoryEntry {
+        HistoryEntry {
+            seq,
+            from_state: Some(decision.from),
+            to_state: decision.to,
+            reason: decision.reason.as_str().to_string(),
+            detail: decision.detail.clone(),
+            at,
+            instance_id: Some(self.inner.config.instance_id.clone()),
+        }
     }
 
     fn lease_until(&self, at: DateTime<Utc>) -> Lease {
@@ -611,17 +625,6 @@ fn terminal_event(state: SagaState) -> Option<stats::Event> {
         SagaState::Compensated => Some(stats::Event::Compensated),
         SagaState::Failed => Some(stats::Event::Failed),
         _ => None,
-    }
-}
-
-fn history_entry(decision: &Decision, seq: i32, at: DateTime<Utc>) -> HistoryEntry {
-    HistoryEntry {
-        seq,
-        from_state: Some(decision.from),
-        to_state: decision.to,
-        reason: decision.reason.as_str().to_string(),
-        detail: decision.detail.clone(),
-        at,
     }
 }
 

@@ -177,6 +177,9 @@ pub struct HistoryEntry {
     pub reason: String,
     pub detail: Option<String>,
     pub at: DateTime<Utc>,
+    /// The instance (`INSTANCE_ID`) that made the transition; `None` for
+    /// rows stored before instances were recorded.
+    pub instance_id: Option<String>,
 }
 
 /// `t + d`, saturating at the latest representable time instead of

@@ -139,7 +139,7 @@ impl SagaStore for PostgresStore {
 
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, from_state, to_state, reason, detail, at FROM saga_history \
+            "SELECT seq, from_state, to_state, reason, detail, at, instance_id FROM saga_history \
              WHERE saga_id = $1 ORDER BY seq",
         )
         .bind(saga_id)
@@ -492,6 +492,7 @@ async fn insert_history(
 ) -> Result<(), StoreError> {
     let (mut ids, mut seqs, mut froms, mut tos, mut reasons, mut details, mut ats) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut instances = vec![];
     for &(saga_id, h) in entries {
         ids.push(saga_id);
         seqs.push(h.seq);
@@ -500,13 +501,14 @@ async fn insert_history(
         reasons.push(h.reason.as_str());
         details.push(h.detail.as_deref());
         ats.push(h.at);
+        instances.push(h.instance_id.as_deref());
     }
     if ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])",
+        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])",
     )
     .bind(ids)
     .bind(seqs)
@@ -515,6 +517,7 @@ async fn insert_history(
     .bind(reasons)
     .bind(details)
     .bind(ats)
+    .bind(instances)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -564,8 +567,8 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
                    OR lease_until < $8) \
             RETURNING saga_id \
          ), hist AS ( \
-            INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) \
-            SELECT saga_id, $13, $14, $15, $16, $17, $18 FROM upd \
+            INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
+            SELECT saga_id, $13, $14, $15, $16, $17, $18, $25 FROM upd \
          ), outgoing AS ( \
             INSERT INTO outbox (channel, message) \
             SELECT o.channel, o.message \
@@ -598,6 +601,7 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
     .bind(write.fence.as_deref())
     .bind(s.deadline_at)
     .bind(write.lease_unchanged)
+    .bind(&h.instance_id)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get::<i64, _>("updated")? == 1)

@@ -68,7 +68,7 @@ where
     })
 }
 
-/// One row of `seq, from_state, to_state, reason, detail` of saga
+/// One row of `seq, from_state, to_state, reason, detail, instance_id` of saga
 /// `saga_id`'s history, with its time as the dialect read it.
 pub(super) fn history_entry<R>(
     row: &R,
@@ -90,6 +90,7 @@ where
         reason: row.try_get("reason")?,
         detail: row.try_get("detail")?,
         at,
+        instance_id: row.try_get("instance_id")?,
     })
 }
 

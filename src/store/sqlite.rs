@@ -172,7 +172,7 @@ impl SagaStore for SqliteStore {
 
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, from_state, to_state, reason, detail, at FROM saga_history WHERE saga_id = ? ORDER BY seq",
+            "SELECT seq, from_state, to_state, reason, detail, at, instance_id FROM saga_history WHERE saga_id = ? ORDER BY seq",
         )
         .bind(saga_id.to_string())
         .fetch_all(&self.pool)
@@ -392,7 +392,7 @@ async fn insert_history(
     h: &HistoryEntry,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(saga_id.to_string())
     .bind(h.seq)
@@ -401,6 +401,7 @@ async fn insert_history(
     .bind(&h.reason)
     .bind(&h.detail)
     .bind(micros(h.at))
+    .bind(&h.instance_id)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1,7 +1,7 @@
 //! Sagas driven from outside: a PartnerCreated on the broker in, HTTP calls
 //! to the (mocked) participants out, states read through the API.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use wiremock::matchers::{body_partial_json, header, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -495,4 +495,48 @@ async fn every_saga_event_names_the_step_and_attempt_it_is_about() {
     assert_eq!(events[2], "SagaCompensating delete_partner - -");
     assert_eq!(events[3], "SagaStepFailed delete_partner 1 true");
     assert_eq!(events.last().unwrap(), "SagaFailed delete_partner - -");
+}
+
+/// Which instance made each transition is in the saga's history, so a
+/// history shows who drove it, and when another instance took over.
+#[tokio::test]
+async fn every_transition_names_the_instance_that_made_it() {
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(503), Some(3)).await;
+    on_delete_partner(&integrations, ResponseTemplate::new(204), None).await;
+    let mut app = spawn_app(alliances, integrations).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), &p).await;
+    let failed = app.settled(&p).await;
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    let instances = |saga: &Value| -> Vec<String> {
+        saga["history"]
+            .as_array()
+            .expect("a history")
+            .iter()
+            .map(|h| h["instance_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let first = instances(&failed);
+    assert!(
+        !first[0].is_empty() && first.iter().all(|i| i == &first[0]),
+        "one instance drove it: {first:?}"
+    );
+
+    app.restart().await;
+    let id = failed["saga_id"].as_str().expect("saga_id");
+    let retried = app
+        .admin_post(&format!("/sagas/{id}/retry"), Some("test-admin-token"))
+        .await;
+    assert_eq!(retried.status(), 202);
+    let saga = app.settled(&p).await;
+    assert_eq!(saga["state"], "compensated", "{saga:#}");
+    let all = instances(&saga);
+    let (before, after) = all.split_at(first.len());
+    assert_eq!(before, &first[..], "history is never rewritten");
+    assert!(
+        !after.is_empty() && after.iter().all(|i| !i.is_empty() && i != &first[0]),
+        "the new instance made the rest: {all:?}"
+    );
 }

@@ -147,6 +147,7 @@ fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
             reason: "partner_created".into(),
             detail: None,
             at: now,
+            instance_id: Some("store-test-instance".into()),
         },
         HistoryEntry {
             seq: 2,
@@ -154,6 +155,8 @@ fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
             to_state: SagaState::CreatingAlliance,
             reason: "alliance_requested".into(),
             detail: None,
+            // As rows stored before instances were recorded.
+            instance_id: None,
             at: now,
         },
     ];
@@ -185,6 +188,7 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
             reason: decision.reason.as_str().into(),
             detail: decision.detail.clone(),
             at: now,
+            instance_id: Some("me".into()),
         },
         expected_version: saga.version,
         outbox: vec![],
