@@ -619,3 +619,19 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// pulsar-lite's count of subscriptions on `channel`, from its metrics;
+/// `None` when the suite is not on pulsar-lite or the topic is not listed.
+pub async fn pulsar_subscriptions(channel: &str) -> Option<u64> {
+    if BrokerKind::from_env() != BrokerKind::Pulsar {
+        return None;
+    }
+    let dir = std::env::var("TEST_PULSAR_DIR").ok()?;
+    let port = std::fs::read_to_string(format!("{dir}/metrics.port")).ok()?;
+    let url = format!("http://127.0.0.1:{}/metrics", port.trim());
+    let body = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let label = format!("topic=\"{channel}\"}}");
+    body.lines()
+        .find(|l| l.starts_with("pulsar_subscriptions_count{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

@@ -14,6 +14,7 @@ use serde_json::Value;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
+use crate::broker::pulsar_subscriptions;
 use crate::helpers::{
     alliance_created, mocks, on_create_alliance, on_delete_partner, spawn_app, BrokerKind, TestApp,
 };
@@ -67,19 +68,6 @@ fn report(mode: Mode, in_flight: Option<usize>, finished: &load::Finished) -> Lo
         broker_repeats: 0,
     };
     LoadReport::new(&info, &finished.ledger)
-}
-
-/// pulsar-lite's count of subscriptions on `channel`, from its metrics;
-/// `None` off pulsar-lite or while the topic is not listed.
-async fn pulsar_subscriptions(channel: &str) -> Option<u64> {
-    let dir = std::env::var("TEST_PULSAR_DIR").ok()?;
-    let port = std::fs::read_to_string(format!("{dir}/metrics.port")).ok()?;
-    let url = format!("http://127.0.0.1:{}/metrics", port.trim());
-    let body = reqwest::get(url).await.ok()?.text().await.ok()?;
-    let label = format!("topic=\"{channel}\"}}");
-    body.lines()
-        .find(|l| l.starts_with("pulsar_subscriptions_count{") && l.contains(&label))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Whether `channel`'s subscription count became `n` within 20 s (the

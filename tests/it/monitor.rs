@@ -9,6 +9,7 @@ use saga_orchestrator::tools::monitor::{
     self, BlockRules, Blocks, ChannelKind, Filter, GroupBy, Observed, Printer, StartAt, Style, Tap,
 };
 
+use crate::broker::pulsar_subscriptions;
 use crate::helpers::{
     alliance_created, mocks, on_create_alliance, partner, spawn_app, BrokerKind, TestApp,
     TestBroker,
@@ -50,22 +51,6 @@ async fn watch(
         }
     }
     seen
-}
-
-/// pulsar-lite's count of subscriptions on `channel`, from its metrics;
-/// `None` when the suite is not on pulsar-lite or the topic is not listed.
-async fn pulsar_subscriptions(channel: &str) -> Option<u64> {
-    if BrokerKind::from_env() != BrokerKind::Pulsar {
-        return None;
-    }
-    let dir = std::env::var("TEST_PULSAR_DIR").ok()?;
-    let port = std::fs::read_to_string(format!("{dir}/metrics.port")).ok()?;
-    let url = format!("http://127.0.0.1:{}/metrics", port.trim());
-    let body = reqwest::get(url).await.ok()?.text().await.ok()?;
-    let label = format!("topic=\"{channel}\"}}");
-    body.lines()
-        .find(|l| l.starts_with("pulsar_subscriptions_count{") && l.contains(&label))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Waits (up to 20 s: the metrics lag) for `channel`'s subscription count
