@@ -47,14 +47,14 @@ impl Orchestrator {
                 in_flight = in_flight.len(),
                 sagas = %named(&in_flight),
                 "shutting down: waiting up to {} s (SHUTDOWN_GRACE_SECS) for the sagas in flight to finish their step",
-                deadline.saturating_duration_since(Instant::now()).as_secs_f64().ceil()
+                secs_left(deadline)
             );
         }
         let waited = async {
             inner.tasks.wait().await;
             // Writes whose callers were dropped still land: the last
             // relay pass must come after them.
-            inner.writer.idle().await;
+            inner.outbox.settled().await;
         };
         if tokio::time::timeout_at(deadline, waited).await.is_err() {
             let left = self.driven_now();
@@ -77,10 +77,7 @@ impl Orchestrator {
         if inner.outbox.pending() {
             tracing::info!(
                 "relaying the last events written, for up to {} s",
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-                    .ceil()
+                secs_left(deadline)
             );
         }
         inner.relay_stop.cancel();
@@ -100,6 +97,14 @@ impl Orchestrator {
         let driving = self.inner.driving.lock().unwrap_or_else(|e| e.into_inner());
         driving.keys().copied().collect()
     }
+}
+
+/// Whole seconds until `deadline`, rounded up, for a log line.
+fn secs_left(deadline: Instant) -> f64 {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64()
+        .ceil()
 }
 
 /// A few of `ids`, for a log line: "id, id, … and 12 more".

@@ -6,13 +6,11 @@
 //! it is free, so a lone transition is written at once, and under load the
 //! batches grow by themselves while the previous one commits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::outbox_writes::OutboxWrites;
+use super::outbox_writes::{InFlight, OutboxWrites};
 use crate::store::{SagaStore, StoreError, TransitionWrite};
 
 /// Transitions written per transaction at most.
@@ -26,76 +24,29 @@ type Written = (TransitionWrite, Result<bool, StoreError>);
 struct Job {
     write: TransitionWrite,
     done: oneshot::Sender<Written>,
+    /// Travels with the job, so the write stays under way (and is counted
+    /// once done) even when its caller has gone.
+    writing: InFlight,
 }
 
 /// The queue in front of the store's transition writes.
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
-    load: Arc<Load>,
+    outbox: Arc<OutboxWrites>,
 }
-
-/// Jobs queued, and jobs done: idle when they match.
-#[derive(Default)]
-struct Load {
-    queued: AtomicU64,
-    done: AtomicU64,
-}
-
-/// One job counted as queued; uncounted on drop unless it got in.
-struct Queued<'a>(Option<&'a Load>);
-
-impl<'a> Queued<'a> {
-    fn count(load: &'a Load) -> Self {
-        load.queued.fetch_add(1, Ordering::AcqRel);
-        Self(Some(load))
-    }
-
-    fn in_the_queue(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if let Some(load) = self.0 {
-            load.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// How often [`Writer::idle`] looks (at shutdown only).
-const IDLE_POLL: Duration = Duration::from_millis(5);
 
 impl Writer {
     /// Starts the writers; they stop once the `Writer` is dropped and the
     /// queue is empty.
-    /// Each commit is counted in `outbox` once it went through, whether
-    /// or not its caller still waits for it.
+    /// Each write is under way in `outbox` from when it is asked for to
+    /// when its commit is done, whether or not its caller still waits.
     pub(super) fn start(store: Arc<dyn SagaStore>, outbox: Arc<OutboxWrites>) -> Self {
         let (jobs, queue) = mpsc::channel(MAX_BATCH * WRITERS * 2);
         let queue = Arc::new(Mutex::new(queue));
-        let load = Arc::new(Load::default());
         for _ in 0..WRITERS {
-            tokio::spawn(run(
-                store.clone(),
-                queue.clone(),
-                outbox.clone(),
-                load.clone(),
-            ));
+            tokio::spawn(run(store.clone(), queue.clone()));
         }
-        Self { jobs, load }
-    }
-
-    /// Resolves once every write queued so far is done, even those whose
-    /// callers were dropped: shutdown's last relay pass must come after.
-    pub(super) async fn idle(&self) {
-        loop {
-            let queued = self.load.queued.load(Ordering::Acquire);
-            if self.load.done.load(Ordering::Acquire) >= queued {
-                return;
-            }
-            tokio::time::sleep(IDLE_POLL).await;
-        }
+        Self { jobs, outbox }
     }
 
     /// Writes one transition, batched with whatever else is being written
@@ -107,25 +58,21 @@ impl Writer {
     ) -> Result<Option<TransitionWrite>, StoreError> {
         let (done, result) = oneshot::channel();
         let stopped = || StoreError::Unreachable("the transition writer has stopped".into());
-        // Counted before the send, so `done` never runs ahead of it; given
-        // back if the job never got into the queue.
-        let queued = Queued::count(&self.load);
+        let writing = self.outbox.in_flight();
         self.jobs
-            .send(Job { write, done })
+            .send(Job {
+                write,
+                done,
+                writing,
+            })
             .await
             .map_err(|_| stopped())?;
-        queued.in_the_queue();
         let (write, applied) = result.await.map_err(|_| stopped())?;
         Ok(applied?.then_some(write))
     }
 }
 
-async fn run(
-    store: Arc<dyn SagaStore>,
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
-    outbox: Arc<OutboxWrites>,
-    load: Arc<Load>,
-) {
+async fn run(store: Arc<dyn SagaStore>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
     loop {
         let jobs = {
             let mut queue = queue.lock().await;
@@ -141,7 +88,14 @@ async fn run(
             }
             jobs
         };
-        let (writes, dones): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.write, j.done)).unzip();
+        let mut writes = Vec::with_capacity(jobs.len());
+        let mut dones = Vec::with_capacity(jobs.len());
+        let mut writing = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            writes.push(job.write);
+            dones.push(job.done);
+            writing.push(job.writing);
+        }
         let results = match store.commit_batch(&writes).await {
             Ok(applied) => applied.into_iter().map(Ok).collect(),
             // One write's data can fail the whole transaction: write them
@@ -155,13 +109,10 @@ async fn run(
             }
             Err(e) => vec![Err(e)],
         };
-        if results.iter().any(|r| matches!(r, Ok(true))) {
-            outbox.written();
-        }
-        let finished = dones.len() as u64;
+        // Counted before the callers hear of it.
+        drop(writing);
         for ((write, done), result) in writes.into_iter().zip(dones).zip(results) {
             let _ = done.send((write, result));
         }
-        load.done.fetch_add(finished, Ordering::AcqRel);
     }
 }
