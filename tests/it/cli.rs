@@ -2,25 +2,13 @@
 //! separate process.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
+
+use crate::helpers::binary;
 use std::time::Duration;
 
 fn run(args: &[&str]) -> Output {
     run_with(args, &[])
-}
-
-/// The binary, run in `dir` with only `env` (and `PATH`) for an
-/// environment: nothing from the developer's own .env or environment.
-fn binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied());
-    command
 }
 
 /// Runs the binary with only `env` for an environment, its output

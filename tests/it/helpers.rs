@@ -35,6 +35,19 @@ pub fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
 }
 
+/// The binary, run in `dir` with only `env` (and `PATH`) for an
+/// environment: nothing from the developer's own .env or environment.
+pub fn binary(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied());
+    command
+}
+
 /// A fresh, empty database on the test server; returns its URL.
 pub async fn fresh_database() -> String {
     let admin_url = env("TEST_DATABASE_URL");

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use wiremock::MockServer;
 
-use crate::helpers::{alliance_created, fresh_database, on_create_alliance, BrokerKind};
+use crate::helpers::{
+    alliance_created, binary, broker_url, fresh_database, on_create_alliance, BrokerKind,
+};
 
 /// A TCP forwarder in front of a server, which a test can cut: every
 /// connection through it closed and the port refusing new ones, as when
@@ -57,15 +59,18 @@ impl Cut {
     }
 }
 
-fn host_and_port(url: &str) -> String {
+/// Where a PostgreSQL URL points.
+fn database_address(url: &str) -> String {
     let url = url::Url::parse(url).expect("a URL");
     let host = url.host_str().expect("a host");
-    let default_port = match url.scheme() {
-        "redis" | "rediss" => 6379,
-        "pulsar" | "pulsar+ssl" => 6650,
-        _ => 5432,
-    };
-    format!("{host}:{}", url.port().unwrap_or(default_port))
+    format!("{host}:{}", url.port().unwrap_or(5432))
+}
+
+/// Where a broker URL points, each scheme's default port as the service
+/// knows it.
+fn broker_address(url: &str) -> String {
+    let (host, port) = broker_url(url).host_and_port().expect("a network broker");
+    format!("{host}:{port}")
 }
 
 /// `serve`, run as a separate process with `env` on top of a test's own
@@ -82,14 +87,14 @@ const ADMIN_TOKEN: &str = "shutdown-test-token";
 impl Serve {
     async fn start(env: &[(&str, String)]) -> Self {
         let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_saga-orchestrator"));
+        let bare = [
+            ("LOG_FORMAT", "pretty"),
+            ("API_ADDR", "127.0.0.1:0"),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
+        let mut command =
+            tokio::process::Command::from(binary(&std::env::temp_dir(), &["serve"], &bare));
         command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("LOG_FORMAT", "pretty")
-            .env("API_ADDR", "127.0.0.1:0")
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -164,8 +169,8 @@ impl Serve {
 async fn with_the_store_and_broker_gone_and_nothing_in_flight_sigterm_exits_at_once() {
     let database = fresh_database().await;
     let broker = BrokerKind::from_env().url();
-    let mut store_link = Cut::to(host_and_port(&database)).await;
-    let mut broker_link = Cut::to(host_and_port(&broker)).await;
+    let mut store_link = Cut::to(database_address(&database)).await;
+    let mut broker_link = Cut::to(broker_address(&broker)).await;
     let mut serve = Serve::start(&[
         ("DATABASE_URL", store_link.in_front_of(&database)),
         ("BROKER_URL", broker_link.in_front_of(&broker)),
