@@ -191,6 +191,15 @@ impl PartialSchema for HistoryEntry {
                 .schema_type(Type::String)
                 .description(Some(description))
         };
+        let text_or_null = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(
+                    [Type::String, Type::Null]
+                        .into_iter()
+                        .collect::<utoipa::openapi::schema::SchemaType>(),
+                )
+                .description(Some(description))
+        };
         let state = || RefOr::Ref(Ref::from_schema_name(SagaState::name()));
         ObjectBuilder::new()
             .description(Some("One stored transition of a saga."))
@@ -220,9 +229,7 @@ impl PartialSchema for HistoryEntry {
             .required("reason")
             .property(
                 "detail",
-                ObjectBuilder::new()
-                    .schema_type([Type::String, Type::Null].into_iter().collect::<utoipa::openapi::schema::SchemaType>())
-                    .description(Some("What happened, for a person (an error message, an event id).")),
+                text_or_null("What happened, for a person (an error message, an event id)."),
             )
             .required("detail")
             .property(
@@ -233,9 +240,7 @@ impl PartialSchema for HistoryEntry {
             .required("at")
             .property(
                 "instance_id",
-                ObjectBuilder::new()
-                    .schema_type([Type::String, Type::Null].into_iter().collect::<utoipa::openapi::schema::SchemaType>())
-                    .description(Some("The instance (`INSTANCE_ID`) that made the transition; `null` for rows stored before instances were recorded.")),
+                text_or_null("The instance (`INSTANCE_ID`) that made the transition; `null` for rows stored before instances were recorded."),
             )
             .required("instance_id")
             .into()
