@@ -13,6 +13,7 @@ mod process;
 mod pulsar;
 mod redis;
 mod release;
+mod servers;
 mod services;
 mod signals;
 mod stack;
@@ -28,6 +29,9 @@ cargo xtask COMMAND   (saga-orchestrator's development tasks; `make help` lists 
   install [protoc|postgres|redis|pulsar-lite]...   install what is missing (default: all), idempotently
   test [RUNNER ARGS]...        every test, both brokers, against private servers
   test-services up|down|status [--dir DIR]         long-lived test servers (default .dev/test-services)
+  postgres --dir DIR ACTION    a server of a test's own to break: start | stop [--mode fast|immediate]
+                               [--purge] | pause | resume   (xtask/src/servers.rs)
+  redis --dir DIR ACTION       start (append-only, synced on every write) | kill | stop [--purge]
   pulsar [--dir DIR] ACTION    pulsar-lite + proxy: start [--proxy-port P …] | stop [--purge] | status
                                | env | restart-broker [--kill] | stop-broker [--kill] | start-broker
                                | install [--check]   (xtask/src/pulsar/cli.rs lists the settings)
@@ -67,6 +71,8 @@ fn dispatch(mut args: Args) -> Result<u8> {
         "test" => return test::run(&args.rest()),
         "test-services" => test::services(&mut args)?,
         "pulsar" => pulsar::cli(&mut args)?,
+        "postgres" => servers::postgres(&mut args)?,
+        "redis" => servers::redis(&mut args)?,
         "up" | "down" => {
             let purge = command == "down" && args.flag("--purge");
             let stack = stack::Stack::from_name(&args.word().unwrap_or_else(|| "dev".into()))?;

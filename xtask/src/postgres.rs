@@ -39,6 +39,32 @@ pub struct Spec<'a> {
     pub timeout: u64,
 }
 
+/// How `pg_ctl stop` ends the server's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Sessions rolled back and closed, a checkpoint written.
+    Fast,
+    /// Every process quits at once, no checkpoint: a crash for the data.
+    Immediate,
+}
+
+impl ShutdownMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Immediate => "immediate",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "fast" => Ok(Self::Fast),
+            "immediate" => Ok(Self::Immediate),
+            other => bail!("unknown shutdown mode '{other}' (fast or immediate)"),
+        }
+    }
+}
+
 /// A user from /etc/passwd.
 #[derive(Clone, Debug)]
 struct User {
@@ -339,15 +365,23 @@ impl Postgres {
     /// Stops it: `pg_ctl stop -m fast` as the data's owner, then signals
     /// (SIGINT = fast shutdown, SIGQUIT = immediate, SIGKILL).
     pub fn stop(&self) -> Result<()> {
+        self.stop_with(ShutdownMode::Fast)
+    }
+
+    /// Stops it with `pg_ctl stop -m <mode>`: `Immediate` is a crash as far
+    /// as the data is concerned (the next start replays the WAL).
+    pub fn stop_with(&self, mode: ShutdownMode) -> Result<()> {
         let Some(pid) = self.pid().filter(|pid| process::alive(*pid, "postgres")) else {
             return Ok(());
         };
+        // A paused server cannot stop: let it go on first.
+        self.signal_all(libc::SIGCONT);
         if let (Some(home), Ok(bin)) = (self.home(), bindir()) {
             let data = home.join("data");
             let _ = run_as(owner_of(&data).as_ref(), &bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&data)
-                .args(["stop", "-m", "fast", "-w", "-t", "30"])
+                .args(["stop", "-m", mode.as_str(), "-w", "-t", "30"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -363,6 +397,19 @@ impl Postgres {
         let _ = fs::remove_file(self.state.join("postgres.pid"));
         eprintln!("postgres: stopped (pid {pid})");
         Ok(())
+    }
+
+    /// Sends `signal` to the postmaster and every process it forked (the
+    /// backends, checkpointer, WAL writer…): SIGSTOP to all of them is a
+    /// store that stops answering without closing a connection.
+    pub fn signal_all(&self, signal: i32) {
+        let Some(postmaster) = self.pid().filter(|pid| process::alive(*pid, "postgres")) else {
+            return;
+        };
+        process::signal(postmaster, signal);
+        for child in process::children(postmaster) {
+            process::signal(child, signal);
+        }
     }
 
     /// Deletes a data directory kept outside the state directory (the

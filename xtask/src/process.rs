@@ -71,6 +71,24 @@ pub fn alive(pid: i32, name: &str) -> bool {
     !gone(pid) && comm(pid).as_deref() == Some(name)
 }
 
+/// The PIDs whose parent is `pid`, from /proc.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            let stat = fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // "PID (comm) STATE PPID …": the comm may hold spaces.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// Sends `signal` to `pid`; a PID already gone is no error.
 pub fn signal(pid: i32, signal: i32) {
     // SAFETY: a plain kill(2); the callers checked the PID's name first.

@@ -1,6 +1,8 @@
 //! The one Redis starter: `redis-server` on 127.0.0.1, daemonised, for the
-//! tests (no persistence) and the dev stack (append-only file, as in the
-//! compose files, so streams and consumer groups survive a restart).
+//! tests (no persistence), the dev stack (append-only file, as in the
+//! compose files, so streams and consumer groups survive a restart) and the
+//! fault scenarios (the file synced on every write, so a SIGKILL loses
+//! nothing Redis acknowledged).
 //!
 //! State files: `redis.pid`, `redis.port`, `redis.log`, `redis-start.log`,
 //! and the data under `redis/` when persistent.
@@ -13,6 +15,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// What a redis-server keeps across a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing: the tests' throw-away servers.
+    None,
+    /// An append-only file synced every second (Redis's default).
+    AppendOnly,
+    /// An append-only file synced before each write is acknowledged.
+    AppendOnlyAlways,
+}
 
 /// A redis-server whose state lives in one directory.
 pub struct Redis {
@@ -45,10 +58,11 @@ impl Redis {
     }
 
     /// Starts it on `port` and waits until it answers PING.
-    pub fn start(&self, port: u16, persistent: bool, timeout: u64) -> Result<()> {
+    pub fn start(&self, port: u16, persistence: Persistence, timeout: u64) -> Result<()> {
         if which("redis-server").is_none() {
             bail!("redis-server not found; run cargo xtask install redis");
         }
+        let persistent = persistence != Persistence::None;
         let data = if persistent {
             self.state.join("redis")
         } else {
@@ -60,9 +74,14 @@ impl Redis {
         let start_log = self.state.join("redis-start.log");
         let out = fs::File::create(&start_log)?;
         let aof = if persistent { "yes" } else { "no" };
+        let fsync = match persistence {
+            Persistence::AppendOnlyAlways => "always",
+            _ => "everysec",
+        };
         let status = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--protected-mode", "yes", "--save", "", "--appendonly", aof])
+            .args(["--appendfsync", fsync])
             .args(["--daemonize", "yes", "--pidfile"])
             .arg(&pidfile)
             .arg("--logfile")
@@ -86,6 +105,15 @@ impl Redis {
             Ok((self.pid().is_some() && redis_ping(port)).then_some(()))
         })
         .map_err(|e| anyhow::anyhow!("{e}{}", log_tails(&[&self.log()])))
+    }
+
+    /// Kills it with SIGKILL, as a crash: no last write of its files.
+    pub fn kill(&self) -> Result<()> {
+        if let Some(pid) = self.pid() {
+            process::stop(pid, "redis-server", libc::SIGKILL, 5)?;
+        }
+        let _ = fs::remove_file(self.state.join("redis.pid"));
+        Ok(())
     }
 
     /// Stops it: SIGTERM, SIGKILL after 20 s.

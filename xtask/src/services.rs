@@ -6,7 +6,7 @@
 
 use crate::postgres::{self, Postgres};
 use crate::pulsar::{self, write_env_file, Pulsar};
-use crate::redis::Redis;
+use crate::redis::{Persistence, Redis};
 use crate::{paths, ports};
 use anyhow::Result;
 use std::fs;
@@ -88,7 +88,8 @@ impl Services {
             tmp_prefix: "saga-test-pg",
             timeout: self.timeout,
         })?;
-        self.redis().start(redis_port, false, self.timeout)?;
+        self.redis()
+            .start(redis_port, Persistence::None, self.timeout)?;
         eprintln!(
             "test-services: PostgreSQL (pid {}) on 127.0.0.1:{pg_port}, Redis (pid {}) on 127.0.0.1:{redis_port}",
             self.postgres().pid().unwrap_or(0),

@@ -6,7 +6,7 @@ use super::{dir, App, Stack};
 use crate::install::{self, Dep};
 use crate::postgres::{self, Postgres};
 use crate::pulsar::{self, write_env_file, Pulsar};
-use crate::redis::Redis;
+use crate::redis::{Persistence, Redis};
 use crate::{paths, ports, process, release};
 use anyhow::{bail, Result};
 
@@ -159,7 +159,8 @@ impl Local {
                 self.redis().pid().unwrap_or(0)
             );
         } else {
-            self.redis().start(self.ports.redis, true, self.timeout)?;
+            self.redis()
+                .start(self.ports.redis, Persistence::AppendOnly, self.timeout)?;
             started.push("redis");
         }
         if want_pulsar && !self.pulsar().running() {
