@@ -1,5 +1,8 @@
 //! Liveness, readiness and metrics.
 
+use std::future::Future;
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -67,6 +70,23 @@ pub struct Checks {
     pub broker: Check,
 }
 
+/// How long `/ready` waits for each dependency. A store that is gone
+/// without closing its connections (a crashed host, a paused server) makes
+/// a pool wait for its whole acquire timeout: the probe must still answer
+/// in time, and a dependency this slow is not ready.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `None` when `ping` answers in time, else what went wrong.
+async fn within_check_timeout<E: std::fmt::Display>(
+    ping: impl Future<Output = Result<(), E>>,
+) -> Option<String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+    }
+}
+
 /// `GET /ready` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
@@ -82,27 +102,18 @@ pub struct Readiness {
     path = "/ready",
     tag = "operations",
     summary = "Readiness",
-    description = "200 only when both the store and the broker answer; otherwise 503 naming what is down.",
+    description = "200 only when both the store and the broker answer, each within 1 s; otherwise 503 naming what is down (a dependency that does not answer in time counts as down).",
     responses(
         (status = 200, description = "Store and broker answer.", body = Readiness),
         (status = 503, description = "The store or the broker (or both) is down.", body = Readiness),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let store = state
-        .orchestrator
-        .store()
-        .ping()
-        .await
-        .err()
-        .map(|e| e.to_string());
-    let broker = state
-        .orchestrator
-        .transport()
-        .ping()
-        .await
-        .err()
-        .map(|e| e.to_string());
+    let orchestrator = &state.orchestrator;
+    let (store, broker) = tokio::join!(
+        within_check_timeout(orchestrator.store().ping()),
+        within_check_timeout(orchestrator.transport().ping()),
+    );
     let ok = store.is_none() && broker.is_none();
     let status = if ok {
         StatusCode::OK
