@@ -98,6 +98,14 @@ monitor: ## Live view of the channels' events, grouped by saga (ARGS=…)
 bench: ## Standard load test on the dev stack → .dev/bench/<time>-<broker>.json (BENCH_BROKER=pulsar|redis, BENCH_EVENTS, BENCH_MODE=closed|burst, BENCH_IN_FLIGHT)
 	$(XTASK) bench
 
+.PHONY: faults
+faults: ## Fault scenarios at full size, release build, both brokers: kills, restarts, outages; a table of figures (ARGS=--broker redis|pulsar, a name filter; FAULTS_SEED)
+	$(XTASK) faults $(ARGS)
+
+.PHONY: soak
+soak: ## A steady load with random kills and restarts for DURATION (default 10m): sagas done, RSS and connections over time, the verdict (ARGS=--broker …)
+	$(XTASK) soak $(if $(DURATION),--duration $(DURATION)) $(ARGS)
+
 .PHONY: migrate
 migrate: ## Apply database migrations (release build)
 	$(XTASK) migrate

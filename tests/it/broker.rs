@@ -532,6 +532,11 @@ impl PrivatePulsar {
         self.ctl_ok(&["stop-broker"]).await;
     }
 
+    /// Kills the broker with SIGKILL (the proxy stays).
+    pub async fn kill_broker(&self) {
+        self.ctl_ok(&["stop-broker", "--kill"]).await;
+    }
+
     /// Starts the broker again on the same port and data.
     pub async fn start_broker(&self) {
         self.ctl_ok(&["start-broker"]).await;

@@ -6,58 +6,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 use serde_json::{json, Value};
 use sqlx::Connection;
 use wiremock::MockServer;
 
+use crate::cut::Cut;
 use crate::helpers::{
     alliance_created, binary, broker_url, fresh_database, on_create_alliance, BrokerKind,
 };
-
-/// A TCP forwarder in front of a server, which a test can cut: every
-/// connection through it closed and the port refusing new ones, as when
-/// the server's machine goes away.
-struct Cut {
-    port: u16,
-    connections: JoinSet<()>,
-}
-
-impl Cut {
-    async fn to(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("bound").port();
-        let mut connections = JoinSet::new();
-        // The accept loop is one of the connections: cutting stops it too,
-        // which closes the port.
-        connections.spawn(async move {
-            let mut links = JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                links.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Self { port, connections }
-    }
-
-    /// `url` with its host and port replaced by this forwarder's.
-    fn in_front_of(&self, url: &str) -> String {
-        let mut url = url::Url::parse(url).expect("a URL");
-        url.set_host(Some("127.0.0.1")).expect("a host");
-        url.set_port(Some(self.port)).expect("a port");
-        url.to_string()
-    }
-
-    fn cut(&mut self) {
-        self.connections.abort_all();
-    }
-}
 
 /// Where a PostgreSQL URL points.
 fn database_address(url: &str) -> String {

@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod faults;
 mod install;
 mod lint;
 mod paths;
@@ -44,6 +45,8 @@ cargo xtask COMMAND   (saga-orchestrator's development tasks; `make help` lists 
   run [ARGS]...                the orchestrator (release build), output also in .dev/dev-stack/orchestrator.log
   demo|monitor [ARGS]...       saga-orchestrator demo / monitor (release build)
   migrate | build              apply the migrations / build the release binaries
+  faults [--broker B] [FILTER] the fault scenarios at full size on the release build, a table of figures
+  soak [--duration 10m] [--broker B]               steady load, random kills: sagas, RSS, connections
   bench                        the standard load test on the dev stack (BENCH_* settings)
   lint                         cargo fmt --check and clippy -D warnings
   lint-deploy [FILE]...        compose files, Dockerfile, dashboards (no Docker engine needed)
@@ -70,6 +73,8 @@ fn dispatch(mut args: Args) -> Result<u8> {
         }
         "test" => return test::run(&args.rest()),
         "test-services" => test::services(&mut args)?,
+        "faults" => return faults::faults(&mut args),
+        "soak" => return faults::soak(&mut args),
         "pulsar" => pulsar::cli(&mut args)?,
         "postgres" => servers::postgres(&mut args)?,
         "redis" => servers::redis(&mut args)?,

@@ -1,0 +1,174 @@
+//! The scenario's load: `PartnerCreated` events published in a closed loop
+//! (a new one only while fewer than `in_flight` sagas are unfinished), as
+//! integrations would, through the service's own transport adapter. A send
+//! the broker did not take is sent again, as a real producer does: a second
+//! copy of an event is for the service's dedup to absorb.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_orchestrator::envelope::{Envelope, EventType};
+use saga_orchestrator::transport::{
+    OutboundMessage, PulsarTransport, RedisTransport, Transport, WireFormat,
+};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::broker::BrokerKind;
+
+/// What the store holds for the scenario's sagas.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    pub sagas: i64,
+    pub terminal: i64,
+}
+
+/// The store, read with short timeouts: it may be down or paused.
+pub async fn store_pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(url)
+        .expect("a database URL")
+}
+
+/// Sagas and terminal sagas now; `None` while the store does not answer.
+pub async fn progress(pool: &PgPool) -> Option<Progress> {
+    let query = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT count(*), count(*) FILTER (WHERE state IN ('completed', 'compensated', 'failed')) \
+         FROM sagas",
+    )
+    .fetch_one(pool);
+    let (sagas, terminal) = tokio::time::timeout(Duration::from_secs(3), query)
+        .await
+        .ok()?
+        .ok()?;
+    Some(Progress { sagas, terminal })
+}
+
+/// The partner of the scenario's `n`th event.
+pub fn partner(prefix: &str, n: usize) -> String {
+    format!("{prefix}p{n}")
+}
+
+/// The scenario's `n`th event in the broker's wire form.
+fn event(prefix: &str, n: usize, format: WireFormat) -> OutboundMessage {
+    let partner = partner(prefix, n);
+    let payload = json!({"partner_id": partner, "name": format!("Partner {n}"), "email": format!("{partner}@example.test")});
+    let mut envelope = Envelope::new(
+        EventType::PartnerCreated,
+        &partner,
+        None,
+        None,
+        payload.as_object().cloned().unwrap_or_default(),
+    );
+    envelope.event_id = format!("evt-{partner}");
+    OutboundMessage::encode(&envelope, format)
+}
+
+/// A publisher running in the background.
+pub struct Load {
+    pub published: Arc<AtomicUsize>,
+    /// Sends the broker did not take and that were made again.
+    resent: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Load {
+    /// Publishes `events` events to `channel`, keeping about `in_flight`
+    /// sagas unfinished, and no faster than `per_second` when given.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        kind: BrokerKind,
+        broker_url: &str,
+        channel: &str,
+        store_url: &str,
+        prefix: &str,
+        events: usize,
+        in_flight: usize,
+        per_second: Option<f64>,
+    ) -> Self {
+        let transport = connect(kind, broker_url).await;
+        let pool = store_pool(store_url).await;
+        let published = Arc::new(AtomicUsize::new(0));
+        let resent = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(publish(
+            transport,
+            pool,
+            channel.to_string(),
+            prefix.to_string(),
+            (events, in_flight as i64, per_second),
+            (published.clone(), resent.clone()),
+        ));
+        Self {
+            published,
+            resent,
+            task,
+        }
+    }
+
+    pub fn published(&self) -> usize {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every event is sent; how many sends were made again.
+    pub async fn finish(self) -> usize {
+        self.task.await.expect("the publisher ends");
+        self.resent.load(Ordering::SeqCst)
+    }
+}
+
+async fn connect(kind: BrokerKind, url: &str) -> Arc<dyn Transport> {
+    let name = format!("fault-load-{}", uuid::Uuid::new_v4().simple());
+    match kind {
+        BrokerKind::Redis => Arc::new(
+            RedisTransport::connect(url, "fault-load", &name, Duration::from_secs(30))
+                .await
+                .expect("connect to redis"),
+        ),
+        BrokerKind::Pulsar => Arc::new(
+            PulsarTransport::connect(url, "fault-load", &name)
+                .await
+                .expect("connect to pulsar"),
+        ),
+    }
+}
+
+async fn publish(
+    transport: Arc<dyn Transport>,
+    pool: PgPool,
+    channel: String,
+    prefix: String,
+    (events, in_flight, per_second): (usize, i64, Option<f64>),
+    (published, resent): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+) {
+    let mut done = Progress::default();
+    let began = tokio::time::Instant::now();
+    for n in 0..events {
+        if let Some(rate) = per_second {
+            tokio::time::sleep_until(began + Duration::from_secs_f64(n as f64 / rate)).await;
+        }
+        loop {
+            if let Some(now) = progress(&pool).await {
+                done = now;
+            }
+            if (n as i64) - done.terminal < in_flight {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let message = event(&prefix, n, transport.format());
+        while transport
+            .send(&channel, vec![message.clone()])
+            .await
+            .is_err()
+        {
+            resent.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        published.fetch_add(1, Ordering::SeqCst);
+    }
+}

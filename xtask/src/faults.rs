@@ -1,0 +1,175 @@
+//! `make faults` and `make soak`: the fault scenarios of tests/it/faults/ at
+//! the sizes issue 11 names, on the release build, once per broker, and a
+//! table of their figures at the end. Each scenario starts its own durable
+//! PostgreSQL and broker (through `cargo xtask postgres|redis|pulsar`), so
+//! nothing here needs the test services.
+//!
+//! `make faults` — `cargo xtask faults [--broker redis|pulsar] [FILTER]`:
+//! FAULTS_SEED fixes the kills' random moments. `make soak DURATION=…` —
+//! `cargo xtask soak [--duration 10m] [--broker …]`: a steady load with
+//! random kills and restarts for that long (tests/it/faults/soak.rs).
+
+use crate::args::Args;
+use crate::install::{self, Dep};
+use crate::{paths, signals};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// Which brokers a run covers: `--broker`, or both.
+fn brokers(args: &mut Args) -> Result<Vec<String>> {
+    match args.value("--broker", None)? {
+        None => Ok(vec!["redis".into(), "pulsar".into()]),
+        Some(b) if b == "redis" || b == "pulsar" => Ok(vec![b]),
+        Some(other) => bail!("--broker {other}: expected redis or pulsar"),
+    }
+}
+
+/// Runs the scenarios (those matching `FILTER`, a test-name substring) at
+/// full size on each broker; the exit code.
+pub fn faults(args: &mut Args) -> Result<u8> {
+    let brokers = brokers(args)?;
+    let filter = args.word();
+    args.done()?;
+    let expr = match filter {
+        Some(name) => format!("test(/^faults::scenarios::/) & test({name})"),
+        None => "test(/^faults::scenarios::/)".to_string(),
+    };
+    let report = paths::dev().join("faults").join("report.jsonl");
+    let ok = run_each(&brokers, &expr, &[("FAULTS_SCALE", "full")], &[], &report)?;
+    print_table(&report)?;
+    Ok(u8::from(!ok))
+}
+
+/// The soak run: `--duration` (`90s`, `10m`, `2h`; DURATION; default 10m).
+pub fn soak(args: &mut Args) -> Result<u8> {
+    let brokers = brokers(args)?;
+    let duration = args
+        .value("--duration", Some("DURATION"))?
+        .unwrap_or_else(|| "10m".into());
+    args.done()?;
+    let secs = parse_duration(&duration)?.to_string();
+    let report = paths::dev().join("faults").join("soak.jsonl");
+    let env = [("FAULTS_SOAK_SECS", secs.as_str())];
+    let ok = run_each(
+        &brokers,
+        "test(/^faults::soak::/)",
+        &env,
+        &["--run-ignored", "ignored-only"],
+        &report,
+    )?;
+    Ok(u8::from(!ok))
+}
+
+/// `90s`, `10m`, `2h` or plain seconds, in seconds.
+fn parse_duration(text: &str) -> Result<u64> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("DURATION={text}: expected e.g. 90s, 10m or 2h"))?;
+    match unit {
+        "s" => Ok(n),
+        "m" => Ok(n * 60),
+        "h" => Ok(n * 3600),
+        _ => bail!("DURATION={text}: expected e.g. 90s, 10m or 2h"),
+    }
+}
+
+/// nextest on the release build with `expr`, once per broker, the figures
+/// appended to `report` (emptied first); false if any run failed.
+fn run_each(
+    brokers: &[String],
+    expr: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+    report: &Path,
+) -> Result<bool> {
+    install::ensure(&[Dep::Protoc, Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
+    let proxy = crate::pulsar::debug_proxy()?;
+    if let Some(dir) = report.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(report);
+    let me = std::env::current_exe()?;
+    let mut ok = true;
+    for broker in brokers {
+        eprintln!("faults: the release build's scenarios on {broker} ({expr})");
+        let mut cmd = paths::cargo();
+        cmd.args([
+            "nextest",
+            "run",
+            "--release",
+            "--test",
+            "it",
+            "--no-fail-fast",
+        ])
+        .args(["--no-capture", "-E", expr])
+        .args(extra)
+        .env("TEST_BROKER", broker)
+        .env("XTASK_BIN", &me)
+        .env("PULSAR_PROXY_BIN", &proxy)
+        .env("FAULTS_REPORT", report)
+        .envs(env.iter().copied());
+        let status = signals::status(&mut cmd)?;
+        signals::check()?;
+        ok &= status.success();
+    }
+    Ok(ok)
+}
+
+/// The scenarios × brokers table of the figures in `report`.
+fn print_table(report: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(report).unwrap_or_default();
+    let rows: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if rows.is_empty() {
+        eprintln!("faults: no figures were reported");
+        return Ok(());
+    }
+    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | disagreeing | terminal after the last fault | calls | resent |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for r in &rows {
+        let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
+        let secs = r["settled_after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.1} s | {} | {} |",
+            r["scenario"].as_str().unwrap_or("?"),
+            r["broker"].as_str().unwrap_or("?"),
+            n("events"),
+            n("faults"),
+            n("terminal"),
+            n("lost"),
+            n("unfinished"),
+            n("duplicates"),
+            n("keys_over_one"),
+            n("overlapping"),
+            n("disagreeing"),
+            n("calls"),
+            n("resent"),
+        );
+    }
+    println!("\nfaults: figures in {}", report.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("10m").unwrap(), 600);
+        assert_eq!(parse_duration("2h").unwrap(), 7200);
+        assert!(parse_duration("10 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}
