@@ -68,8 +68,33 @@ impl Orchestrator {
                 );
             }
         }
-        self.stop_relay(deadline.max(Instant::now() + LAST_PASS_MIN))
-            .await;
+        let last_pass = deadline.max(Instant::now() + LAST_PASS_MIN);
+        self.hand_back_leases(last_pass).await;
+        self.stop_relay(last_pass).await;
+    }
+
+    /// Hands back the leases of the sagas this instance leaves unfinished
+    /// (recorded but not yet driven, waiting for a retry, waiting for a
+    /// reply), so whichever instance runs next takes them when due rather
+    /// than after their leases. Those still mid-step keep theirs: their
+    /// call may yet be answered, and a second driver must not start beside
+    /// it.
+    async fn hand_back_leases(&self, deadline: Instant) {
+        let inner = &self.inner;
+        let keep = self.driven_now();
+        let release = inner.store.release_leases(&inner.config.instance_id, &keep);
+        match tokio::time::timeout_at(deadline, release).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(sagas)) => {
+                tracing::info!(sagas, "handed back the leases of the sagas left unfinished")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not hand back the leases of the sagas left; they lapse instead")
+            }
+            Err(_) => tracing::warn!(
+                "the store did not answer in time to hand back the leases of the sagas left; they lapse instead"
+            ),
+        }
     }
 
     async fn stop_relay(&self, deadline: Instant) {

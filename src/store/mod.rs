@@ -242,6 +242,12 @@ pub trait SagaStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Saga>, StoreError>;
 
+    /// Hands back the leases `owner` holds on live sagas, except those of
+    /// `keep` (still being driven): any instance may claim them once due,
+    /// instead of after the lease. What a stopping instance does with the
+    /// sagas it will not finish. Returns how many were handed back.
+    async fn release_leases(&self, owner: &str, keep: &[Uuid]) -> Result<u64, StoreError>;
+
     /// Counts sagas by state.
     async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError>;
 

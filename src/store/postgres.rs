@@ -184,6 +184,19 @@ impl SagaStore for PostgresStore {
         rows.iter().map(saga_from_row).collect()
     }
 
+    async fn release_leases(&self, owner: &str, keep: &[Uuid]) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner = $1 AND NOT (saga_id = ANY($2)) \
+               AND state NOT IN ('completed', 'compensated', 'failed')",
+        )
+        .bind(owner)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
         let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
         rows.iter().map(state_count).collect()

@@ -217,6 +217,23 @@ impl SagaStore for SqliteStore {
         rows.iter().map(saga_from_row).collect()
     }
 
+    async fn release_leases(&self, owner: &str, keep: &[Uuid]) -> Result<u64, StoreError> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL \
+             WHERE state NOT IN ('completed', 'compensated', 'failed') AND lease_owner = ",
+        );
+        qb.push_bind(owner.to_string());
+        if !keep.is_empty() {
+            qb.push(" AND saga_id NOT IN (");
+            let mut list = qb.separated(", ");
+            for id in keep {
+                list.push_bind(id.to_string());
+            }
+            qb.push(")");
+        }
+        Ok(qb.build().execute(&self.pool).await?.rows_affected())
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(SagaState, i64)>, StoreError> {
         let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
         rows.iter().map(state_count).collect()

@@ -85,6 +85,7 @@ on_both!(
     a_stale_transition_writes_nothing,
     a_batch_of_transitions_commits_each_and_refuses_the_stale,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
+    leases_handed_back_are_claimable_at_once_but_those_kept,
     outbox_claims_are_exclusive_until_they_lapse,
     list_filters_and_orders_newest_first,
 );
@@ -418,6 +419,33 @@ async fn claim_due_takes_only_due_sagas_with_lapsed_leases(store: Arc<dyn SagaSt
             .len(),
         2
     );
+}
+
+async fn leases_handed_back_are_claimable_at_once_but_those_kept(store: Arc<dyn SagaStore>) {
+    let until = Utc::now() + chrono::Duration::seconds(60);
+    let kept = new_saga("e-kept", Some(until));
+    let released = new_saga("e-released", Some(until));
+    let mut others = new_saga("e-others", Some(until));
+    others.lease = lease("someone-else", until);
+    store
+        .create(&[kept.clone(), released.clone(), others])
+        .await
+        .unwrap();
+
+    let handed_back = store
+        .release_leases("me", &[kept.saga.saga_id])
+        .await
+        .unwrap();
+
+    assert_eq!(handed_back, 1);
+    let claimed: Vec<Uuid> = store
+        .claim_due("next", Utc::now(), Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.saga_id)
+        .collect();
+    assert_eq!(claimed, [released.saga.saga_id], "only the one handed back");
 }
 
 async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>) {
