@@ -131,13 +131,13 @@ fn print_table(report: &Path) -> Result<()> {
         eprintln!("faults: no figures were reported");
         return Ok(());
     }
-    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | disagreeing | terminal after the last fault | calls | resent |");
+    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | disagreeing | slowest after the last fault | calls | resent |");
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for r in &rows {
         let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
-        let secs = r["settled_after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        let secs = r["slowest_after_fault_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.1} s | {} | {} |",
             r["scenario"].as_str().unwrap_or("?"),

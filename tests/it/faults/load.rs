@@ -4,8 +4,9 @@
 //! the broker did not take is sent again, as a real producer does: a second
 //! copy of an event is for the service's dedup to absorb.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_orchestrator::envelope::{Envelope, EventType};
@@ -69,9 +70,13 @@ fn event(prefix: &str, n: usize, format: WireFormat) -> OutboundMessage {
     OutboundMessage::encode(&envelope, format)
 }
 
+/// When each partner's event was first offered to the broker.
+pub type Offered = Arc<Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>>;
+
 /// A publisher running in the background.
 pub struct Load {
     pub published: Arc<AtomicUsize>,
+    pub offered: Offered,
     /// Sends the broker did not take and that were made again.
     resent: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -95,16 +100,18 @@ impl Load {
         let pool = store_pool(store_url).await;
         let published = Arc::new(AtomicUsize::new(0));
         let resent = Arc::new(AtomicUsize::new(0));
+        let offered = Offered::default();
         let task = tokio::spawn(publish(
             transport,
             pool,
             channel.to_string(),
             prefix.to_string(),
             (events, in_flight as i64, per_second),
-            (published.clone(), resent.clone()),
+            (published.clone(), resent.clone(), offered.clone()),
         ));
         Self {
             published,
+            offered,
             resent,
             task,
         }
@@ -143,7 +150,7 @@ async fn publish(
     channel: String,
     prefix: String,
     (events, in_flight, per_second): (usize, i64, Option<f64>),
-    (published, resent): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+    (published, resent, offered): (Arc<AtomicUsize>, Arc<AtomicUsize>, Offered),
 ) {
     let mut done = Progress::default();
     let began = tokio::time::Instant::now();
@@ -161,6 +168,10 @@ async fn publish(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let message = event(&prefix, n, transport.format());
+        offered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partner(&prefix, n), chrono::Utc::now());
         while transport
             .send(&channel, vec![message.clone()])
             .await

@@ -76,7 +76,7 @@ pub struct Rig {
     pub instances: Vec<Instance>,
     started: usize,
     pub faults: usize,
-    last_fault: Instant,
+    last_fault: chrono::DateTime<chrono::Utc>,
 }
 
 impl Rig {
@@ -104,7 +104,7 @@ impl Rig {
             instances: Vec::new(),
             started: 0,
             faults: 0,
-            last_fault: Instant::now(),
+            last_fault: chrono::Utc::now(),
         };
         // Leases of a killed instance lapse after STEP_TIMEOUT_MS + 5 s;
         // its unacked Redis entries are taken over after the claim idle.
@@ -194,15 +194,17 @@ impl Rig {
         }
     }
 
-    /// A fault has just ended (the time to settle is counted from here).
+    /// A fault has just ended: a saga's wait is counted from here (or from
+    /// its event, if later).
     pub fn fault_done(&mut self) {
         self.faults += 1;
-        self.last_fault = Instant::now();
+        self.last_fault = chrono::Utc::now();
     }
 
     /// Waits for every event to be published and every saga terminal (or
     /// `within` to pass), then judges the run and prints its line.
     pub async fn verdict(&self, load: Load, events: usize, within: Duration) -> Figures {
+        let offered = load.offered.clone();
         let published = tokio::time::timeout(within, load.finish()).await;
         let resent = published.expect("the load was all published in time");
         let pool = store_pool(&self.store.url).await;
@@ -217,7 +219,6 @@ impl Rig {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let settled_after = self.last_fault.elapsed();
         let partners: Vec<String> = (0..events)
             .map(|n| load::partner(&self.prefix, n))
             .collect();
@@ -225,10 +226,11 @@ impl Rig {
             scenario: self.scenario.to_string(),
             broker: format!("{:?}", self.kind).to_lowercase(),
             faults: self.faults,
-            settled_after,
             resent,
             ..Figures::default()
         };
+        figures.slowest_after_fault =
+            verdict::slowest_after(&pool, &offered, self.last_fault).await;
         verdict::judge(&mut figures, &pool, &partners, &self.participants.tally()).await;
         figures.report();
         if figures.terminal != events as i64 {

@@ -37,8 +37,10 @@ pub struct Figures {
     /// broker did not take and that were made again.
     pub calls: usize,
     pub resent: usize,
-    /// From the end of the last fault until every saga was terminal.
-    pub settled_after: Duration,
+    /// The longest any saga took to end, counted from the end of the last
+    /// fault or from its event if that came later: how long the faults
+    /// kept work waiting (the backlog's own latency included).
+    pub slowest_after_fault: Duration,
     /// Transitions each instance made, from the history's `instance_id`.
     pub split: Vec<(String, i64)>,
 }
@@ -68,7 +70,7 @@ impl Figures {
                 "unfinished": self.unfinished, "duplicates": self.duplicates,
                 "keys_over_one": self.keys_over_one, "overlapping": self.overlapping,
                 "disagreeing": self.disagreeing, "calls": self.calls, "resent": self.resent,
-                "settled_after_ms": self.settled_after.as_millis() as u64,
+                "slowest_after_fault_ms": self.slowest_after_fault.as_millis() as u64,
                 "split": self.split,
             });
             if let Ok(mut file) = std::fs::OpenOptions::new()
@@ -89,7 +91,7 @@ impl fmt::Display for Figures {
             f,
             "faults: {} · {} · events {} · faults {} · terminal {} · lost {} · unfinished {} · \
              duplicates {} · keys>1 {} · overlapping {} · disagreeing {} · \
-             terminal {:.1} s after the last fault · calls {} · resent {} · transitions by instance: {}",
+             slowest {:.1} s after the last fault · calls {} · resent {} · transitions by instance: {}",
             self.scenario,
             self.broker,
             self.events,
@@ -101,7 +103,7 @@ impl fmt::Display for Figures {
             self.keys_over_one,
             self.overlapping,
             self.disagreeing,
-            self.settled_after.as_secs_f64(),
+            self.slowest_after_fault.as_secs_f64(),
             self.calls,
             self.resent,
             split.join(", ")
@@ -152,4 +154,31 @@ pub async fn judge(figures: &mut Figures, pool: &PgPool, partners: &[String], ta
     .fetch_all(pool)
     .await
     .expect("read the history");
+}
+
+/// The longest time from `fault_end`, or a saga's event when later, to the
+/// saga's terminal state (its last update).
+pub async fn slowest_after(
+    pool: &PgPool,
+    offered: &super::load::Offered,
+    fault_end: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    let ended: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT partner_id, updated_at FROM sagas \
+         WHERE state IN ('completed', 'compensated', 'failed')",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the sagas");
+    let offered = offered.lock().unwrap_or_else(|e| e.into_inner());
+    ended
+        .iter()
+        .filter_map(|(partner, at)| {
+            let from = offered
+                .get(partner)
+                .map_or(fault_end, |o| (*o).max(fault_end));
+            (*at - from).to_std().ok()
+        })
+        .max()
+        .unwrap_or_default()
 }
