@@ -24,11 +24,13 @@ const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Waits longer than this free the saga's slot and go to the sweeper.
 const HAND_OFF_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Runs `saga` from `next` on; holds `permit` (one in-flight slot) throughout.
+/// Runs `saga` from `next` on, under a lease that ends at `lease_end`;
+/// holds `permit` (one in-flight slot) throughout.
 pub(super) async fn drive(
     orch: Orchestrator,
     saga: Saga,
     next: NextAction,
+    lease_end: DateTime<Utc>,
     permit: OwnedSemaphorePermit,
 ) {
     let span = tracing::info_span!(
@@ -43,7 +45,7 @@ pub(super) async fn drive(
     let in_flight = orch.stats().in_flight();
     let saga_id = saga.saga_id;
     let driving = orch.driving(saga_id);
-    let awaiting = run(&orch, saga, next).instrument(span).await;
+    let awaiting = run(&orch, saga, next, lease_end).instrument(span).await;
     drop(driving);
     drop(in_flight);
     metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
@@ -57,14 +59,27 @@ pub(super) async fn drive(
 
 /// Drives until terminal, handed off, or (broker mode) waiting for a
 /// reply: then `Some(reply deadline)`.
-async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Option<DateTime<Utc>> {
+async fn run(
+    orch: &Orchestrator,
+    mut saga: Saga,
+    mut next: NextAction,
+    mut lease_end: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     while let NextAction::Call { step, at } = next {
         if orch.inner.cancel.is_cancelled() {
             // Shutting down: start no new call; the saga is durable and its
-            // lease will lapse.
+            // lease is handed back or lapses.
             return None;
         }
         if !wait_until(orch, &saga, at).await {
+            return None;
+        }
+        if !fits_in_lease(Utc::now(), orch.inner.config.step_timeout, lease_end) {
+            // This process stalled (frozen, starved) past the point where a
+            // call could still end inside the lease: another instance may
+            // hold the saga by now. Its write would be refused anyway; the
+            // call must not be made beside the new owner's either.
+            tracing::warn!(%lease_end, "too late for this saga's lease; leaving it to whoever takes it next");
             return None;
         }
         let input = next_input(orch, &saga, step).await;
@@ -85,6 +100,10 @@ async fn run(orch: &Orchestrator, mut saga: Saga, mut next: NextAction) -> Optio
             return None;
         }
         next = after_next(&after);
+        if let NextAction::Call { at, .. } = next {
+            // The commit leased the next call as Orchestrator::lease_until says.
+            lease_end = orch.lease_until(at).until;
+        }
         saga = after;
     }
     match next {
@@ -318,6 +337,16 @@ fn after_next(after: &Saga) -> NextAction {
     }
 }
 
+/// Whether a call made at `now`, lasting at most `step_timeout`, ends
+/// before the lease does.
+fn fits_in_lease(
+    now: DateTime<Utc>,
+    step_timeout: std::time::Duration,
+    lease_end: DateTime<Utc>,
+) -> bool {
+    saga::later(now, step_timeout) <= lease_end
+}
+
 async fn call(orch: &Orchestrator, saga: &Saga, step: saga::Step) -> Input {
     let started = Instant::now();
     let outcome = orch.inner.participants.call(saga, step).await;
@@ -333,6 +362,26 @@ mod tests {
     use super::*;
     use crate::saga::Step;
     use crate::store::StoreError;
+
+    #[test]
+    fn a_call_is_made_only_while_it_can_end_inside_the_lease() {
+        let now = Utc::now();
+        let timeout = std::time::Duration::from_secs(10);
+        let planned = now + chrono::Duration::seconds(15);
+        assert!(
+            fits_in_lease(now, timeout, planned),
+            "on time, 5 s to spare"
+        );
+        assert!(fits_in_lease(
+            planned - chrono::Duration::seconds(10),
+            timeout,
+            planned
+        ));
+        assert!(
+            !fits_in_lease(planned - chrono::Duration::seconds(9), timeout, planned),
+            "woke too late: the call could outlive the lease"
+        );
+    }
 
     fn refused() -> StoreError {
         StoreError::Unreachable("invalid byte sequence 0x00".into())

@@ -276,8 +276,8 @@ impl Orchestrator {
                     self.inner.stats.record(stats::Event::Started);
                     metrics::counter!(telemetry::STARTED, "source" => source.label()).increment(1);
                     metrics::counter!(telemetry::TRANSITIONS, "from" => "started", "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
-                    if let Some(permit) = permit {
-                        self.spawn_driver(draft.saga, decision.next, permit);
+                    if let (Some(permit), Some(lease)) = (permit, draft.lease) {
+                        self.spawn_driver(draft.saga, decision.next, lease.until, permit);
                     }
                 }
                 Created::Duplicate(id) => {
@@ -324,8 +324,12 @@ impl Orchestrator {
                     }
                 } else {
                     self.release_awaiting(saga_id);
-                    if let Some(permit) = permit {
-                        self.spawn_driver(after.clone(), decision.next, permit);
+                    if let (Some(permit), saga::NextAction::Call { at, .. }) =
+                        (permit, decision.next)
+                    {
+                        // The lease commit wrote for this call.
+                        let lease_end = self.lease_until(at).until;
+                        self.spawn_driver(after.clone(), decision.next, lease_end, permit);
                     }
                 }
                 return Ok(after);
@@ -582,10 +586,18 @@ impl Orchestrator {
             .collect()
     }
 
-    fn spawn_driver(&self, saga: Saga, next: saga::NextAction, permit: OwnedSemaphorePermit) {
+    /// Drives `saga` under the lease just written for it, which ends at
+    /// `lease_end`.
+    fn spawn_driver(
+        &self,
+        saga: Saga,
+        next: saga::NextAction,
+        lease_end: DateTime<Utc>,
+        permit: OwnedSemaphorePermit,
+    ) {
         self.inner
             .tasks
-            .spawn(driver::drive(self.clone(), saga, next, permit));
+            .spawn(driver::drive(self.clone(), saga, next, lease_end, permit));
     }
 }
 

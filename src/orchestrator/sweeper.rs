@@ -61,7 +61,7 @@ pub(super) async fn run(orch: Orchestrator) {
                 step: saga.step,
                 at: saga.next_attempt_at.unwrap_or(now),
             };
-            orch.spawn_driver(saga, next, permit);
+            orch.spawn_driver(saga, next, crate::saga::later(now, lease), permit);
         }
     }
 }
