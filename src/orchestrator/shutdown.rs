@@ -29,7 +29,9 @@ impl Orchestrator {
     /// Stops taking work (if not done yet) and waits, at most the shutdown
     /// grace (`SHUTDOWN_GRACE_SECS`) from [`Orchestrator::stop_taking_work`],
     /// for the sagas in flight; those still mid-step are left to recovery
-    /// (durable, leased, retried with the same idempotency keys). The relay
+    /// (durable, leased, retried with the same idempotency keys). When all
+    /// of them finished in time, the leases of the sagas left are handed
+    /// back (see [`Orchestrator::hand_back_leases`]). The relay
     /// stops last, with one final pass when this instance wrote to the
     /// outbox since it was last seen empty, so the events of the drivers'
     /// last commits go out now rather than at the next start.
@@ -56,7 +58,8 @@ impl Orchestrator {
             // relay pass must come after them.
             inner.outbox.settled().await;
         };
-        if tokio::time::timeout_at(deadline, waited).await.is_err() {
+        let finished = tokio::time::timeout_at(deadline, waited).await.is_ok();
+        if !finished {
             let left = self.driven_now();
             if left.is_empty() {
                 tracing::warn!("shutdown grace elapsed with transitions still being written");
@@ -69,16 +72,20 @@ impl Orchestrator {
             }
         }
         let last_pass = deadline.max(Instant::now() + LAST_PASS_MIN);
-        self.hand_back_leases(last_pass).await;
+        if finished {
+            self.hand_back_leases(last_pass).await;
+        }
         self.stop_relay(last_pass).await;
     }
 
     /// Hands back the leases of the sagas this instance leaves unfinished
-    /// (recorded but not yet driven, waiting for a retry, waiting for a
-    /// reply), so whichever instance runs next takes them when due rather
-    /// than after their leases. Those still mid-step keep theirs: their
-    /// call may yet be answered, and a second driver must not start beside
-    /// it.
+    /// (recorded but not yet driven, waiting for a retry), so whichever
+    /// instance runs next takes them when due rather than after their
+    /// leases. Only once every task and write has finished: a write still
+    /// queued (its caller dropped at the end of the grace) could otherwise
+    /// land after another instance claimed the saga — a claim does not
+    /// move its version. Sagas still being driven keep their leases: the
+    /// participant may still be working on their call.
     async fn hand_back_leases(&self, deadline: Instant) {
         let inner = &self.inner;
         let keep = self.driven_now();

@@ -188,6 +188,7 @@ impl SagaStore for PostgresStore {
         let done = sqlx::query(
             "UPDATE sagas SET lease_owner = NULL, lease_until = NULL \
              WHERE lease_owner = $1 AND NOT (saga_id = ANY($2)) \
+               AND next_attempt_at IS NOT NULL \
                AND state NOT IN ('completed', 'compensated', 'failed')",
         )
         .bind(owner)
