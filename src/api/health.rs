@@ -74,7 +74,7 @@ pub struct Checks {
 /// without closing its connections (a crashed host, a paused server) makes
 /// a pool wait for its whole acquire timeout: the probe must still answer
 /// in time, and a dependency this slow is not ready.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `None` when `ping` answers in time, else what went wrong.
 async fn within_check_timeout<E: std::fmt::Display>(
@@ -102,7 +102,7 @@ pub struct Readiness {
     path = "/ready",
     tag = "operations",
     summary = "Readiness",
-    description = "200 only when both the store and the broker answer, each within 1 s; otherwise 503 naming what is down (a dependency that does not answer in time counts as down).",
+    description = "200 only when both the store and the broker answer, each within 2 s; otherwise 503 naming what is down (a dependency that does not answer in time counts as down).",
     responses(
         (status = 200, description = "Store and broker answer.", body = Readiness),
         (status = 503, description = "The store or the broker (or both) is down.", body = Readiness),
