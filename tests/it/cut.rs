@@ -1,7 +1,12 @@
 //! A TCP forwarder in front of a server, which a test can cut and restore:
 //! cut, every connection through it is closed and its port refuses new
-//! ones, as when the server's machine goes away; restored, the same port
-//! forwards again, as when it comes back.
+//! ones, as when the server's machine goes away; turned away, its port
+//! takes each connection and closes it at once, counting them, as a load
+//! balancer with no server behind it does; restored, the same port
+//! forwards again, as when the server comes back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -10,6 +15,7 @@ pub struct Cut {
     pub port: u16,
     target: String,
     connections: JoinSet<()>,
+    turned_away: Arc<AtomicUsize>,
 }
 
 impl Cut {
@@ -19,8 +25,9 @@ impl Cut {
             port: 0,
             target,
             connections: JoinSet::new(),
+            turned_away: Arc::default(),
         };
-        cut.restore();
+        cut.restore().await;
         cut
     }
 
@@ -36,8 +43,27 @@ impl Cut {
         self.connections.abort_all();
     }
 
-    /// Listens again, on the same port once one was taken.
-    pub fn restore(&mut self) {
+    /// Listens again, on the same port once one was taken, and forwards.
+    pub async fn restore(&mut self) {
+        self.listen(true).await;
+    }
+
+    /// Closes every connection through it, then takes new ones only to
+    /// close them, counting each.
+    pub async fn turn_away(&mut self) {
+        self.listen(false).await;
+    }
+
+    /// Connections taken and closed while turning away.
+    pub fn turned_away(&self) -> usize {
+        self.turned_away.load(Ordering::SeqCst)
+    }
+
+    async fn listen(&mut self, forward: bool) {
+        // The old listener must be closed, not only told to close, before
+        // its port can be bound again.
+        self.cut();
+        while self.connections.join_next().await.is_some() {}
         let socket = TcpSocket::new_v4().expect("a socket");
         // The port was ours a moment ago: its closed connections may still
         // linger in TIME_WAIT.
@@ -47,11 +73,16 @@ impl Cut {
         let listener = socket.listen(1024).expect("listen");
         self.port = listener.local_addr().expect("bound").port();
         let target = self.target.clone();
+        let turned_away = self.turned_away.clone();
         // The accept loop is one of the connections: cutting stops it too,
         // which closes the port.
         self.connections.spawn(async move {
             let mut links = JoinSet::new();
             while let Ok((mut client, _)) = listener.accept().await {
+                if !forward {
+                    turned_away.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
                 let target = target.clone();
                 links.spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(&target).await {

@@ -78,6 +78,36 @@ fn parse_duration(text: &str) -> Result<u64> {
     }
 }
 
+/// Stops the servers of fault scenarios whose test process is gone (killed
+/// before its cleanup ran) and deletes their directories: each scenario
+/// keeps its state in `$TMPDIR/saga-faults-*`, its owner in `owner.pid`.
+pub fn sweep_dead_scenarios() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let named = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("saga-faults-");
+        let owner = crate::process::read_pid(&dir.join("owner.pid"));
+        if !named || !owner.is_some_and(crate::process::gone) {
+            continue;
+        }
+        eprintln!(
+            "faults: stopping what the dead run {} left in {}",
+            owner.unwrap_or(0),
+            dir.display()
+        );
+        let postgres = crate::postgres::Postgres::new(&dir.join("postgres"));
+        let _ = postgres.stop();
+        postgres.remove_outside_data();
+        let _ = crate::redis::Redis::new(&dir.join("redis")).stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// nextest on the release build with `expr`, once per broker, the figures
 /// appended to `report` (emptied first); false if any run failed.
 fn run_each(
@@ -88,6 +118,7 @@ fn run_each(
     report: &Path,
 ) -> Result<bool> {
     install::ensure(&[Dep::Protoc, Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
+    sweep_dead_scenarios();
     let proxy = crate::pulsar::debug_proxy()?;
     if let Some(dir) = report.parent() {
         std::fs::create_dir_all(dir)?;
@@ -131,7 +162,7 @@ fn print_table(report: &Path) -> Result<()> {
         eprintln!("faults: no figures were reported");
         return Ok(());
     }
-    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | disagreeing | slowest after the last fault | calls | resent |");
+    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | called after the end | disagreeing | slowest after the last fault | calls | resent |");
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
@@ -139,7 +170,7 @@ fn print_table(report: &Path) -> Result<()> {
         let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
         let secs = r["slowest_after_fault_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.1} s | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.1} s | {} | {} |",
             r["scenario"].as_str().unwrap_or("?"),
             r["broker"].as_str().unwrap_or("?"),
             n("events"),
@@ -150,6 +181,7 @@ fn print_table(report: &Path) -> Result<()> {
             n("duplicates"),
             n("keys_over_one"),
             n("overlapping"),
+            n("stale_calls"),
             n("disagreeing"),
             n("calls"),
             n("resent"),

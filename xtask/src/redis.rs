@@ -1,8 +1,9 @@
 //! The one Redis starter: `redis-server` on 127.0.0.1, daemonised, for the
 //! tests (no persistence), the dev stack (append-only file, as in the
 //! compose files, so streams and consumer groups survive a restart) and the
-//! fault scenarios (the file synced on every write, so a SIGKILL loses
-//! nothing Redis acknowledged).
+//! fault scenarios (the file synced before every acknowledgement: a
+//! process kill loses nothing either way, as Redis writes the file before
+//! it answers, but this also holds if the machine itself goes down).
 //!
 //! State files: `redis.pid`, `redis.port`, `redis.log`, `redis-start.log`,
 //! and the data under `redis/` when persistent.

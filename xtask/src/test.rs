@@ -41,6 +41,7 @@ fn run_inner(args: &[String]) -> Result<u8> {
     signals::run(&mut build, "cargo build --workspace --all-targets")?;
     let proxy = paths::binary("debug", "pulsar-lite-proxy");
     clean_dead_runs();
+    crate::faults::sweep_dead_scenarios();
     // A state directory per run, named after us: concurrent runs (and
     // `make test-services-up`) never share or stop each other's servers,
     // and a later run cleans up after one that was SIGKILLed.

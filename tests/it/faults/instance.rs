@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::os::unix::process::CommandExt;
+
 use crate::helpers::binary;
 
 pub const ADMIN_TOKEN: &str = "fault-suite-token";
@@ -18,28 +20,30 @@ pub struct Instance {
     pub log: PathBuf,
 }
 
-/// A free loopback port, for an API address known before start.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl Instance {
     /// Starts `serve` as `id` with `env` and waits until `/ready` says 200.
     pub async fn start(dir: &Path, id: &str, env: &[(String, String)]) -> Self {
-        let port = free_port();
         let log = dir.join(format!("{id}.log"));
         let out = std::fs::File::create(&log).expect("log file");
-        let api_addr = format!("127.0.0.1:{port}");
         let bare = [
             ("LOG_FORMAT", "pretty"),
-            ("API_ADDR", api_addr.as_str()),
+            // A port of its own choosing, read back from its ready line: a
+            // port picked here could be taken by another test meanwhile.
+            ("API_ADDR", "127.0.0.1:0"),
             ("ADMIN_TOKEN", ADMIN_TOKEN),
             ("INSTANCE_ID", id),
         ];
-        let mut command = tokio::process::Command::from(binary(dir, &["serve"], &bare));
+        let mut command = binary(dir, &["serve"], &bare);
+        // SAFETY: prctl is async-signal-safe; it only marks this child to be
+        // killed when the test process dies, even by SIGKILL, so no
+        // instance outlives a run that was cut short.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut command = tokio::process::Command::from(command);
         command
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -47,14 +51,38 @@ impl Instance {
             .stderr(out)
             .kill_on_drop(true);
         let child = command.spawn().expect("serve starts");
-        let instance = Self {
+        let mut instance = Self {
             id: id.to_string(),
-            api: format!("http://{api_addr}"),
+            api: String::new(),
             child,
             log,
         };
-        instance.wait_ready(Duration::from_secs(90)).await;
+        instance.api = instance.api_address(Duration::from_secs(90)).await;
+        instance.wait_ready(Duration::from_secs(60)).await;
         instance
+    }
+
+    /// The API's address, from the log's "API listening … addr=" line.
+    async fn api_address(&mut self, within: Duration) -> String {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let addr = text
+                .lines()
+                .filter(|line| line.contains("API listening"))
+                .find_map(|line| {
+                    line.split_whitespace()
+                        .find_map(|word| word.strip_prefix("addr="))
+                });
+            if let Some(addr) = addr {
+                return format!("http://{addr}");
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited at start-up ({status}): {}", self.id, self.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} did not start in {within:?}: {}", self.id, self.tail());
     }
 
     /// `/ready`'s status now, or `None` when nothing answers.
@@ -62,7 +90,7 @@ impl Instance {
         let client = reqwest::Client::new();
         let answer = client
             .get(format!("{}/ready", self.api))
-            .timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
             .send()
             .await;
         answer.ok().map(|r| r.status().as_u16())

@@ -58,25 +58,57 @@ impl Scale {
 }
 
 /// Sagas kept unfinished by the load: the 64 and more.
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 80;
 /// How long a participant takes to answer: two drivers of one saga at once
 /// would overlap in it.
 const ANSWER_AFTER: Duration = Duration::from_millis(10);
 
 /// One scenario's world: its store, broker, participants and instances.
+/// Fields drop in this order: the instances are killed first, the servers
+/// stopped next, and the directory holding their state removed last.
 pub struct Rig {
-    pub kind: BrokerKind,
-    pub scenario: &'static str,
-    dir: PathBuf,
+    pub instances: Vec<Instance>,
+    pub participants: Participants,
     pub store: Store,
     pub broker: Broker,
-    pub participants: Participants,
+    pub kind: BrokerKind,
+    pub scenario: &'static str,
     prefix: String,
     settings: Vec<(String, String)>,
-    pub instances: Vec<Instance>,
     started: usize,
     pub faults: usize,
     last_fault: chrono::DateTime<chrono::Utc>,
+    dir: ScenarioDir,
+}
+
+/// Where a scenario keeps its servers' state and its instances' logs:
+/// removed when the scenario passes, kept (and named) when it fails or
+/// `FAULTS_KEEP` is set. It names the test process that owns it
+/// (`owner.pid`), so that `cargo xtask test|faults` can stop the servers
+/// of a run that was killed before it could.
+struct ScenarioDir(PathBuf);
+
+impl ScenarioDir {
+    fn new(scenario: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "saga-faults-{scenario}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("the scenario's directory");
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())
+            .expect("the scenario's owner");
+        Self(dir)
+    }
+}
+
+impl Drop for ScenarioDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && std::env::var_os("FAULTS_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!("fault scenario left its logs in {}", self.0.display());
+        }
+    }
 }
 
 impl Rig {
@@ -84,12 +116,8 @@ impl Rig {
     /// service settings `settings` over the suite's fault defaults.
     pub async fn new(scenario: &'static str, settings: &[(&str, &str)]) -> Self {
         let kind = BrokerKind::from_env();
-        let dir = std::env::temp_dir().join(format!(
-            "saga-faults-{scenario}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).expect("the scenario's directory");
-        let (store, broker) = tokio::join!(Store::start(&dir), Broker::start(kind, &dir));
+        let dir = ScenarioDir::new(scenario);
+        let (store, broker) = tokio::join!(Store::start(&dir.0), Broker::start(kind, &dir.0));
         let participants = Participants::start(ANSWER_AFTER).await;
         let prefix = format!("f{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut rig = Self {
@@ -162,7 +190,7 @@ impl Rig {
     pub async fn start_instance(&mut self) -> usize {
         self.started += 1;
         let id = format!("i{}", self.started);
-        let instance = Instance::start(&self.dir, &id, &self.env()).await;
+        let instance = Instance::start(&self.dir.0, &id, &self.env()).await;
         self.instances.push(instance);
         self.instances.len() - 1
     }
@@ -234,22 +262,11 @@ impl Rig {
         verdict::judge(&mut figures, &pool, &partners, &self.participants.tally()).await;
         figures.report();
         if figures.terminal != events as i64 {
-            eprintln!("last progress {last:?}; logs in {}", self.dir.display());
+            eprintln!("last progress {last:?}; logs in {}", self.dir.0.display());
             for instance in &self.instances {
                 eprintln!("--- {} ---\n{}", instance.id, instance.tail());
             }
         }
         figures
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        // Kept for a look when the scenario failed.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("fault scenario left its logs in {}", self.dir.display());
-        }
     }
 }

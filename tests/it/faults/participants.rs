@@ -19,6 +19,8 @@ pub struct Call {
     pub key: String,
     pub from: Instant,
     pub until: Instant,
+    /// When it arrived, by the clock the service stamps its sagas with.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Calls per step, in arrival order.
@@ -78,6 +80,7 @@ impl Respond for Recorder {
             key,
             from: now,
             until: now + self.delay,
+            at: chrono::Utc::now(),
         };
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         match self.step {
@@ -140,13 +143,19 @@ impl Participants {
         ]
     }
 
-    /// Alliances goes away: connections cut, its port refusing.
-    pub fn take_alliances_down(&mut self) {
-        self.alliances_link.cut();
+    /// Alliances goes away: its connections cut, every new one closed at
+    /// once (and counted).
+    pub async fn take_alliances_down(&mut self) {
+        self.alliances_link.turn_away().await;
     }
 
-    pub fn bring_alliances_back(&mut self) {
-        self.alliances_link.restore();
+    /// Connections alliances turned away while down: the attempts made.
+    pub fn alliance_attempts_while_down(&self) -> usize {
+        self.alliances_link.turned_away()
+    }
+
+    pub async fn bring_alliances_back(&mut self) {
+        self.alliances_link.restore().await;
     }
 
     /// What the calls show about one scenario's run.
@@ -157,8 +166,15 @@ impl Participants {
             calls: steps.iter().map(|c| c.len()).sum(),
             partners_created: distinct_partners(&calls.create_alliance, |p| !refused(p)),
             partners_deleted: distinct_partners(&calls.delete_partner, |_| true),
-            keys_per_step_over_one: steps.iter().map(|c| many_keys(c)).sum(),
+            keys: [
+                ("create-alliance", &calls.create_alliance),
+                ("delete-partner", &calls.delete_partner),
+            ]
+            .into_iter()
+            .flat_map(|(step, calls)| keys_of(step, calls))
+            .collect(),
             overlapping: steps.iter().map(|c| overlapping(c)).sum(),
+            last_call: last_calls(steps.iter().flat_map(|c| c.iter())),
         }
     }
 }
@@ -171,11 +187,24 @@ pub struct Tally {
     pub partners_created: HashSet<String>,
     /// Partners integrations was asked to delete.
     pub partners_deleted: HashSet<String>,
-    /// Saga steps (a partner's one saga, one step) called under more than
-    /// one idempotency key.
-    pub keys_per_step_over_one: usize,
+    /// The idempotency keys each saga step (partner, step as the key
+    /// names it) was called under; an empty key: the header was missing.
+    pub keys: HashMap<(String, &'static str), HashSet<String>>,
     /// Saga steps with two calls in flight at once: two drivers.
     pub overlapping: usize,
+    /// Each partner's latest call.
+    pub last_call: HashMap<String, chrono::DateTime<chrono::Utc>>,
+}
+
+fn last_calls<'a>(
+    calls: impl Iterator<Item = &'a Call>,
+) -> HashMap<String, chrono::DateTime<chrono::Utc>> {
+    let mut last: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    for call in calls {
+        let at = last.entry(call.partner.clone()).or_insert(call.at);
+        *at = (*at).max(call.at);
+    }
+    last
 }
 
 fn distinct_partners(calls: &[Call], counts: impl Fn(&str) -> bool) -> HashSet<String> {
@@ -194,11 +223,14 @@ fn by_partner(calls: &[Call]) -> HashMap<&str, Vec<&Call>> {
     by
 }
 
-fn many_keys(calls: &[Call]) -> usize {
-    by_partner(calls)
-        .values()
-        .filter(|calls| calls.iter().map(|c| &c.key).collect::<HashSet<_>>().len() > 1)
-        .count()
+fn keys_of<'a>(
+    step: &'static str,
+    calls: &'a [Call],
+) -> impl Iterator<Item = ((String, &'static str), HashSet<String>)> + 'a {
+    by_partner(calls).into_iter().map(move |(partner, calls)| {
+        let keys = calls.iter().map(|c| c.key.clone()).collect();
+        ((partner.to_string(), step), keys)
+    })
 }
 
 /// Partners with a call that began before an earlier one had been answered.

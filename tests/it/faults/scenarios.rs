@@ -19,12 +19,14 @@ fn seeded(scenario: &str) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
-/// Distinct moments, as counts of events published, spread over the run.
+/// Up to `count` distinct moments, as counts of events published, spread
+/// over the run.
 fn moments(rng: &mut impl Rng, events: usize, count: usize) -> Vec<usize> {
     let mut at: Vec<usize> = (0..count)
         .map(|_| rng.random_range(events / 10..events * 9 / 10))
         .collect();
     at.sort_unstable();
+    at.dedup();
     at
 }
 
@@ -161,14 +163,24 @@ async fn a_participant_outage_is_waited_out_by_the_retry_policy_without_a_tight_
     rig.start_instance().await;
     let load = rig.load(events).await;
     rig.when_published(&load, events / 4).await;
-    rig.participants.take_alliances_down();
+    rig.participants.take_alliances_down().await;
     tokio::time::sleep(outage).await;
-    rig.participants.bring_alliances_back();
+    rig.participants.bring_alliances_back().await;
     rig.fault_done();
     let figures = rig.verdict(load, events, SETTLE).await;
     figures.assert_nothing_lost_or_doubled();
     let (exhausted, completed_after) = policy_was_followed(&rig, 5).await;
     assert!(exhausted > 0, "the outage caught no saga: {figures}");
+    // No tight loop: what reached the dead participant is what the policy
+    // allows the sagas it caught (the ones that gave up, and at most the
+    // in-flight ones that came through), five attempts each.
+    let attempts = rig.participants.alliance_attempts_while_down();
+    let caught = exhausted + super::IN_FLIGHT;
+    eprintln!("faults: {attempts} connections reached alliances while it was down; {exhausted} sagas gave up");
+    assert!(
+        attempts <= caught * 5,
+        "{attempts} attempts reached alliances while down, for {exhausted} sagas that gave up: {figures}"
+    );
     assert!(completed_after > 0, "nothing completed after it: {figures}");
     assert_eq!(rig.instances[0].ready_status().await, Some(200), "no crash");
 }
@@ -217,32 +229,37 @@ async fn policy_was_followed(rig: &Rig, attempts: i64) -> (usize, usize) {
 async fn sigterm_under_load_exits_in_the_grace_period_and_the_next_start_finishes() {
     let scale = Scale::from_env();
     let events = scale.events(2000, 300);
+    let grace = Duration::from_secs(10);
     let mut rig = Rig::new("sigterm", &[("SHUTDOWN_GRACE_SECS", "10")]).await;
     let first = rig.start_instance().await;
     let load = rig.load(events).await;
     rig.when_published(&load, events / 2).await;
-    let (status, took) = rig.instances[first]
-        .terminate(Duration::from_secs(30))
-        .await;
+    let (status, took) = rig.instances[first].terminate(grace * 3).await;
+    rig.fault_done();
     assert!(
         status.success(),
         "{status}: {}",
         rig.instances[first].tail()
     );
-    assert!(
-        took < Duration::from_secs(15),
-        "took {took:?} with a 10 s grace"
+    assert!(took <= grace, "took {took:?} with a {grace:?} grace");
+    // With participants answering in milliseconds nothing is mid-step at
+    // the end of the grace: every lease it held was handed back.
+    let pool = super::load::store_pool(&rig.store.url).await;
+    let still_leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sagas WHERE lease_owner = 'i1' \
+         AND state NOT IN ('completed', 'compensated', 'failed')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the leases");
+    assert_eq!(
+        still_leased, 0,
+        "live sagas left leased by the stopped instance"
     );
     rig.start_instance().await;
-    rig.fault_done();
-    let figures = rig.verdict(load, events, SETTLE).await;
-    figures.assert_nothing_lost_or_doubled();
-    // What the stopping instance did not finish it handed back: the next
-    // one takes it at once rather than after the leases (7 s here) lapse.
-    assert!(
-        figures.slowest_after_fault < Duration::from_secs(5),
-        "the next start waited for leases: {figures}"
-    );
+    rig.verdict(load, events, SETTLE)
+        .await
+        .assert_nothing_lost_or_doubled();
 }
 
 /// The store stops answering for longer than a lease (2 s step timeout +

@@ -25,10 +25,20 @@ pub struct Figures {
     pub unfinished: i64,
     /// Events that started more than one saga.
     pub duplicates: usize,
-    /// Saga steps called under more than one idempotency key.
-    pub keys_over_one: usize,
+    /// Saga steps called under any key but `<saga_id>:<step>` of the
+    /// partner's one saga: a second key, a wrong one, or none.
+    pub keys_off: usize,
+    /// Sagas parked as `failed` (no scenario should leave any: deletions
+    /// never fail here).
+    pub failed: usize,
+    /// Sagas whose history returns to an instance after another one wrote
+    /// to it: two drivers taking turns.
+    pub interleaved: usize,
     /// Saga steps with two calls in flight at once.
     pub overlapping: usize,
+    /// Sagas a participant was called for after they had ended: a driver
+    /// that acted on a saga it no longer held.
+    pub stale_calls: usize,
     /// Sagas whose state disagrees with what the participants did: a
     /// completed one without its alliance, a compensated one not deleted,
     /// a deletion of a partner whose saga completed.
@@ -51,8 +61,11 @@ impl Figures {
         let zero = self.lost == 0
             && self.unfinished == 0
             && self.duplicates == 0
-            && self.keys_over_one == 0
+            && self.keys_off == 0
+            && self.failed == 0
+            && self.interleaved == 0
             && self.overlapping == 0
+            && self.stale_calls == 0
             && self.disagreeing == 0
             && self.terminal == self.events as i64;
         assert!(zero, "{self}");
@@ -68,7 +81,7 @@ impl Figures {
                 "scenario": self.scenario, "broker": self.broker, "events": self.events,
                 "faults": self.faults, "terminal": self.terminal, "lost": self.lost,
                 "unfinished": self.unfinished, "duplicates": self.duplicates,
-                "keys_over_one": self.keys_over_one, "overlapping": self.overlapping,
+                "keys_off": self.keys_off, "failed": self.failed, "interleaved": self.interleaved, "overlapping": self.overlapping, "stale_calls": self.stale_calls,
                 "disagreeing": self.disagreeing, "calls": self.calls, "resent": self.resent,
                 "slowest_after_fault_ms": self.slowest_after_fault.as_millis() as u64,
                 "split": self.split,
@@ -90,7 +103,7 @@ impl fmt::Display for Figures {
         write!(
             f,
             "faults: {} · {} · events {} · faults {} · terminal {} · lost {} · unfinished {} · \
-             duplicates {} · keys>1 {} · overlapping {} · disagreeing {} · \
+             duplicates {} · failed {} · keys off {} · interleaved {} · overlapping {} · called after the end {} · disagreeing {} · \
              slowest {:.1} s after the last fault · calls {} · resent {} · transitions by instance: {}",
             self.scenario,
             self.broker,
@@ -100,8 +113,11 @@ impl fmt::Display for Figures {
             self.lost,
             self.unfinished,
             self.duplicates,
-            self.keys_over_one,
+            self.failed,
+            self.keys_off,
+            self.interleaved,
             self.overlapping,
+            self.stale_calls,
             self.disagreeing,
             self.slowest_after_fault.as_secs_f64(),
             self.calls,
@@ -114,17 +130,30 @@ impl fmt::Display for Figures {
 /// Fills in what the store and the participants say about `partners`
 /// (the scenario's, one per event).
 pub async fn judge(figures: &mut Figures, pool: &PgPool, partners: &[String], tally: &Tally) {
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT partner_id, state FROM sagas")
-        .fetch_all(pool)
-        .await
-        .expect("read the sagas");
+    let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>, uuid::Uuid)> =
+        sqlx::query_as("SELECT partner_id, state, updated_at, saga_id FROM sagas")
+            .fetch_all(pool)
+            .await
+            .expect("read the sagas");
     let mut states: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (partner, state) in &rows {
+    let mut saga_of: HashMap<&str, uuid::Uuid> = HashMap::new();
+    for (partner, state, _, saga_id) in &rows {
         states.entry(partner).or_default().push(state);
+        saga_of.insert(partner, *saga_id);
     }
     let terminal = |s: &&str| matches!(*s, "completed" | "compensated" | "failed");
     figures.events = partners.len();
-    figures.terminal = rows.iter().filter(|(_, s)| terminal(&s.as_str())).count() as i64;
+    figures.terminal = rows
+        .iter()
+        .filter(|(_, s, _, _)| terminal(&s.as_str()))
+        .count() as i64;
+    figures.failed = rows.iter().filter(|(_, s, _, _)| s == "failed").count();
+    figures.stale_calls = rows
+        .iter()
+        .filter(|(partner, state, ended, _)| {
+            terminal(&state.as_str()) && tally.last_call.get(partner).is_some_and(|at| at > ended)
+        })
+        .count();
     figures.unfinished = rows.len() as i64 - figures.terminal;
     figures.lost = partners
         .iter()
@@ -132,11 +161,21 @@ pub async fn judge(figures: &mut Figures, pool: &PgPool, partners: &[String], ta
         .count();
     figures.duplicates = states.values().filter(|s| s.len() > 1).count();
     figures.calls = tally.calls;
-    figures.keys_over_one = tally.keys_per_step_over_one;
+    figures.keys_off = tally
+        .keys
+        .iter()
+        .filter(|((partner, step), keys)| {
+            let expected = saga_of
+                .get(partner.as_str())
+                .map(|id| format!("{id}:{step}"));
+            keys.len() != 1 || expected.as_ref() != keys.iter().next()
+        })
+        .count();
+    figures.interleaved = interleaved(pool).await;
     figures.overlapping = tally.overlapping;
     figures.disagreeing = rows
         .iter()
-        .filter(|(partner, state)| {
+        .filter(|(partner, state, _, _)| {
             let created = tally.partners_created.contains(partner);
             let deleted = tally.partners_deleted.contains(partner);
             match state.as_str() {
@@ -181,4 +220,33 @@ pub async fn slowest_after(
         })
         .max()
         .unwrap_or_default()
+}
+
+/// Sagas whose history (late news aside: it is recorded beside whoever
+/// drives the saga) goes back to an instance after another instance wrote.
+async fn interleaved(pool: &PgPool) -> usize {
+    let rows: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT saga_id, instance_id FROM saga_history \
+         WHERE reason <> 'alliance_created_late' ORDER BY saga_id, seq",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the history");
+    let mut bad = 0;
+    let mut i = 0;
+    while i < rows.len() {
+        let saga = rows[i].0;
+        let mut seen: Vec<&Option<String>> = Vec::new();
+        let mut back = false;
+        while i < rows.len() && rows[i].0 == saga {
+            let by = &rows[i].1;
+            if seen.last() != Some(&by) {
+                back |= seen.contains(&by);
+                seen.push(by);
+            }
+            i += 1;
+        }
+        bad += usize::from(back);
+    }
+    bad
 }
