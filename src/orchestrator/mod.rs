@@ -162,6 +162,9 @@ struct Inner {
     outbox: Arc<outbox_writes::OutboxWrites>,
     /// When shutdown's grace ends; set when it begins.
     stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// Whether this instance ever leased a saga: only then has it leases
+    /// to hand back when it stops.
+    leased_any: std::sync::atomic::AtomicBool,
     /// Group commit of transitions.
     writer: writer::Writer,
     /// Slots of sagas waiting for a broker reply, until their deadline
@@ -211,6 +214,7 @@ impl Orchestrator {
                 permits,
                 outbox,
                 stop_deadline: std::sync::OnceLock::new(),
+                leased_any: std::sync::atomic::AtomicBool::new(false),
                 writer,
                 awaiting: std::sync::Mutex::default(),
                 driving: std::sync::Mutex::default(),
@@ -554,6 +558,9 @@ impl Orchestrator {
     }
 
     fn lease_until(&self, at: DateTime<Utc>) -> Lease {
+        self.inner
+            .leased_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Lease {
             owner: self.inner.config.instance_id.clone(),
             until: saga::later(at, self.inner.config.step_timeout + LEASE_GRACE),

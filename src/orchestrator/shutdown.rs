@@ -10,6 +10,8 @@ use super::Orchestrator;
 
 /// The relay's last pass gets at least this, even when the grace is spent.
 const LAST_PASS_MIN: Duration = Duration::from_secs(1);
+/// The longest the store is waited for to hand leases back.
+const HAND_BACK_MAX: Duration = Duration::from_secs(2);
 /// Saga ids named in a log line at most.
 const NAMED: usize = 5;
 
@@ -88,6 +90,11 @@ impl Orchestrator {
     /// participant may still be working on their call.
     async fn hand_back_leases(&self, deadline: Instant) {
         let inner = &self.inner;
+        if !inner.leased_any.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        // Worth a moment, not the rest of the grace: leases lapse anyway.
+        let deadline = deadline.min(Instant::now() + HAND_BACK_MAX);
         let keep = self.driven_now();
         let release = inner.store.release_leases(&inner.config.instance_id, &keep);
         match tokio::time::timeout_at(deadline, release).await {

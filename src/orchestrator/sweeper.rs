@@ -48,6 +48,9 @@ pub(super) async fn run(orch: Orchestrator) {
         };
         if !sagas.is_empty() {
             tracing::info!(count = sagas.len(), "recovering due sagas");
+            inner
+                .leased_any
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         for saga in sagas {
             if orch.is_driving(saga.saga_id) {
