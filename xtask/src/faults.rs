@@ -124,7 +124,7 @@ fn run_each(
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(report);
-    let me = std::env::current_exe()?;
+    let me = paths::xtask_bin().context("cannot find the xtask binary for the scenarios")?;
     let mut ok = true;
     for broker in brokers {
         eprintln!("faults: the release build's scenarios on {broker} ({expr})");

@@ -133,6 +133,18 @@ pub fn utc_iso() -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
+/// This tool's binary for the tests to run: target/debug/xtask as the
+/// workspace build links it. Not our own path: that build links it anew
+/// (the workspace's dependency features are unified), which deletes the
+/// file we were started from.
+pub fn xtask_bin() -> Option<PathBuf> {
+    let built = binary("debug", "xtask");
+    if built.is_file() {
+        return Some(built);
+    }
+    std::env::current_exe().ok().filter(|p| p.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

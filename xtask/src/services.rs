@@ -120,8 +120,9 @@ impl Services {
             env.extend(self.pulsar().start(&settings)?);
             env.push(("PULSAR_PROXY_BIN".into(), proxy_bin.display().to_string()));
         }
-        // The tests' way back to us (scripts/pulsar-lite.sh runs it).
-        if let Ok(me) = std::env::current_exe() {
+        // The tests' way back to us (scripts/pulsar-lite.sh and the fault
+        // suite run it).
+        if let Some(me) = crate::paths::xtask_bin() {
             env.push(("XTASK_BIN".into(), me.display().to_string()));
         }
         Ok(env)

@@ -287,7 +287,8 @@ async fn a_store_paused_past_the_leases_lets_no_saga_be_driven_twice() {
 /// One of two instances stops (SIGSTOP, as a long GC pause or a frozen VM)
 /// for longer than its leases, mid-load; the other takes its sagas over.
 /// When it wakes, every write it had under way is refused (the saga moved,
-/// or is leased to the other), so no saga is driven by both.
+/// or is leased to the other), so no saga's history shows both; requests it
+/// had not sent yet go out late, under the saga's own key.
 #[tokio::test]
 async fn an_instance_frozen_past_its_leases_cannot_write_over_its_successor() {
     let scale = Scale::from_env();
@@ -303,5 +304,5 @@ async fn an_instance_frozen_past_its_leases_cannot_write_over_its_successor() {
     rig.fault_done();
     rig.verdict(load, events, SETTLE)
         .await
-        .assert_nothing_lost_or_doubled();
+        .assert_nothing_lost_or_doubled_but_late_calls();
 }

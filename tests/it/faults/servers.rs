@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use crate::broker::{BrokerKind, PrivatePulsar};
 
-/// `cargo xtask` as `make test` and `make faults` export it (XTASK_BIN),
-/// or through cargo for a developer's own run.
+/// `cargo xtask` as `make test` and `make faults` name it (XTASK_BIN), or
+/// through cargo for a developer's own run.
 fn xtask() -> std::process::Command {
-    match std::env::var_os("XTASK_BIN") {
+    // A binary that was relinked since it was named is gone: cargo then.
+    let named = std::env::var_os("XTASK_BIN").filter(|b| Path::new(b).is_file());
+    match named {
         Some(bin) => std::process::Command::new(bin),
         None => {
             let mut cargo = std::process::Command::new("cargo");
