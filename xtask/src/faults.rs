@@ -151,6 +151,22 @@ fn run_each(
     Ok(ok)
 }
 
+/// `[["i1", 812], ["i2", 790]]` as "i1 812, i2 790".
+fn split(pairs: &Value) -> String {
+    let pairs = pairs.as_array().map(Vec::as_slice).unwrap_or_default();
+    let shown: Vec<String> = pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p[0].as_str().unwrap_or("?"),
+                p[1].as_i64().unwrap_or(0)
+            )
+        })
+        .collect();
+    shown.join(", ")
+}
+
 /// The scenarios × brokers table of the figures in `report`.
 fn print_table(report: &Path) -> Result<()> {
     let text = std::fs::read_to_string(report).unwrap_or_default();
@@ -162,7 +178,7 @@ fn print_table(report: &Path) -> Result<()> {
         eprintln!("faults: no figures were reported");
         return Ok(());
     }
-    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | called after the end | disagreeing | slowest after the last fault | calls | resent |");
+    println!("\n| scenario | broker | events | faults | terminal | lost | unfinished | duplicates | keys>1 | overlapping | called after the end | disagreeing | slowest after the last fault | calls | resent | transitions by instance |");
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
@@ -170,7 +186,7 @@ fn print_table(report: &Path) -> Result<()> {
         let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
         let secs = r["slowest_after_fault_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.1} s | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {secs:.1} s | {} | {} | {} |",
             r["scenario"].as_str().unwrap_or("?"),
             r["broker"].as_str().unwrap_or("?"),
             n("events"),
@@ -185,6 +201,7 @@ fn print_table(report: &Path) -> Result<()> {
             n("disagreeing"),
             n("calls"),
             n("resent"),
+            split(&r["split"]),
         );
     }
     println!("\nfaults: figures in {}", report.display());

@@ -1,6 +1,7 @@
 //! `make soak DURATION=…`: a steady load for a given time with random
 //! kills and restarts, sampling every instance's memory and open sockets
-//! (they must stay flat) and the sagas done, then the usual verdict. Not
+//! (they must stay flat: checked once each instance is warm) and the sagas
+//! done, then the usual verdict. Not
 //! in `make test`: it is ignored unless asked for (`--run-ignored`).
 
 use std::time::{Duration, Instant};
@@ -37,11 +38,18 @@ fn sample(pid: libc::pid_t) -> (u64, usize) {
     (rss, sockets)
 }
 
-fn print_samples(at: Duration, done: i64, instances: &[&Instance]) {
+/// Every instance's samples, in the order taken.
+type Samples = std::collections::HashMap<String, Vec<(u64, usize)>>;
+
+fn print_samples(at: Duration, done: i64, instances: &[&Instance], samples: &mut Samples) {
     let each: Vec<String> = instances
         .iter()
         .map(|i| {
             let (rss, sockets) = sample(i.pid());
+            samples
+                .entry(i.id.clone())
+                .or_default()
+                .push((rss, sockets));
             format!("{} {} MiB {} sockets", i.id, rss / 1024, sockets)
         })
         .collect();
@@ -73,12 +81,13 @@ async fn a_steady_load_with_random_kills_stays_flat_and_loses_nothing() {
     let began = Instant::now();
     let mut next_kill = began + Duration::from_secs(rng.random_range(20..60));
     let mut next_sample = began;
+    let mut samples = Samples::new();
     while load.published() < events {
         if Instant::now() >= next_sample {
             next_sample += SAMPLE_EVERY;
             let done = progress(&pool).await.map_or(-1, |p| p.terminal);
             let live: Vec<&Instance> = running.iter().map(|&i| &rig.instances[i]).collect();
-            print_samples(began.elapsed(), done, &live);
+            print_samples(began.elapsed(), done, &live, &mut samples);
         }
         if Instant::now() >= next_kill {
             let victim = running.remove(rng.random_range(0..running.len()));
@@ -97,4 +106,29 @@ async fn a_steady_load_with_random_kills_stays_flat_and_loses_nothing() {
     rig.verdict(load, events, Duration::from_secs(120))
         .await
         .assert_nothing_lost_or_doubled();
+    assert_flat(&samples);
+}
+
+/// Each instance's memory and sockets, once warmed up (its second
+/// sample), stay within a margin: a leak grows with the sagas it drives.
+fn assert_flat(samples: &Samples) {
+    for (id, taken) in samples {
+        let (Some(&(rss0, sockets0)), Some(&(rss, sockets))) = (taken.get(1), taken.last()) else {
+            continue;
+        };
+        eprintln!(
+            "soak: {id}: {} → {} MiB, {sockets0} → {sockets} sockets over {} samples",
+            rss0 / 1024,
+            rss / 1024,
+            taken.len()
+        );
+        assert!(
+            rss <= rss0 * 3 / 2 + 8 * 1024,
+            "{id}'s memory grew: {taken:?}"
+        );
+        assert!(
+            sockets <= sockets0 * 2 + 16,
+            "{id}'s sockets grew: {taken:?}"
+        );
+    }
 }
