@@ -75,12 +75,11 @@ async fn run(
             return None;
         }
         if !fits_in_lease(Utc::now(), orch.inner.config.step_timeout, lease_end) {
-            // This process stalled (frozen, starved) past the point where a
-            // call could still end inside the lease: another instance may
-            // hold the saga by now. Its write would be refused anyway; the
-            // call must not be made beside the new owner's either.
-            tracing::warn!(%lease_end, "too late for this saga's lease; leaving it to whoever takes it next");
-            return None;
+            // Late (a slow store, a stalled process): the call could outlast
+            // the lease, and another instance may hold the saga by now.
+            // Renewed only if nobody took it; else the call must not be
+            // made beside the new owner's.
+            lease_end = renew(orch, &saga, lease_end).await?;
         }
         let input = next_input(orch, &saga, step).await;
         let decision = match saga::decide(&saga, &input, &orch.inner.config.retry, Utc::now()) {
@@ -334,6 +333,35 @@ fn after_next(after: &Saga) -> NextAction {
             at,
         },
         _ => NextAction::Done,
+    }
+}
+
+/// A new end for this driver's lease on `saga`, if it still holds it (the
+/// saga unmoved, no other owner); `None`: leave the saga.
+async fn renew(
+    orch: &Orchestrator,
+    saga: &Saga,
+    lease_end: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let inner = &orch.inner;
+    let until = orch.lease_until(Utc::now()).until;
+    let renewed = inner
+        .store
+        .renew_lease(saga.saga_id, saga.version, &inner.config.instance_id, until)
+        .await;
+    match renewed {
+        Ok(true) => {
+            tracing::info!(%lease_end, lease_until = %until, "late for this saga's lease; renewed it");
+            Some(until)
+        }
+        Ok(false) => {
+            tracing::warn!(%lease_end, "too late for this saga's lease, taken by another; leaving it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %lease_end, "too late for this saga's lease and cannot renew it; leaving it to recovery");
+            None
+        }
     }
 }
 

@@ -242,6 +242,17 @@ pub trait SagaStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Saga>, StoreError>;
 
+    /// Extends `owner`'s lease on `saga_id` to `until`, if the saga is still
+    /// at `version` and nobody else has leased it since (a lapsed lease of
+    /// `owner`'s own counts: nobody took it). `false`: it is not ours.
+    async fn renew_lease(
+        &self,
+        saga_id: Uuid,
+        version: i32,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Hands back the leases `owner` holds on live sagas, except those of
     /// `keep` (still being driven): any instance may claim them once due,
     /// instead of after the lease. What a stopping instance does with the

@@ -184,6 +184,26 @@ impl SagaStore for PostgresStore {
         rows.iter().map(saga_from_row).collect()
     }
 
+    async fn renew_lease(
+        &self,
+        saga_id: Uuid,
+        version: i32,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sagas SET lease_until = $4 \
+             WHERE saga_id = $1 AND version = $2 AND lease_owner = $3",
+        )
+        .bind(saga_id)
+        .bind(version)
+        .bind(owner)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn release_leases(&self, owner: &str, keep: &[Uuid]) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE sagas SET lease_owner = NULL, lease_until = NULL \

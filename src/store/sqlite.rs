@@ -217,6 +217,25 @@ impl SagaStore for SqliteStore {
         rows.iter().map(saga_from_row).collect()
     }
 
+    async fn renew_lease(
+        &self,
+        saga_id: Uuid,
+        version: i32,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sagas SET lease_until = ? WHERE saga_id = ? AND version = ? AND lease_owner = ?",
+        )
+        .bind(micros(until))
+        .bind(saga_id.to_string())
+        .bind(version)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn release_leases(&self, owner: &str, keep: &[Uuid]) -> Result<u64, StoreError> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "UPDATE sagas SET lease_owner = NULL, lease_until = NULL \

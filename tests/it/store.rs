@@ -86,6 +86,7 @@ on_both!(
     a_batch_of_transitions_commits_each_and_refuses_the_stale,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
     leases_handed_back_are_claimable_at_once_but_those_kept,
+    a_lease_is_renewed_only_by_its_owner_at_the_same_version,
     outbox_claims_are_exclusive_until_they_lapse,
     list_filters_and_orders_newest_first,
 );
@@ -446,6 +447,39 @@ async fn leases_handed_back_are_claimable_at_once_but_those_kept(store: Arc<dyn 
         .map(|s| s.saga_id)
         .collect();
     assert_eq!(claimed, [released.saga.saga_id], "only the one handed back");
+}
+
+async fn a_lease_is_renewed_only_by_its_owner_at_the_same_version(store: Arc<dyn SagaStore>) {
+    let lapsed = Utc::now() - chrono::Duration::seconds(1);
+    let mine = new_saga("e-mine", Some(lapsed));
+    let (id, version) = (mine.saga.saga_id, mine.saga.version);
+    store.create(&[mine]).await.unwrap();
+    let later = Utc::now() + chrono::Duration::seconds(30);
+
+    assert!(
+        !store
+            .renew_lease(id, version, "other", later)
+            .await
+            .unwrap(),
+        "not theirs"
+    );
+    assert!(
+        !store
+            .renew_lease(id, version + 1, "me", later)
+            .await
+            .unwrap(),
+        "moved on"
+    );
+    // Lapsed but taken by nobody: still ours to renew.
+    assert!(store.renew_lease(id, version, "me", later).await.unwrap());
+    assert!(
+        store
+            .claim_due("sweeper", Utc::now(), Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed: nobody may claim it"
+    );
 }
 
 async fn outbox_claims_are_exclusive_until_they_lapse(store: Arc<dyn SagaStore>) {
