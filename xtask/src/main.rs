@@ -46,6 +46,7 @@ cargo xtask COMMAND   (saga-orchestrator's development tasks; `make help` lists 
   demo|monitor [ARGS]...       saga-orchestrator demo / monitor (release build)
   migrate | build              apply the migrations / build the release binaries
   faults [--broker B] [FILTER] the fault scenarios at full size on the release build, a table of figures
+                               (--table: the last run's table again)
   soak [--duration 10m] [--broker B]               steady load, random kills: sagas, RSS, connections
   bench                        the standard load test on the dev stack (BENCH_* settings)
   lint                         cargo fmt --check and clippy -D warnings
