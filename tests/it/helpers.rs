@@ -48,6 +48,24 @@ pub fn binary(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std
     command
 }
 
+/// The `CHANNEL_*` settings that give a service run as a process channels
+/// of its own: each default name behind `prefix`.
+pub fn channel_settings(prefix: &str) -> Vec<(String, String)> {
+    [
+        "partner-events",
+        "saga-events",
+        "saga-replies",
+        "alliance-commands",
+        "integration-commands",
+    ]
+    .iter()
+    .map(|name| {
+        let setting = format!("CHANNEL_{}", name.to_uppercase().replace('-', "_"));
+        (setting, format!("{prefix}{name}"))
+    })
+    .collect()
+}
+
 /// A fresh, empty database on the test server; returns its URL.
 pub async fn fresh_database() -> String {
     let admin_url = env("TEST_DATABASE_URL");

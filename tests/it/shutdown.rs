@@ -13,7 +13,8 @@ use wiremock::MockServer;
 
 use crate::cut::Cut;
 use crate::helpers::{
-    alliance_created, binary, broker_url, fresh_database, on_create_alliance, BrokerKind,
+    alliance_created, binary, broker_url, channel_settings, fresh_database, on_create_alliance,
+    BrokerKind,
 };
 
 /// Where a PostgreSQL URL points.
@@ -55,16 +56,7 @@ impl Serve {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for name in [
-            "partner-events",
-            "saga-events",
-            "saga-replies",
-            "alliance-commands",
-            "integration-commands",
-        ] {
-            let setting = format!("CHANNEL_{}", name.to_uppercase().replace('-', "_"));
-            command.env(setting, format!("{prefix}{name}"));
-        }
+        command.envs(channel_settings(&prefix));
         command.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("serve starts");
         let lines = BufReader::new(child.stdout.take().expect("piped")).lines();

@@ -165,16 +165,7 @@ impl Rig {
             ("DATABASE_URL".to_string(), self.store.url.clone()),
             ("BROKER_URL".to_string(), self.broker.url().to_string()),
         ];
-        for name in [
-            "partner-events",
-            "saga-events",
-            "saga-replies",
-            "alliance-commands",
-            "integration-commands",
-        ] {
-            let setting = format!("CHANNEL_{}", name.to_uppercase().replace('-', "_"));
-            env.push((setting, self.channel(name)));
-        }
+        env.extend(crate::helpers::channel_settings(&self.prefix));
         env.extend(
             self.participants
                 .env()
