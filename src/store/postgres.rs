@@ -27,6 +27,9 @@ use super::{
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
+mod batch;
+mod create;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,28 +67,11 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl SagaStore for PostgresStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
-        if sagas.is_empty() {
-            return Ok(Vec::new());
-        }
+impl PostgresStore {
+    /// Records a batch in one transaction, statement by statement: the
+    /// path for the rare batch whose fast path met a saga that changed
+    /// under it.
+    async fn create_in_tx(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let inserted = insert_sagas(&mut tx, sagas).await?;
         let owners = existing_owners(&mut tx, sagas, &inserted).await?;
@@ -112,6 +98,58 @@ impl SagaStore for PostgresStore {
             })
             .collect()
     }
+}
+
+#[async_trait]
+impl SagaStore for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+        if sagas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inserted = create::insert_all(&self.pool, sagas).await?;
+        if inserted.len() == sagas.len() {
+            return Ok(sagas.iter().map(|n| Created::New(n.saga.saga_id)).collect());
+        }
+        // Some met a saga that exists: the new ones are committed; find
+        // the owners of the others. One whose owner is gone meanwhile (a
+        // partner's saga compensated in between) is recorded again, the
+        // careful way.
+        let mut tx = self.pool.begin().await?;
+        let owners = existing_owners(&mut tx, sagas, &inserted).await?;
+        tx.commit().await?;
+        let mut created = Vec::with_capacity(sagas.len());
+        for n in sagas {
+            created.push(match inserted.get(&n.saga.event_id) {
+                Some(id) if *id == n.saga.saga_id => Created::New(*id),
+                _ => match owners.duplicate(n) {
+                    Ok(dup) => dup,
+                    Err(lost) => self
+                        .create_in_tx(std::slice::from_ref(n))
+                        .await?
+                        .into_iter()
+                        .next()
+                        .ok_or(lost)?,
+                },
+            });
+        }
+        Ok(created)
+    }
 
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
@@ -119,13 +157,11 @@ impl SagaStore for PostgresStore {
     }
 
     async fn commit_batch(&self, writes: &[TransitionWrite]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut applied = Vec::with_capacity(writes.len());
-        for write in writes {
-            applied.push(commit_on(&mut tx, write).await?);
+        match writes {
+            [] => Ok(Vec::new()),
+            [write] => Ok(vec![self.commit(write).await?]),
+            _ => batch::commit_batch(&self.pool, writes).await,
         }
-        tx.commit().await?;
-        Ok(applied)
     }
 
     async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError> {
