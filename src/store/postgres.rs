@@ -40,10 +40,21 @@ const LIST_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state
     alliance_id, last_error, '{}'::jsonb AS payload, traceparent, created_at, updated_at, deadline_at, \
     next_attempt_at, awaiting_reply, version";
 
+/// Connections of the relay's bookkeeping pool (see [`PostgresStore`]).
+const BOOKKEEPING_CONNECTIONS: u32 = 2;
+
 /// Sagas in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The relay's claims, deletes and parks, on connections that do not
+    /// wait for their commit to reach the disk (`synchronous_commit=off`).
+    /// Nothing they write needs to be durable: a claim lost in a crash is
+    /// claimed again, a lost delete publishes again (at least once, dedup
+    /// by `event_id`), a lost park parks again. Transitions and new sagas,
+    /// whose durability comes before their effects, stay on `pool`, whose
+    /// commits wait for the flush as the server is configured.
+    bookkeeping: PgPool,
 }
 
 impl PostgresStore {
@@ -62,8 +73,12 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(Self { pool })
+            .connect_lazy_with(options.clone());
+        let bookkeeping = PgPoolOptions::new()
+            .max_connections(BOOKKEEPING_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        Ok(Self { pool, bookkeeping })
     }
 }
 
@@ -247,7 +262,7 @@ impl SagaStore for PostgresStore {
         .bind(later(now, lease))
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.bookkeeping)
         .await?;
         Ok(read_claim(rows))
     }
@@ -256,7 +271,7 @@ impl SagaStore for PostgresStore {
         if !ids.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(ids)
-                .execute(&self.pool)
+                .execute(&self.bookkeeping)
                 .await?;
         }
         Ok(())
@@ -270,7 +285,7 @@ impl SagaStore for PostgresStore {
             )
             .bind(ids)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&self.bookkeeping)
             .await?;
         }
         Ok(())
@@ -289,7 +304,7 @@ impl SagaStore for PostgresStore {
         .bind(id)
         .bind(error)
         .bind(owner)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.bookkeeping)
         .await?;
         Ok(attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
     }
@@ -323,7 +338,7 @@ impl SagaStore for PostgresStore {
         .bind(reasons)
         .bind(now)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.bookkeeping)
         .await?
         .rows_affected();
         Ok(parked)
