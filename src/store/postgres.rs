@@ -359,21 +359,12 @@ impl SagaStore for PostgresStore {
     }
 }
 
-/// Inserts the saga rows of a batch in one statement; returns the
-/// `event_id` and `saga_id` of each row inserted (the others met an
-/// existing saga: the same event, or a live one of the same partner).
-async fn insert_sagas(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    sagas: &[NewSaga],
-) -> Result<HashMap<String, Uuid>, StoreError> {
-    // In a stable order, so two batches that share partners (or
-    // events) wait on each other's rows instead of deadlocking.
-    let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
-    ordered.sort_by(|a, b| {
-        (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
-    });
-    let cols = SagaColumns::from(ordered.as_slice());
-    Ok(sqlx::query(
+/// The multi-row insert of a batch's saga rows (`$1`…`$18`, bound by
+/// [`SagaColumns::bind`]), `ON CONFLICT DO NOTHING`, returning the
+/// `event_id` and `saga_id` of each row inserted. A macro, so that
+/// `create.rs` can wrap it in its CTEs with `concat!`.
+macro_rules! insert_sagas_sql {
+    () => {
         "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
             alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
             next_attempt_at, lease_owner, lease_until, version) \
@@ -382,31 +373,28 @@ async fn insert_sagas(
             $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
             $17::timestamptz[], $18::int4[]) \
          ON CONFLICT DO NOTHING \
-         RETURNING event_id, saga_id",
-    )
-    .bind(cols.saga_id)
-    .bind(cols.event_id)
-    .bind(cols.correlation_id)
-    .bind(cols.partner_id)
-    .bind(cols.state)
-    .bind(cols.step)
-    .bind(cols.attempts)
-    .bind(cols.alliance_id)
-    .bind(cols.last_error)
-    .bind(cols.payload)
-    .bind(cols.traceparent)
-    .bind(cols.created_at)
-    .bind(cols.updated_at)
-    .bind(cols.deadline_at)
-    .bind(cols.next_attempt_at)
-    .bind(cols.lease_owner)
-    .bind(cols.lease_until)
-    .bind(cols.version)
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
-    .collect::<Result<_, sqlx::Error>>()?)
+         RETURNING event_id, saga_id"
+    };
+}
+use insert_sagas_sql;
+
+/// Inserts the saga rows of a batch in one statement; returns the
+/// `event_id` and `saga_id` of each row inserted (the others met an
+/// existing saga: the same event, or a live one of the same partner).
+async fn insert_sagas(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sagas: &[NewSaga],
+) -> Result<HashMap<String, Uuid>, StoreError> {
+    let query = SagaColumns::ordered(sagas).bind(sqlx::query(insert_sagas_sql!()));
+    inserted(&query.fetch_all(&mut **tx).await?)
+}
+
+/// The `(event_id, saga_id)` of each row an insert of sagas returned.
+fn inserted(rows: &[PgRow]) -> Result<HashMap<String, Uuid>, StoreError> {
+    Ok(rows
+        .iter()
+        .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?)
 }
 
 /// The sagas that kept some of a batch from being inserted: the same
@@ -504,6 +492,45 @@ struct SagaColumns {
     lease_until: Vec<Option<DateTime<Utc>>>,
     version: Vec<i32>,
 }
+
+impl SagaColumns {
+    /// A batch's columns in a stable order, so two batches that share
+    /// partners (or events) wait on each other's rows instead of
+    /// deadlocking.
+    fn ordered(sagas: &[NewSaga]) -> Self {
+        let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
+        ordered.sort_by(|a, b| {
+            (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
+        });
+        Self::from(ordered.as_slice())
+    }
+
+    /// Binds the columns as `$1`…`$18` of [`insert_sagas_sql`].
+    fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.saga_id)
+            .bind(self.event_id)
+            .bind(self.correlation_id)
+            .bind(self.partner_id)
+            .bind(self.state)
+            .bind(self.step)
+            .bind(self.attempts)
+            .bind(self.alliance_id)
+            .bind(self.last_error)
+            .bind(self.payload)
+            .bind(self.traceparent)
+            .bind(self.created_at)
+            .bind(self.updated_at)
+            .bind(self.deadline_at)
+            .bind(self.next_attempt_at)
+            .bind(self.lease_owner)
+            .bind(self.lease_until)
+            .bind(self.version)
+    }
+}
+
+/// A query with its arguments, as sqlx builds them for PostgreSQL.
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 impl From<&[&NewSaga]> for SagaColumns {
     fn from(sagas: &[&NewSaga]) -> Self {

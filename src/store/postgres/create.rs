@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::SagaColumns;
+use super::{insert_sagas_sql, inserted, SagaColumns};
 use crate::saga::SagaState;
 use crate::store::{stored_message, NewSaga, StoreError};
 
@@ -19,17 +19,10 @@ use crate::store::{stored_message, NewSaga, StoreError};
 /// and outbox rows are inserted for exactly those, joined on `saga_id`.
 /// The foreign key of a history row is checked at the end of the
 /// statement, when its saga row is there.
-const INSERT_ALL: &str = "WITH ins AS ( \
-        INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
-            alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-            next_attempt_at, lease_owner, lease_until, version) \
-        SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-            $7::int4[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::timestamptz[], \
-            $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
-            $17::timestamptz[], $18::int4[]) \
-        ON CONFLICT DO NOTHING \
-        RETURNING event_id, saga_id \
-     ), hist AS ( \
+const INSERT_ALL: &str = concat!(
+    "WITH ins AS (",
+    insert_sagas_sql!(),
+    "), hist AS ( \
         INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
         SELECT h.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id \
         FROM UNNEST($19::uuid[], $20::int4[], $21::text[], $22::text[], $23::text[], $24::text[], \
@@ -44,7 +37,8 @@ const INSERT_ALL: &str = "WITH ins AS ( \
         JOIN ins ON ins.saga_id = o.saga_id \
         ORDER BY o.n \
      ) \
-     SELECT event_id, saga_id FROM ins";
+     SELECT event_id, saga_id FROM ins"
+);
 
 /// Records what of `sagas` is new, in one statement; returns the
 /// `event_id` and `saga_id` of each saga inserted.
@@ -52,34 +46,10 @@ pub(super) async fn insert_all(
     pool: &PgPool,
     sagas: &[NewSaga],
 ) -> Result<HashMap<String, Uuid>, StoreError> {
-    // In a stable order, so two batches that share partners (or events)
-    // wait on each other's rows instead of deadlocking.
-    let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
-    ordered.sort_by(|a, b| {
-        (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
-    });
-    let cols = SagaColumns::from(ordered.as_slice());
     let h = History::of(sagas);
     let (o_ids, o_channels, o_messages) = outgoing(sagas);
-    let rows = sqlx::query(INSERT_ALL)
-        .bind(cols.saga_id)
-        .bind(cols.event_id)
-        .bind(cols.correlation_id)
-        .bind(cols.partner_id)
-        .bind(cols.state)
-        .bind(cols.step)
-        .bind(cols.attempts)
-        .bind(cols.alliance_id)
-        .bind(cols.last_error)
-        .bind(cols.payload)
-        .bind(cols.traceparent)
-        .bind(cols.created_at)
-        .bind(cols.updated_at)
-        .bind(cols.deadline_at)
-        .bind(cols.next_attempt_at)
-        .bind(cols.lease_owner)
-        .bind(cols.lease_until)
-        .bind(cols.version)
+    let rows = SagaColumns::ordered(sagas)
+        .bind(sqlx::query(INSERT_ALL))
         .bind(h.saga_id)
         .bind(h.seq)
         .bind(h.from_state)
@@ -93,10 +63,7 @@ pub(super) async fn insert_all(
         .bind(o_messages)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
+    inserted(&rows)
 }
 
 /// The history rows of a batch as column arrays, each with its saga's id.
