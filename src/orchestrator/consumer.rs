@@ -168,11 +168,7 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
         with_permits.push((request, permit));
     }
     match orch.start(Source::Broker, with_permits).await {
-        Ok(_) => {
-            for delivery in to_ack {
-                settle(delivery.ack().await, "ack");
-            }
-        }
+        Ok(_) => ack_all(to_ack).await,
         Err(e) if e.is_data_error() => {
             // One event's data failed the whole batch: record them one by
             // one so only the offender is set aside.
@@ -193,6 +189,17 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
             }
             pause(&inner.cancel, loop_backoff(2)).await;
         }
+    }
+}
+
+/// Acks a batch whose sagas are committed, all at once: the acks go out
+/// together (Redis pipelines them on its one connection; Pulsar's are
+/// queued to its consumer task), so a batch costs one round trip before
+/// the next read, not one per event.
+async fn ack_all(deliveries: Vec<Delivery>) {
+    let acks = deliveries.into_iter().map(Delivery::ack);
+    for result in futures::future::join_all(acks).await {
+        settle(result, "ack");
     }
 }
 

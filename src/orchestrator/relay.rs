@@ -139,25 +139,38 @@ async fn relay(orch: &Orchestrator, batch: &[OutboxMessage]) -> Result<(), Stop>
             break;
         }
     }
-    if let Err(e) = store.delete_outbox(&done.sent).await {
-        tracing::warn!(error = %e, "outbox delete failed; messages may be published twice");
-    }
     metrics::counter!(telemetry::RELAYED).increment(done.sent.len() as u64);
-    if outcome.is_err() {
-        let settled: HashSet<i64> = done.sent.iter().chain(&done.parked).copied().collect();
-        let rest: Vec<i64> = batch
-            .iter()
-            .map(|m| m.id)
-            .filter(|id| !settled.contains(id))
-            .collect();
-        if let Err(e) = store
-            .release_outbox(&orch.inner.config.instance_id, &rest)
-            .await
-        {
-            tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
-        }
+    if outcome.is_ok() {
+        // What was sent is claimed by us, so no claim takes it again: its
+        // delete need not hold up the next pass. Tracked with the relay,
+        // so shutdown waits for it too.
+        let (store, sent) = (store.clone(), done.sent);
+        orch.inner
+            .relay
+            .spawn(async move { delete(&*store, &sent).await });
+        return outcome;
+    }
+    delete(&**store, &done.sent).await;
+    let settled: HashSet<i64> = done.sent.iter().chain(&done.parked).copied().collect();
+    let rest: Vec<i64> = batch
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| !settled.contains(id))
+        .collect();
+    if let Err(e) = store
+        .release_outbox(&orch.inner.config.instance_id, &rest)
+        .await
+    {
+        tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
     }
     outcome
+}
+
+/// Deletes what the broker took; a failure publishes them again later.
+async fn delete(store: &dyn crate::store::SagaStore, sent: &[i64]) {
+    if let Err(e) = store.delete_outbox(sent).await {
+        tracing::warn!(error = %e, "outbox delete failed; messages may be published twice");
+    }
 }
 
 /// What a pass did with its messages so far.

@@ -27,6 +27,9 @@ use super::{
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
+mod batch;
+mod create;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,10 +40,21 @@ const LIST_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state
     alliance_id, last_error, '{}'::jsonb AS payload, traceparent, created_at, updated_at, deadline_at, \
     next_attempt_at, awaiting_reply, version";
 
+/// Connections of the relay's bookkeeping pool (see [`PostgresStore`]).
+const BOOKKEEPING_CONNECTIONS: u32 = 2;
+
 /// Sagas in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The relay's claims, deletes and parks, on connections that do not
+    /// wait for their commit to reach the disk (`synchronous_commit=off`).
+    /// Nothing they write needs to be durable: a claim lost in a crash is
+    /// claimed again, a lost delete publishes again (at least once, dedup
+    /// by `event_id`), a lost park parks again. Transitions and new sagas,
+    /// whose durability comes before their effects, stay on `pool`, whose
+    /// commits wait for the flush as the server is configured.
+    bookkeeping: PgPool,
 }
 
 impl PostgresStore {
@@ -59,33 +73,20 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(Self { pool })
+            .connect_lazy_with(options.clone());
+        let bookkeeping = PgPoolOptions::new()
+            .max_connections(BOOKKEEPING_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        Ok(Self { pool, bookkeeping })
     }
 }
 
-#[async_trait]
-impl SagaStore for PostgresStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
-        if sagas.is_empty() {
-            return Ok(Vec::new());
-        }
+impl PostgresStore {
+    /// Records a batch in one transaction, statement by statement: the
+    /// path for the rare batch whose fast path met a saga that changed
+    /// under it.
+    async fn create_in_tx(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let inserted = insert_sagas(&mut tx, sagas).await?;
         let owners = existing_owners(&mut tx, sagas, &inserted).await?;
@@ -112,6 +113,58 @@ impl SagaStore for PostgresStore {
             })
             .collect()
     }
+}
+
+#[async_trait]
+impl SagaStore for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+        if sagas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inserted = create::insert_all(&self.pool, sagas).await?;
+        if inserted.len() == sagas.len() {
+            return Ok(sagas.iter().map(|n| Created::New(n.saga.saga_id)).collect());
+        }
+        // Some met a saga that exists: the new ones are committed; find
+        // the owners of the others. One whose owner is gone meanwhile (a
+        // partner's saga compensated in between) is recorded again, the
+        // careful way.
+        let mut tx = self.pool.begin().await?;
+        let owners = existing_owners(&mut tx, sagas, &inserted).await?;
+        tx.commit().await?;
+        let mut created = Vec::with_capacity(sagas.len());
+        for n in sagas {
+            created.push(match inserted.get(&n.saga.event_id) {
+                Some(id) if *id == n.saga.saga_id => Created::New(*id),
+                _ => match owners.duplicate(n) {
+                    Ok(dup) => dup,
+                    Err(lost) => self
+                        .create_in_tx(std::slice::from_ref(n))
+                        .await?
+                        .into_iter()
+                        .next()
+                        .ok_or(lost)?,
+                },
+            });
+        }
+        Ok(created)
+    }
 
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
@@ -119,13 +172,11 @@ impl SagaStore for PostgresStore {
     }
 
     async fn commit_batch(&self, writes: &[TransitionWrite]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut applied = Vec::with_capacity(writes.len());
-        for write in writes {
-            applied.push(commit_on(&mut tx, write).await?);
+        match writes {
+            [] => Ok(Vec::new()),
+            [write] => Ok(vec![self.commit(write).await?]),
+            _ => batch::commit_batch(&self.pool, writes).await,
         }
-        tx.commit().await?;
-        Ok(applied)
     }
 
     async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError> {
@@ -245,7 +296,7 @@ impl SagaStore for PostgresStore {
         .bind(later(now, lease))
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.bookkeeping)
         .await?;
         Ok(read_claim(rows))
     }
@@ -254,7 +305,7 @@ impl SagaStore for PostgresStore {
         if !ids.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(ids)
-                .execute(&self.pool)
+                .execute(&self.bookkeeping)
                 .await?;
         }
         Ok(())
@@ -268,7 +319,7 @@ impl SagaStore for PostgresStore {
             )
             .bind(ids)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&self.bookkeeping)
             .await?;
         }
         Ok(())
@@ -287,7 +338,7 @@ impl SagaStore for PostgresStore {
         .bind(id)
         .bind(error)
         .bind(owner)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.bookkeeping)
         .await?;
         Ok(attempts.map_or(0, |n| u32::try_from(n).unwrap_or(0)))
     }
@@ -321,7 +372,7 @@ impl SagaStore for PostgresStore {
         .bind(reasons)
         .bind(now)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.bookkeeping)
         .await?
         .rows_affected();
         Ok(parked)
@@ -342,21 +393,12 @@ impl SagaStore for PostgresStore {
     }
 }
 
-/// Inserts the saga rows of a batch in one statement; returns the
-/// `event_id` and `saga_id` of each row inserted (the others met an
-/// existing saga: the same event, or a live one of the same partner).
-async fn insert_sagas(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    sagas: &[NewSaga],
-) -> Result<HashMap<String, Uuid>, StoreError> {
-    // In a stable order, so two batches that share partners (or
-    // events) wait on each other's rows instead of deadlocking.
-    let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
-    ordered.sort_by(|a, b| {
-        (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
-    });
-    let cols = SagaColumns::from(ordered.as_slice());
-    Ok(sqlx::query(
+/// The multi-row insert of a batch's saga rows (`$1`…`$18`, bound by
+/// [`SagaColumns::bind`]), `ON CONFLICT DO NOTHING`, returning the
+/// `event_id` and `saga_id` of each row inserted. A macro, so that
+/// `create.rs` can wrap it in its CTEs with `concat!`.
+macro_rules! insert_sagas_sql {
+    () => {
         "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
             alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
             next_attempt_at, lease_owner, lease_until, version) \
@@ -365,31 +407,28 @@ async fn insert_sagas(
             $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
             $17::timestamptz[], $18::int4[]) \
          ON CONFLICT DO NOTHING \
-         RETURNING event_id, saga_id",
-    )
-    .bind(cols.saga_id)
-    .bind(cols.event_id)
-    .bind(cols.correlation_id)
-    .bind(cols.partner_id)
-    .bind(cols.state)
-    .bind(cols.step)
-    .bind(cols.attempts)
-    .bind(cols.alliance_id)
-    .bind(cols.last_error)
-    .bind(cols.payload)
-    .bind(cols.traceparent)
-    .bind(cols.created_at)
-    .bind(cols.updated_at)
-    .bind(cols.deadline_at)
-    .bind(cols.next_attempt_at)
-    .bind(cols.lease_owner)
-    .bind(cols.lease_until)
-    .bind(cols.version)
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
-    .collect::<Result<_, sqlx::Error>>()?)
+         RETURNING event_id, saga_id"
+    };
+}
+use insert_sagas_sql;
+
+/// Inserts the saga rows of a batch in one statement; returns the
+/// `event_id` and `saga_id` of each row inserted (the others met an
+/// existing saga: the same event, or a live one of the same partner).
+async fn insert_sagas(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sagas: &[NewSaga],
+) -> Result<HashMap<String, Uuid>, StoreError> {
+    let query = SagaColumns::ordered(sagas).bind(sqlx::query(insert_sagas_sql!()));
+    inserted(&query.fetch_all(&mut **tx).await?)
+}
+
+/// The `(event_id, saga_id)` of each row an insert of sagas returned.
+fn inserted(rows: &[PgRow]) -> Result<HashMap<String, Uuid>, StoreError> {
+    Ok(rows
+        .iter()
+        .map(|row| Ok((row.try_get("event_id")?, row.try_get("saga_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?)
 }
 
 /// The sagas that kept some of a batch from being inserted: the same
@@ -487,6 +526,45 @@ struct SagaColumns {
     lease_until: Vec<Option<DateTime<Utc>>>,
     version: Vec<i32>,
 }
+
+impl SagaColumns {
+    /// A batch's columns in a stable order, so two batches that share
+    /// partners (or events) wait on each other's rows instead of
+    /// deadlocking.
+    fn ordered(sagas: &[NewSaga]) -> Self {
+        let mut ordered: Vec<&NewSaga> = sagas.iter().collect();
+        ordered.sort_by(|a, b| {
+            (&a.saga.partner_id, &a.saga.event_id).cmp(&(&b.saga.partner_id, &b.saga.event_id))
+        });
+        Self::from(ordered.as_slice())
+    }
+
+    /// Binds the columns as `$1`…`$18` of [`insert_sagas_sql`].
+    fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.saga_id)
+            .bind(self.event_id)
+            .bind(self.correlation_id)
+            .bind(self.partner_id)
+            .bind(self.state)
+            .bind(self.step)
+            .bind(self.attempts)
+            .bind(self.alliance_id)
+            .bind(self.last_error)
+            .bind(self.payload)
+            .bind(self.traceparent)
+            .bind(self.created_at)
+            .bind(self.updated_at)
+            .bind(self.deadline_at)
+            .bind(self.next_attempt_at)
+            .bind(self.lease_owner)
+            .bind(self.lease_until)
+            .bind(self.version)
+    }
+}
+
+/// A query with its arguments, as sqlx builds them for PostgreSQL.
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 impl From<&[&NewSaga]> for SagaColumns {
     fn from(sagas: &[&NewSaga]) -> Self {

@@ -84,6 +84,7 @@ on_both!(
     a_driver_write_is_fenced_by_another_owners_lease,
     a_stale_transition_writes_nothing,
     a_batch_of_transitions_commits_each_and_refuses_the_stale,
+    one_saga_twice_in_a_batch_applies_once_and_messages_keep_batch_order,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
     leases_handed_back_are_claimable_at_once_but_those_kept,
     a_lease_is_renewed_only_by_its_owner_at_the_same_version,
@@ -647,6 +648,77 @@ async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dy
         // Two rows from creation, one from the transition; none from the stale write.
         assert_eq!(store.history(new.saga.saga_id).await.unwrap().len(), 3);
     }
+}
+
+/// An operator and a driver may write one saga in the same group commit:
+/// one of them wins, as if they had come one after the other, and the
+/// outbox keeps the batch's order (each saga's messages in theirs).
+async fn one_saga_twice_in_a_batch_applies_once_and_messages_keep_batch_order(
+    store: Arc<dyn SagaStore>,
+) {
+    let news: Vec<NewSaga> = ["e-twice-a", "e-twice-b"]
+        .iter()
+        .map(|e| new_saga(e, None))
+        .collect();
+    store.create(&news).await.unwrap();
+    let first = store
+        .claim_outbox("relay", Utc::now(), Duration::from_secs(30), 100)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = first.messages.iter().map(|m| m.id).collect();
+    store.delete_outbox(&ids).await.unwrap();
+    let with_messages = |mut write: TransitionWrite, names: &[&str]| {
+        for name in names {
+            let mut envelope = Envelope::new(
+                EventType::SagaStarted,
+                write.saga.correlation_id.clone(),
+                Some(write.saga.saga_id),
+                None,
+                Map::new(),
+            );
+            envelope.event_id = (*name).into();
+            write.outbox.push(OutboxMessage::new("events", envelope));
+        }
+        write
+    };
+    let (a, b) = (&news[0].saga, &news[1].saga);
+    let succeeded = Input::StepSucceeded {
+        step: Step::CreateAlliance,
+        alliance_id: None,
+        detail: None,
+    };
+    let rejected = Input::StepRejected {
+        step: Step::CreateAlliance,
+        error: "no".into(),
+    };
+    let writes = vec![
+        with_messages(transition(a, succeeded.clone(), None), &["a1", "a2"]),
+        with_messages(transition(b, succeeded, None), &["b1"]),
+        with_messages(transition(a, rejected, None), &["a3"]),
+    ];
+
+    let applied = store.commit_batch(&writes).await.unwrap();
+    assert!(applied[1], "{applied:?}");
+    assert!(
+        applied[0] ^ applied[2],
+        "exactly one write of saga a: {applied:?}"
+    );
+    assert_eq!(store.history(a.saga_id).await.unwrap().len(), 3);
+    let claim = store
+        .claim_outbox("relay", Utc::now(), Duration::from_secs(30), 100)
+        .await
+        .unwrap();
+    let order: Vec<&str> = claim
+        .messages
+        .iter()
+        .map(|m| m.envelope.event_id.as_str())
+        .collect();
+    let expected: &[&str] = if applied[0] {
+        &["a1", "a2", "b1"]
+    } else {
+        &["b1", "a3"]
+    };
+    assert_eq!(order, expected);
 }
 
 async fn a_row_that_cannot_be_read_does_not_fail_the_claim(store: Arc<dyn SagaStore>, db: Db) {

@@ -1,0 +1,112 @@
+//! A batch of new sagas in one statement: the saga rows that are new, and
+//! only theirs, with their history and outbox rows. One round trip and one
+//! durable flush for the batch, where a transaction of separate inserts
+//! took five round trips.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{insert_sagas_sql, inserted, SagaColumns};
+use crate::saga::SagaState;
+use crate::store::{stored_message, NewSaga, StoreError};
+
+/// `ins` takes the sagas that meet no existing one (the same event, or a
+/// live saga of the same partner: `ON CONFLICT DO NOTHING`); the history
+/// and outbox rows are inserted for exactly those, joined on `saga_id`.
+/// The foreign key of a history row is checked at the end of the
+/// statement, when its saga row is there.
+const INSERT_ALL: &str = concat!(
+    "WITH ins AS (",
+    insert_sagas_sql!(),
+    "), hist AS ( \
+        INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
+        SELECT h.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id \
+        FROM UNNEST($19::uuid[], $20::int4[], $21::text[], $22::text[], $23::text[], $24::text[], \
+            $25::timestamptz[], $26::text[]) \
+            AS h(saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
+        JOIN ins ON ins.saga_id = h.saga_id \
+     ), outgoing AS ( \
+        INSERT INTO outbox (channel, message) \
+        SELECT o.channel, o.message \
+        FROM UNNEST($27::uuid[], $28::text[], $29::jsonb[]) WITH ORDINALITY \
+            AS o(saga_id, channel, message, n) \
+        JOIN ins ON ins.saga_id = o.saga_id \
+        ORDER BY o.n \
+     ) \
+     SELECT event_id, saga_id FROM ins"
+);
+
+/// Records what of `sagas` is new, in one statement; returns the
+/// `event_id` and `saga_id` of each saga inserted.
+pub(super) async fn insert_all(
+    pool: &PgPool,
+    sagas: &[NewSaga],
+) -> Result<HashMap<String, Uuid>, StoreError> {
+    let h = History::of(sagas);
+    let (o_ids, o_channels, o_messages) = outgoing(sagas);
+    let rows = SagaColumns::ordered(sagas)
+        .bind(sqlx::query(INSERT_ALL))
+        .bind(h.saga_id)
+        .bind(h.seq)
+        .bind(h.from_state)
+        .bind(h.to_state)
+        .bind(h.reason)
+        .bind(h.detail)
+        .bind(h.at)
+        .bind(h.instance_id)
+        .bind(o_ids)
+        .bind(o_channels)
+        .bind(o_messages)
+        .fetch_all(pool)
+        .await?;
+    inserted(&rows)
+}
+
+/// The history rows of a batch as column arrays, each with its saga's id.
+#[derive(Default)]
+struct History<'a> {
+    saga_id: Vec<Uuid>,
+    seq: Vec<i32>,
+    from_state: Vec<Option<&'static str>>,
+    to_state: Vec<&'static str>,
+    reason: Vec<&'a str>,
+    detail: Vec<Option<&'a str>>,
+    at: Vec<DateTime<Utc>>,
+    instance_id: Vec<Option<&'a str>>,
+}
+
+impl<'a> History<'a> {
+    fn of(sagas: &'a [NewSaga]) -> Self {
+        let mut c = Self::default();
+        for n in sagas {
+            for h in &n.history {
+                c.saga_id.push(n.saga.saga_id);
+                c.seq.push(h.seq);
+                c.from_state.push(h.from_state.map(SagaState::as_str));
+                c.to_state.push(h.to_state.as_str());
+                c.reason.push(h.reason.as_str());
+                c.detail.push(h.detail.as_deref());
+                c.at.push(h.at);
+                c.instance_id.push(h.instance_id.as_deref());
+            }
+        }
+        c
+    }
+}
+
+/// Every new saga's outgoing messages in batch order, with its saga's id.
+fn outgoing(sagas: &[NewSaga]) -> (Vec<Uuid>, Vec<String>, Vec<Value>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for n in sagas {
+        for m in &n.outbox {
+            out.0.push(n.saga.saga_id);
+            out.1.push(m.channel.clone());
+            out.2.push(stored_message(m));
+        }
+    }
+    out
+}
