@@ -14,6 +14,7 @@ mod hardening;
 mod helpers;
 mod load;
 mod monitor;
+mod operator;
 mod outbox_rows;
 mod participants_http;
 mod properties;

@@ -1,0 +1,292 @@
+//! `/dead-letters`: list and read dead letters, redrive or discard one.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{body, cursor, limit, required_reason};
+use crate::api::auth::authorize;
+use crate::api::error::{ApiError, ErrorBody};
+use crate::api::sagas::non_empty;
+use crate::api::AppState;
+use crate::operator::{letter, ActionError};
+use crate::store::operator::{DeadLetterQuery, StoredDeadLetter};
+
+/// A dead letter as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeadLetter)]
+pub struct DeadLetterView {
+    /// Its id: the dead-letter channel and the broker's message id, URL-safe.
+    #[schema(example = "partner-events-dlq.1764600000000-0")]
+    pub id: String,
+    /// The dead-letter channel (`<source>-dlq`).
+    pub channel: String,
+    /// Where it was consumed from, and where a redrive sends it back.
+    pub source_channel: String,
+    /// Why it was set aside.
+    pub dlq_reason: String,
+    pub failed_at: DateTime<Utc>,
+    /// The original fields as received (Redis: each field as text; Pulsar:
+    /// the body's JSON object, or `raw` when it was not one).
+    #[schema(value_type = Object)]
+    pub message: Value,
+    /// `pending` (listed), `redriving`, `redriven` or `discarded`.
+    #[schema(example = "pending")]
+    pub state: String,
+    /// The admin token's name that redrove or discarded it.
+    #[schema(required = true)]
+    pub acted_by: Option<String>,
+    /// Why it was redriven or discarded.
+    #[schema(required = true)]
+    pub action_reason: Option<String>,
+    #[schema(required = true)]
+    pub acted_at: Option<DateTime<Utc>>,
+}
+
+impl DeadLetterView {
+    fn of(l: StoredDeadLetter) -> Self {
+        let message = letter::message_view(&l.record.raw)
+            .unwrap_or_else(|e| serde_json::json!({ "unreadable": e.to_string() }));
+        Self {
+            id: l.record.id,
+            channel: l.record.channel,
+            source_channel: l.record.source_channel,
+            dlq_reason: l.record.dlq_reason,
+            failed_at: l.record.failed_at,
+            message,
+            state: l.state.as_str().to_string(),
+            acted_by: l.acted_by,
+            action_reason: l.action_reason,
+            acted_at: l.acted_at,
+        }
+    }
+}
+
+/// `GET /dead-letters` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this dead-letter channel's (e.g. `partner-events-dlq`).
+    channel: Option<String>,
+    /// Only those whose `dlq_reason` contains this text.
+    reason: Option<String>,
+    /// Page size, 1 to 500.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500, default = 50)]
+    limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// `GET /dead-letters` answer: one page, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetterView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /dead-letters`: pending dead letters of every channel.
+#[utoipa::path(
+    get,
+    path = "/dead-letters",
+    tag = "admin",
+    summary = "List dead letters",
+    description = "Dead letters not yet redriven or discarded, newest first, from every `<channel>-dlq` the service consumes (admin: they hold whatever a producer sent). Page with `cursor`.",
+    params(ListParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "One page of dead letters.", body = DeadLetterPage),
+        (status = 400, description = "A `limit` outside 1–500 or a malformed `cursor`.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(p) = params?;
+    let limit = limit(p.limit)?;
+    let query = DeadLetterQuery {
+        channel: non_empty(p.channel),
+        reason_contains: non_empty(p.reason),
+        since: None,
+        until: None,
+        before: cursor(p.cursor)?,
+        limit: limit + 1,
+    };
+    let mut letters = state
+        .operator
+        .orchestrator()
+        .store()
+        .dead_letters(&query)
+        .await?;
+    let next_cursor = if letters.len() > limit as usize {
+        letters.truncate(limit as usize);
+        letters.last().map(|l| l.seq.to_string())
+    } else {
+        None
+    };
+    let items = letters.into_iter().map(DeadLetterView::of).collect();
+    Ok(Json(DeadLetterPage { items, next_cursor }))
+}
+
+/// `GET /dead-letters/{id}`: one dead letter, in whatever state.
+#[utoipa::path(
+    get,
+    path = "/dead-letters/{id}",
+    tag = "admin",
+    summary = "Read a dead letter",
+    description = "One dead letter with the original fields as received, and what was done with it (admin).",
+    params(("id" = String, Path, description = "The dead letter's id.")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The dead letter.", body = DeadLetterView),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
+        (status = 404, description = "No such dead letter.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterView>, ApiError> {
+    authorize(&state, &headers)?;
+    let letter = state
+        .operator
+        .orchestrator()
+        .store()
+        .dead_letter(&id)
+        .await?;
+    letter
+        .map(|l| Json(DeadLetterView::of(l)))
+        .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))
+}
+
+/// Body of a redrive or a discard.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LetterActionBody {
+    /// Why: kept in the audit record. Required; at most 1000 characters.
+    #[schema(example = "MAX_MESSAGE_BYTES raised to 4 MiB", max_length = 1000)]
+    pub reason: Option<String>,
+}
+
+/// `POST /dead-letters/{id}/redrive` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redriven {
+    pub redriven: bool,
+    pub id: String,
+    /// Where the original went back to.
+    pub source_channel: String,
+}
+
+/// `POST /dead-letters/{id}/redrive`: the original back on its source channel, once.
+#[utoipa::path(
+    post,
+    path = "/dead-letters/{id}/redrive",
+    tag = "admin",
+    summary = "Redrive a dead letter",
+    description = "Puts the original message (its `event_id` unchanged, so a saga it starts is still started once) back on its source channel and takes the entry out of the listing, recording who and why in the audit record (admin). A second call answers 409: never a second copy.",
+    params(("id" = String, Path, description = "The dead letter's id.")),
+    request_body(content = LetterActionBody, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Sent back to its source channel.", body = Redriven),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
+        (status = 404, description = "No such dead letter.", body = ErrorBody),
+        (status = 409, description = "Already redriven or discarded.", body = ErrorBody),
+        (status = 422, description = "No `reason`, or one over 1000 characters.", body = ErrorBody),
+        (status = 503, description = "The store or the broker is unavailable; the letter stays listed; try again.", body = ErrorBody),
+    )
+)]
+pub async fn redrive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    request: Result<Json<LetterActionBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    let admin = authorize(&state, &headers)?;
+    let reason = required_reason(body(request)?.reason)?;
+    let letter = state
+        .operator
+        .redrive(&id, &admin, &reason, None)
+        .await
+        .map_err(action_error)?;
+    let answer = Redriven {
+        redriven: true,
+        id,
+        source_channel: letter.record.source_channel,
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// `POST /dead-letters/{id}/discard` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Discarded {
+    pub discarded: bool,
+    pub id: String,
+}
+
+/// `POST /dead-letters/{id}/discard`: dropped from the listing, with a reason.
+#[utoipa::path(
+    post,
+    path = "/dead-letters/{id}/discard",
+    tag = "admin",
+    summary = "Discard a dead letter",
+    description = "Takes the entry out of the listing without sending it anywhere, recording who and why in the audit record (admin).",
+    params(("id" = String, Path, description = "The dead letter's id.")),
+    request_body(content = LetterActionBody, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Discarded.", body = Discarded),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
+        (status = 404, description = "No such dead letter.", body = ErrorBody),
+        (status = 409, description = "Already redriven or discarded.", body = ErrorBody),
+        (status = 422, description = "No `reason`, or one over 1000 characters.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
+    )
+)]
+pub async fn discard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    request: Result<Json<LetterActionBody>, JsonRejection>,
+) -> Result<Json<Discarded>, ApiError> {
+    let admin = authorize(&state, &headers)?;
+    let reason = required_reason(body(request)?.reason)?;
+    state
+        .operator
+        .discard(&id, &admin, &reason)
+        .await
+        .map_err(action_error)?;
+    Ok(Json(Discarded {
+        discarded: true,
+        id,
+    }))
+}
+
+fn action_error(e: ActionError) -> ApiError {
+    match e {
+        ActionError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        ActionError::Handled { .. } => ApiError::Conflict(e.to_string()),
+        ActionError::Unreadable(_) => ApiError::Unprocessable(e.to_string()),
+        ActionError::Store(e) => ApiError::Store(e),
+        ActionError::Transport(e) => {
+            tracing::warn!(error = %e, "a redrive's publish failed; the letter stays listed");
+            ApiError::Unavailable("the broker did not take the message; try again".into())
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The operator routes (docs/contract.md §5, "Operator routes"): dead
+//! letters, bulk jobs and the audit record. Every one needs an admin token,
+//! the reads too: dead letters hold whatever a broken producer sent.
+
+pub mod audit;
+pub mod dead_letters;
+pub mod jobs;
+
+use axum::extract::rejection::JsonRejection;
+use axum::Json;
+use chrono::{DateTime, Utc};
+
+use super::error::ApiError;
+use super::sagas::non_empty;
+
+/// The longest reason kept (as for saga actions).
+const MAX_REASON_CHARS: usize = 1000;
+/// The longest job name.
+const MAX_NAME_CHARS: usize = 100;
+/// Page sizes of the listings.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+/// A required operator reason: what the audit record says as why.
+fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
+    let reason = non_empty(reason)
+        .ok_or_else(|| ApiError::Unprocessable("missing field reason: say why".into()))?;
+    bounded_text("reason", reason, MAX_REASON_CHARS)
+}
+
+/// A job's name: required, after the incident.
+fn job_name(name: Option<String>) -> Result<String, ApiError> {
+    let name = non_empty(name).ok_or_else(|| {
+        ApiError::Unprocessable("missing field name: name the job (after the incident)".into())
+    })?;
+    bounded_text("name", name, MAX_NAME_CHARS)
+}
+
+fn bounded_text(field: &str, text: String, max: usize) -> Result<String, ApiError> {
+    if text.chars().count() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "invalid field {field}: longer than {max} characters"
+        )));
+    }
+    if text.contains('\0') {
+        return Err(ApiError::Unprocessable(format!(
+            "invalid field {field}: contains a NUL character"
+        )));
+    }
+    Ok(text)
+}
+
+/// An optional RFC 3339 time from a filter.
+fn time(field: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    non_empty(value)
+        .map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::Unprocessable(format!(
+                        "invalid field {field}: expected an RFC 3339 time, got {t:?}"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// A page size from a query: 1 to 500, 50 when absent.
+fn limit(value: Option<String>) -> Result<u32, ApiError> {
+    match non_empty(value) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit must be 1 to {MAX_LIMIT}, got {l:?}"
+            ))),
+        },
+    }
+}
+
+/// A numeric paging cursor from a query.
+fn cursor(value: Option<String>) -> Result<Option<i64>, ApiError> {
+    non_empty(value)
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid cursor {c:?}")))
+        })
+        .transpose()
+}
+
+/// A JSON body that must be there.
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    Ok(body?.0)
+}

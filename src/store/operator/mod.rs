@@ -1,0 +1,402 @@
+//! What operators act on beyond single sagas (docs/contract.md §5,
+//! "Operator routes"): the dead-letter index and what was done with each
+//! letter, the audit record, and bulk jobs with their items. Both stores
+//! implement [`OperatorStore`]; the tables are in migration 0006.
+
+mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::saga::SagaState;
+
+/// Where a dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterState {
+    /// In the listing, waiting for a person.
+    Pending,
+    /// A redrive was recorded; its publish is under way (or was cut short
+    /// by a crash, and is finished by the job runner).
+    Redriving,
+    /// Sent back to its source channel.
+    Redriven,
+    /// Dropped by an operator, with a reason.
+    Discarded,
+}
+
+impl LetterState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Redriving => "redriving",
+            Self::Redriven => "redriven",
+            Self::Discarded => "discarded",
+        }
+    }
+
+    /// The state a stored spelling names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Redriving,
+            Self::Redriven,
+            Self::Discarded,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+/// A dead letter as read from its channel, to be indexed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// The API's id (see `operator::id`).
+    pub id: String,
+    pub channel: String,
+    pub message_id: String,
+    pub source_channel: String,
+    pub dlq_reason: String,
+    pub failed_at: DateTime<Utc>,
+    /// The entry as read, as JSON text (see `operator::letter`).
+    pub raw: String,
+}
+
+/// An indexed dead letter and what was done with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeadLetter {
+    /// Its place in indexing order: the paging cursor.
+    pub seq: i64,
+    pub record: DeadLetterRecord,
+    pub state: LetterState,
+    pub acted_by: Option<String>,
+    pub action_reason: Option<String>,
+    pub acted_at: Option<DateTime<Utc>>,
+}
+
+/// Which pending dead letters to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    /// Only this dead-letter channel's.
+    pub channel: Option<String>,
+    /// Only those whose `dlq_reason` contains this text.
+    pub reason_contains: Option<String>,
+    /// Failed at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Failed before.
+    pub until: Option<DateTime<Utc>>,
+    /// Only those indexed before this `seq` (the previous page's last).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// Which sagas a bulk retry takes, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct SagaFilter {
+    pub state: Option<SagaState>,
+    pub partner_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Last changed at or after (for a failed saga: when it was parked).
+    pub since: Option<DateTime<Utc>>,
+    /// Last changed before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One operator action, for the audit record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Assigned by the store (0 before): order and paging cursor.
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    /// The admin token's name.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub reason: String,
+    pub detail: Option<Value>,
+}
+
+/// An operator taking one dead letter out of the listing.
+#[derive(Debug, Clone)]
+pub struct LetterAction {
+    pub id: String,
+    /// [`LetterState::Redriving`] or [`LetterState::Discarded`].
+    pub to: LetterState,
+    pub job_id: Option<Uuid>,
+    /// Recorded in the same transaction.
+    pub audit: AuditEntry,
+}
+
+/// What taking a dead letter found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// It was pending and is now the action's: the caller carries it out.
+    Taken(Box<StoredDeadLetter>),
+    /// No such letter.
+    Missing,
+    /// Already handled; nothing was written.
+    Handled(LetterState),
+}
+
+/// A bulk job's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    SagaRetry,
+    DeadLetterRedrive,
+}
+
+impl JobKind {
+    /// The stored and shown spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SagaRetry => "saga_retry",
+            Self::DeadLetterRedrive => "dead_letter_redrive",
+        }
+    }
+
+    /// The kind a stored spelling names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::SagaRetry, Self::DeadLetterRedrive]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A bulk job's state (docs/contract.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Done,
+    Aborted,
+    Failed,
+}
+
+impl JobState {
+    /// The stored and shown spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Aborted => "aborted",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The state a stored spelling names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Running, Self::Done, Self::Aborted, Self::Failed]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A job to record, with its targets fixed.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: Uuid,
+    /// The same key is the same job (see `operator::jobs::body_key`).
+    pub body_key: String,
+    pub kind: JobKind,
+    pub name: String,
+    pub reason: String,
+    pub actor: String,
+    /// The normalized body.
+    pub body: Value,
+    /// Saga ids or dead-letter ids, in the order they are worked on.
+    pub targets: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored job and its progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub job_id: Uuid,
+    pub kind: JobKind,
+    pub name: String,
+    pub reason: String,
+    pub actor: String,
+    pub body: Value,
+    pub state: JobState,
+    pub matched: u32,
+    pub done: u32,
+    pub skipped: u32,
+    pub errors: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How one job item ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// The action was carried out.
+    Done,
+    /// Nothing to do any more (the saga is no longer failed, the letter was
+    /// handled): counted, not an error.
+    Skipped,
+    /// It could not be carried out.
+    Error,
+}
+
+impl ItemOutcome {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Skipped => "skipped",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Operators' tables; every `SagaStore` is one.
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
+    /// Records dead letters as read; one indexed before is left as it is
+    /// (a broker's redelivery). Returns how many were new.
+    async fn index_dead_letters(
+        &self,
+        letters: &[DeadLetterRecord],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Pending dead letters matching `query`, newest first.
+    async fn dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError>;
+
+    /// One dead letter, in whatever state.
+    async fn dead_letter(&self, id: &str) -> Result<Option<StoredDeadLetter>, StoreError>;
+
+    /// Takes a pending letter out of the listing for `action`, recording its
+    /// audit entry in the same transaction, so a second call finds it
+    /// handled and nothing is done twice.
+    async fn take_dead_letter(&self, action: &LetterAction) -> Result<Taken, StoreError>;
+
+    /// Ends a redrive: `sent` marks the letter redriven; otherwise (the
+    /// publish failed) it goes back to pending.
+    async fn settle_redrive(&self, id: &str, sent: bool) -> Result<(), StoreError>;
+
+    /// Redrives recorded before `older_than` and never settled (a crash
+    /// between the record and the publish), oldest first.
+    async fn unsettled_redrives(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError>;
+
+    /// Appends to the audit record.
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The audit record, newest first, before `before` (a `seq`).
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Ids of the sagas `filter` matches, oldest first, at most `limit`.
+    async fn saga_ids(&self, filter: &SagaFilter, limit: u32) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Records a job, its items and `audit` in one transaction; when a job
+    /// with the same body key exists, nothing is written and that job is
+    /// returned (`Err` side of the result: it is not new).
+    async fn create_job(
+        &self,
+        job: &NewJob,
+        audit: &AuditEntry,
+    ) -> Result<Result<Job, Job>, StoreError>;
+
+    /// One job.
+    async fn job(&self, job_id: Uuid) -> Result<Option<Job>, StoreError>;
+
+    /// Stops a running job (its lease holder sees it before its next item),
+    /// recording `audit`. `None`: no such job; a job not running is
+    /// returned as it is, unchanged.
+    async fn abort_job(
+        &self,
+        job_id: Uuid,
+        audit: &AuditEntry,
+    ) -> Result<Option<(Job, bool)>, StoreError>;
+
+    /// Leases the oldest running job nobody holds (or whose holder's lease
+    /// lapsed) to `owner` until `until`.
+    async fn claim_job(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Job>, StoreError>;
+
+    /// Extends `owner`'s lease; `false` when the job is no longer running
+    /// or no longer `owner`'s (aborted, or taken over): stop working on it.
+    async fn renew_job(
+        &self,
+        job_id: Uuid,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` items still to do, in order: `(seq, target)`.
+    async fn open_items(&self, job_id: Uuid, limit: u32) -> Result<Vec<(i32, String)>, StoreError>;
+
+    /// Settles one item and counts it on its job, once: an item settled
+    /// before is left as it is.
+    async fn settle_item(
+        &self,
+        job_id: Uuid,
+        seq: i32,
+        outcome: ItemOutcome,
+        detail: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Ends a running job `owner` holds, in `state`, releasing its lease.
+    async fn finish_job(
+        &self,
+        job_id: Uuid,
+        owner: &str,
+        state: JobState,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A stored job's body, which must be JSON.
+pub(crate) fn job_body(job_id: Uuid, text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        saga_id: job_id,
+        problem: format!("job body is not JSON: {e}"),
+    })
+}
+
+/// A stored spelling read back, or the row is corrupt.
+pub(crate) fn parsed<T>(
+    id: Uuid,
+    what: &str,
+    s: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    parse(s).ok_or_else(|| StoreError::Corrupt {
+        saga_id: id,
+        problem: format!("unknown {what} {s:?}"),
+    })
+}
+
+/// Counts as stored (never negative) as the API shows them.
+pub(crate) fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// Text for a column that cannot hold NUL (PostgreSQL `text`): escaped as
+/// JSON would, so what a broken producer sent can still be indexed.
+pub(crate) fn column_text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\\u0000")
+    } else {
+        s.to_string()
+    }
+}
