@@ -24,3 +24,4 @@ mod relay;
 mod saga_flow;
 mod shutdown;
 mod store;
+mod store_operator;

@@ -21,6 +21,9 @@ use uuid::Uuid;
 
 use crate::helpers::fresh_database;
 use crate::outbox_rows::{long_correlation_event, sqlite_url, Db};
+use crate::store_operator::{
+    dead_letters_are_indexed_once_and_taken_once, jobs_are_one_per_body_leased_and_counted_once,
+};
 
 async fn postgres() -> Arc<dyn SagaStore> {
     postgres_with_db().await.0
@@ -87,6 +90,8 @@ on_both!(
     claim_due_takes_only_due_sagas_with_lapsed_leases,
     outbox_claims_are_exclusive_until_they_lapse,
     list_filters_and_orders_newest_first,
+    dead_letters_are_indexed_once_and_taken_once,
+    jobs_are_one_per_body_leased_and_counted_once,
 );
 
 on_both_with_db!(
