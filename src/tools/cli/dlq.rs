@@ -1,0 +1,193 @@
+//! `dlq list|show|redrive|discard`: dead letters through the service's API
+//! (docs/contract.md §5, "Operator routes").
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::api_client::{put, run_job, ApiArgs, ApiClient};
+
+/// `dlq`'s subcommands.
+#[derive(Args)]
+pub struct DlqCmd {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+/// What to do with dead letters.
+#[derive(Subcommand)]
+pub enum DlqAction {
+    /// Dead letters not yet redriven or discarded, newest first.
+    List {
+        /// Only this dead-letter channel's (e.g. partner-events-dlq).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only those whose reason contains this text.
+        #[arg(long)]
+        reason: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One dead letter, with the original message as received.
+    Show { id: String },
+    /// Put one back on its source channel (an ID), or every one matching
+    /// the filter (--all) as a job, with progress.
+    Redrive(RedriveArgs),
+    /// Drop one from the listing, with a reason.
+    Discard {
+        id: String,
+        /// Why (kept in the audit record).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `dlq redrive`'s options.
+#[derive(Args)]
+pub struct RedriveArgs {
+    /// The dead letter to redrive; leave out with --all.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every pending dead letter matching the filter, as a bulk job.
+    #[arg(long)]
+    pub all: bool,
+    /// Why (kept in the audit record).
+    #[arg(long)]
+    pub reason: String,
+    /// The job's name, after the incident (with --all).
+    #[arg(long, required_if_eq("all", "true"))]
+    pub name: Option<String>,
+    /// Only this dead-letter channel's (with --all).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only those whose reason contains this text (with --all).
+    #[arg(long)]
+    pub reason_contains: Option<String>,
+    /// Failed at or after this RFC 3339 time (with --all).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Failed before this RFC 3339 time (with --all).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many (with --all).
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// Only count what would be redriven (with --all).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs `dlq …` against the API.
+pub async fn run(cmd: &DlqCmd) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env(&cmd.api)?;
+    match &cmd.action {
+        DlqAction::List {
+            channel,
+            reason,
+            limit,
+        } => list(&client, channel, reason, *limit).await,
+        DlqAction::Show { id } => {
+            let letter = client
+                .call(Method::GET, &format!("/dead-letters/{id}"), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&letter)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Redrive(args) if args.all => redrive_all(&client, args).await,
+        DlqAction::Redrive(args) => {
+            let id = args.id.as_deref().unwrap_or_default();
+            let body = json!({ "reason": args.reason });
+            let done = client
+                .call(
+                    Method::POST,
+                    &format!("/dead-letters/{id}/redrive"),
+                    Some(&body),
+                )
+                .await?;
+            println!(
+                "redriven {id} to {}",
+                done["source_channel"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Discard { id, reason } => {
+            let body = json!({ "reason": reason });
+            client
+                .call(
+                    Method::POST,
+                    &format!("/dead-letters/{id}/discard"),
+                    Some(&body),
+                )
+                .await?;
+            println!("discarded {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn list(
+    client: &ApiClient,
+    channel: &Option<String>,
+    reason: &Option<String>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let mut query = vec![format!("limit={limit}")];
+    for (key, value) in [("channel", channel), ("reason", reason)] {
+        if let Some(v) = value {
+            query.push(format!(
+                "{key}={}",
+                url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            ));
+        }
+    }
+    let page = client
+        .call(
+            Method::GET,
+            &format!("/dead-letters?{}", query.join("&")),
+            None,
+        )
+        .await?;
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    for item in &items {
+        println!("{}", line(item));
+    }
+    eprintln!(
+        "{} dead letter(s){}",
+        items.len(),
+        if page["next_cursor"].is_null() {
+            ""
+        } else {
+            " (more: raise --limit)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One dead letter on one line: id, when, from where, why.
+fn line(item: &Value) -> String {
+    let text = |k: &str| item[k].as_str().unwrap_or("").to_string();
+    format!(
+        "{}  {}  {}  {}",
+        text("id"),
+        text("failed_at"),
+        text("source_channel"),
+        text("dlq_reason")
+    )
+}
+
+async fn redrive_all(client: &ApiClient, args: &RedriveArgs) -> anyhow::Result<ExitCode> {
+    let mut filter = json!({});
+    put(&mut filter, "channel", args.channel.clone());
+    put(&mut filter, "reason_contains", args.reason_contains.clone());
+    put(&mut filter, "since", args.since.clone());
+    put(&mut filter, "until", args.until.clone());
+    let mut body = json!({ "filter": filter, "reason": args.reason, "dry_run": args.dry_run });
+    put(&mut body, "name", args.name.clone());
+    put(&mut body, "max", args.max);
+    run_job(client, "/dead-letters/redrive", &body, args.dry_run).await
+}
