@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod openapi;
 mod operator;
+mod paging;
 mod sagas;
 mod server;
 mod summary;

@@ -18,8 +18,6 @@ use crate::orchestrator::{Source, StartRequest};
 use crate::saga::{HistoryEntry, Input, Saga, SagaState};
 use crate::store::{Created, ListQuery};
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
 /// The longest operator reason kept: it is stored in the saga's history.
 const MAX_REASON_CHARS: usize = 1000;
 
@@ -236,17 +234,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = match non_empty(p.limit) {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit must be 1 to {MAX_LIMIT}, got {l:?}"
-                )))
-            }
-        },
-    };
+    let limit = super::paging::limit(p.limit)?;
     let before = match non_empty(p.cursor) {
         None => None,
         Some(c) => Some(
@@ -262,13 +250,8 @@ pub async fn list(
         // One more than asked tells whether another page exists.
         limit: limit + 1,
     };
-    let mut sagas = state.orchestrator.store().list(&query).await?;
-    let next_cursor = if sagas.len() > limit as usize {
-        sagas.truncate(limit as usize);
-        sagas.last().map(|s| s.saga_id.to_string())
-    } else {
-        None
-    };
+    let sagas = state.orchestrator.store().list(&query).await?;
+    let (sagas, next_cursor) = super::paging::page(sagas, limit, |s| s.saga_id.to_string());
     let items: Vec<SagaView> = sagas.into_iter().map(SagaView::from).collect();
     Ok(Json(SagaPage { items, next_cursor }))
 }

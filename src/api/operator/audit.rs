@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{cursor, limit};
+use super::cursor;
 use crate::api::auth::authorize;
 use crate::api::error::{ApiError, ErrorBody};
+use crate::api::paging::{limit, page};
 use crate::api::AppState;
 
 /// One operator action.
@@ -77,13 +78,8 @@ pub async fn list(
     let Query(p) = params?;
     let limit = limit(p.limit)?;
     let store = state.operator.orchestrator().store();
-    let mut entries = store.audit_log(cursor(p.cursor)?, limit + 1).await?;
-    let next_cursor = if entries.len() > limit as usize {
-        entries.truncate(limit as usize);
-        entries.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
+    let entries = store.audit_log(cursor(p.cursor)?, limit + 1).await?;
+    let (entries, next_cursor) = page(entries, limit, |e| e.seq.to_string());
     let items = entries
         .into_iter()
         .map(|e| AuditView {

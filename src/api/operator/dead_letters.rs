@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{body, cursor, limit, required_reason};
+use super::{body, cursor, required_reason};
 use crate::api::auth::authorize;
 use crate::api::error::{ApiError, ErrorBody};
+use crate::api::paging::{limit, page};
 use crate::api::sagas::non_empty;
 use crate::api::AppState;
 use crate::operator::{letter, ActionError};
@@ -124,18 +125,9 @@ pub async fn list(
         before: cursor(p.cursor)?,
         limit: limit + 1,
     };
-    let mut letters = state
-        .operator
-        .orchestrator()
-        .store()
-        .dead_letters(&query)
-        .await?;
-    let next_cursor = if letters.len() > limit as usize {
-        letters.truncate(limit as usize);
-        letters.last().map(|l| l.seq.to_string())
-    } else {
-        None
-    };
+    let store = state.operator.orchestrator().store();
+    let letters = store.dead_letters(&query).await?;
+    let (letters, next_cursor) = page(letters, limit, |l| l.seq.to_string());
     let items = letters.into_iter().map(DeadLetterView::of).collect();
     Ok(Json(DeadLetterPage { items, next_cursor }))
 }

@@ -17,9 +17,6 @@ use super::sagas::non_empty;
 const MAX_REASON_CHARS: usize = 1000;
 /// The longest job name.
 const MAX_NAME_CHARS: usize = 100;
-/// Page sizes of the listings.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
 
 /// A required operator reason: what the audit record says as why.
 fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
@@ -63,19 +60,6 @@ fn time(field: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, Api
                 })
         })
         .transpose()
-}
-
-/// A page size from a query: 1 to 500, 50 when absent.
-fn limit(value: Option<String>) -> Result<u32, ApiError> {
-    match non_empty(value) {
-        None => Ok(DEFAULT_LIMIT),
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::BadRequest(format!(
-                "limit must be 1 to {MAX_LIMIT}, got {l:?}"
-            ))),
-        },
-    }
 }
 
 /// A numeric paging cursor from a query.

@@ -151,6 +151,36 @@ pub async fn run_job(
     })
 }
 
+/// What every bulk command takes besides its own filter.
+#[derive(Args, Clone)]
+pub struct BulkArgs {
+    /// Only what failed (a saga: was parked) at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// … and before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many.
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// Only count what would be touched.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl BulkArgs {
+    /// The job body: `filter` with the time range, `max`, `name`, `reason`.
+    pub fn body(&self, mut filter: Value, name: Option<&str>, reason: &str) -> Value {
+        put(&mut filter, "since", self.since.clone());
+        put(&mut filter, "until", self.until.clone());
+        let mut body =
+            serde_json::json!({ "filter": filter, "reason": reason, "dry_run": self.dry_run });
+        put(&mut body, "name", name);
+        put(&mut body, "max", self.max);
+        body
+    }
+}
+
 /// Puts `value` under `key` of a JSON object when given.
 pub fn put(object: &mut Value, key: &str, value: Option<impl Into<Value>>) {
     if let (Some(v), Some(map)) = (value, object.as_object_mut()) {

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::api_client::{put, run_job, ApiArgs, ApiClient};
+use super::api_client::{put, run_job, ApiArgs, ApiClient, BulkArgs};
 
 /// `dlq`'s subcommands.
 #[derive(Args)]
@@ -68,18 +68,8 @@ pub struct RedriveArgs {
     /// Only those whose reason contains this text (with --all).
     #[arg(long)]
     pub reason_contains: Option<String>,
-    /// Failed at or after this RFC 3339 time (with --all).
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Failed before this RFC 3339 time (with --all).
-    #[arg(long)]
-    pub until: Option<String>,
-    /// At most this many (with --all).
-    #[arg(long)]
-    pub max: Option<u32>,
-    /// Only count what would be redriven (with --all).
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
 }
 
 /// Runs `dlq …` against the API.
@@ -184,10 +174,6 @@ async fn redrive_all(client: &ApiClient, args: &RedriveArgs) -> anyhow::Result<E
     let mut filter = json!({});
     put(&mut filter, "channel", args.channel.clone());
     put(&mut filter, "reason_contains", args.reason_contains.clone());
-    put(&mut filter, "since", args.since.clone());
-    put(&mut filter, "until", args.until.clone());
-    let mut body = json!({ "filter": filter, "reason": args.reason, "dry_run": args.dry_run });
-    put(&mut body, "name", args.name.clone());
-    put(&mut body, "max", args.max);
-    run_job(client, "/dead-letters/redrive", &body, args.dry_run).await
+    let body = args.bulk.body(filter, args.name.as_deref(), &args.reason);
+    run_job(client, "/dead-letters/redrive", &body, args.bulk.dry_run).await
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::json;
 
-use super::api_client::{put, run_job, ApiArgs, ApiClient};
+use super::api_client::{put, run_job, ApiArgs, ApiClient, BulkArgs};
 
 /// `sagas`' subcommands.
 #[derive(Args)]
@@ -40,24 +40,14 @@ pub struct RetryArgs {
     /// Only sagas with this correlation id.
     #[arg(long)]
     pub correlation_id: Option<String>,
-    /// Parked at or after this RFC 3339 time.
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Parked before this RFC 3339 time.
-    #[arg(long)]
-    pub until: Option<String>,
-    /// At most this many.
-    #[arg(long)]
-    pub max: Option<u32>,
     /// The job's name, after the incident (a bulk job needs one).
     #[arg(long, required_unless_present = "saga_id")]
     pub name: Option<String>,
     /// Why (kept in each saga's history and the audit record).
     #[arg(long)]
     pub reason: String,
-    /// Only count what would be retried.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
 }
 
 /// Runs `sagas …` against the API.
@@ -75,10 +65,6 @@ pub async fn run(cmd: &SagasCmd) -> anyhow::Result<ExitCode> {
     let mut filter = json!({ "state": args.state });
     put(&mut filter, "partner_id", args.partner_id.clone());
     put(&mut filter, "correlation_id", args.correlation_id.clone());
-    put(&mut filter, "since", args.since.clone());
-    put(&mut filter, "until", args.until.clone());
-    let mut body = json!({ "filter": filter, "reason": args.reason, "dry_run": args.dry_run });
-    put(&mut body, "name", args.name.clone());
-    put(&mut body, "max", args.max);
-    run_job(&client, "/sagas/retry", &body, args.dry_run).await
+    let body = args.bulk.body(filter, args.name.as_deref(), &args.reason);
+    run_job(&client, "/sagas/retry", &body, args.bulk.dry_run).await
 }
