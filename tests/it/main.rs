@@ -15,6 +15,7 @@ mod helpers;
 mod load;
 mod monitor;
 mod operator;
+mod operator_jobs;
 mod outbox_rows;
 mod participants_http;
 mod properties;
