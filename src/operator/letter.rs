@@ -223,6 +223,27 @@ mod tests {
         assert_eq!(data, b"not json");
     }
 
+    proptest::proptest! {
+        /// Whatever fields a producer sent (text, none named like the
+        /// added ones), the redrive sends them back as they were.
+        #[test]
+        fn any_fields_come_back_as_sent(
+            pairs in proptest::collection::vec(("[a-z_]{1,12}", "\\PC{0,40}"), 0..8),
+            reason in "\\PC{0,40}",
+        ) {
+            let pairs: Vec<(String, String)> = pairs
+                .into_iter()
+                .filter(|(k, _)| !ADDED.contains(&k.as_str()))
+                .collect();
+            let raw = RawMessage::Fields(
+                pairs.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect(),
+            );
+            let rec = record("c-dlq", "1-0", &dead_letter_message(&raw, &reason, "c"));
+            proptest::prop_assert_eq!(&rec.dlq_reason, &reason);
+            proptest::prop_assert_eq!(original(&rec.raw).unwrap().raw, raw);
+        }
+    }
+
     #[test]
     fn a_letter_without_the_added_fields_still_indexes() {
         let rec = record("x-dlq", "5-0", &fields(&[("a", "b")]));

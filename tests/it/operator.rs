@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use saga_orchestrator::config::NamedToken;
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 use crate::helpers::{
     alliance_created, mocks, on_create_alliance, partner, spawn_app_with, TestApp, TestConfig,
@@ -373,4 +374,47 @@ async fn operator_routes_refuse_without_a_token() {
             "{method} {path} with no token configured"
         );
     }
+}
+
+/// A redrive recorded but never published (the service died between the
+/// two) is published by the service on a later round, once: the saga it
+/// starts is started once, and the letter ends redriven.
+#[tokio::test]
+async fn a_redrive_cut_short_by_a_crash_is_finished_later() {
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.limits.max_message_bytes = 2048;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
+    let dlq = format!("{}-dlq", app.channels.partner_events);
+    let p = partner();
+    publish_big_partner(&app, &p).await;
+    let id = dead_letters(&app, &dlq, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.config.settings.limits.max_message_bytes = 1 << 20;
+    app.stop().await;
+    // What the redrive's first step leaves behind: recorded, not sent.
+    let mut db = sqlx::PgConnection::connect(app.config.database_url())
+        .await
+        .expect("connect to the test database");
+    sqlx::query(
+        "UPDATE dead_letters SET state = 'redriving', acted_by = 'admin', \
+            action_reason = 'cut short', acted_at = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&id)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    app.restart().await;
+    assert_eq!(app.settled(&p).await["state"], "completed");
+    let started = Instant::now();
+    while get(&app, &format!("/dead-letters/{id}")).await["state"] != "redriven" {
+        assert!(started.elapsed() < Duration::from_secs(10), "never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.sagas_of(&p).await.len(), 1);
+    assert_eq!(app.alliances.received_requests().await.unwrap().len(), 1);
 }

@@ -289,3 +289,37 @@ async fn the_cli_lists_redrives_and_retries_through_the_api() {
         "compensated"
     );
 }
+
+/// A single retry keeps who did it (the token's name) and why in the
+/// saga's history.
+#[tokio::test]
+async fn a_single_retry_names_who_in_the_history() {
+    let (alliances, integrations) = failing_participants().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.api.admin_tokens = vec![saga_orchestrator::config::NamedToken {
+        name: "alice".into(),
+        token: "alice-token".into(),
+    }];
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let saga = failed_sagas(&app, 1).await.remove(0);
+    heal(&app).await;
+    let path = format!("/sagas/{saga}/retry");
+    let body = json!({"reason": "integrations healed"});
+    let (status, _) = crate::operator::as_admin(
+        &app,
+        "alice-token",
+        reqwest::Method::POST,
+        &path,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let settled = app.settled_saga(&saga, Duration::from_secs(30)).await;
+    assert_eq!(settled["state"], "compensated");
+    let history = settled["history"].as_array().unwrap();
+    let retried = history
+        .iter()
+        .find(|h| h["reason"] == "retried_by_operator")
+        .expect("retried");
+    assert_eq!(retried["detail"], "integrations healed (by alice)");
+}
