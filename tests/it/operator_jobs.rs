@@ -323,3 +323,34 @@ async fn a_single_retry_names_who_in_the_history() {
         .expect("retried");
     assert_eq!(retried["detail"], "integrations healed (by alice)");
 }
+
+/// A job is paced at `JOB_RATE_PER_SEC`: four retries at two a second
+/// take at least a second and a half, however fast the participants are.
+#[tokio::test]
+async fn a_job_is_paced() {
+    let (alliances, integrations) = failing_participants().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.api.job_rate_per_sec = 2;
+    let app = spawn_app_with(alliances, integrations, config).await;
+    failed_sagas(&app, 4).await;
+    heal(&app).await;
+    let started = std::time::Instant::now();
+    let (_, job) = post(
+        &app,
+        "/sagas/retry",
+        json!({"name": "paced", "reason": "r"}),
+    )
+    .await;
+    let job = finished_job(
+        &app,
+        job["job_id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["done"], 4, "{job}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "4 items at 2/s took {took:?}"
+    );
+}
