@@ -140,8 +140,26 @@ impl Operator {
         actor: &str,
         reason: &str,
     ) -> Result<StoredDeadLetter, ActionError> {
-        self.take(id, LetterState::Discarded, actor, reason, None)
+        let taken = self
+            .take(id, LetterState::Discarded, actor, reason, None)
+            .await?;
+        self.forget(&taken).await;
+        Ok(taken)
+    }
+
+    /// Drops a handled letter from its channel where the broker can. The
+    /// store already decided it is handled, so a failure is only logged:
+    /// the entry stays on the broker, out of the listing.
+    async fn forget(&self, letter: &StoredDeadLetter) {
+        let r = &letter.record;
+        if let Err(e) = self
+            .orchestrator
+            .transport()
+            .forget(&r.channel, &r.message_id)
             .await
+        {
+            tracing::warn!(id = %r.id, error = %e, "a handled dead letter stays on the broker");
+        }
     }
 
     async fn take(
@@ -199,6 +217,8 @@ impl Operator {
             .send(&taken.record.source_channel, vec![message])
             .await;
         store.settle_redrive(id, sent.is_ok()).await?;
-        Ok(sent?)
+        sent?;
+        self.forget(taken).await;
+        Ok(())
     }
 }
