@@ -5,6 +5,12 @@
 //! `dlq_reason`, `source_channel` and `failed_at` (and on a body, a
 //! `dlq_reason` property; a body that was not a JSON object under `raw`).
 //! Taking those away again gives the original as it was received.
+//!
+//! On Redis the three are appended after the producer's fields, and a
+//! stream entry may repeat a name: a producer's own `source_channel` is
+//! still there, first. So the added ones are the trailing three, read
+//! from the end, and only those are taken away; a producer never chooses
+//! where a redrive publishes (and [`redrive_target`] checks it anyway).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,8 +20,74 @@ use super::id;
 use crate::store::operator::DeadLetterRecord;
 use crate::transport::{OutboundMessage, RawMessage};
 
-/// The fields `Transport::dead_letter` adds to the original.
+/// The fields `Transport::dead_letter` adds to the original, in the
+/// order it appends them.
 const ADDED: [&str; 3] = ["dlq_reason", "source_channel", "failed_at"];
+
+/// One Redis field: its name and value.
+type Field<T> = (String, T);
+
+/// A Redis letter's fields split into the producer's own and the three
+/// dead-lettering appended (`None` when the entry does not end with them:
+/// it was not written by `dead_letter_message`).
+fn split_added<T>(fields: &[Field<T>]) -> (&[Field<T>], Option<&[Field<T>]>) {
+    let Some(at) = fields.len().checked_sub(ADDED.len()) else {
+        return (fields, None);
+    };
+    let (own, tail) = fields.split_at(at);
+    if tail.iter().map(|(k, _)| k.as_str()).eq(ADDED) {
+        (own, Some(tail))
+    } else {
+        (fields, None)
+    }
+}
+
+/// An added field's value, as dead-lettering wrote it: on Redis from the
+/// appended tail only, on a body from the JSON object it overwrote.
+fn added(raw: &RawMessage, name: &str) -> Option<String> {
+    match raw {
+        RawMessage::Fields(fields) => split_added(fields).1.and_then(|tail| {
+            tail.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        }),
+        RawMessage::Body { .. } => raw.field(name),
+    }
+}
+
+/// The channel a letter of `dlq_channel` came from: its name without `-dlq`.
+pub fn source_of(dlq_channel: &str) -> &str {
+    dlq_channel.strip_suffix("-dlq").unwrap_or(dlq_channel)
+}
+
+/// Why a letter is not sent where its record says it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("dead letter {id} names {source_channel} as its source, which is not {expected}, a channel this service consumes; it is not redriven")]
+pub struct ForeignSource {
+    pub id: String,
+    pub source_channel: String,
+    pub expected: String,
+}
+
+/// Where a redrive of `record` may publish: only back to the channel its
+/// dead-letter channel belongs to, and only one this service consumes, so
+/// neither a producer nor anyone who can write to a `-dlq` stream makes
+/// the service publish, with its credentials, anywhere else.
+pub fn redrive_target<'a>(
+    record: &'a DeadLetterRecord,
+    consumed: &[String],
+) -> Result<&'a str, ForeignSource> {
+    let expected = source_of(&record.channel);
+    if record.source_channel == expected && consumed.iter().any(|c| c == expected) {
+        Ok(&record.source_channel)
+    } else {
+        Err(ForeignSource {
+            id: record.id.clone(),
+            source_channel: record.source_channel.clone(),
+            expected: expected.to_string(),
+        })
+    }
+}
 
 /// The wire form as stored in the index, as JSON: text values (a Redis
 /// value or a body that is not UTF-8 is kept lossily, as a dead letter of
@@ -50,20 +122,17 @@ impl Stored {
 /// What the index records of a dead letter read as `message_id` on
 /// `channel` (a `<source>-dlq` channel).
 pub fn record(channel: &str, message_id: &str, raw: &RawMessage) -> DeadLetterRecord {
-    let failed_at = raw
-        .field("failed_at")
+    let failed_at = added(raw, "failed_at")
         .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_else(Utc::now);
-    let source = raw
-        .field("source_channel")
-        .unwrap_or_else(|| channel.strip_suffix("-dlq").unwrap_or(channel).to_string());
+    let source = added(raw, "source_channel").unwrap_or_else(|| source_of(channel).to_string());
     DeadLetterRecord {
         id: id::encode(channel, message_id),
         channel: channel.to_string(),
         message_id: message_id.to_string(),
         source_channel: source,
-        dlq_reason: raw.field("dlq_reason").unwrap_or_default(),
+        dlq_reason: added(raw, "dlq_reason").unwrap_or_default(),
         failed_at,
         raw: serde_json::to_string(&Stored::of(raw)).unwrap_or_default(),
     }
@@ -84,11 +153,8 @@ pub fn message_view(raw: &str) -> Result<Value, Unreadable> {
     let mut view = Map::new();
     match stored(raw)? {
         Stored::Fields { fields } => {
-            for (k, v) in fields
-                .into_iter()
-                .filter(|(k, _)| !ADDED.contains(&k.as_str()))
-            {
-                view.insert(k, Value::String(v));
+            for (k, v) in split_added(&fields).0 {
+                view.insert(k.clone(), Value::String(v.clone()));
             }
         }
         Stored::Body { data, .. } => match serde_json::from_str::<Value>(&data) {
@@ -111,19 +177,25 @@ pub fn message_view(raw: &str) -> Result<Value, Unreadable> {
 pub fn original(raw: &str) -> Result<OutboundMessage, Unreadable> {
     let raw = match stored(raw)? {
         Stored::Fields { fields } => RawMessage::Fields(
-            fields
-                .into_iter()
-                .filter(|(k, _)| !ADDED.contains(&k.as_str()))
-                .map(|(k, v)| (k, v.into_bytes()))
+            split_added(&fields)
+                .0
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
                 .collect(),
         ),
-        Stored::Body { data, properties } => RawMessage::Body {
-            data: original_body(&data),
-            properties: properties
-                .into_iter()
-                .filter(|(k, _)| k != "dlq_reason")
-                .collect(),
-        },
+        Stored::Body {
+            data,
+            mut properties,
+        } => {
+            // Dead-lettering appended one `dlq_reason` property: the last.
+            if let Some(at) = properties.iter().rposition(|(k, _)| k == "dlq_reason") {
+                properties.remove(at);
+            }
+            RawMessage::Body {
+                data: original_body(&data),
+                properties,
+            }
+        }
     };
     let key = raw
         .field("payload")
@@ -224,24 +296,51 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Whatever fields a producer sent (text, none named like the
-        /// added ones), the redrive sends them back as they were.
+        /// Whatever fields a producer sent (text, some named like the
+        /// added ones), the redrive sends them back as they were, and the
+        /// record keeps what dead-lettering added, not the producer's.
         #[test]
         fn any_fields_come_back_as_sent(
-            pairs in proptest::collection::vec(("[a-z_]{1,12}", "\\PC{0,40}"), 0..8),
+            pairs in proptest::collection::vec(
+                (proptest::prop_oneof!["[a-z_]{1,12}", proptest::sample::select(ADDED.map(String::from).to_vec())],
+                 "\\PC{0,40}"),
+                0..8,
+            ),
             reason in "\\PC{0,40}",
         ) {
-            let pairs: Vec<(String, String)> = pairs
-                .into_iter()
-                .filter(|(k, _)| !ADDED.contains(&k.as_str()))
-                .collect();
             let raw = RawMessage::Fields(
                 pairs.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect(),
             );
             let rec = record("c-dlq", "1-0", &dead_letter_message(&raw, &reason, "c"));
             proptest::prop_assert_eq!(&rec.dlq_reason, &reason);
+            proptest::prop_assert_eq!(&rec.source_channel, "c");
             proptest::prop_assert_eq!(original(&rec.raw).unwrap().raw, raw);
         }
+    }
+
+    #[test]
+    fn a_producers_own_source_channel_is_kept_but_never_used() {
+        let own = fields(&[("event_id", "e-1"), ("source_channel", "other-stream")]);
+        let rec = record("c-dlq", "1-0", &dead_letter_message(&own, "why", "c"));
+        assert_eq!(rec.source_channel, "c");
+        assert_eq!(original(&rec.raw).unwrap().raw, own);
+        assert_eq!(
+            message_view(&rec.raw).unwrap(),
+            serde_json::json!({"event_id": "e-1", "source_channel": "other-stream"})
+        );
+        let consumed = vec!["c".to_string()];
+        assert_eq!(redrive_target(&rec, &consumed).unwrap(), "c");
+        assert!(redrive_target(&rec, &[]).is_err(), "c is not consumed");
+        // Forged straight onto the dead-letter channel, trailing and all.
+        let forged = fields(&[
+            ("event_id", "e-2"),
+            ("dlq_reason", "x"),
+            ("source_channel", "other-stream"),
+            ("failed_at", "2026-12-02T06:00:00Z"),
+        ]);
+        let rec = record("c-dlq", "2-0", &forged);
+        assert_eq!(rec.source_channel, "other-stream");
+        assert!(redrive_target(&rec, &consumed).is_err());
     }
 
     #[test]

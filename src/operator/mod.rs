@@ -31,7 +31,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::orchestrator::Orchestrator;
-use crate::store::operator::{AuditEntry, LetterAction, LetterState, StoredDeadLetter, Taken};
+use crate::store::operator::{
+    AuditEntry, DeadLetterRecord, LetterAction, LetterState, StoredDeadLetter, Taken,
+};
 use crate::store::StoreError;
 use crate::transport::{dead_letter_channel, TransportError};
 
@@ -53,6 +55,8 @@ pub enum ActionError {
     Handled { id: String, state: LetterState },
     #[error(transparent)]
     Unreadable(#[from] letter::Unreadable),
+    #[error(transparent)]
+    ForeignSource(#[from] letter::ForeignSource),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the broker did not take the message back: {0}")]
@@ -126,6 +130,10 @@ impl Operator {
         reason: &str,
         job_id: Option<Uuid>,
     ) -> Result<StoredDeadLetter, ActionError> {
+        // Refused before it is taken, so a refused letter stays listed.
+        if let Some(letter) = self.orchestrator.store().dead_letter(id).await? {
+            self.target(&letter.record)?;
+        }
         let taken = self
             .take(id, LetterState::Redriving, actor, reason, job_id)
             .await?;
@@ -145,6 +153,12 @@ impl Operator {
             .await?;
         self.forget(&taken).await;
         Ok(taken)
+    }
+
+    /// Where `record` may be redriven to (see [`letter::redrive_target`]).
+    fn target<'a>(&self, record: &'a DeadLetterRecord) -> Result<&'a str, letter::ForeignSource> {
+        let consumed = self.orchestrator.config().consumed_channels();
+        letter::redrive_target(record, &consumed)
     }
 
     /// Drops a handled letter from its channel where the broker can. The
@@ -204,18 +218,18 @@ impl Operator {
     async fn send_back(&self, taken: &StoredDeadLetter) -> Result<(), ActionError> {
         let store = self.orchestrator.store();
         let id = &taken.record.id;
-        let message = match letter::original(&taken.record.raw) {
-            Ok(m) => m,
+        // Checked again here: the runner finishing a cut-short redrive
+        // comes this way without `redrive`'s check.
+        let ready = self.target(&taken.record).map_err(ActionError::from);
+        let ready = ready.and_then(|to| Ok((to, letter::original(&taken.record.raw)?)));
+        let (to, message) = match ready {
+            Ok(ready) => ready,
             Err(e) => {
                 store.settle_redrive(id, false).await?;
-                return Err(e.into());
+                return Err(e);
             }
         };
-        let sent = self
-            .orchestrator
-            .transport()
-            .send(&taken.record.source_channel, vec![message])
-            .await;
+        let sent = self.orchestrator.transport().send(to, vec![message]).await;
         store.settle_redrive(id, sent.is_ok()).await?;
         sent?;
         self.forget(taken).await;

@@ -16,6 +16,7 @@ mod load;
 mod monitor;
 mod operator;
 mod operator_jobs;
+mod operator_safety;
 mod outbox_rows;
 mod participants_http;
 mod properties;

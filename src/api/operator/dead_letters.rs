@@ -199,7 +199,7 @@ pub struct Redriven {
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
         (status = 404, description = "No such dead letter.", body = ErrorBody),
         (status = 409, description = "Already redriven or discarded.", body = ErrorBody),
-        (status = 422, description = "No `reason`, or one over 1000 characters.", body = ErrorBody),
+        (status = 422, description = "No `reason`, or one over 1000 characters; or the letter cannot be sent back: unreadable, or its `source_channel` is not its dead-letter channel's source (`<channel>` of `<channel>-dlq`) or not a channel the service consumes (it stays listed).", body = ErrorBody),
         (status = 503, description = "The store or the broker is unavailable; the letter stays listed; try again.", body = ErrorBody),
     )
 )]
@@ -274,7 +274,9 @@ fn action_error(e: ActionError) -> ApiError {
     match e {
         ActionError::NotFound(_) => ApiError::NotFound(e.to_string()),
         ActionError::Handled { .. } => ApiError::Conflict(e.to_string()),
-        ActionError::Unreadable(_) => ApiError::Unprocessable(e.to_string()),
+        ActionError::Unreadable(_) | ActionError::ForeignSource(_) => {
+            ApiError::Unprocessable(e.to_string())
+        }
         ActionError::Store(e) => ApiError::Store(e),
         ActionError::Transport(e) => {
             tracing::warn!(error = %e, "a redrive's publish failed; the letter stays listed");

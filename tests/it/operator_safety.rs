@@ -1,0 +1,109 @@
+//! The operator routes against hostile or unlucky input: a producer that
+//! names its own `source_channel`, a letter forged onto a dead-letter
+//! channel. Helpers are `operator.rs`'s.
+
+use serde_json::json;
+
+use crate::helpers::{
+    alliance_created, mocks, on_create_alliance, partner, spawn_app_with, BrokerKind, TestConfig,
+};
+use crate::operator::{dead_letters, get, post};
+
+/// A producer's entry carrying its own `source_channel` (Redis keeps both
+/// it and the one dead-lettering appends) is listed and redriven to the
+/// channel it was really consumed from, never to the one it named; the
+/// fields given back are the producer's own, its `source_channel` too.
+#[tokio::test]
+async fn a_producers_own_source_channel_never_steers_a_redrive() {
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.limits.max_message_bytes = 2048;
+    let mut app = spawn_app_with(alliances, integrations, config).await;
+    let source = app.channels.partner_events.clone();
+    let dlq = format!("{source}-dlq");
+    let other = format!("{source}-other-stream");
+    let p = partner();
+    let fields: Vec<(String, String)> = [
+        ("event_id", format!("evt-{p}")),
+        ("correlation_id", format!("corr-{p}")),
+        ("event_type", "PartnerCreated".to_string()),
+        (
+            "payload",
+            json!({"partner_id": p, "name": "n".repeat(3000)}).to_string(),
+        ),
+        ("timestamp", "2026-12-02T06:00:00.000Z".to_string()),
+        ("source_channel", other.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    app.publish_fields(&source, &fields).await;
+    let letter = dead_letters(&app, &dlq, 1).await.remove(0);
+    assert_eq!(letter["source_channel"], source, "{letter}");
+    let id = letter["id"].as_str().unwrap().to_string();
+
+    app.config.settings.limits.max_message_bytes = 1 << 20;
+    app.restart().await;
+    let (status, body) = post(
+        &app,
+        &format!("/dead-letters/{id}/redrive"),
+        json!({"reason": "limit raised"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["source_channel"], source, "{body}");
+    assert_eq!(app.settled(&p).await["state"], "completed");
+    if BrokerKind::from_env() == BrokerKind::Redis {
+        assert!(app.entries(&other).await.is_empty(), "published to {other}");
+        let entries = app.entries(&source).await;
+        let back = entries.last().expect("redriven entry");
+        assert_eq!(back.get("source_channel"), Some(&other), "{back:?}");
+        assert!(back.get("dlq_reason").is_none(), "{back:?}");
+    }
+}
+
+/// A letter put straight onto a dead-letter channel naming another
+/// channel as its source is refused (422), stays listed, and nothing is
+/// published there.
+#[tokio::test]
+async fn a_letter_naming_a_foreign_source_is_not_redriven() {
+    let (alliances, integrations) = mocks().await;
+    let config = TestConfig::new(&alliances, &integrations).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let source = app.channels.partner_events.clone();
+    let dlq = format!("{source}-dlq");
+    let other = format!("{source}-other-stream");
+    let fields: Vec<(String, String)> = [
+        ("event_id", "forged-1".to_string()),
+        ("event_type", "PartnerCreated".to_string()),
+        ("payload", json!({"partner_id": partner()}).to_string()),
+        ("dlq_reason", "forged".to_string()),
+        ("source_channel", other.clone()),
+        ("failed_at", "2026-12-02T06:00:00.000Z".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    app.publish_fields(&dlq, &fields).await;
+    let letter = dead_letters(&app, &dlq, 1).await.remove(0);
+    let id = letter["id"].as_str().unwrap().to_string();
+    let (status, body) = post(
+        &app,
+        &format!("/dead-letters/{id}/redrive"),
+        json!({"reason": "try"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    assert_eq!(
+        get(&app, &format!("/dead-letters/{id}")).await["state"],
+        "pending"
+    );
+    if BrokerKind::from_env() == BrokerKind::Redis {
+        assert!(app.entries(&other).await.is_empty(), "published to {other}");
+    }
+}
