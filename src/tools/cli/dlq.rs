@@ -85,7 +85,7 @@ pub async fn run(cmd: &DlqCmd) -> anyhow::Result<ExitCode> {
             let letter = client
                 .call(Method::GET, &format!("/dead-letters/{id}"), None)
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&letter)?);
+            println!("{}", shown(&letter)?);
             Ok(ExitCode::SUCCESS)
         }
         DlqAction::Redrive(args) if args.all => redrive_all(&client, args).await,
@@ -100,8 +100,9 @@ pub async fn run(cmd: &DlqCmd) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             println!(
-                "redriven {id} to {}",
-                done["source_channel"].as_str().unwrap_or("?")
+                "redriven {} to {}",
+                printable(id),
+                printable(done["source_channel"].as_str().unwrap_or("?"))
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -158,9 +159,31 @@ async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A letter as `dlq show` prints it: pretty JSON, with DEL and the C1
+/// controls (which JSON leaves as they are) escaped too.
+fn shown(letter: &Value) -> anyhow::Result<String> {
+    let pretty = serde_json::to_string_pretty(letter)?;
+    Ok(pretty.chars().fold(String::new(), |mut out, c| {
+        if c.is_control() && c != '\n' {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+        out
+    }))
+}
+
+/// Text from a dead letter (a producer's) made safe for a terminal line:
+/// every control character shown as `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// One dead letter on one line: id, when, from where, why.
 fn line(item: &Value) -> String {
-    let text = |k: &str| item[k].as_str().unwrap_or("").to_string();
+    let text = |k: &str| printable(item[k].as_str().unwrap_or(""));
     format!(
         "{}  {}  {}  {}",
         text("id"),
@@ -176,4 +199,24 @@ async fn redrive_all(client: &ApiClient, args: &RedriveArgs) -> anyhow::Result<E
     put(&mut filter, "reason_contains", args.reason_contains.clone());
     let body = args.bulk.body(filter, args.name.as_deref(), &args.reason);
     run_job(client, "/dead-letters/redrive", &body, args.bulk.dry_run).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer's text reaches an operator's terminal: no escape
+    /// sequence, line break or C1 control of it gets there as such.
+    #[test]
+    fn printed_lines_carry_no_control_characters() {
+        let item = json!({"id": "c-dlq.1-0", "failed_at": "t", "source_channel": "c",
+            "dlq_reason": "bad\u{1b}]0;owned\u{7}\r\nfake line\u{9b}2J"});
+        let printed = line(&item);
+        assert!(!printed.chars().any(char::is_control), "{printed:?}");
+        let shown = shown(&json!({"message": {"x": "a\u{1b}[2J\u{7f}\u{9b}b"}})).unwrap();
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
+    }
 }
