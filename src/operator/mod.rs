@@ -15,8 +15,9 @@
 //! A redrive is recorded in the store before anything is published, in the
 //! same transaction as its audit entry, so a second call finds it handled
 //! and never sends a second copy. Should the process die between that
-//! record and the publish, the runner publishes it later (at least once:
-//! the message keeps its `event_id`, so the dedup of a saga's start holds).
+//! record and the publish, a runner claims it (one of every instance's)
+//! and publishes it later (at least once: the message keeps its
+//! `event_id`, so the dedup of a saga's start holds).
 
 pub mod id;
 pub mod index;
@@ -61,7 +62,16 @@ pub enum ActionError {
     Store(#[from] StoreError),
     #[error("the broker did not take the message back: {0}")]
     Transport(#[from] TransportError),
+    /// The redrive's task ended without an answer (the runtime shutting
+    /// down); a redrive it left recorded is finished by the runner.
+    #[error("the redrive was interrupted; it is finished later if it was recorded")]
+    Interrupted,
 }
+
+/// The longest a redrive's publish may take before it counts as failed
+/// (the letter goes back to pending). The runner resends a redrive left
+/// unsettled only well after this, so it never races a live one.
+pub const REDRIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An operator's reason as a saga's history keeps it: with who gave it
 /// (the admin token's name) and, for a bulk job, which job.
@@ -124,6 +134,31 @@ impl Operator {
     /// Sends dead letter `id` back to its source channel, once: a second
     /// call finds it handled.
     pub async fn redrive(
+        &self,
+        id: &str,
+        actor: &str,
+        reason: &str,
+        job_id: Option<Uuid>,
+    ) -> Result<StoredDeadLetter, ActionError> {
+        // In a task of its own, so that a caller dropped half-way (a client
+        // that disconnects, a request cut by shutdown) cannot leave it sent
+        // but unsettled, which the runner would later send again.
+        let (op, id, actor, reason) = (
+            self.clone(),
+            id.to_string(),
+            actor.to_string(),
+            reason.to_string(),
+        );
+        tokio::spawn(async move { op.redrive_to_the_end(&id, &actor, &reason, job_id).await })
+            .await
+            .unwrap_or_else(|e| match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(ActionError::Interrupted),
+            })
+    }
+
+    /// Take, send, settle: [`Self::redrive`]'s work, not to be cancelled.
+    async fn redrive_to_the_end(
         &self,
         id: &str,
         actor: &str,
@@ -229,7 +264,11 @@ impl Operator {
                 return Err(e);
             }
         };
-        let sent = self.orchestrator.transport().send(to, vec![message]).await;
+        let send = self.orchestrator.transport().send(to, vec![message]);
+        let sent = match tokio::time::timeout(REDRIVE_SEND_TIMEOUT, send).await {
+            Ok(sent) => sent,
+            Err(_) => Err(TransportError::Timeout("a redrive's publish")),
+        };
         store.settle_redrive(id, sent.is_ok()).await?;
         sent?;
         self.forget(taken).await;

@@ -21,8 +21,10 @@ use crate::store::StoreError;
 const LEASE: Duration = Duration::from_secs(10);
 /// How often an idle runner looks for work (new jobs also wake it).
 const IDLE: Duration = Duration::from_secs(1);
-/// A redrive recorded this long ago and never settled was cut short.
-const UNSETTLED_AFTER: Duration = Duration::from_secs(30);
+/// A redrive recorded (or claimed) this long ago and never settled was cut
+/// short. Comfortably longer than a redrive's publish may take
+/// (`REDRIVE_SEND_TIMEOUT`), so a live one is never resent under it.
+const UNSETTLED_AFTER: Duration = Duration::from_secs(4 * super::REDRIVE_SEND_TIMEOUT.as_secs());
 /// Items fetched at once.
 const ITEMS: u32 = 50;
 
@@ -62,11 +64,12 @@ async fn round(op: &Operator) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Redrives recorded but never published (a crash in between): sent now.
+/// Redrives recorded but never published (a crash in between): claimed,
+/// so that of every instance's runner one resends each, and sent now.
 async fn finish_unsettled_redrives(op: &Operator) -> Result<(), StoreError> {
     let store = op.orchestrator.store();
     for letter in store
-        .unsettled_redrives(ago(UNSETTLED_AFTER), ITEMS)
+        .claim_unsettled_redrives(ago(UNSETTLED_AFTER), Utc::now(), ITEMS)
         .await?
     {
         if let Err(e) = op.send_back(&letter).await {
@@ -135,7 +138,7 @@ async fn item(op: &Operator, job: &Job, target: &str) -> Option<(ItemOutcome, Op
                     Some((ItemOutcome::Skipped, Some(e.to_string())))
                 }
                 Err(ActionError::Transport(e)) if !e.blames_the_message() => None,
-                Err(ActionError::Store(_)) => None,
+                Err(ActionError::Store(_) | ActionError::Interrupted) => None,
                 Err(e) => Some((ItemOutcome::Error, Some(e.to_string()))),
             }
         }

@@ -411,7 +411,7 @@ async fn a_redrive_cut_short_by_a_crash_is_finished_later() {
         .expect("connect to the test database");
     sqlx::query(
         "UPDATE dead_letters SET state = 'redriving', acted_by = 'admin', \
-            action_reason = 'cut short', acted_at = now() - interval '1 minute' WHERE id = $1",
+            action_reason = 'cut short', acted_at = now() - interval '10 minutes' WHERE id = $1",
     )
     .bind(&id)
     .execute(&mut db)

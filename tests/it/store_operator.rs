@@ -106,13 +106,13 @@ pub async fn dead_letters_are_indexed_once_and_taken_once(store: Arc<dyn SagaSto
         Taken::Missing
     );
     let cut_short = store
-        .unsettled_redrives(Utc::now() + Duration::seconds(1), 10)
+        .claim_unsettled_redrives(Utc::now() + Duration::seconds(1), Utc::now(), 10)
         .await
         .unwrap();
     assert_eq!(ids(cut_short), ["a.1-0"]);
     store.settle_redrive("a.1-0", true).await.unwrap();
     assert!(store
-        .unsettled_redrives(Utc::now() + Duration::seconds(1), 10)
+        .claim_unsettled_redrives(Utc::now() + Duration::seconds(1), Utc::now(), 10)
         .await
         .unwrap()
         .is_empty());
@@ -220,4 +220,37 @@ pub async fn jobs_are_one_per_body_leased_and_counted_once(store: Arc<dyn SagaSt
         .await
         .unwrap()
         .is_none());
+}
+
+/// A redrive left `redriving` is claimed by one runner of however many
+/// look at once: the claim moves its `acted_at` on, so a second (another
+/// instance's, or the same one's next round) finds nothing to resend
+/// until that claim lapses in turn.
+pub async fn an_unsettled_redrive_is_claimed_once(store: Arc<dyn SagaStore>) {
+    store
+        .index_dead_letters(&[letter("c.1-0", "c-dlq", "why")], Utc::now())
+        .await
+        .unwrap();
+    let take = LetterAction {
+        id: "c.1-0".into(),
+        to: LetterState::Redriving,
+        job_id: None,
+        audit: audit("dead_letter.redrive", "c.1-0"),
+    };
+    assert!(matches!(
+        store.take_dead_letter(&take).await.unwrap(),
+        Taken::Taken(_)
+    ));
+    let lapsed = Utc::now() + Duration::seconds(1);
+    let (a, b) = tokio::join!(
+        store.claim_unsettled_redrives(lapsed, Utc::now() + Duration::seconds(2), 10),
+        store.claim_unsettled_redrives(lapsed, Utc::now() + Duration::seconds(2), 10),
+    );
+    let claimed = a.unwrap().len() + b.unwrap().len();
+    assert_eq!(claimed, 1, "two runners resend one letter once");
+    let later = store
+        .claim_unsettled_redrives(lapsed, Utc::now() + Duration::seconds(2), 10)
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "claimed: not resent before it lapses");
 }

@@ -278,6 +278,7 @@ fn action_error(e: ActionError) -> ApiError {
             ApiError::Unprocessable(e.to_string())
         }
         ActionError::Store(e) => ApiError::Store(e),
+        ActionError::Interrupted => ApiError::Unavailable(e.to_string()),
         ActionError::Transport(e) => {
             tracing::warn!(error = %e, "a redrive's publish failed; the letter stays listed");
             ApiError::Unavailable("the broker did not take the message; try again".into())

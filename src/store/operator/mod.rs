@@ -165,11 +165,16 @@ pub trait DeadLetterStore: Send + Sync {
     /// publish failed) it goes back to pending.
     async fn settle_redrive(&self, id: &str, sent: bool) -> Result<(), StoreError>;
 
-    /// Redrives recorded before `older_than` and never settled (a crash
-    /// between the record and the publish), oldest first.
-    async fn unsettled_redrives(
+    /// Claims redrives recorded (or last claimed) before `older_than` and
+    /// never settled (a crash between the record and the publish), oldest
+    /// first, to resend: their `acted_at` becomes `now` in the same
+    /// statement, so of any number of runners looking at once only one
+    /// gets a letter, and nobody again until that claim is older than
+    /// `older_than` in turn.
+    async fn claim_unsettled_redrives(
         &self,
         older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError>;
 

@@ -170,21 +170,29 @@ impl DeadLetterStore for PostgresStore {
         Ok(())
     }
 
-    async fn unsettled_redrives(
+    async fn claim_unsettled_redrives(
         &self,
         older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        // SKIP LOCKED: a row another runner is claiming is its; the outer
+        // condition is checked again on the row as it is when locked.
         let sql = format!(
-            "SELECT {LETTER_COLUMNS} FROM dead_letters \
-             WHERE state = 'redriving' AND acted_at < $1 ORDER BY acted_at LIMIT $2"
+            "UPDATE dead_letters SET acted_at = $2 WHERE id IN (\
+                SELECT id FROM dead_letters WHERE state = 'redriving' AND acted_at < $1 \
+                ORDER BY acted_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             AND state = 'redriving' AND acted_at < $1 RETURNING {LETTER_COLUMNS}"
         );
         let rows = sqlx::query(&sql)
             .bind(older_than)
+            .bind(now)
             .bind(i64::from(limit))
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(letter).collect()
+        let mut letters = rows.iter().map(letter).collect::<Result<Vec<_>, _>>()?;
+        letters.sort_by_key(|l| l.seq);
+        Ok(letters)
     }
 
     async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -190,21 +190,28 @@ impl DeadLetterStore for SqliteStore {
         Ok(())
     }
 
-    async fn unsettled_redrives(
+    async fn claim_unsettled_redrives(
         &self,
         older_than: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        // One statement, and SQLite has one writer: two claims never
+        // both see a row as lapsed.
         let sql = format!(
-            "SELECT {LETTER_COLUMNS} FROM dead_letters \
-             WHERE state = 'redriving' AND acted_at < ? ORDER BY acted_at LIMIT ?"
+            "UPDATE dead_letters SET acted_at = ? WHERE id IN (\
+                SELECT id FROM dead_letters WHERE state = 'redriving' AND acted_at < ? \
+                ORDER BY acted_at LIMIT ?) RETURNING {LETTER_COLUMNS}"
         );
         let rows = sqlx::query(&sql)
+            .bind(micros(now))
             .bind(micros(older_than))
             .bind(i64::from(limit))
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(letter).collect()
+        let mut letters = rows.iter().map(letter).collect::<Result<Vec<_>, _>>()?;
+        letters.sort_by_key(|l| l.seq);
+        Ok(letters)
     }
 
     async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
