@@ -111,9 +111,11 @@ impl Operator {
                     before: None,
                     ..query.clone()
                 };
-                let letters = store.dead_letters(&query).await?;
+                // Ids only: a job of thousands never holds their payloads.
+                let mut ids = store.dead_letter_ids(&query).await?;
                 // Oldest first, as they failed.
-                letters.into_iter().rev().map(|l| l.record.id).collect()
+                ids.reverse();
+                ids
             }
         })
     }
@@ -124,15 +126,22 @@ impl Operator {
         request: JobRequest,
         dry_run: bool,
     ) -> Result<Started, StoreError> {
+        let body = request.normalized();
+        let key = body_key(&body);
+        // A duplicate post is answered before any target is selected.
+        if !dry_run {
+            if let Some(existing) = self.orchestrator.store().job_by_key(&key).await? {
+                return Ok(Started::Existing(existing));
+            }
+        }
         let targets = self.targets(&request.selection, request.max).await?;
         if dry_run {
             let matched = u32::try_from(targets.len()).unwrap_or(u32::MAX);
             return Ok(Started::Preview { matched });
         }
-        let body = request.normalized();
         let job = NewJob {
             job_id: Uuid::now_v7(),
-            body_key: body_key(&body),
+            body_key: key,
             kind: request.selection.kind(),
             name: request.name.clone(),
             reason: request.reason.clone(),

@@ -107,3 +107,40 @@ async fn a_letter_naming_a_foreign_source_is_not_redriven() {
         assert!(app.entries(&other).await.is_empty(), "published to {other}");
     }
 }
+
+/// A listing holds many letters: a big value in one is cut to a few KiB
+/// there (`"truncated": true`), and read in full by its id.
+#[tokio::test]
+async fn a_listing_truncates_big_messages_and_the_letter_keeps_them() {
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.limits.max_message_bytes = 2048;
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let source = app.channels.partner_events.clone();
+    let dlq = format!("{source}-dlq");
+    let payload = json!({"partner_id": partner(), "name": "n".repeat(40_000)}).to_string();
+    let fields: Vec<(String, String)> = [
+        ("event_id", "big-1".to_string()),
+        ("event_type", "PartnerCreated".to_string()),
+        ("payload", payload.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    app.publish_fields(&source, &fields).await;
+    let listed = dead_letters(&app, &dlq, 1).await.remove(0);
+    assert_eq!(listed["truncated"], true, "{}", listed["truncated"]);
+    let shown = listed.to_string().len();
+    assert!(shown < 10_000, "a listed letter of {shown} bytes");
+    assert_eq!(listed["message"]["event_id"], "big-1");
+    let id = listed["id"].as_str().unwrap();
+    let full = get(&app, &format!("/dead-letters/{id}")).await;
+    assert_eq!(full["truncated"], false);
+    // Redis keeps the payload as the text it was, Pulsar as JSON.
+    let whole = &full["message"]["payload"];
+    let whole: serde_json::Value = match whole.as_str() {
+        Some(text) => serde_json::from_str(text).unwrap(),
+        None => whole.clone(),
+    };
+    assert_eq!(whole.to_string(), payload);
+}

@@ -68,6 +68,14 @@ pub async fn dead_letters_are_indexed_once_and_taken_once(store: Arc<dyn SagaSto
         ids(store.dead_letters(&query(None, None)).await.unwrap()),
         ["b.1-0", "a.2-0", "a.1-0"]
     );
+    // A bulk job's targets: the same selection, ids alone.
+    assert_eq!(
+        store
+            .dead_letter_ids(&query(Some("a-dlq"), None))
+            .await
+            .unwrap(),
+        ["a.2-0", "a.1-0"]
+    );
     assert_eq!(
         ids(store
             .dead_letters(&query(Some("a-dlq"), Some("JSON")))

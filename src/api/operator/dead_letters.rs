@@ -36,6 +36,9 @@ pub struct DeadLetterView {
     /// the body's JSON object, or `raw` when it was not one).
     #[schema(value_type = Object)]
     pub message: Value,
+    /// In a listing, text values of `message` over 4 KiB are cut to that
+    /// and this is `true`; `GET /dead-letters/{id}` always gives them whole.
+    pub truncated: bool,
     /// `pending` (listed), `redriving`, `redriven` or `discarded`.
     #[schema(example = "pending")]
     pub state: String,
@@ -49,11 +52,46 @@ pub struct DeadLetterView {
     pub acted_at: Option<DateTime<Utc>>,
 }
 
+/// The most of one `message` value a listing shows: a page of 500 letters
+/// stays a few MiB however big the payloads were.
+const LISTED_VALUE_BYTES: usize = 4096;
+
+/// `text` cut to at most `LISTED_VALUE_BYTES`, on a character boundary.
+fn cut(text: &mut String) -> bool {
+    if text.len() <= LISTED_VALUE_BYTES {
+        return false;
+    }
+    let end = (0..=LISTED_VALUE_BYTES)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text.truncate(end);
+    true
+}
+
+/// Cuts every text value of `message` (nested ones too); whether any was.
+fn truncate(message: &mut Value) -> bool {
+    match message {
+        Value::String(text) => cut(text),
+        Value::Array(items) => items.iter_mut().fold(false, |t, v| truncate(v) | t),
+        Value::Object(map) => map.values_mut().fold(false, |t, v| truncate(v) | t),
+        _ => false,
+    }
+}
+
 impl DeadLetterView {
+    /// As a listing shows it: big values cut.
+    fn listed(l: StoredDeadLetter) -> Self {
+        let mut view = Self::of(l);
+        view.truncated = truncate(&mut view.message);
+        view
+    }
+
     fn of(l: StoredDeadLetter) -> Self {
         let message = letter::message_view(&l.record.raw)
             .unwrap_or_else(|e| serde_json::json!({ "unreadable": e.to_string() }));
         Self {
+            truncated: false,
             id: l.record.id,
             channel: l.record.channel,
             source_channel: l.record.source_channel,
@@ -98,7 +136,7 @@ pub struct DeadLetterPage {
     path = "/dead-letters",
     tag = "admin",
     summary = "List dead letters",
-    description = "Dead letters not yet redriven or discarded, newest first, from every `<channel>-dlq` the service consumes (admin: they hold whatever a producer sent). Page with `cursor`.",
+    description = "Dead letters not yet redriven or discarded, newest first, from every `<channel>-dlq` the service consumes (admin: they hold whatever a producer sent). Page with `cursor`. Text values of `message` over 4 KiB are cut to that, with `truncated: true`; `GET /dead-letters/{id}` gives them whole.",
     params(ListParams),
     security(("admin_token" = [])),
     responses(
@@ -128,7 +166,7 @@ pub async fn list(
     let store = state.operator.orchestrator().store();
     let letters = store.dead_letters(&query).await?;
     let (letters, next_cursor) = page(letters, limit, |l| l.seq.to_string());
-    let items = letters.into_iter().map(DeadLetterView::of).collect();
+    let items = letters.into_iter().map(DeadLetterView::listed).collect();
     Ok(Json(DeadLetterPage { items, next_cursor }))
 }
 

@@ -149,6 +149,10 @@ pub trait JobStore: Send + Sync {
     /// One job.
     async fn job(&self, job_id: Uuid) -> Result<Option<Job>, StoreError>;
 
+    /// The job recorded with `body_key`, if any: a duplicate post is
+    /// answered with it before any target is selected.
+    async fn job_by_key(&self, body_key: &str) -> Result<Option<Job>, StoreError>;
+
     /// Stops a running job (its lease holder sees it before its next item),
     /// recording `audit`. `None`: no such job; a job not running is
     /// returned as it is, unchanged.

@@ -153,6 +153,10 @@ pub trait DeadLetterStore: Send + Sync {
         query: &DeadLetterQuery,
     ) -> Result<Vec<StoredDeadLetter>, StoreError>;
 
+    /// The ids alone of the pending letters `query` matches, newest first:
+    /// a bulk job's targets, without loading every letter's payload.
+    async fn dead_letter_ids(&self, query: &DeadLetterQuery) -> Result<Vec<String>, StoreError>;
+
     /// One dead letter, in whatever state.
     async fn dead_letter(&self, id: &str) -> Result<Option<StoredDeadLetter>, StoreError>;
 

@@ -15,6 +15,33 @@ use crate::store::{PostgresStore, StoreError};
 const LETTER_COLUMNS: &str =
     "seq, id, channel, message_id, source_channel, dlq_reason, failed_at, \
     raw, state, acted_by, action_reason, acted_at";
+/// `columns` of the pending letters `q` matches, newest first.
+fn pending<'q>(columns: &str, q: &'q DeadLetterQuery) -> QueryBuilder<'q, Postgres> {
+    let mut qb = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {columns} FROM dead_letters WHERE state = 'pending'"
+    ));
+    if let Some(channel) = &q.channel {
+        qb.push(" AND channel = ").push_bind(channel);
+    }
+    if let Some(text) = &q.reason_contains {
+        qb.push(" AND strpos(dlq_reason, ")
+            .push_bind(column_text(text))
+            .push(") > 0");
+    }
+    if let Some(since) = q.since {
+        qb.push(" AND failed_at >= ").push_bind(since);
+    }
+    if let Some(until) = q.until {
+        qb.push(" AND failed_at < ").push_bind(until);
+    }
+    if let Some(before) = q.before {
+        qb.push(" AND seq < ").push_bind(before);
+    }
+    qb.push(" ORDER BY seq DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
+    qb
+}
+
 fn letter(row: &PgRow) -> Result<StoredDeadLetter, StoreError> {
     let state: String = row.try_get("state")?;
     Ok(StoredDeadLetter {
@@ -83,30 +110,18 @@ impl DeadLetterStore for PostgresStore {
     }
 
     async fn dead_letters(&self, q: &DeadLetterQuery) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {LETTER_COLUMNS} FROM dead_letters WHERE state = 'pending'"
-        ));
-        if let Some(channel) = &q.channel {
-            qb.push(" AND channel = ").push_bind(channel);
-        }
-        if let Some(text) = &q.reason_contains {
-            qb.push(" AND strpos(dlq_reason, ")
-                .push_bind(column_text(text))
-                .push(") > 0");
-        }
-        if let Some(since) = q.since {
-            qb.push(" AND failed_at >= ").push_bind(since);
-        }
-        if let Some(until) = q.until {
-            qb.push(" AND failed_at < ").push_bind(until);
-        }
-        if let Some(before) = q.before {
-            qb.push(" AND seq < ").push_bind(before);
-        }
-        qb.push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(q.limit));
-        let rows = qb.build().fetch_all(self.pool()).await?;
+        let rows = pending(LETTER_COLUMNS, q)
+            .build()
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(letter).collect()
+    }
+
+    async fn dead_letter_ids(&self, q: &DeadLetterQuery) -> Result<Vec<String>, StoreError> {
+        let rows = pending("id", q).build().fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| r.try_get("id").map_err(StoreError::from))
+            .collect()
     }
 
     async fn dead_letter(&self, id: &str) -> Result<Option<StoredDeadLetter>, StoreError> {

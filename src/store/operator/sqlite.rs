@@ -34,6 +34,33 @@ pub(super) fn uuid(text: &str) -> Result<Uuid, StoreError> {
     })
 }
 
+/// `columns` of the pending letters `q` matches, newest first.
+fn pending<'q>(columns: &str, q: &'q DeadLetterQuery) -> QueryBuilder<'q, Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {columns} FROM dead_letters WHERE state = 'pending'"
+    ));
+    if let Some(channel) = &q.channel {
+        qb.push(" AND channel = ").push_bind(channel);
+    }
+    if let Some(text) = &q.reason_contains {
+        qb.push(" AND instr(dlq_reason, ")
+            .push_bind(text)
+            .push(") > 0");
+    }
+    if let Some(since) = q.since {
+        qb.push(" AND failed_at >= ").push_bind(micros(since));
+    }
+    if let Some(until) = q.until {
+        qb.push(" AND failed_at < ").push_bind(micros(until));
+    }
+    if let Some(before) = q.before {
+        qb.push(" AND seq < ").push_bind(before);
+    }
+    qb.push(" ORDER BY seq DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
+    qb
+}
+
 fn letter(row: &SqliteRow) -> Result<StoredDeadLetter, StoreError> {
     let state: String = row.try_get("state")?;
     let nil = Uuid::nil();
@@ -104,30 +131,18 @@ impl DeadLetterStore for SqliteStore {
     }
 
     async fn dead_letters(&self, q: &DeadLetterQuery) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {LETTER_COLUMNS} FROM dead_letters WHERE state = 'pending'"
-        ));
-        if let Some(channel) = &q.channel {
-            qb.push(" AND channel = ").push_bind(channel);
-        }
-        if let Some(text) = &q.reason_contains {
-            qb.push(" AND instr(dlq_reason, ")
-                .push_bind(text)
-                .push(") > 0");
-        }
-        if let Some(since) = q.since {
-            qb.push(" AND failed_at >= ").push_bind(micros(since));
-        }
-        if let Some(until) = q.until {
-            qb.push(" AND failed_at < ").push_bind(micros(until));
-        }
-        if let Some(before) = q.before {
-            qb.push(" AND seq < ").push_bind(before);
-        }
-        qb.push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(q.limit));
-        let rows = qb.build().fetch_all(self.pool()).await?;
+        let rows = pending(LETTER_COLUMNS, q)
+            .build()
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(letter).collect()
+    }
+
+    async fn dead_letter_ids(&self, q: &DeadLetterQuery) -> Result<Vec<String>, StoreError> {
+        let rows = pending("id", q).build().fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| r.try_get("id").map_err(StoreError::from))
+            .collect()
     }
 
     async fn dead_letter(&self, id: &str) -> Result<Option<StoredDeadLetter>, StoreError> {

@@ -132,6 +132,15 @@ impl JobStore for SqliteStore {
         row.as_ref().map(job).transpose()
     }
 
+    async fn job_by_key(&self, body_key: &str) -> Result<Option<Job>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE body_key = ?");
+        let row = sqlx::query(&sql)
+            .bind(body_key)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(job).transpose()
+    }
+
     async fn abort_job(
         &self,
         job_id: Uuid,
