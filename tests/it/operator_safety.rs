@@ -144,3 +144,52 @@ async fn a_listing_truncates_big_messages_and_the_letter_keeps_them() {
     };
     assert_eq!(whole.to_string(), payload);
 }
+
+/// A NUL (or any control character) in a dead letter's id or in a channel
+/// filter is the caller's mistake: 4xx JSON, never a store failure's 503.
+#[tokio::test]
+async fn ids_and_channels_with_nul_are_refused_as_bad_input() {
+    let (alliances, integrations) = mocks().await;
+    let config = TestConfig::new(&alliances, &integrations).await;
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let reason = json!({"reason": "r"});
+    let calls = [
+        (reqwest::Method::GET, "/dead-letters/a%00.1-0", None),
+        (reqwest::Method::GET, "/dead-letters/%00", None),
+        (reqwest::Method::GET, "/dead-letters?channel=a%00-dlq", None),
+        (reqwest::Method::GET, "/dead-letters?channel=a%1B-dlq", None),
+        (
+            reqwest::Method::POST,
+            "/dead-letters/a%00.1-0/redrive",
+            Some(reason.clone()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/dead-letters/a.1%00-0/discard",
+            Some(reason.clone()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/dead-letters/redrive",
+            Some(
+                json!({"filter": {"channel": "a\u{0}-dlq"}, "name": "n", "reason": "r", "dry_run": true}),
+            ),
+        ),
+        (
+            reqwest::Method::POST,
+            "/dead-letters/redrive",
+            Some(json!({"filter": {"channel": "a\u{0}-dlq"}, "name": "n", "reason": "r"})),
+        ),
+    ];
+    for (method, path, body) in calls {
+        let (status, answer) = crate::operator::admin(&app, method.clone(), path, body).await;
+        assert!(
+            (400..500).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        assert!(
+            answer["error"].is_string() && answer["detail"].is_string(),
+            "{method} {path}: {answer}"
+        );
+    }
+}

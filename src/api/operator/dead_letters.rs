@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{body, cursor, required_reason};
+use super::{body, channel_filter, cursor, letter_id, required_reason};
 use crate::api::auth::authorize;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::paging::{limit, page};
@@ -141,7 +141,7 @@ pub struct DeadLetterPage {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "One page of dead letters.", body = DeadLetterPage),
-        (status = 400, description = "A `limit` outside 1–500 or a malformed `cursor`.", body = ErrorBody),
+        (status = 400, description = "A `limit` outside 1–500, a malformed `cursor`, or a `channel` with a control character.", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
@@ -156,7 +156,7 @@ pub async fn list(
     let Query(p) = params?;
     let limit = limit(p.limit)?;
     let query = DeadLetterQuery {
-        channel: non_empty(p.channel),
+        channel: channel_filter("channel", p.channel)?,
         reason_contains: non_empty(p.reason),
         since: None,
         until: None,
@@ -183,7 +183,7 @@ pub async fn list(
         (status = 200, description = "The dead letter.", body = DeadLetterView),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
-        (status = 404, description = "No such dead letter.", body = ErrorBody),
+        (status = 404, description = "No such dead letter (or the id is not one: malformed, or with a control character).", body = ErrorBody),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
     )
 )]
@@ -193,6 +193,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
     authorize(&state, &headers)?;
+    letter_id(&id)?;
     let letter = state
         .operator
         .orchestrator()
@@ -201,7 +202,7 @@ pub async fn get(
         .await?;
     letter
         .map(|l| Json(DeadLetterView::of(l)))
-        .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no dead letter {}", id.escape_default())))
 }
 
 /// Body of a redrive or a discard.
@@ -235,7 +236,7 @@ pub struct Redriven {
         (status = 202, description = "Sent back to its source channel.", body = Redriven),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
-        (status = 404, description = "No such dead letter.", body = ErrorBody),
+        (status = 404, description = "No such dead letter (or the id is not one: malformed, or with a control character).", body = ErrorBody),
         (status = 409, description = "Already redriven or discarded.", body = ErrorBody),
         (status = 422, description = "No `reason`, or one over 1000 characters; or the letter cannot be sent back: unreadable, or its `source_channel` is not its dead-letter channel's source (`<channel>` of `<channel>-dlq`) or not a channel the service consumes (it stays listed).", body = ErrorBody),
         (status = 503, description = "The store or the broker is unavailable; the letter stays listed; try again.", body = ErrorBody),
@@ -248,6 +249,7 @@ pub async fn redrive(
     request: Result<Json<LetterActionBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Redriven>), ApiError> {
     let admin = authorize(&state, &headers)?;
+    letter_id(&id)?;
     let reason = required_reason(body(request)?.reason)?;
     let letter = state
         .operator
@@ -283,7 +285,7 @@ pub struct Discarded {
         (status = 200, description = "Discarded.", body = Discarded),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
-        (status = 404, description = "No such dead letter.", body = ErrorBody),
+        (status = 404, description = "No such dead letter (or the id is not one: malformed, or with a control character).", body = ErrorBody),
         (status = 409, description = "Already redriven or discarded.", body = ErrorBody),
         (status = 422, description = "No `reason`, or one over 1000 characters.", body = ErrorBody),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
@@ -296,6 +298,7 @@ pub async fn discard(
     request: Result<Json<LetterActionBody>, JsonRejection>,
 ) -> Result<Json<Discarded>, ApiError> {
     let admin = authorize(&state, &headers)?;
+    letter_id(&id)?;
     let reason = required_reason(body(request)?.reason)?;
     state
         .operator

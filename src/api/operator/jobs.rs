@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{body, job_name, required_reason, time};
+use super::{body, channel_filter, job_name, required_reason, time};
 use crate::api::auth::authorize;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::sagas::{non_empty, optional_id, reason, ReasonBody};
@@ -182,6 +182,7 @@ pub async fn retry_sagas(
     responses(
         (status = 200, description = "`dry_run`: how many dead letters it would redrive.", body = JobStarted),
         (status = 202, description = "The job, started (or the one this body started before).", body = JobStarted),
+        (status = 400, description = "`filter.channel` holds a control character.", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
         (status = 422, description = "No `name` or `reason`, a bad time, `max` out of range.", body = ErrorBody),
@@ -197,7 +198,7 @@ pub async fn redrive_letters(
     let b = body(request)?;
     let f = b.filter;
     let query = DeadLetterQuery {
-        channel: non_empty(f.channel),
+        channel: channel_filter("filter.channel", f.channel)?,
         reason_contains: non_empty(f.reason_contains),
         since: time("filter.since", f.since)?,
         until: time("filter.until", f.until)?,

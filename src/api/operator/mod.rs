@@ -63,6 +63,29 @@ fn time(field: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, Api
 }
 
 /// A numeric paging cursor from a query.
+/// A channel filter: no control character (a NUL would only fail in the
+/// store, as a 503; no channel is named with one), else 400.
+fn channel_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    let channel = non_empty(value);
+    if channel
+        .as_deref()
+        .is_some_and(|c| c.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "{field} holds a control character; no channel is named with one"
+        )));
+    }
+    Ok(channel)
+}
+
+/// A dead letter's id from a path: one [`crate::operator::id::encode`]
+/// could have made, else 404 (it names no letter) before the store sees it.
+fn letter_id(id: &str) -> Result<(), ApiError> {
+    crate::operator::id::decode(id)
+        .map(|_| ())
+        .map_err(|e| ApiError::NotFound(format!("no dead letter {}: {e}", id.escape_default())))
+}
+
 fn cursor(value: Option<String>) -> Result<Option<i64>, ApiError> {
     non_empty(value)
         .map(|c| {
