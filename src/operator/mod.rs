@@ -260,18 +260,38 @@ impl Operator {
         let (to, message) = match ready {
             Ok(ready) => ready,
             Err(e) => {
-                store.settle_redrive(id, false).await?;
+                store.settle_redrive(id, Some(&failure(taken, &e))).await?;
                 return Err(e);
             }
         };
         let send = self.orchestrator.transport().send(to, vec![message]);
         let sent = match tokio::time::timeout(REDRIVE_SEND_TIMEOUT, send).await {
-            Ok(sent) => sent,
-            Err(_) => Err(TransportError::Timeout("a redrive's publish")),
+            Ok(sent) => sent.map_err(ActionError::from),
+            Err(_) => Err(TransportError::Timeout("a redrive's publish").into()),
         };
-        store.settle_redrive(id, sent.is_ok()).await?;
-        sent?;
+        match sent {
+            Ok(()) => store.settle_redrive(id, None).await?,
+            Err(e) => {
+                store.settle_redrive(id, Some(&failure(taken, &e))).await?;
+                return Err(e);
+            }
+        }
         self.forget(taken).await;
         Ok(())
+    }
+}
+
+/// The audit entry of a redrive that was taken but not sent: the letter
+/// is listed again, and the record says the attempt failed and why, so it
+/// never reads as redriven.
+fn failure(taken: &StoredDeadLetter, error: &ActionError) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at: Utc::now(),
+        actor: taken.acted_by.clone().unwrap_or_default(),
+        action: "dead_letter.redrive_failed".to_string(),
+        target: taken.record.id.clone(),
+        reason: taken.action_reason.clone().unwrap_or_default(),
+        detail: Some(serde_json::json!({ "error": error.to_string() })),
     }
 }

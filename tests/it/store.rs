@@ -22,8 +22,8 @@ use uuid::Uuid;
 use crate::helpers::fresh_database;
 use crate::outbox_rows::{long_correlation_event, sqlite_url, Db};
 use crate::store_operator::{
-    an_unsettled_redrive_is_claimed_once, dead_letters_are_indexed_once_and_taken_once,
-    jobs_are_one_per_body_leased_and_counted_once,
+    a_failed_redrive_leaves_no_actor, an_unsettled_redrive_is_claimed_once,
+    dead_letters_are_indexed_once_and_taken_once, jobs_are_one_per_body_leased_and_counted_once,
 };
 
 async fn postgres() -> Arc<dyn SagaStore> {
@@ -94,6 +94,7 @@ on_both!(
     dead_letters_are_indexed_once_and_taken_once,
     jobs_are_one_per_body_leased_and_counted_once,
     an_unsettled_redrive_is_claimed_once,
+    a_failed_redrive_leaves_no_actor,
 );
 
 on_both_with_db!(

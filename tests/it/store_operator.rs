@@ -118,7 +118,7 @@ pub async fn dead_letters_are_indexed_once_and_taken_once(store: Arc<dyn SagaSto
         .await
         .unwrap();
     assert_eq!(ids(cut_short), ["a.1-0"]);
-    store.settle_redrive("a.1-0", true).await.unwrap();
+    store.settle_redrive("a.1-0", None).await.unwrap();
     assert!(store
         .claim_unsettled_redrives(Utc::now() + Duration::seconds(1), Utc::now(), 10)
         .await
@@ -261,4 +261,40 @@ pub async fn an_unsettled_redrive_is_claimed_once(store: Arc<dyn SagaStore>) {
         .await
         .unwrap();
     assert!(later.is_empty(), "claimed: not resent before it lapses");
+}
+
+/// A redrive whose publish failed puts the letter back as it was before:
+/// pending, and nobody named as having acted on it.
+pub async fn a_failed_redrive_leaves_no_actor(store: Arc<dyn SagaStore>) {
+    store
+        .index_dead_letters(&[letter("d.1-0", "d-dlq", "why")], Utc::now())
+        .await
+        .unwrap();
+    let take = LetterAction {
+        id: "d.1-0".into(),
+        to: LetterState::Redriving,
+        job_id: None,
+        audit: audit("dead_letter.redrive", "d.1-0"),
+    };
+    assert!(matches!(
+        store.take_dead_letter(&take).await.unwrap(),
+        Taken::Taken(_)
+    ));
+    let failed = AuditEntry {
+        detail: Some(json!({"error": "broker down"})),
+        ..audit("dead_letter.redrive_failed", "d.1-0")
+    };
+    store.settle_redrive("d.1-0", Some(&failed)).await.unwrap();
+    let back = store.dead_letter("d.1-0").await.unwrap().unwrap();
+    assert_eq!(back.state, LetterState::Pending);
+    assert_eq!(
+        (back.acted_by, back.action_reason, back.acted_at),
+        (None, None, None)
+    );
+    let record = store.audit_log(None, 10).await.unwrap();
+    assert_eq!(
+        record.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["dead_letter.redrive_failed", "dead_letter.redrive"],
+        "the failure is on record after the attempt"
+    );
 }

@@ -165,9 +165,12 @@ pub trait DeadLetterStore: Send + Sync {
     /// handled and nothing is done twice.
     async fn take_dead_letter(&self, action: &LetterAction) -> Result<Taken, StoreError>;
 
-    /// Ends a redrive: `sent` marks the letter redriven; otherwise (the
-    /// publish failed) it goes back to pending.
-    async fn settle_redrive(&self, id: &str, sent: bool) -> Result<(), StoreError>;
+    /// Ends a redrive: `None` (it was sent) marks the letter redriven;
+    /// `Some(failure)` puts it back to pending as it was before it was
+    /// taken (no actor, reason or time) and records `failure` in the audit
+    /// record, in one transaction.
+    async fn settle_redrive(&self, id: &str, failed: Option<&AuditEntry>)
+        -> Result<(), StoreError>;
 
     /// Claims redrives recorded (or last claimed) before `older_than` and
     /// never settled (a crash between the record and the publish), oldest

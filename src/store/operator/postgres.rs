@@ -171,17 +171,34 @@ impl DeadLetterStore for PostgresStore {
         Ok(Taken::Taken(Box::new(taken)))
     }
 
-    async fn settle_redrive(&self, id: &str, sent: bool) -> Result<(), StoreError> {
-        let to = if sent {
-            LetterState::Redriven
-        } else {
-            LetterState::Pending
-        };
-        sqlx::query("UPDATE dead_letters SET state = $2 WHERE id = $1 AND state = 'redriving'")
+    async fn settle_redrive(
+        &self,
+        id: &str,
+        failed: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let Some(failure) = failed else {
+            sqlx::query(
+                "UPDATE dead_letters SET state = 'redriven' WHERE id = $1 AND state = 'redriving'",
+            )
             .bind(id)
-            .bind(to.as_str())
             .execute(self.pool())
             .await?;
+            return Ok(());
+        };
+        let mut tx = self.pool().begin().await?;
+        let reverted = sqlx::query(
+            "UPDATE dead_letters SET state = 'pending', acted_by = NULL, action_reason = NULL, \
+                 acted_at = NULL, job_id = NULL WHERE id = $1 AND state = 'redriving'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Only a revert is a failure to record (a second settle is not).
+        if reverted > 0 {
+            insert_audit(&mut tx, failure).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

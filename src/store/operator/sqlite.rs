@@ -191,17 +191,34 @@ impl DeadLetterStore for SqliteStore {
         Ok(Taken::Taken(Box::new(taken)))
     }
 
-    async fn settle_redrive(&self, id: &str, sent: bool) -> Result<(), StoreError> {
-        let to = if sent {
-            LetterState::Redriven
-        } else {
-            LetterState::Pending
-        };
-        sqlx::query("UPDATE dead_letters SET state = ? WHERE id = ? AND state = 'redriving'")
-            .bind(to.as_str())
+    async fn settle_redrive(
+        &self,
+        id: &str,
+        failed: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let Some(failure) = failed else {
+            sqlx::query(
+                "UPDATE dead_letters SET state = 'redriven' WHERE id = ? AND state = 'redriving'",
+            )
             .bind(id)
             .execute(self.pool())
             .await?;
+            return Ok(());
+        };
+        let mut tx = self.pool().begin().await?;
+        let reverted = sqlx::query(
+            "UPDATE dead_letters SET state = 'pending', acted_by = NULL, action_reason = NULL, \
+                 acted_at = NULL, job_id = NULL WHERE id = ? AND state = 'redriving'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Only a revert is a failure to record (a second settle is not).
+        if reverted > 0 {
+            insert_audit(&mut tx, failure).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
