@@ -5,6 +5,7 @@
 //! and doing one again is harmless anyway: a saga no longer `failed`
 //! refuses a retry, a handled dead letter a redrive.
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -13,10 +14,11 @@ use uuid::Uuid;
 use super::{ActionError, Operator};
 use crate::orchestrator::OperateError;
 use crate::saga::Input;
-use crate::store::operator::{ItemOutcome, Job, JobKind, JobState};
+use crate::store::operator::{ItemOutcome, Job, JobKind, JobState, LetterState};
 use crate::store::StoreError;
 
-/// How long a claim on a job lasts without renewal (renewed every item):
+/// How long a claim on a job lasts without renewal (renewed every item,
+/// and every third of it while one is slow):
 /// how long a job of a crashed instance waits before another continues it.
 const LEASE: Duration = Duration::from_secs(10);
 /// How often an idle runner looks for work (new jobs also wake it).
@@ -94,7 +96,7 @@ async fn work(op: &Operator, job: &Job, owner: &str) -> Result<(), StoreError> {
                 tracing::info!(job_id = %job.job_id, "job stopped (aborted or taken over)");
                 return Ok(());
             }
-            match item(op, job, &target).await {
+            match leased(op, job.job_id, owner, item(op, job, &target)).await {
                 Some((outcome, detail)) => {
                     store
                         .settle_item(job.job_id, seq, outcome, detail.as_deref(), Utc::now())
@@ -107,6 +109,27 @@ async fn work(op: &Operator, job: &Job, owner: &str) -> Result<(), StoreError> {
                 None => {
                     tokio::time::sleep(IDLE).await;
                     break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` (one item) while renewing the job's lease every third of
+/// `LEASE`: an item may take longer than the lease (a redrive's publish up
+/// to `REDRIVE_SEND_TIMEOUT`), and another instance must not take the job
+/// over meanwhile. Whether the job was aborted is seen before the next item.
+async fn leased<T>(op: &Operator, job_id: Uuid, owner: &str, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(LEASE / 3);
+    renew.tick().await; // The first tick is now; the lease was just renewed.
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = renew.tick() => {
+                let renewed = op.orchestrator.store().renew_job(job_id, owner, later(LEASE)).await;
+                if let Err(e) = renewed {
+                    tracing::warn!(%job_id, error = %e, "could not renew a job's lease");
                 }
             }
         }
@@ -134,6 +157,12 @@ async fn item(op: &Operator, job: &Job, target: &str) -> Option<(ItemOutcome, Op
                 .await
             {
                 Ok(_) => Some((ItemOutcome::Done, None)),
+                // Someone else's redrive is under way: it may yet fail and
+                // put the letter back, so this item waits to see.
+                Err(ActionError::Handled {
+                    state: LetterState::Redriving,
+                    ..
+                }) => None,
                 Err(e @ (ActionError::NotFound(_) | ActionError::Handled { .. })) => {
                     Some((ItemOutcome::Skipped, Some(e.to_string())))
                 }

@@ -193,3 +193,74 @@ async fn ids_and_channels_with_nul_are_refused_as_bad_input() {
         );
     }
 }
+
+/// A bulk redrive reaching a letter someone else is redriving right now
+/// waits for that to settle rather than calling it skipped: should that
+/// redrive fail, the job still sends the letter.
+#[tokio::test]
+async fn a_job_waits_for_a_letter_being_redriven_elsewhere() {
+    use sqlx::Connection;
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.api.job_rate_per_sec = 1;
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let source = app.channels.partner_events.clone();
+    let dlq = format!("{source}-dlq");
+    for n in 0..3 {
+        let fields: Vec<(String, String)> = [
+            ("event_id", format!("busy-{n}")),
+            // Valid JSON (the Pulsar probe sends it unquoted), no saga.
+            ("payload", "{}".to_string()),
+            ("dlq_reason", "busy".to_string()),
+            ("source_channel", source.clone()),
+            ("failed_at", "2026-12-02T06:00:00.000Z".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        app.publish_fields(&dlq, &fields).await;
+    }
+    let letters = dead_letters(&app, &dlq, 3).await;
+    let last = letters[0]["id"].as_str().unwrap().to_string();
+    let mut db = sqlx::PgConnection::connect(app.config.database_url())
+        .await
+        .expect("connect to the test database");
+    let bulk = json!({"filter": {"channel": dlq, "reason_contains": "busy"},
+        "name": "busy", "reason": "r"});
+    let (status, started) = post(&app, "/dead-letters/redrive", bulk).await;
+    assert_eq!((status, started["matched"].clone()), (202, json!(3)));
+    // Another redrive of the job's last item, under way (recent: the
+    // runner leaves it alone).
+    sqlx::query(
+        "UPDATE dead_letters SET state = 'redriving', acted_by = 'bob', \
+         action_reason = 'by hand', acted_at = now() WHERE id = $1",
+    )
+    .bind(&last)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let job_id = started["job_id"].as_str().unwrap().to_string();
+    let job = get(&app, &format!("/jobs/{job_id}")).await;
+    assert_eq!(
+        (job["state"].clone(), job["skipped"].clone()),
+        (json!("running"), json!(0)),
+        "{job}"
+    );
+    // That redrive failed: the letter is pending again, and the job sends it.
+    sqlx::query(
+        "UPDATE dead_letters SET state = 'pending', acted_by = NULL, \
+         action_reason = NULL, acted_at = NULL WHERE id = $1",
+    )
+    .bind(&last)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let job =
+        crate::operator::finished_job(&app, &job_id, std::time::Duration::from_secs(20)).await;
+    assert_eq!(
+        (job["state"].clone(), job["done"].clone()),
+        (json!("done"), json!(3)),
+        "{job}"
+    );
+}
