@@ -238,7 +238,7 @@ pub struct Redriven {
         (status = 403, description = "Admin routes are disabled: no admin token is configured.", body = ErrorBody),
         (status = 404, description = "No such dead letter (or the id is not one: malformed, or with a control character).", body = ErrorBody),
         (status = 409, description = "Already redriven or discarded.", body = ErrorBody),
-        (status = 422, description = "No `reason`, or one over 1000 characters; or the letter cannot be sent back: unreadable, or its `source_channel` is not its dead-letter channel's source (`<channel>` of `<channel>-dlq`) or not a channel the service consumes (it stays listed).", body = ErrorBody),
+        (status = 422, description = "No `reason`, or one over 1000 characters; or the letter cannot be sent back: the broker refused the message itself (e.g. over its size limit), unreadable, or its `source_channel` is not its dead-letter channel's source (`<channel>` of `<channel>-dlq`) or not a channel the service consumes (it stays listed).", body = ErrorBody),
         (status = 503, description = "The store or the broker is unavailable; the letter stays listed; try again.", body = ErrorBody),
     )
 )]
@@ -320,9 +320,37 @@ fn action_error(e: ActionError) -> ApiError {
         }
         ActionError::Store(e) => ApiError::Store(e),
         ActionError::Interrupted => ApiError::Unavailable(e.to_string()),
+        // Sending it again would be refused again: the caller's to fix
+        // (e.g. the broker's size limit), and the letter stays listed.
+        ActionError::Transport(e) if e.blames_the_message() => {
+            ApiError::Unprocessable(format!("the broker refused the message: {e}"))
+        }
         ActionError::Transport(e) => {
             tracing::warn!(error = %e, "a redrive's publish failed; the letter stays listed");
             ApiError::Unavailable("the broker did not take the message; try again".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+    use crate::transport::TransportError;
+
+    /// A broker that refuses the message itself (over its size limit) is
+    /// not unavailable: trying again would be refused again.
+    #[test]
+    fn a_refusal_of_the_message_is_422_and_an_outage_503() {
+        let refused = ActionError::Transport(TransportError::Refused {
+            code: "NotAllowedError".into(),
+            message: "Exceed maximum message size".into(),
+        });
+        let status = action_error(refused).into_response().status();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let down = ActionError::Transport(TransportError::Timeout("send"));
+        let status = action_error(down).into_response().status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }
