@@ -18,6 +18,8 @@
 //! - [`telemetry`]: logging and metric names.
 //! - [`redact`]: credentials masked in URLs and messages before they are shown.
 //! - [`stats`]: this instance's live counters for the JSON metrics summary.
+//! - [`operator`]: dead letters indexed, redriven and discarded; bulk jobs
+//!   and their background runner; who did what, and why.
 //! - [`api`]: the HTTP API.
 //! - [`startup`]: builds and runs the whole service.
 //!
@@ -27,6 +29,7 @@
 pub mod api;
 pub mod config;
 pub mod envelope;
+pub mod operator;
 pub mod orchestrator;
 pub mod participants;
 pub mod redact;

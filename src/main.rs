@@ -78,5 +78,7 @@ async fn dispatch(command: Command, settings: Option<Settings>) -> anyhow::Resul
         Command::Publish(cmd) => cli::load::publish(cmd, settings()?).await,
         Command::LoadTest(cmd) => cli::load::load_test(cmd, settings()?).await,
         Command::Monitor(cmd) => cli::monitor::run(cmd, settings()?).await,
+        Command::Dlq(cmd) => cli::dlq::run(cmd).await,
+        Command::Sagas(cmd) => cli::sagas::run(cmd).await,
     }
 }

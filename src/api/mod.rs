@@ -1,11 +1,14 @@
 //! The orchestrator's HTTP API (docs/contract.md §5), with axum; documented by the
 //! OpenAPI document at `/openapi.json` and the page at `/docs`.
 
+mod auth;
 mod counts;
 mod docs;
 mod error;
 mod health;
 mod openapi;
+mod operator;
+mod paging;
 mod sagas;
 mod server;
 mod summary;
@@ -13,7 +16,6 @@ mod summary;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::SecretString;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,8 +32,10 @@ use crate::orchestrator::Orchestrator;
 pub struct AppState {
     pub orchestrator: Orchestrator,
     pub metrics: PrometheusHandle,
-    /// `None`: admin routes refused.
-    pub admin_token: Option<SecretString>,
+    /// Every admin token with its holder's name; none: admin routes refused.
+    pub admins: std::sync::Arc<Vec<crate::config::NamedToken>>,
+    /// Dead letters, bulk jobs and the audit record.
+    pub operator: crate::operator::Operator,
     /// Store-wide counts, shared by the metrics routes.
     pub counts: std::sync::Arc<counts::CountsCache>,
 }
@@ -48,6 +52,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sagas::get))
         .routes(routes!(sagas::retry))
         .routes(routes!(sagas::compensate))
+        .routes(routes!(operator::jobs::retry_sagas))
+        .routes(routes!(operator::dead_letters::list))
+        .routes(routes!(operator::dead_letters::get))
+        .routes(routes!(operator::dead_letters::redrive))
+        .routes(routes!(operator::dead_letters::discard))
+        .routes(routes!(operator::jobs::redrive_letters))
+        .routes(routes!(operator::jobs::get))
+        .routes(routes!(operator::jobs::abort))
+        .routes(routes!(operator::audit::list))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(docs::page))
 }

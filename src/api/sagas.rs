@@ -5,12 +5,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::auth::authorize;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::envelope::{check_id, PartnerCreated};
@@ -18,8 +18,6 @@ use crate::orchestrator::{Source, StartRequest};
 use crate::saga::{HistoryEntry, Input, Saga, SagaState};
 use crate::store::{Created, ListQuery};
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
 /// The longest operator reason kept: it is stored in the saga's history.
 const MAX_REASON_CHARS: usize = 1000;
 
@@ -236,17 +234,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = match non_empty(p.limit) {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit must be 1 to {MAX_LIMIT}, got {l:?}"
-                )))
-            }
-        },
-    };
+    let limit = super::paging::limit(p.limit)?;
     let before = match non_empty(p.cursor) {
         None => None,
         Some(c) => Some(
@@ -262,13 +250,8 @@ pub async fn list(
         // One more than asked tells whether another page exists.
         limit: limit + 1,
     };
-    let mut sagas = state.orchestrator.store().list(&query).await?;
-    let next_cursor = if sagas.len() > limit as usize {
-        sagas.truncate(limit as usize);
-        sagas.last().map(|s| s.saga_id.to_string())
-    } else {
-        None
-    };
+    let sagas = state.orchestrator.store().list(&query).await?;
+    let (sagas, next_cursor) = super::paging::page(sagas, limit, |s| s.saga_id.to_string());
     let items: Vec<SagaView> = sagas.into_iter().map(SagaView::from).collect();
     Ok(Json(SagaPage { items, next_cursor }))
 }
@@ -405,8 +388,9 @@ async fn operate(
     default_reason: &str,
     input: impl FnOnce(String) -> Input,
 ) -> Result<(StatusCode, Json<SagaView>), ApiError> {
-    authorize(&state, headers)?;
-    let reason = reason(body, default_reason)?;
+    let admin = authorize(&state, headers)?;
+    // Who acted goes into the saga's history with the reason.
+    let reason = crate::operator::attributed(&reason(body, default_reason)?, &admin, None);
     let saga = state
         .orchestrator
         .operate(parse_id(&id)?, input(reason))
@@ -414,31 +398,7 @@ async fn operate(
     Ok((StatusCode::ACCEPTED, Json(saga.into())))
 }
 
-/// Admin routes need `Authorization: Bearer $ADMIN_TOKEN`; with no token
-/// configured they are refused, never open.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.admin_token else {
-        return Err(ApiError::AdminDisabled);
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(given.as_bytes(), expected.expose_secret().as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
-
-/// Compares without an early exit, so response time does not reveal how
-/// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn reason(
+pub(super) fn reason(
     body: Result<Json<ReasonBody>, JsonRejection>,
     default: &str,
 ) -> Result<String, ApiError> {
@@ -467,7 +427,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 /// An optional id from a request: absent or blank is `None` (a body's
 /// caller gets one generated, a filter is left out); anything else must
 /// obey the id rule, or `refused` says why (422 in a body, 400 in a query).
-fn optional_id(
+pub(super) fn optional_id(
     field: &'static str,
     value: Option<String>,
     refused: fn(String) -> ApiError,
@@ -479,19 +439,6 @@ fn optional_id(
     Ok(Some(id))
 }
 
-fn non_empty(s: Option<String>) -> Option<String> {
+pub(super) fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison_needs_exact_match() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

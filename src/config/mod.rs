@@ -20,7 +20,7 @@ mod values;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-pub use api::{ApiSettings, DEVELOPMENT_TOKEN};
+pub use api::{ApiSettings, NamedToken, ADMIN_TOKEN_NAME, DEVELOPMENT_TOKEN};
 pub use broker::{BrokerSettings, BrokerUrl, Channels};
 pub use database::{parse_database_url, DatabaseSettings};
 pub use instance::InstanceSettings;

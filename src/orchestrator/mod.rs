@@ -244,7 +244,7 @@ impl Orchestrator {
     /// waits (a pool acquire, a broker reconnect): everything it does is
     /// safe to cut short (unacked messages are redelivered, a lapsed claim
     /// is claimed again), and nothing in flight waits on it.
-    fn spawn_loop(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn_loop(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         let cancel = self.inner.cancel.clone();
         self.inner
             .tasks
@@ -420,6 +420,11 @@ impl Orchestrator {
     /// A permit to drive one saga, if one is free now.
     pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// This instance's settings (channels, instance id…).
+    pub fn config(&self) -> &OrchestratorConfig {
+        &self.inner.config
     }
 
     /// The store, for the API's reads.

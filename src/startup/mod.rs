@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{ParticipantMode, Settings};
+use crate::operator::{JobLimits, Operator};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::participants::HttpParticipants;
 use crate::redact;
@@ -46,6 +47,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     orchestrator: Orchestrator,
+    operator: Operator,
     header_timeout: std::time::Duration,
     connected: Connected,
 }
@@ -129,6 +131,13 @@ impl Application {
             OrchestratorConfig::from(settings),
             CancellationToken::new(),
         );
+        let operator = Operator::new(
+            orchestrator.clone(),
+            JobLimits {
+                rate_per_sec: settings.api.job_rate_per_sec,
+                max_items: settings.api.job_max_items,
+            },
+        );
         let listener = TcpListener::bind(settings.api.addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -138,7 +147,8 @@ impl Application {
         let state = AppState {
             orchestrator: orchestrator.clone(),
             metrics: telemetry::metrics_handle(),
-            admin_token: settings.api.admin_token.clone(),
+            admins: Arc::new(settings.api.admins()),
+            operator: operator.clone(),
             counts: Arc::default(),
         };
         let router = api::router(state, settings.limits.max_message_bytes);
@@ -146,6 +156,7 @@ impl Application {
             listener,
             router,
             orchestrator,
+            operator,
             header_timeout: settings.api.header_timeout,
             connected: Connected::of(settings),
         })
@@ -169,6 +180,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         self.orchestrator.spawn_background();
+        self.operator.spawn_background();
         let addr = self.listener.local_addr()?;
         let api = browsable(addr);
         let c = &self.connected;

@@ -5,6 +5,7 @@
 //! finished writes (new saga row, history, outbox) and the store applies
 //! each atomically, refusing a transition whose `expected_version` is stale.
 
+pub mod operator;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
+pub use operator::OperatorStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -187,9 +189,10 @@ impl ListQuery {
     }
 }
 
-/// Where sagas, their history and the outbox live.
+/// Where sagas, their history and the outbox live, and (through
+/// [`OperatorStore`]) what operators act on.
 #[async_trait]
-pub trait SagaStore: Send + Sync + 'static {
+pub trait SagaStore: OperatorStore + Send + Sync + 'static {
     /// Applies the schema.
     async fn migrate(&self) -> Result<(), StoreError>;
 

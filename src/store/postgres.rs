@@ -58,6 +58,11 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// The pool, for the operator tables' statements.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects a pool of at most `max_connections`.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url.expose_secret())?;

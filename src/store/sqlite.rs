@@ -63,9 +63,9 @@ impl SqliteStore {
     }
 }
 
-#[cfg(test)]
 impl SqliteStore {
-    /// The pool, for unit tests that set up rows directly.
+    /// The pool, for the operator tables' statements and unit tests that
+    /// set up rows directly.
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }

@@ -356,6 +356,14 @@ pub trait Transport: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Drops message `id` from `channel` where the broker can (a Redis
+    /// stream entry), so that a handled dead letter is gone for readers of
+    /// the broker too; a no-op where it cannot (a Pulsar topic keeps every
+    /// entry until its retention ends).
+    async fn forget(&self, _channel: &str, _id: &str) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// Publishes envelopes to `channel`.
     async fn publish(&self, channel: &str, envelopes: &[Envelope]) -> Result<(), TransportError> {
         let format = self.format();

@@ -21,6 +21,10 @@ use uuid::Uuid;
 
 use crate::helpers::fresh_database;
 use crate::outbox_rows::{long_correlation_event, sqlite_url, Db};
+use crate::store_operator::{
+    a_failed_redrive_leaves_no_actor, an_unsettled_redrive_is_claimed_once,
+    dead_letters_are_indexed_once_and_taken_once, jobs_are_one_per_body_leased_and_counted_once,
+};
 
 async fn postgres() -> Arc<dyn SagaStore> {
     postgres_with_db().await.0
@@ -90,6 +94,10 @@ on_both!(
     a_lease_is_renewed_only_by_its_owner_at_the_same_version,
     outbox_claims_are_exclusive_until_they_lapse,
     list_filters_and_orders_newest_first,
+    dead_letters_are_indexed_once_and_taken_once,
+    jobs_are_one_per_body_leased_and_counted_once,
+    an_unsettled_redrive_is_claimed_once,
+    a_failed_redrive_leaves_no_actor,
 );
 
 on_both_with_db!(

@@ -7,10 +7,15 @@
 //! - [`demo`]: the embedded demo.
 //! - [`load`]: `publish` and `load-test`.
 //! - [`monitor`]: the live view of the channels.
+//! - [`dlq`], [`sagas`]: operator actions through the API (dead letters,
+//!   retries, bulk jobs), sharing [`api_client`].
 
+pub mod api_client;
 pub mod demo;
+pub mod dlq;
 pub mod load;
 pub mod monitor;
+pub mod sagas;
 pub mod service;
 pub mod simulate;
 
@@ -66,13 +71,19 @@ pub enum Command {
     LoadTest(load::LoadTestCmd),
     /// Live view of every channel's messages, without taking any from the orchestrator.
     Monitor(monitor::MonitorCmd),
+    /// Dead letters through the API: list, show, redrive (one, or --all as a job), discard.
+    Dlq(dlq::DlqCmd),
+    /// Sagas through the API: retry failed ones, one or in bulk as a job.
+    Sagas(sagas::SagasCmd),
 }
 
 impl Command {
     /// Whether the command reads the settings: the demo is the same on
     /// every machine, so it reads none.
     pub fn reads_settings(&self) -> bool {
-        !matches!(self, Command::Demo(_))
+        // The operator commands are clients of the API: its settings are
+        // the service's business, not theirs.
+        !matches!(self, Command::Demo(_) | Command::Dlq(_) | Command::Sagas(_))
     }
 
     /// Whether this command's logs are JSON lines (for a collector): the
@@ -80,7 +91,12 @@ impl Command {
     pub fn logs_as_json(&self, settings: Option<&Settings>) -> bool {
         let tool = matches!(
             self,
-            Command::Monitor(_) | Command::Publish(_) | Command::LoadTest(_) | Command::Demo(_)
+            Command::Monitor(_)
+                | Command::Publish(_)
+                | Command::LoadTest(_)
+                | Command::Demo(_)
+                | Command::Dlq(_)
+                | Command::Sagas(_)
         );
         !tool && settings.is_some_and(|s| s.telemetry.log_format == LogFormat::Json)
     }
@@ -96,7 +112,10 @@ impl Command {
                 monitor::init_tracing();
                 Ok(None)
             }
-            (Command::Publish(_) | Command::LoadTest(_), _) => {
+            (
+                Command::Publish(_) | Command::LoadTest(_) | Command::Dlq(_) | Command::Sagas(_),
+                _,
+            ) => {
                 telemetry::init_tool_tracing();
                 Ok(None)
             }

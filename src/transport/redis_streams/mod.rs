@@ -179,6 +179,16 @@ impl Transport for RedisTransport {
         }
         first_error.map_or(Ok(()), Err)
     }
+
+    /// `XDEL`: a stream, unlike a Pulsar topic, can drop one entry.
+    async fn forget(&self, channel: &str, id: &str) -> Result<(), TransportError> {
+        let _: i64 = redis::cmd("XDEL")
+            .arg(channel)
+            .arg(id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
 }
 
 struct RedisSubscription {
