@@ -248,9 +248,9 @@ impl Rig {
             resent,
             ..Figures::default()
         };
-        figures.slowest_after_fault =
-            verdict::slowest_after(&pool, &offered, self.last_fault).await;
-        verdict::judge(&mut figures, &pool, &partners, &self.participants.tally()).await;
+        let tally = self.participants.tally();
+        let load = (partners.as_slice(), &offered);
+        verdict::judge(&mut figures, &pool, load, self.last_fault, &tally).await;
         figures.report();
         if figures.terminal != events as i64 {
             eprintln!("last progress {last:?}; logs in {}", self.dir.0.display());

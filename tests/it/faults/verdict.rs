@@ -138,8 +138,15 @@ impl fmt::Display for Figures {
 }
 
 /// Fills in what the store and the participants say about `partners`
-/// (the scenario's, one per event).
-pub async fn judge(figures: &mut Figures, pool: &PgPool, partners: &[String], tally: &Tally) {
+/// (the scenario's, one per event, first offered at `offered`), the waits
+/// counted from `fault_end`.
+pub async fn judge(
+    figures: &mut Figures,
+    pool: &PgPool,
+    (partners, offered): (&[String], &super::load::Offered),
+    fault_end: chrono::DateTime<chrono::Utc>,
+    tally: &Tally,
+) {
     let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>, uuid::Uuid)> =
         sqlx::query_as("SELECT partner_id, state, updated_at, saga_id FROM sagas")
             .fetch_all(pool)
@@ -158,6 +165,7 @@ pub async fn judge(figures: &mut Figures, pool: &PgPool, partners: &[String], ta
         .filter(|(_, s, _, _)| terminal(&s.as_str()))
         .count() as i64;
     figures.failed = rows.iter().filter(|(_, s, _, _)| s == "failed").count();
+    figures.slowest_after_fault = slowest_after(&rows, terminal, offered, fault_end);
     figures.stale_calls = rows
         .iter()
         .filter(|(partner, state, ended, _)| {
@@ -205,24 +213,18 @@ pub async fn judge(figures: &mut Figures, pool: &PgPool, partners: &[String], ta
     .expect("read the history");
 }
 
-/// The longest time from `fault_end`, or a saga's event when later, to the
-/// saga's terminal state (its last update).
-pub async fn slowest_after(
-    pool: &PgPool,
+/// The longest time from `fault_end`, or a saga's event when later, to a
+/// terminal saga's last update, over `rows` (partner, state, updated_at).
+fn slowest_after(
+    rows: &[(String, String, chrono::DateTime<chrono::Utc>, uuid::Uuid)],
+    terminal: impl Fn(&&str) -> bool,
     offered: &super::load::Offered,
     fault_end: chrono::DateTime<chrono::Utc>,
 ) -> Duration {
-    let ended: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT partner_id, updated_at FROM sagas \
-         WHERE state IN ('completed', 'compensated', 'failed')",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("read the sagas");
     let offered = offered.lock().unwrap_or_else(|e| e.into_inner());
-    ended
-        .iter()
-        .filter_map(|(partner, at)| {
+    rows.iter()
+        .filter(|(_, state, _, _)| terminal(&state.as_str()))
+        .filter_map(|(partner, _, at, _)| {
             let from = offered
                 .get(partner)
                 .map_or(fault_end, |o| (*o).max(fault_end));
