@@ -461,9 +461,17 @@ mod tests {
                 p["name"].as_str().unwrap_or_default().to_string()
             })
             .collect();
-        let expected: BTreeSet<_> = ["state", "partner_id", "correlation_id", "limit", "cursor"]
-            .map(String::from)
-            .into();
+        let expected: BTreeSet<_> = [
+            "state",
+            "partner_id",
+            "correlation_id",
+            "since",
+            "until",
+            "limit",
+            "cursor",
+        ]
+        .map(String::from)
+        .into();
         assert_eq!(names, expected);
     }
 

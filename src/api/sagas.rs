@@ -188,6 +188,13 @@ pub struct ListParams {
     partner_id: Option<String>,
     /// Only sagas with this correlation id.
     correlation_id: Option<String>,
+    /// Only sagas last changed (for a failed one: parked) at or after this
+    /// time, RFC 3339: what a bulk retry's `since` takes.
+    #[param(value_type = Option<DateTime<Utc>>)]
+    since: Option<String>,
+    /// … and before this time.
+    #[param(value_type = Option<DateTime<Utc>>)]
+    until: Option<String>,
     /// Page size, 1 to 500.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
@@ -215,7 +222,7 @@ pub struct SagaPage {
     params(ListParams),
     responses(
         (status = 200, description = "One page of sagas.", body = SagaPage),
-        (status = 400, description = "An unknown `state`, a `limit` outside 1–500 or a malformed `cursor`.", body = ErrorBody),
+        (status = 400, description = "An unknown `state`, a `limit` outside 1–500, a `since` or `until` that is not an RFC 3339 time, or a malformed `cursor`.", body = ErrorBody),
         (status = 503, description = "The store is unavailable; try again.", body = ErrorBody),
     )
 )]
@@ -246,6 +253,8 @@ pub async fn list(
         state: saga_state,
         partner_id: optional_id("partner_id", p.partner_id, ApiError::BadRequest)?,
         correlation_id: optional_id("correlation_id", p.correlation_id, ApiError::BadRequest)?,
+        since: optional_time("since", p.since, ApiError::BadRequest)?,
+        until: optional_time("until", p.until, ApiError::BadRequest)?,
         before,
         // One more than asked tells whether another page exists.
         limit: limit + 1,
@@ -422,6 +431,26 @@ pub(super) fn reason(
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError::BadRequest(format!("saga_id must be a UUID, got {id:?}")))
+}
+
+/// An optional RFC 3339 time from a request; `refused` says what is wrong
+/// (422 in a body, 400 in a query).
+pub(super) fn optional_time(
+    field: &str,
+    value: Option<String>,
+    refused: fn(String) -> ApiError,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    non_empty(value)
+        .map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    refused(format!(
+                        "invalid field {field}: expected an RFC 3339 time, got {t:?}"
+                    ))
+                })
+        })
+        .transpose()
 }
 
 /// An optional id from a request: absent or blank is `None` (a body's

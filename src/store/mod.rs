@@ -152,6 +152,11 @@ pub struct ListQuery {
     pub state: Option<SagaState>,
     pub partner_id: Option<String>,
     pub correlation_id: Option<String>,
+    /// Only sagas last changed at or after this time (as a bulk retry's
+    /// `since`, so a console lists exactly what a bulk retry would take).
+    pub since: Option<DateTime<Utc>>,
+    /// … and before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Only sagas older than this one (the previous page's last).
     pub before: Option<Uuid>,
     pub limit: u32,
@@ -159,17 +164,19 @@ pub struct ListQuery {
 
 impl ListQuery {
     /// Adds the filters, newest-first order and page size to `qb`, a select
-    /// from `sagas` whose `WHERE` clause is open; `saga_id` binds an id as
-    /// the dialect stores it.
-    pub(crate) fn push_onto<'a, DB, Id>(
+    /// from `sagas` whose `WHERE` clause is open; `saga_id` and `time` bind
+    /// an id and a time as the dialect stores them.
+    pub(crate) fn push_onto<'a, DB, Id, Time>(
         &'a self,
         qb: &mut QueryBuilder<'a, DB>,
         saga_id: impl Fn(Uuid) -> Id,
+        time: impl Fn(DateTime<Utc>) -> Time,
     ) where
         DB: sqlx::Database,
         &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
         i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
         Id: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+        Time: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     {
         if let Some(state) = self.state {
             qb.push(" AND state = ").push_bind(state.as_str());
@@ -180,6 +187,12 @@ impl ListQuery {
         if let Some(correlation) = &self.correlation_id {
             qb.push(" AND correlation_id = ")
                 .push_bind(correlation.as_str());
+        }
+        if let Some(since) = self.since {
+            qb.push(" AND updated_at >= ").push_bind(time(since));
+        }
+        if let Some(until) = self.until {
+            qb.push(" AND updated_at < ").push_bind(time(until));
         }
         if let Some(before) = self.before {
             qb.push(" AND saga_id < ").push_bind(saga_id(before));

@@ -208,7 +208,7 @@ impl SagaStore for PostgresStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
         let mut qb = QueryBuilder::new(format!("SELECT {LIST_COLUMNS} FROM sagas WHERE TRUE"));
-        query.push_onto(&mut qb, |id| id);
+        query.push_onto(&mut qb, |id| id, |t| t);
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(saga_from_row).collect()
     }

@@ -185,7 +185,7 @@ impl SagaStore for SqliteStore {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Saga>, StoreError> {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("SELECT {LIST_COLUMNS} FROM sagas WHERE 1 = 1"));
-        query.push_onto(&mut qb, |id| id.to_string());
+        query.push_onto(&mut qb, |id| id.to_string(), |t| t.timestamp_micros());
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(saga_from_row).collect()
     }

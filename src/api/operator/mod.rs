@@ -19,7 +19,7 @@ const MAX_REASON_CHARS: usize = 1000;
 const MAX_NAME_CHARS: usize = 100;
 
 /// A required operator reason: what the audit record says as why.
-fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
+pub(crate) fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
     let reason = non_empty(reason)
         .ok_or_else(|| ApiError::Unprocessable("missing field reason: say why".into()))?;
     bounded_text("reason", reason, MAX_REASON_CHARS)
@@ -49,17 +49,7 @@ fn bounded_text(field: &str, text: String, max: usize) -> Result<String, ApiErro
 
 /// An optional RFC 3339 time from a filter.
 fn time(field: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    non_empty(value)
-        .map(|t| {
-            DateTime::parse_from_rfc3339(&t)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::Unprocessable(format!(
-                        "invalid field {field}: expected an RFC 3339 time, got {t:?}"
-                    ))
-                })
-        })
-        .transpose()
+    super::sagas::optional_time(field, value, ApiError::Unprocessable)
 }
 
 /// A numeric paging cursor from a query.
@@ -80,7 +70,7 @@ fn channel_filter(field: &str, value: Option<String>) -> Result<Option<String>, 
 
 /// A dead letter's id from a path: one [`crate::operator::id::encode`]
 /// could have made, else 404 (it names no letter) before the store sees it.
-fn letter_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn letter_id(id: &str) -> Result<(), ApiError> {
     crate::operator::id::decode(id)
         .map(|_| ())
         .map_err(|e| ApiError::NotFound(format!("no dead letter {}: {e}", id.escape_default())))
