@@ -26,20 +26,28 @@ fn admin_name(admins: &[NamedToken], headers: &HeaderMap) -> Result<String, ApiE
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
+    holder_of(admins, given)
+        .map(|admin| admin.name.clone())
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The configured admin whose token `given` is, if any (the console's
+/// sign-in checks a token the same way).
+pub fn holder_of<'a>(admins: &'a [NamedToken], given: &str) -> Option<&'a NamedToken> {
     // Every token is compared, whichever matches, so the time taken says
     // nothing about which one (or how much of one) a guess got right.
     let mut found = None;
     for admin in admins {
         if constant_time_eq(given.as_bytes(), admin.token.expose_secret().as_bytes()) {
-            found = Some(admin.name.clone());
+            found = Some(admin);
         }
     }
-    found.ok_or(ApiError::Unauthorized)
+    found
 }
 
 /// Compares without an early exit, so response time does not reveal how
 /// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -29,7 +29,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 
      img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// A file served under `/docs/`.
+/// A file served from inside the binary (under `/docs/` or `/ui/assets/`).
 pub struct Asset {
     /// Its URL path.
     pub path: &'static str,
@@ -89,7 +89,15 @@ pub async fn page(headers: HeaderMap) -> Response {
 /// The page's assets, at the paths in [`ASSETS`]. Undocumented in the
 /// OpenAPI document on purpose: they are the page's implementation.
 pub fn asset_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    ASSETS.iter().fold(Router::new(), |router, asset| {
+    static_routes(&ASSETS)
+}
+
+/// A route for each of `assets`, answered with [`serve`] (the console's
+/// assets are served the same way).
+pub(super) fn static_routes<S: Clone + Send + Sync + 'static>(
+    assets: &'static [Asset],
+) -> Router<S> {
+    assets.iter().fold(Router::new(), |router, asset| {
         // Hashed once here, not per request (the bundle is 1.7 MB).
         let etag = etag_of(asset.body);
         let (body, content_type) = (asset.body, asset.content_type);

@@ -12,6 +12,7 @@ mod paging;
 mod sagas;
 mod server;
 mod summary;
+mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub operator: crate::operator::Operator,
     /// Store-wide counts, shared by the metrics routes.
     pub counts: std::sync::Arc<counts::CountsCache>,
+    /// The console overview's chart, shared by every browser watching it.
+    pub chart: std::sync::Arc<ui::ChartCache>,
 }
 
 /// Every documented route. Each handler's `#[utoipa::path]` gives both its
@@ -70,6 +73,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let (documented, _) = routes().split_for_parts();
     documented
         .merge(docs::asset_routes())
+        .merge(ui::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))

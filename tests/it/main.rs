@@ -8,6 +8,7 @@ mod broker_mode;
 mod broker_refusal;
 mod broker_restart;
 mod cli;
+mod console;
 mod cut;
 mod dead_letters;
 mod demo;

@@ -14,7 +14,7 @@ use crate::operator::{audit, dead_letters, finished_job, get, post};
 
 /// `n` sagas parked as `failed` (alliances refuses, integrations answers
 /// 500), by id.
-async fn failed_sagas(app: &TestApp, n: usize) -> Vec<String> {
+pub async fn failed_sagas(app: &TestApp, n: usize) -> Vec<String> {
     let mut sagas = Vec::new();
     for _ in 0..n {
         let id = app.start_saga(&partner(), "Acme").await;
@@ -28,12 +28,12 @@ async fn failed_sagas(app: &TestApp, n: usize) -> Vec<String> {
 }
 
 /// Integrations answers deletes again.
-async fn heal(app: &TestApp) {
+pub async fn heal(app: &TestApp) {
     app.integrations.reset().await;
     on_delete_partner(&app.integrations, ResponseTemplate::new(204), None).await;
 }
 
-async fn failing_participants() -> (wiremock::MockServer, wiremock::MockServer) {
+pub async fn failing_participants() -> (wiremock::MockServer, wiremock::MockServer) {
     let (alliances, integrations) = mocks().await;
     on_create_alliance(&alliances, ResponseTemplate::new(422), None).await;
     on_delete_partner(&integrations, ResponseTemplate::new(500), None).await;

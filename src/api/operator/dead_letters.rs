@@ -81,13 +81,13 @@ fn truncate(message: &mut Value) -> bool {
 
 impl DeadLetterView {
     /// As a listing shows it: big values cut.
-    fn listed(l: StoredDeadLetter) -> Self {
+    pub(crate) fn listed(l: StoredDeadLetter) -> Self {
         let mut view = Self::of(l);
         view.truncated = truncate(&mut view.message);
         view
     }
 
-    fn of(l: StoredDeadLetter) -> Self {
+    pub(crate) fn of(l: StoredDeadLetter) -> Self {
         let message = letter::message_view(&l.record.raw)
             .unwrap_or_else(|e| serde_json::json!({ "unreadable": e.to_string() }));
         Self {
@@ -311,7 +311,7 @@ pub async fn discard(
     }))
 }
 
-fn action_error(e: ActionError) -> ApiError {
+pub(crate) fn action_error(e: ActionError) -> ApiError {
     match e {
         ActionError::NotFound(_) => ApiError::NotFound(e.to_string()),
         ActionError::Handled { .. } => ApiError::Conflict(e.to_string()),

@@ -147,7 +147,12 @@ pub async fn retry_sagas(
 ) -> Result<Response, ApiError> {
     let admin = authorize(&state, &headers)?;
     let b = body(request)?;
-    let f = b.filter;
+    let selection = saga_selection(b.filter)?;
+    start(&state, admin, selection, b.max, b.name, b.reason, b.dry_run).await
+}
+
+/// The failed sagas a bulk retry's filter chooses (the console's form too).
+pub fn saga_selection(f: SagaFilterBody) -> Result<Selection, ApiError> {
     if let Some(s) = non_empty(f.state) {
         if SagaState::parse(&s) != Some(SagaState::Failed) {
             return Err(ApiError::Unprocessable(format!(
@@ -155,7 +160,7 @@ pub async fn retry_sagas(
             )));
         }
     }
-    let filter = SagaFilter {
+    Ok(Selection::Sagas(SagaFilter {
         state: Some(SagaState::Failed),
         partner_id: optional_id("filter.partner_id", f.partner_id, ApiError::Unprocessable)?,
         correlation_id: optional_id(
@@ -165,9 +170,7 @@ pub async fn retry_sagas(
         )?,
         since: time("filter.since", f.since)?,
         until: time("filter.until", f.until)?,
-    };
-    let selection = Selection::Sagas(filter);
-    start(&state, admin, selection, b.max, b.name, b.reason, b.dry_run).await
+    }))
 }
 
 /// `POST /dead-letters/redrive`: every dead letter matching the filter, redriven by a job.
@@ -196,17 +199,46 @@ pub async fn redrive_letters(
 ) -> Result<Response, ApiError> {
     let admin = authorize(&state, &headers)?;
     let b = body(request)?;
-    let f = b.filter;
-    let query = DeadLetterQuery {
+    let selection = letter_selection(b.filter)?;
+    start(&state, admin, selection, b.max, b.name, b.reason, b.dry_run).await
+}
+
+/// The pending dead letters a bulk redrive's filter chooses (the console's
+/// form too).
+pub fn letter_selection(f: LetterFilterBody) -> Result<Selection, ApiError> {
+    Ok(Selection::DeadLetters(DeadLetterQuery {
         channel: channel_filter("filter.channel", f.channel)?,
         reason_contains: non_empty(f.reason_contains),
         since: time("filter.since", f.since)?,
         until: time("filter.until", f.until)?,
         before: None,
         limit: 0,
-    };
-    let selection = Selection::DeadLetters(query);
-    start(&state, admin, selection, b.max, b.name, b.reason, b.dry_run).await
+    }))
+}
+
+/// A bulk request checked: `max` within `JOB_MAX_ITEMS`, a name and a reason.
+pub fn job_request(
+    state: &AppState,
+    actor: String,
+    selection: Selection,
+    max: Option<u32>,
+    name: Option<String>,
+    reason: Option<String>,
+) -> Result<JobRequest, ApiError> {
+    let bound = state.operator.limits().max_items;
+    let max = max.unwrap_or(bound);
+    if !(1..=bound).contains(&max) {
+        return Err(ApiError::Unprocessable(format!(
+            "invalid field max: 1 to {bound} (JOB_MAX_ITEMS), got {max}"
+        )));
+    }
+    Ok(JobRequest {
+        selection,
+        max,
+        name: job_name(name)?,
+        reason: required_reason(reason)?,
+        actor,
+    })
 }
 
 async fn start(
@@ -218,20 +250,7 @@ async fn start(
     reason: Option<String>,
     dry_run: bool,
 ) -> Result<Response, ApiError> {
-    let bound = state.operator.limits().max_items;
-    let max = max.unwrap_or(bound);
-    if !(1..=bound).contains(&max) {
-        return Err(ApiError::Unprocessable(format!(
-            "invalid field max: 1 to {bound} (JOB_MAX_ITEMS), got {max}"
-        )));
-    }
-    let request = JobRequest {
-        selection,
-        max,
-        name: job_name(name)?,
-        reason: required_reason(reason)?,
-        actor,
-    };
+    let request = job_request(state, actor, selection, max, name, reason)?;
     let (status, answer) = match state.operator.start_job(request, dry_run).await? {
         Started::Preview { matched } => (
             StatusCode::OK,
@@ -330,7 +349,8 @@ pub async fn abort(
     }
 }
 
-fn job_id(id: &str) -> Result<Uuid, ApiError> {
+/// A job id from a path, else 400.
+pub fn job_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError::BadRequest(format!("job_id must be a UUID, got {id:?}")))
 }

@@ -2,15 +2,18 @@
 //! "Operator routes"): the dead-letter index and what was done with each
 //! letter, the audit record, and bulk jobs with their items. Both stores
 //! implement [`DeadLetterStore`] (here, `postgres.rs`, `sqlite.rs`) and
-//! [`JobStore`] (`jobs.rs`, `*_jobs.rs`), together [`OperatorStore`]; the
-//! tables are in migration 0006.
+//! [`JobStore`] (`jobs.rs`, `*_jobs.rs`) and the console's reads,
+//! [`ConsoleStore`] (`console.rs`), together [`OperatorStore`]; the tables
+//! are in migration 0006, the console's index in 0007.
 
+mod console;
 mod jobs;
 mod postgres;
 mod postgres_jobs;
 mod sqlite;
 mod sqlite_jobs;
 
+pub use console::{ConsoleStore, EndedInMinute};
 pub use jobs::{ItemOutcome, Job, JobKind, JobState, JobStore, NewJob, SagaFilter};
 
 use async_trait::async_trait;
@@ -197,9 +200,9 @@ pub trait DeadLetterStore: Send + Sync {
 }
 
 /// Operators' tables; every `SagaStore` is one.
-pub trait OperatorStore: DeadLetterStore + JobStore {}
+pub trait OperatorStore: DeadLetterStore + JobStore + ConsoleStore {}
 
-impl<T: DeadLetterStore + JobStore> OperatorStore for T {}
+impl<T: DeadLetterStore + JobStore + ConsoleStore> OperatorStore for T {}
 
 /// A stored job's body, which must be JSON.
 pub(crate) fn job_body(job_id: Uuid, text: &str) -> Result<Value, StoreError> {
