@@ -53,7 +53,14 @@ async fn the_demo_settles_every_saga_and_its_numbers_are_real() {
             .unwrap();
     assert_eq!(failed["items"].as_array().unwrap().len(), p.failed);
 
+    // One malformed announcement is set aside, for the console to act on.
+    assert_eq!(report.dead_letters, 1, "the demo's malformed event");
+    let console = reqwest::get(format!("{}/ui", report.api)).await.unwrap();
+    assert_eq!(console.status(), 200);
+
     let text = demo::render(&report);
     assert!(text.contains("✓ the store agrees"), "{text}");
+    assert!(text.contains(&format!("{}/ui", report.api)), "{text}");
+    assert!(text.contains("1 dead letter"), "{text}");
     running.stop().await;
 }

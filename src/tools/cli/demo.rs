@@ -67,7 +67,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         print_keep_hints(report);
         shutdown_signal().await;
     } else {
-        println!("Run `make demo ARGS=--keep` (or `saga-orchestrator demo --keep`) to keep its API up at {}.", report.api);
+        println!("Run `make demo ARGS=--keep` (or `saga-orchestrator demo --keep`) to keep its API and console up at {}.", report.api);
     }
     running.stop().await;
     Ok(if ok {

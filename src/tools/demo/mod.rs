@@ -73,6 +73,9 @@ pub struct DemoReport {
     pub simulator: Stats,
     /// Where the store and the simulators disagree; empty when they agree.
     pub problems: Vec<String>,
+    /// Dead letters waiting: the one malformed event the demo sends, set
+    /// aside with its reason for an operator to discard or redrive.
+    pub dead_letters: i64,
     /// The orchestrator's API base URL.
     pub api: String,
     /// Where the store is.
@@ -158,8 +161,12 @@ pub async fn run(
             .publish(&settings.broker.channels.partner_events, chunk)
             .await?;
     }
+    transport
+        .publish(&settings.broker.channels.partner_events, &[malformed()])
+        .await?;
     let progress = wait_until_settled(store.as_ref(), options, &mut on_progress).await?;
     let elapsed = started.elapsed();
+    let dead_letters = wait_for_dead_letters(store.as_ref(), options.timeout).await?;
 
     let sagas = all_sagas(store.as_ref()).await?;
     let report = DemoReport {
@@ -169,6 +176,7 @@ pub async fn run(
         examples: examples(store.as_ref(), &sagas).await?,
         simulator: sim.stats(),
         problems: check(&sagas, &sim, options.count),
+        dead_letters,
         api,
         database,
     };
@@ -255,6 +263,39 @@ fn events(count: usize) -> Vec<Envelope> {
             )
         })
         .collect()
+}
+
+/// An announcement integrations got wrong (no `name`): the orchestrator
+/// sets it aside as a dead letter with the reason, and starts no saga.
+fn malformed() -> Envelope {
+    let payload = json!({ "partner_id": "demo-malformed", "email": "nameless@example.test" });
+    Envelope::new(
+        EventType::PartnerCreated,
+        "demo-malformed".to_string(),
+        None,
+        None,
+        payload.as_object().cloned().unwrap_or_default(),
+    )
+}
+
+/// The dead letters once the malformed event is indexed (or the timeout).
+async fn wait_for_dead_letters(
+    store: &dyn SagaStore,
+    timeout: Duration,
+) -> Result<i64, StoreError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let waiting: i64 = store
+            .dead_letter_depths()
+            .await?
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        if waiting > 0 || Instant::now() >= deadline {
+            return Ok(waiting);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_until_settled(

@@ -75,9 +75,20 @@ pub fn render(r: &DemoReport) -> String {
             let _ = writeln!(out, "               - {problem}");
         }
     }
+    let _ = writeln!(
+        out,
+        "  dead letters {} dead letter{} waiting: a PartnerCreated without a name, set aside with its reason",
+        r.dead_letters,
+        if r.dead_letters == 1 { "" } else { "s" }
+    );
     for (saga, history) in &r.examples {
         out.push_str(&example(saga, history));
     }
+    let _ = writeln!(
+        out,
+        "\nConsole: {}/ui  (sign in with the admin token `demo` to retry failed sagas and act on the dead letter)",
+        r.api
+    );
     let _ = writeln!(out, "\nStore: {}", r.database.display());
     out
 }
@@ -159,6 +170,7 @@ mod tests {
             examples: vec![],
             simulator: Stats::default(),
             problems,
+            dead_letters: 1,
             api: "http://127.0.0.1:8000".into(),
             database: ".dev/demo/sagas.db".into(),
         }
