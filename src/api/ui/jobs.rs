@@ -100,19 +100,12 @@ async fn load(state: &AppState, id: &str) -> Result<Job, UiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")).into())
 }
 
-/// `?notice=`.
-#[derive(Deserialize)]
-pub struct Notice {
-    #[serde(default)]
-    notice: String,
-}
-
 /// `GET /ui/jobs/{job_id}`.
 pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<Notice>,
+    axum::extract::Query(q): axum::extract::Query<page::NoticeQuery>,
 ) -> Result<Response, UiError> {
     let session = page::signed_in(&state, &headers)?;
     let job = load(&state, &id).await?;
@@ -164,21 +157,12 @@ fn progress(job: &Job) -> Markup {
     }
 }
 
-/// The abort form.
-#[derive(Deserialize)]
-pub struct AbortForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    reason: String,
-}
-
 /// `POST /ui/jobs/{job_id}/abort`.
 pub async fn abort(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<AbortForm>,
+    Form(form): Form<page::ReasonForm>,
 ) -> Result<Response, UiError> {
     let session = page::form_session(&state, &headers, &form.csrf)?;
     let job_id = job_id(&id)?;

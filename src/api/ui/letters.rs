@@ -243,21 +243,12 @@ fn letter_actions(session: &Session, id: &str) -> Markup {
     }
 }
 
-/// A one-letter action's form.
-#[derive(Debug, Deserialize)]
-pub struct LetterForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    reason: String,
-}
-
 /// `POST /ui/dead-letters/{id}/redrive`.
 pub async fn redrive(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<LetterForm>,
+    Form(form): Form<page::ReasonForm>,
 ) -> Result<Response, UiError> {
     let session = page::form_session(&state, &headers, &form.csrf)?;
     letter_id(&id)?;
@@ -277,7 +268,7 @@ pub async fn discard(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<LetterForm>,
+    Form(form): Form<page::ReasonForm>,
 ) -> Result<Response, UiError> {
     let session = page::form_session(&state, &headers, &form.csrf)?;
     letter_id(&id)?;

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 use maud::{html, Markup};
-use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::chart::{self, Minute};
@@ -48,21 +47,15 @@ impl ChartCache {
     }
 }
 
-/// `?notice=`, after a sign-in.
-#[derive(Deserialize)]
-pub struct Notice {
-    notice: Option<String>,
-}
-
 /// `GET /ui`.
 pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<Notice>,
+    Query(q): Query<page::NoticeQuery>,
 ) -> Result<Response, UiError> {
     let session = page::session_of(&state, &headers);
     let body = html! {
-        (page::notice(q.notice.as_deref()))
+        (page::notice(Some(q.notice.as_str())))
         h1 { "Overview" }
         (live_part(&state).await?)
     };

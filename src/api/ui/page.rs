@@ -188,6 +188,22 @@ pub fn state_badge(state: SagaState) -> Markup {
     html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
 }
 
+/// A form that says why (a saga action, a dead letter's, an abort).
+#[derive(Debug, serde::Deserialize)]
+pub struct ReasonForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `?notice=`, the code of a note to show once.
+#[derive(Debug, serde::Deserialize)]
+pub struct NoticeQuery {
+    #[serde(default)]
+    pub notice: String,
+}
+
 /// A note shown once after an action, chosen by code so a URL can never
 /// put words on the page.
 pub fn notice(code: Option<&str>) -> Markup {

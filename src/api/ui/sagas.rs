@@ -251,7 +251,7 @@ pub async fn detail(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(filters): Query<Filters>,
+    Query(q): Query<page::NoticeQuery>,
 ) -> Result<Response, UiError> {
     let session = page::session_of(&state, &headers);
     let saga_id = parse_id(&id)?;
@@ -262,7 +262,7 @@ pub async fn detail(
         .ok_or_else(|| ApiError::NotFound(format!("saga {saga_id} not found")))?;
     let history = store.history(saga_id).await?;
     let body = html! {
-        (page::notice(Some(filters.notice.as_str())))
+        (page::notice(Some(q.notice.as_str())))
         h1 { "Saga " code { (saga.saga_id) } " " (page::state_badge(saga.state)) }
         (timeline::facts(&saga))
         @if let Some(s) = &session { (actions(s, &saga)) }
@@ -298,21 +298,12 @@ fn actions(session: &Session, saga: &Saga) -> Markup {
     }
 }
 
-/// A saga action's form.
-#[derive(Debug, Deserialize)]
-pub struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    reason: String,
-}
-
 /// `POST /ui/sagas/{saga_id}/retry`.
 pub async fn retry(
     state: State<AppState>,
     headers: HeaderMap,
     id: Path<String>,
-    form: Form<ActionForm>,
+    form: Form<page::ReasonForm>,
 ) -> Result<Response, UiError> {
     act(state, headers, id, form, "retried", |reason| {
         Input::RetryFailed { reason }
@@ -325,7 +316,7 @@ pub async fn compensate(
     state: State<AppState>,
     headers: HeaderMap,
     id: Path<String>,
-    form: Form<ActionForm>,
+    form: Form<page::ReasonForm>,
 ) -> Result<Response, UiError> {
     act(state, headers, id, form, "compensating", |reason| {
         Input::ForceCompensate { reason }
@@ -339,7 +330,7 @@ async fn act(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<page::ReasonForm>,
     notice: &str,
     input: impl FnOnce(String) -> Input,
 ) -> Result<Response, UiError> {
