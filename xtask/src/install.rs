@@ -18,6 +18,8 @@ pub enum Dep {
     Redis,
     /// pulsar-lite, from PyPI (pip itself from apt when missing).
     PulsarLite,
+    /// Debian's Chromium and its WebDriver, for the console's browser tests.
+    Chromium,
 }
 
 impl Dep {
@@ -28,19 +30,37 @@ impl Dep {
             Dep::Postgres => "postgres",
             Dep::Redis => "redis",
             Dep::PulsarLite => "pulsar-lite",
+            Dep::Chromium => "chromium",
         }
     }
 
     /// The dependency called `name`.
     pub fn from_name(name: &str) -> Result<Self> {
         ALL.into_iter().find(|d| d.name() == name).ok_or_else(|| {
-            anyhow::anyhow!("unknown dependency '{name}' (protoc, postgres, redis, pulsar-lite)")
+            anyhow::anyhow!(
+                "unknown dependency '{name}' (protoc, postgres, redis, pulsar-lite, chromium)"
+            )
         })
     }
 }
 
 /// Every dependency, what `cargo xtask install` checks with no arguments.
-pub const ALL: [Dep; 4] = [Dep::Protoc, Dep::Postgres, Dep::Redis, Dep::PulsarLite];
+pub const ALL: [Dep; 5] = [
+    Dep::Protoc,
+    Dep::Postgres,
+    Dep::Redis,
+    Dep::PulsarLite,
+    Dep::Chromium,
+];
+
+/// Where the browser tests find Chromium and its driver (Debian's paths;
+/// `CHROMIUM` and `CHROMEDRIVER` point the tests elsewhere).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn have_chromium() -> bool {
+    is_executable(CHROMIUM.as_ref()) && is_executable(CHROMEDRIVER.as_ref())
+}
 
 fn have_protoc() -> bool {
     // prost-build honours $PROTOC, so an explicit one counts as present.
@@ -71,6 +91,12 @@ fn missing_package(dep: Dep) -> Option<Package> {
             .then_some(("redis-server", || which("redis-server").is_some())),
         Dep::PulsarLite => (pulsar::find_broker_bin().is_none() && !have_pip())
             .then_some(("python3-pip", have_pip)),
+        // chromium-driver depends on chromium; fonts so pages render text
+        // (screenshots included) without the recommends left out.
+        Dep::Chromium => (!have_chromium()).then_some((
+            "chromium-driver chromium fonts-dejavu-core",
+            have_chromium as fn() -> bool,
+        )),
     }
 }
 
@@ -92,7 +118,12 @@ pub fn ensure(deps: &[Dep]) -> Result<()> {
         return Ok(());
     }
     if !packages.is_empty() {
-        apt_install(&packages.iter().map(|p| p.0).collect::<Vec<_>>())?;
+        // An entry may name several packages, space-separated.
+        let names: Vec<&str> = packages
+            .iter()
+            .flat_map(|p| p.0.split_whitespace())
+            .collect();
+        apt_install(&names)?;
         for (name, present) in &packages {
             if !present() {
                 bail!("installed {name}, but what it should provide is still missing");

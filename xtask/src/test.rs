@@ -10,9 +10,12 @@ use std::time::Instant;
 
 /// Tests that need no broker (store, demo, the binary's command line),
 /// always use their own broker (broker_restart, broker_refusal) or always
-/// the suite's Redis (redis_streams): they run in the Redis pass only.
+/// the suite's Redis (redis_streams): they run in the Redis pass only. So
+/// do the browser tests: the pages are the same over either broker, and
+/// `console::` drives the same routes over both.
 const BROKER_FREE: &str = "test(/^store::/) | test(/^demo::/) | test(/^cli::/) \
-     | test(/^broker_restart::/) | test(/^broker_refusal::/) | test(/^redis_streams::/)";
+     | test(/^broker_restart::/) | test(/^broker_refusal::/) | test(/^redis_streams::/) \
+     | test(/^browser::/) | test(/^console_browser::/)";
 
 /// Runs it all; `args` go to the test runner (say a name filter). Returns
 /// the exit code.
@@ -33,7 +36,13 @@ pub fn run(args: &[String]) -> Result<u8> {
 }
 
 fn run_inner(args: &[String]) -> Result<u8> {
-    install::ensure(&[Dep::Protoc, Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
+    install::ensure(&[
+        Dep::Protoc,
+        Dep::Postgres,
+        Dep::Redis,
+        Dep::PulsarLite,
+        Dep::Chromium,
+    ])?;
     // Everything once, up front: the proxy the services need comes from the
     // same build as the tests, so nothing is compiled twice.
     let mut build = paths::cargo();
@@ -187,7 +196,14 @@ pub fn services(args: &mut crate::args::Args) -> Result<()> {
 /// `make test-services-up`: the same servers, kept in `dir` until
 /// `test-services-down`.
 fn services_up(dir: &Path) -> Result<()> {
-    install::ensure(&[Dep::Postgres, Dep::Redis, Dep::PulsarLite])?;
+    // protoc too: the Pulsar proxy below is built from this workspace.
+    install::ensure(&[
+        Dep::Protoc,
+        Dep::Postgres,
+        Dep::Redis,
+        Dep::PulsarLite,
+        Dep::Chromium,
+    ])?;
     let with_pulsar = std::env::var("TEST_SERVICES_PULSAR").map_or(true, |v| v != "0");
     let proxy = if with_pulsar {
         Some(crate::pulsar::debug_proxy()?)
