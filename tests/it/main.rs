@@ -7,6 +7,7 @@ mod broker;
 mod broker_mode;
 mod broker_refusal;
 mod broker_restart;
+mod browser;
 mod cli;
 mod console;
 mod cut;
