@@ -28,7 +28,7 @@ use super::docs::{static_routes, Asset};
 use super::AppState;
 
 /// The console's files, embedded.
-const ASSETS: [Asset; 2] = [
+const ASSETS: [Asset; 3] = [
     Asset {
         path: "/ui/assets/htmx.min.js",
         content_type: "text/javascript; charset=utf-8",
@@ -38,6 +38,11 @@ const ASSETS: [Asset; 2] = [
         path: "/ui/assets/console.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../../assets/ui/console.css"),
+    },
+    Asset {
+        path: "/ui/assets/favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../../../assets/ui/favicon.svg"),
     },
 ];
 

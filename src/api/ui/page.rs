@@ -33,6 +33,9 @@ pub fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 meta name="htmx-config" content=(HTMX_CONFIG);
                 title { (title) " · saga-orchestrator" }
                 link rel="stylesheet" href="/ui/assets/console.css";
+                // Declared, so browsers do not ask for a `/favicon.ico`
+                // that is not there.
+                link rel="icon" type="image/svg+xml" href="/ui/assets/favicon.svg";
                 script src="/ui/assets/htmx.min.js" defer {}
             }
             body {

@@ -55,14 +55,37 @@ fn call_of(entry: &HistoryEntry) -> Option<(&'static str, &'static str, &'static
     })
 }
 
-/// Milliseconds from `start`, as shown.
+/// Time since `start`, as shown.
 fn offset(start: DateTime<Utc>, at: DateTime<Utc>) -> String {
-    let ms = (at - start).num_milliseconds();
-    if ms.abs() < 10_000 {
-        format!("+{ms} ms")
-    } else {
-        format!("+{:.1} s", ms as f64 / 1000.0)
+    elapsed((at - start).num_milliseconds() as f64)
+}
+
+/// `ms` in the largest unit that keeps a few significant digits.
+fn elapsed(ms: f64) -> String {
+    let sign = if ms < 0.0 { "−" } else { "+" };
+    let ms = ms.abs();
+    match ms {
+        ms if ms < 10_000.0 => format!("{sign}{ms:.0} ms"),
+        ms if ms < 600_000.0 => format!("{sign}{:.1} s", ms / 1_000.0),
+        ms if ms < 7_200_000.0 => format!("{sign}{:.1} min", ms / 60_000.0),
+        ms => format!("{sign}{:.1} h", ms / 3_600_000.0),
     }
+}
+
+/// Five ticks across `total_ms`: where each goes (0 to 1), its label, and
+/// its anchor, so the first and last stay inside the picture.
+fn axis_ticks(total_ms: f64) -> Vec<(f64, String, &'static str)> {
+    (0..=4)
+        .map(|tick| {
+            let at = f64::from(tick) / 4.0;
+            let anchor = match tick {
+                0 => "start",
+                4 => "end",
+                _ => "middle",
+            };
+            (at, elapsed(total_ms * at), anchor)
+        })
+        .collect()
 }
 
 /// The axis: from the first transition to the last (or to `now` while
@@ -100,11 +123,9 @@ pub fn render(saga: &Saga, history: &[HistoryEntry], now: DateTime<Utc>) -> Mark
                             y=(i * ROW + 4) width=(format!("{:.1}", (x1 - x0).max(2.0))) height=(ROW - 8) {}
                     }
                 }
-                @for tick in 0..=4 {
-                    @let tx = LABEL as f64 + WIDTH * f64::from(tick) / 4.0;
-                    text.tick x=(format!("{tx:.1}")) y=(height - 4) {
-                        (format!("+{:.0} ms", total_ms * f64::from(tick) / 4.0))
-                    }
+                @for (at, label, anchor) in axis_ticks(total_ms) {
+                    @let tx = LABEL as f64 + WIDTH * at;
+                    text.tick x=(format!("{tx:.1}")) y=(height - 4) text-anchor=(anchor) { (label) }
                 }
             }
             table #history {
@@ -172,12 +193,23 @@ mod tests {
     }
 
     #[test]
-    fn offsets_read_in_ms_then_seconds() {
+    fn offsets_read_in_ms_then_seconds_minutes_and_hours() {
         let t = Utc::now();
-        assert_eq!(offset(t, t + chrono::Duration::milliseconds(42)), "+42 ms");
-        assert_eq!(
-            offset(t, t + chrono::Duration::milliseconds(12_340)),
-            "+12.3 s"
-        );
+        let at = |ms| offset(t, t + chrono::Duration::milliseconds(ms));
+        assert_eq!(at(42), "+42 ms");
+        assert_eq!(at(12_340), "+12.3 s");
+        assert_eq!(at(754_000), "+12.6 min");
+        assert_eq!(at(43_200_000), "+12.0 h");
+        // Another instance's clock may be a little behind.
+        assert_eq!(at(-3), "−3 ms");
+    }
+
+    #[test]
+    fn the_axis_ticks_use_the_same_units_and_stay_inside() {
+        let ticks = axis_ticks(43_200_000.0);
+        let labels: Vec<&str> = ticks.iter().map(|t| t.1.as_str()).collect();
+        assert_eq!(labels, ["+0 ms", "+3.0 h", "+6.0 h", "+9.0 h", "+12.0 h"]);
+        let anchors: Vec<&str> = ticks.iter().map(|t| t.2).collect();
+        assert_eq!(anchors, ["start", "middle", "middle", "middle", "end"]);
     }
 }
