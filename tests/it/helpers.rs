@@ -139,7 +139,7 @@ impl TestConfig {
 }
 
 /// The admin token every test service has, unless its test removes it.
-const TEST_ADMIN_TOKEN: &str = "test-admin-token";
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token";
 
 /// `url` as the service's `BROKER_URL`.
 pub fn broker_url(url: &str) -> BrokerUrl {

@@ -10,6 +10,7 @@ mod broker_restart;
 mod browser;
 mod cli;
 mod console;
+mod console_browser;
 mod cut;
 mod dead_letters;
 mod demo;

@@ -88,7 +88,7 @@ pub async fn finished_job(app: &TestApp, job_id: &str, within: Duration) -> Valu
 }
 
 /// A `PartnerCreated` too big for a 2 KiB `MAX_MESSAGE_BYTES`.
-async fn publish_big_partner(app: &TestApp, partner_id: &str) {
+pub async fn publish_big_partner(app: &TestApp, partner_id: &str) {
     let fields: Vec<(String, String)> = [
         ("event_id", format!("evt-{partner_id}")),
         ("correlation_id", format!("corr-{partner_id}")),
