@@ -121,6 +121,13 @@ impl Operator {
     }
 
     /// Previews or starts a job; the runner picks a new one up at once.
+    /// The job this request started before, if any: what starting it
+    /// again would answer with.
+    pub async fn earlier_job(&self, request: &JobRequest) -> Result<Option<Job>, StoreError> {
+        let key = body_key(&request.normalized());
+        self.orchestrator.store().job_by_key(&key).await
+    }
+
     pub async fn start_job(
         &self,
         request: JobRequest,
@@ -130,7 +137,7 @@ impl Operator {
         let key = body_key(&body);
         // A duplicate post is answered before any target is selected.
         if !dry_run {
-            if let Some(existing) = self.orchestrator.store().job_by_key(&key).await? {
+            if let Some(existing) = self.earlier_job(&request).await? {
                 return Ok(Started::Existing(existing));
             }
         }

@@ -159,7 +159,12 @@ async fn signing_in_keeps_the_token_out_of_reach_of_scripts_and_pages() {
     let app = spawn_app_with(alliances, integrations, config).await;
     let mut console = Console::new(&app);
 
-    assert_eq!(console.get("/ui/dead-letters").await.0, 401);
+    let (status, page) = console.get("/ui/dead-letters").await;
+    assert_eq!(status, 401);
+    assert!(
+        page.contains(r#"id="sign-in-instead" href="/ui/sign-in""#),
+        "{page}"
+    );
     let wrong = console.sign_in("not-a-token").await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get(SET_COOKIE).is_none());
@@ -262,6 +267,11 @@ async fn the_saga_list_filters_like_the_api() {
     assert!(later.contains(r#"id="no-sagas""#), "{later}");
     let (status, bad) = console.get("/ui/sagas?since=yesterday").await;
     assert_eq!(status, 400, "{bad}");
+    // A year the store cannot hold is the caller's mistake, not an outage.
+    let (status, bad) = console.get("/ui/sagas?since=-5000-01-01T00:00").await;
+    assert_eq!(status, 400, "{bad}");
+    let (status, page) = console.get("/ui/sagas?until=2999-01-01T10:00:00.5").await;
+    assert_eq!(status, 200, "fractions of a second are a time too: {page}");
     // The API takes the same filter.
     let (status, body) = crate::operator::admin(
         &app,
@@ -305,6 +315,19 @@ async fn a_bulk_retry_is_previewed_then_run_once() {
     assert_eq!(job["created_by"], "alice", "{job}");
     let (_, again) = console.post("/ui/sagas", "/ui/sagas/retry", &start).await;
     assert_eq!(again, format!("/ui/jobs/{job_id}?notice=duplicate"));
+    // Previewing the same form again says it ran, not what it would touch.
+    let (status, again) = console.post("/ui/sagas", "/ui/sagas/retry", &preview).await;
+    assert_eq!(
+        (status, again),
+        (303, format!("/ui/jobs/{job_id}?notice=duplicate"))
+    );
+    // A finished job cannot be aborted, and the page does not say it was.
+    let job_page = format!("/ui/jobs/{job_id}");
+    let abort = format!("{job_page}/abort");
+    let (status, _) = console
+        .post(&job_page, &abort, &[("reason", "too late")])
+        .await;
+    assert_eq!(status, 409);
     let (status, progress) = console.get(&format!("/ui/jobs/{job_id}")).await;
     assert_eq!(status, 200);
     assert!(progress.contains(r#"id="job-state">done<"#), "{progress}");
@@ -342,6 +365,8 @@ async fn dead_letters_are_inspected_redriven_and_discarded_from_their_pages() {
         assert!(list.contains(l["id"].as_str().unwrap()), "{list}");
     }
     assert!(list.contains(&format!("{dlq} (2)")), "{list}");
+    let (status, bad) = console.get("/ui/dead-letters?channel=%00").await;
+    assert_eq!(status, 400, "{bad}");
 
     let (one, two) = (
         letters[0]["id"].as_str().unwrap(),

@@ -55,7 +55,10 @@ fn time(field: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, Api
 /// A numeric paging cursor from a query.
 /// A channel filter: no control character (a NUL would only fail in the
 /// store, as a 503; no channel is named with one), else 400.
-fn channel_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+pub(crate) fn channel_filter(
+    field: &str,
+    value: Option<String>,
+) -> Result<Option<String>, ApiError> {
     let channel = non_empty(value);
     if channel
         .as_deref()

@@ -63,6 +63,13 @@ pub async fn preview_or_start(
     let reason = Some(bulk.reason.clone());
     let request = job_request(state, session.admin.clone(), selection, max, name, reason)?;
     let dry_run = bulk.step != "start";
+    // A preview of a form that already ran shows that run: starting it
+    // would touch nothing.
+    if dry_run {
+        if let Some(job) = state.operator.earlier_job(&request).await? {
+            return Ok(duplicate(&job));
+        }
+    }
     match state.operator.start_job(request, dry_run).await? {
         Started::Preview { matched } => {
             let body = html! {
@@ -82,11 +89,13 @@ pub async fn preview_or_start(
             Ok(page::ok("Preview", Some(session), body))
         }
         Started::New(job) => Ok(page::see_other(&format!("/ui/jobs/{}", job.job_id))),
-        Started::Existing(job) => Ok(page::see_other(&format!(
-            "/ui/jobs/{}?notice=duplicate",
-            job.job_id
-        ))),
+        Started::Existing(job) => Ok(duplicate(&job)),
     }
+}
+
+/// To the job a form already started.
+fn duplicate(job: &Job) -> Response {
+    page::see_other(&format!("/ui/jobs/{}?notice=duplicate", job.job_id))
 }
 
 async fn load(state: &AppState, id: &str) -> Result<Job, UiError> {
@@ -176,7 +185,12 @@ pub async fn abort(
         .await?
     {
         None => Err(ApiError::NotFound(format!("no job {job_id}")).into()),
-        Some(_) => Ok(page::see_other(&format!(
+        Some((job, false)) => Err(ApiError::Conflict(format!(
+            "job {job_id} is {}, not running",
+            job.state.as_str()
+        ))
+        .into()),
+        Some((_, true)) => Ok(page::see_other(&format!(
             "/ui/jobs/{job_id}?notice=aborted"
         ))),
     }

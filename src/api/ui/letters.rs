@@ -16,7 +16,7 @@ use super::session::Session;
 use crate::api::error::ApiError;
 use crate::api::operator::dead_letters::{action_error, DeadLetterView};
 use crate::api::operator::jobs::{letter_selection, LetterFilterBody};
-use crate::api::operator::{letter_id, required_reason};
+use crate::api::operator::{channel_filter, letter_id, required_reason};
 use crate::api::sagas::non_empty;
 use crate::api::AppState;
 use crate::store::operator::DeadLetterQuery;
@@ -55,7 +55,7 @@ pub async fn list(
         ),
     };
     let query = DeadLetterQuery {
-        channel: non_empty(Some(f.channel.clone())),
+        channel: channel_filter("channel", Some(f.channel.clone()))?,
         reason_contains: non_empty(Some(f.reason.clone())),
         since: None,
         until: None,

@@ -130,8 +130,10 @@ impl From<ApiError> for UiError {
 }
 
 impl From<crate::store::StoreError> for UiError {
+    /// As the API answers: the store refusing a request's own data is the
+    /// caller's to fix (422), anything else an outage (503).
     fn from(e: crate::store::StoreError) -> Self {
-        Self::Api(e.into())
+        Self::Api(crate::api::error::store_error(e))
     }
 }
 
@@ -160,7 +162,11 @@ impl IntoResponse for UiError {
         let body = html! {
             h1 { (title) }
             p.error #error { (text) }
-            p { a href="/ui" { "Back to the overview" } }
+            @if status == StatusCode::UNAUTHORIZED {
+                p { a #sign-in-instead href="/ui/sign-in" { "Sign in" } }
+            } @else {
+                p { a href="/ui" { "Back to the overview" } }
+            }
         };
         respond(status, layout(title, None, body))
     }

@@ -6,7 +6,7 @@
 use axum::extract::{Form, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -50,18 +50,26 @@ pub fn filter_time(field: &str, value: &str) -> Result<Option<DateTime<Utc>>, Ap
     if value.is_empty() {
         return Ok(None);
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(value, f).ok())
-        .map(|t| Some(t.and_utc()))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{field} must be a time like 2026-12-02T10:00 (UTC), got {value:?}"
-            ))
+    let refused = || {
+        ApiError::BadRequest(format!(
+            "{field} must be a time like 2026-12-02T10:00 (UTC), got {value:?}"
+        ))
+    };
+    let time = DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(value, f).ok())
+                .map(|t| t.and_utc())
         })
+        .ok_or_else(refused)?;
+    // chrono reads years of any length and sign; the stores hold 1 to 9999.
+    if !(1..=9999).contains(&time.year()) {
+        return Err(refused());
+    }
+    Ok(Some(time))
 }
 
 impl Filters {
@@ -146,8 +154,8 @@ fn filter_form(f: &Filters) -> Markup {
             }
             label { "partner " input name="partner_id" value=(f.partner_id); }
             label { "correlation id " input name="correlation_id" value=(f.correlation_id); }
-            label { "changed since (UTC) " input type="datetime-local" name="since" value=(f.since); }
-            label { "until " input type="datetime-local" name="until" value=(f.until); }
+            label { "changed since (UTC) " input type="datetime-local" name="since" step="any" value=(f.since); }
+            label { "until (UTC) " input type="datetime-local" name="until" step="any" value=(f.until); }
             button type="submit" { "Filter" }
         }
     }
@@ -221,7 +229,10 @@ pub async fn bulk_retry(
     Form(form): Form<BulkRetry>,
 ) -> Result<Response, UiError> {
     let session = page::form_session(&state, &headers, &form.csrf)?;
-    let iso = |field, v: &str| filter_time(field, v).map(|t| t.map(crate::envelope::format_time));
+    // To the nanosecond, so the job takes exactly what the list showed.
+    let iso = |field, v: &str| {
+        filter_time(field, v).map(|t| t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+    };
     let filter = SagaFilterBody {
         state: Some("failed".into()),
         partner_id: non_empty(Some(form.partner_id.clone())),
@@ -357,4 +368,35 @@ async fn act(
 fn parse_id(id: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(id)
         .map_err(|_| ApiError::NotFound(format!("no saga {}", id.escape_default())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_times_are_utc_fields_or_rfc_3339_within_the_stores_years() {
+        let at = |v| filter_time("since", v).map(|t| t.map(page::time));
+        assert_eq!(at("").unwrap(), None);
+        assert_eq!(
+            at("2026-12-02T10:00").unwrap().as_deref(),
+            Some("2026-12-02T10:00:00.000Z")
+        );
+        assert_eq!(
+            at("2026-12-02T10:00:30.25").unwrap().as_deref(),
+            Some("2026-12-02T10:00:30.250Z")
+        );
+        assert_eq!(
+            at("2026-12-02T11:00:00+01:00").unwrap().as_deref(),
+            Some("2026-12-02T10:00:00.000Z")
+        );
+        for bad in [
+            "yesterday",
+            "-5000-01-01T00:00",
+            "+10000-01-01T00:00",
+            "0000-01-01T00:00",
+        ] {
+            assert!(at(bad).is_err(), "{bad}");
+        }
+    }
 }
