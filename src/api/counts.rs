@@ -25,55 +25,91 @@ pub struct StoreCounts {
 /// How long counting may take before the scrape goes on without it.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The latest counts and when they were taken.
-#[derive(Debug, Default)]
-pub struct CountsCache {
-    latest: Mutex<Latest>,
+/// One store read shared by every request for `ttl`: requests that arrive
+/// while it is being taken wait for that one read instead of starting
+/// their own, a read that outlasts `timeout` fails, and for `ttl` after a
+/// failure requests fail at once instead of each waiting on a store that
+/// is down.
+#[derive(Debug)]
+pub struct Shared<T> {
+    ttl: Duration,
+    timeout: Duration,
+    latest: Mutex<Latest<T>>,
 }
 
-#[derive(Debug, Default)]
-struct Latest {
-    counts: Option<(Instant, StoreCounts)>,
-    /// When counting last failed: for `COUNTS_TTL` requests fail at once
-    /// instead of each waiting on a store that is down.
+#[derive(Debug)]
+struct Latest<T> {
+    value: Option<(Instant, T)>,
     failed_at: Option<Instant>,
 }
 
-impl CountsCache {
-    /// Fresh enough counts; requests that arrive while they are being
-    /// taken wait for that one query instead of starting their own.
-    pub async fn get(&self, store: &dyn SagaStore) -> Result<StoreCounts, StoreError> {
+impl<T: Clone> Shared<T> {
+    /// Reads kept for `ttl`, each allowed `timeout`.
+    pub fn new(ttl: Duration, timeout: Duration) -> Self {
+        Self {
+            ttl,
+            timeout,
+            latest: Mutex::new(Latest {
+                value: None,
+                failed_at: None,
+            }),
+        }
+    }
+
+    /// The value read at most `ttl` ago, or `read`'s now; `what` names the
+    /// read in its errors.
+    pub async fn get<F>(&self, what: &str, read: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let mut latest = self.latest.lock().await;
-        if let Some((at, counts)) = latest.counts.as_ref() {
-            if at.elapsed() < COUNTS_TTL {
-                return Ok(counts.clone());
+        if let Some((at, value)) = latest.value.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(value.clone());
             }
         }
-        if latest.failed_at.is_some_and(|at| at.elapsed() < COUNTS_TTL) {
-            return Err(StoreError::Unreachable(
-                "counting sagas failed just now".into(),
-            ));
+        if latest.failed_at.is_some_and(|at| at.elapsed() < self.ttl) {
+            return Err(StoreError::Unreachable(format!("{what} failed just now")));
         }
-        let counted = tokio::time::timeout(COUNT_TIMEOUT, async {
-            Ok::<_, StoreError>(StoreCounts {
-                by_state: store.count_by_state().await?,
-                outbox_backlog: store.outbox_backlog().await?,
-                outbox_parked: store.outbox_parked().await?,
-            })
-        })
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Unreachable("counting sagas timed out".into())));
-        match counted {
-            Ok(counts) => {
-                latest.counts = Some((Instant::now(), counts.clone()));
+        let read = tokio::time::timeout(self.timeout, read)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unreachable(format!("{what} timed out"))));
+        match read {
+            Ok(value) => {
+                latest.value = Some((Instant::now(), value.clone()));
                 latest.failed_at = None;
-                Ok(counts)
+                Ok(value)
             }
             Err(e) => {
                 latest.failed_at = Some(Instant::now());
                 Err(e)
             }
         }
+    }
+}
+
+/// The latest counts and when they were taken.
+#[derive(Debug)]
+pub struct CountsCache(Shared<StoreCounts>);
+
+impl Default for CountsCache {
+    fn default() -> Self {
+        Self(Shared::new(COUNTS_TTL, COUNT_TIMEOUT))
+    }
+}
+
+impl CountsCache {
+    /// Fresh enough counts, shared (see [`Shared`]).
+    pub async fn get(&self, store: &dyn SagaStore) -> Result<StoreCounts, StoreError> {
+        self.0
+            .get("counting sagas", async {
+                Ok(StoreCounts {
+                    by_state: store.count_by_state().await?,
+                    outbox_backlog: store.outbox_backlog().await?,
+                    outbox_parked: store.outbox_parked().await?,
+                })
+            })
+            .await
     }
 }
 
@@ -96,7 +132,7 @@ mod tests {
             .expect("insert");
         assert_eq!(cache.get(&store).await.expect("counts").outbox_backlog, 0);
         // Once it has aged, the store is counted again.
-        cache.latest.lock().await.counts = Some((Instant::now() - COUNTS_TTL, first));
+        cache.0.latest.lock().await.value = Some((Instant::now() - COUNTS_TTL, first));
         assert_eq!(cache.get(&store).await.expect("counts").outbox_backlog, 1);
     }
 }

@@ -39,8 +39,8 @@ pub struct AppState {
     pub operator: crate::operator::Operator,
     /// Store-wide counts, shared by the metrics routes.
     pub counts: std::sync::Arc<counts::CountsCache>,
-    /// The console overview's chart, shared by every browser watching it.
-    pub chart: std::sync::Arc<ui::ChartCache>,
+    /// The console's heavier reads, shared by every browser watching it.
+    pub console: std::sync::Arc<ui::ConsoleCache>,
 }
 
 /// Every documented route. Each handler's `#[utoipa::path]` gives both its

@@ -150,7 +150,7 @@ impl Application {
             admins: Arc::new(settings.api.admins()),
             operator: operator.clone(),
             counts: Arc::default(),
-            chart: Arc::default(),
+            console: Arc::default(),
         };
         let router = api::router(state, settings.limits.max_message_bytes);
         Ok(Self {

@@ -17,9 +17,13 @@ const HEIGHT: i64 = 120;
 /// One minute's endings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Minute {
+    /// The minute's first instant.
     pub start: DateTime<Utc>,
+    /// Sagas that ended `completed` in it.
     pub completed: i64,
+    /// Sagas that ended `compensated` in it.
     pub compensated: i64,
+    /// Sagas parked `failed` in it.
     pub failed: i64,
 }
 

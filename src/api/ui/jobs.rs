@@ -21,8 +21,10 @@ use crate::store::operator::Job;
 /// What every bulk form asks: the job's name, why, at most how many.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct BulkFields {
+    /// The job's name, after the incident.
     #[serde(default)]
     pub name: String,
+    /// Why, recorded with the job and every item it touches.
     #[serde(default)]
     pub reason: String,
     /// Empty: `JOB_MAX_ITEMS`.
@@ -78,9 +80,7 @@ pub async fn preview_or_start(
                 form method="post" action=(action) {
                     (page::csrf_field(session))
                     (hidden)
-                    input type="hidden" name="name" value=(bulk.name);
-                    input type="hidden" name="reason" value=(bulk.reason);
-                    input type="hidden" name="max" value=(bulk.max);
+                    (page::hidden_inputs(&[("name", &bulk.name), ("reason", &bulk.reason), ("max", &bulk.max)]))
                     button #start-job type="submit" name="step" value="start" disabled[matched == 0] {
                         "Start the job"
                     }

@@ -67,7 +67,7 @@ pub async fn list(
         letters.truncate(PAGE as usize);
         letters.last().map(|l| l.seq)
     });
-    let depths = store.dead_letter_depths().await?;
+    let depths = state.console.depths(store.as_ref()).await?;
     let channels = state.operator.dead_letter_channels();
     let letters: Vec<DeadLetterView> = letters.into_iter().map(DeadLetterView::listed).collect();
     let query_string = url::form_urlencoded::Serializer::new(String::new())
@@ -80,7 +80,7 @@ pub async fn list(
             a href="/ui/dead-letters" class=[f.channel.is_empty().then_some("current")] { "every channel" }
             @for channel in &channels {
                 @let n = depths.iter().find(|(c, _)| c == channel).map(|(_, n)| *n).unwrap_or(0);
-                a href={ "/ui/dead-letters?" (encode("channel", channel)) }
+                a href=(page::channel_href(channel))
                     class=[(f.channel == *channel).then_some("current")] { (channel) " (" (n) ")" }
             }
         }
@@ -96,12 +96,6 @@ pub async fn list(
         (bulk_redrive_form(&session, &f))
     };
     Ok(page::ok("Dead letters", Some(&session), body))
-}
-
-fn encode(key: &str, value: &str) -> String {
-    url::form_urlencoded::Serializer::new(String::new())
-        .append_pair(key, value)
-        .finish()
 }
 
 fn letter_table(letters: &[DeadLetterView]) -> Markup {
@@ -136,8 +130,7 @@ fn bulk_redrive_form(session: &Session, f: &Filters) -> Markup {
                 ". Each goes back to its source once; you see how many first." }
             form method="post" action="/ui/dead-letters/redrive" {
                 (page::csrf_field(session))
-                input type="hidden" name="channel" value=(f.channel);
-                input type="hidden" name="reason_contains" value=(f.reason);
+                (page::hidden_inputs(&[("channel", &f.channel), ("reason_contains", &f.reason)]))
                 (jobs::bulk_inputs(&BulkFields::default()))
                 button #preview-redrive type="submit" name="step" value="preview" { "Preview" }
             }
@@ -171,10 +164,10 @@ pub async fn bulk_redrive(
         since: None,
         until: None,
     };
-    let hidden = html! {
-        input type="hidden" name="channel" value=(form.channel);
-        input type="hidden" name="reason_contains" value=(form.reason_contains);
-    };
+    let hidden = page::hidden_inputs(&[
+        ("channel", &form.channel),
+        ("reason_contains", &form.reason_contains),
+    ]);
     let what = "dead letters would be redriven, each back to its source channel once";
     jobs::preview_or_start(
         &state,

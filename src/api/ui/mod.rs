@@ -19,7 +19,7 @@ mod session;
 mod sign_in;
 mod timeline;
 
-pub use overview::ChartCache;
+pub use overview::ConsoleCache;
 
 use axum::routing::{get, post};
 use axum::Router;

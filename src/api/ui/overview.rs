@@ -2,17 +2,17 @@
 //! waiting per channel, and the last hour's endings as a chart. The live
 //! part is re-fetched every 2 s (`/ui/overview/live`, swapped in by htmx).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 use maud::{html, Markup};
-use tokio::sync::Mutex;
 
 use super::chart::{self, Minute};
 use super::page::{self, UiError};
+use crate::api::counts::{Shared, COUNTS_TTL};
 use crate::api::summary::SagaCounts;
 use crate::api::AppState;
 use crate::saga::SagaState;
@@ -26,24 +26,44 @@ const REFRESH: &str = "every 2s";
 /// than the other numbers, and a bar per minute hardly moves in 10 s.
 const CHART_TTL: Duration = Duration::from_secs(10);
 
-/// The last hour's endings, shared by every browser polling the overview.
-#[derive(Debug, Default)]
-pub struct ChartCache {
-    latest: Mutex<Option<(Instant, Vec<EndedInMinute>)>>,
+/// How long one of the console's reads may take before the page shows
+/// the store as unavailable.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The console's heavier reads, shared by every browser polling the
+/// overview (see [`Shared`]): however many tabs are open, each runs at
+/// most once per lifetime.
+#[derive(Debug)]
+pub struct ConsoleCache {
+    ended: Shared<Vec<EndedInMinute>>,
+    depths: Shared<Vec<(String, i64)>>,
 }
 
-impl ChartCache {
-    async fn get(&self, store: &dyn SagaStore) -> Result<Vec<EndedInMinute>, UiError> {
-        let mut latest = self.latest.lock().await;
-        if let Some((at, rows)) = latest.as_ref() {
-            if at.elapsed() < CHART_TTL {
-                return Ok(rows.clone());
-            }
+impl Default for ConsoleCache {
+    fn default() -> Self {
+        Self {
+            ended: Shared::new(CHART_TTL, READ_TIMEOUT),
+            depths: Shared::new(COUNTS_TTL, READ_TIMEOUT),
         }
+    }
+}
+
+impl ConsoleCache {
+    /// The last hour's endings, by minute and state.
+    async fn ended(&self, store: &dyn SagaStore) -> Result<Vec<EndedInMinute>, UiError> {
         let since = Utc::now() - chrono::Duration::minutes(chart::MINUTES as i64);
-        let rows = store.ended_per_minute(since).await?;
-        *latest = Some((Instant::now(), rows.clone()));
-        Ok(rows)
+        let read = self
+            .ended
+            .get("counting ended sagas", store.ended_per_minute(since));
+        Ok(read.await?)
+    }
+
+    /// Pending dead letters per channel.
+    pub async fn depths(&self, store: &dyn SagaStore) -> Result<Vec<(String, i64)>, UiError> {
+        let read = self
+            .depths
+            .get("counting dead letters", store.dead_letter_depths());
+        Ok(read.await?)
     }
 }
 
@@ -71,35 +91,15 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
     let store = state.orchestrator.store();
     let counts = state.counts.get(store.as_ref()).await?;
     let sagas = SagaCounts::from_counts(&counts.by_state);
-    let depths = store.dead_letter_depths().await?;
-    let ended = state.chart.get(store.as_ref()).await?;
+    let depths = state.console.depths(store.as_ref()).await?;
+    let ended = state.console.ended(store.as_ref()).await?;
     let stats = state.orchestrator.stats().snapshot();
     let now = Utc::now();
     Ok(html! {
         div #live hx-get="/ui/overview/live" hx-trigger=(REFRESH) hx-swap="outerHTML" {
-            section.cards #saga-counts {
-                @for (state, n) in state_counts(&sagas) {
-                    a.card href={ "/ui/sagas?state=" (state.as_str()) } {
-                        span.label { (state.as_str()) }
-                        span.count #{ "count-" (state.as_str()) } { (n) }
-                    }
-                }
-                div.card { span.label { "total" } span.count #count-total { (sagas.total) } }
-            }
+            (saga_cards(&sagas))
             section.row {
-                div.panel {
-                    h2 { "This instance" }
-                    dl {
-                        dt { "instance" } dd { (stats.instance_id) }
-                        dt { "in flight" } dd #in-flight { (stats.in_flight) " of " (stats.max_in_flight) }
-                        dt { "started / s" } dd { (rate(stats.rates.started)) }
-                        dt { "completed / s" } dd { (rate(stats.rates.completed)) }
-                        dt { "compensated / s" } dd { (rate(stats.rates.compensated)) }
-                        dt { "failed / s" } dd { (rate(stats.rates.failed)) }
-                        dt { "dead-lettered / s" } dd { (rate(stats.rates.dead_letters)) }
-                    }
-                    p.hint { "Rates are this instance's, over the last minute." }
-                }
+                (instance_panel(&stats))
                 div.panel {
                     h2 { "Outbox" }
                     dl {
@@ -107,21 +107,7 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
                         dt { "parked for a person" } dd #outbox-parked { (counts.outbox_parked) }
                     }
                 }
-                div.panel #dead-letter-depths {
-                    h2 { "Dead letters waiting" }
-                    @if depths.is_empty() {
-                        p { "None." }
-                    } @else {
-                        table {
-                            @for (channel, n) in &depths {
-                                tr {
-                                    td { a href={ "/ui/dead-letters?" (query_pair("channel", channel)) } { (channel) } }
-                                    td.num data-channel=(channel) { (n) }
-                                }
-                            }
-                        }
-                    }
-                }
+                (depths_panel(&depths))
             }
             section.panel {
                 h2 { "Ended per minute, last hour" }
@@ -132,10 +118,57 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
     })
 }
 
-fn query_pair(key: &str, value: &str) -> String {
-    url::form_urlencoded::Serializer::new(String::new())
-        .append_pair(key, value)
-        .finish()
+/// A card per state, each a link to its sagas, and the total.
+fn saga_cards(sagas: &SagaCounts) -> Markup {
+    html! {
+        section.cards #saga-counts {
+            @for (state, n) in state_counts(sagas) {
+                a.card href={ "/ui/sagas?state=" (state.as_str()) } {
+                    span.label { (state.as_str()) }
+                    span.count #{ "count-" (state.as_str()) } { (n) }
+                }
+            }
+            div.card { span.label { "total" } span.count #count-total { (sagas.total) } }
+        }
+    }
+}
+
+fn instance_panel(stats: &crate::stats::Snapshot) -> Markup {
+    html! {
+        div.panel {
+            h2 { "This instance" }
+            dl {
+                dt { "instance" } dd { (stats.instance_id) }
+                dt { "in flight" } dd #in-flight { (stats.in_flight) " of " (stats.max_in_flight) }
+                dt { "started / s" } dd { (rate(stats.rates.started)) }
+                dt { "completed / s" } dd { (rate(stats.rates.completed)) }
+                dt { "compensated / s" } dd { (rate(stats.rates.compensated)) }
+                dt { "failed / s" } dd { (rate(stats.rates.failed)) }
+                dt { "dead-lettered / s" } dd { (rate(stats.rates.dead_letters)) }
+            }
+            p.hint { "Rates are this instance's, over the last minute." }
+        }
+    }
+}
+
+fn depths_panel(depths: &[(String, i64)]) -> Markup {
+    html! {
+        div.panel #dead-letter-depths {
+            h2 { "Dead letters waiting" }
+            @if depths.is_empty() {
+                p { "None." }
+            } @else {
+                table {
+                    @for (channel, n) in depths {
+                        tr {
+                            td { a href=(page::channel_href(channel)) { (channel) } }
+                            td.num data-channel=(channel) { (n) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn rate(per_sec: f64) -> String {

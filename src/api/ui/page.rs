@@ -187,6 +187,24 @@ pub fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result
     }
 }
 
+/// A form's hidden fields, one per `(name, value)`: how a bulk form
+/// carries its filter on to the preview and the start.
+pub fn hidden_inputs(fields: &[(&str, &str)]) -> Markup {
+    html! {
+        @for (name, value) in fields {
+            input type="hidden" name=(name) value=(value);
+        }
+    }
+}
+
+/// The dead-letter page of one channel.
+pub fn channel_href(channel: &str) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("channel", channel)
+        .finish();
+    format!("/ui/dead-letters?{query}")
+}
+
 /// A time as shown: UTC to the millisecond.
 pub fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -200,8 +218,10 @@ pub fn state_badge(state: SagaState) -> Markup {
 /// A form that says why (a saga action, a dead letter's, an abort).
 #[derive(Debug, serde::Deserialize)]
 pub struct ReasonForm {
+    /// The session's CSRF token, from the page the form was on.
     #[serde(default)]
     pub csrf: String,
+    /// Why, as the operator typed it.
     #[serde(default)]
     pub reason: String,
 }
@@ -209,6 +229,7 @@ pub struct ReasonForm {
 /// `?notice=`, the code of a note to show once.
 #[derive(Debug, serde::Deserialize)]
 pub struct NoticeQuery {
+    /// See [`notice`].
     #[serde(default)]
     pub notice: String,
 }

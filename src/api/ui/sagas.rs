@@ -27,19 +27,26 @@ const PAGE: u32 = 50;
 /// The list's filters, as the form sends them (and its links carry them).
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Filters {
+    /// A saga state; empty: any.
     #[serde(default)]
     pub state: String,
+    /// One partner's sagas.
     #[serde(default)]
     pub partner_id: String,
+    /// The sagas of one correlation id.
     #[serde(default)]
     pub correlation_id: String,
-    /// `YYYY-MM-DDTHH:MM` (a `datetime-local` field, read as UTC) or RFC 3339.
+    /// Changed at or after: `YYYY-MM-DDTHH:MM` (a `datetime-local`
+    /// field, read as UTC) or RFC 3339.
     #[serde(default)]
     pub since: String,
+    /// Changed before; written as `since` is.
     #[serde(default)]
     pub until: String,
+    /// The last saga of the page before: the next page starts after it.
     #[serde(default)]
     pub cursor: String,
+    /// See [`page::notice`].
     #[serde(default)]
     pub notice: String,
 }
@@ -187,6 +194,16 @@ fn saga_table(sagas: &[Saga]) -> Markup {
     }
 }
 
+/// A bulk retry's filter, carried from the list to the preview and on.
+fn hidden_filters(partner_id: &str, correlation_id: &str, since: &str, until: &str) -> Markup {
+    page::hidden_inputs(&[
+        ("partner_id", partner_id),
+        ("correlation_id", correlation_id),
+        ("since", since),
+        ("until", until),
+    ])
+}
+
 fn bulk_retry_form(session: &Session, f: &Filters) -> Markup {
     html! {
         section.panel.admin #bulk-retry {
@@ -194,10 +211,7 @@ fn bulk_retry_form(session: &Session, f: &Filters) -> Markup {
             p.hint { "State is failed whatever the filter says. You see how many first." }
             form method="post" action="/ui/sagas/retry" {
                 (page::csrf_field(session))
-                input type="hidden" name="partner_id" value=(f.partner_id);
-                input type="hidden" name="correlation_id" value=(f.correlation_id);
-                input type="hidden" name="since" value=(f.since);
-                input type="hidden" name="until" value=(f.until);
+                (hidden_filters(&f.partner_id, &f.correlation_id, &f.since, &f.until))
                 (jobs::bulk_inputs(&BulkFields::default()))
                 button type="submit" name="step" value="preview" { "Preview" }
             }
@@ -240,12 +254,12 @@ pub async fn bulk_retry(
         since: iso("since", &form.since)?,
         until: iso("until", &form.until)?,
     };
-    let hidden = html! {
-        input type="hidden" name="partner_id" value=(form.partner_id);
-        input type="hidden" name="correlation_id" value=(form.correlation_id);
-        input type="hidden" name="since" value=(form.since);
-        input type="hidden" name="until" value=(form.until);
-    };
+    let hidden = hidden_filters(
+        &form.partner_id,
+        &form.correlation_id,
+        &form.since,
+        &form.until,
+    );
     let what = "failed sagas would be retried (compensation runs again)";
     jobs::preview_or_start(
         &state,

@@ -16,7 +16,9 @@ use crate::store::{PostgresStore, SqliteStore, StoreError};
 pub struct EndedInMinute {
     /// The minute's start.
     pub minute: DateTime<Utc>,
+    /// `completed`, `compensated` or `failed`.
     pub state: SagaState,
+    /// How many sagas.
     pub count: i64,
 }
 
