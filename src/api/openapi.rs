@@ -243,6 +243,13 @@ impl PartialSchema for HistoryEntry {
                 text_or_null("The instance (`INSTANCE_ID`) that made the transition; `null` for rows stored before instances were recorded."),
             )
             .required("instance_id")
+            .property(
+                "events",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(text("An `event_type` from §2's `saga-events` row."))
+                    .description(Some("The saga events this transition published on `saga-events`, in order; empty when it published none (and on rows stored before they were recorded).")),
+            )
+            .required("events")
             .into()
     }
 }
@@ -500,6 +507,7 @@ mod tests {
             detail: None,
             at: Utc::now(),
             instance_id: Some("host-1-ab12".into()),
+            events: Vec::new(),
         };
         let written = serde_json::to_value(&entry).expect("entry");
         let schema = serde_json::to_value(HistoryEntry::schema()).expect("schema");

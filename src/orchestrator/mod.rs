@@ -485,6 +485,7 @@ impl Orchestrator {
             detail: Some(format!("event_id={}", saga.event_id)),
             at: now,
             instance_id: Some(cfg.instance_id.clone()),
+            events: Vec::new(),
         };
         let decision = saga::begin(&saga, now);
         let after = decision.apply(&saga, now);
@@ -559,6 +560,12 @@ impl Orchestrator {
             detail: decision.detail.clone(),
             at,
             instance_id: Some(self.inner.config.instance_id.clone()),
+            // Exactly what `saga_events` turns into outbox messages.
+            events: decision
+                .events
+                .iter()
+                .map(|e| e.event_type.as_str().to_string())
+                .collect(),
         }
     }
 

@@ -19,7 +19,8 @@ use sqlx::{Connection, PgConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::rows::{
-    history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE, SAGA_COLUMNS,
+    events_column, history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE,
+    SAGA_COLUMNS,
 };
 use super::{
     attempts_i32, payload_object, read_claim, stored_message, Created, ListQuery, NewSaga,
@@ -195,7 +196,7 @@ impl SagaStore for PostgresStore {
 
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, from_state, to_state, reason, detail, at, instance_id FROM saga_history \
+            "SELECT seq, from_state, to_state, reason, detail, at, instance_id, events FROM saga_history \
              WHERE saga_id = $1 ORDER BY seq",
         )
         .bind(saga_id)
@@ -609,7 +610,7 @@ async fn insert_history(
 ) -> Result<(), StoreError> {
     let (mut ids, mut seqs, mut froms, mut tos, mut reasons, mut details, mut ats) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut instances = vec![];
+    let (mut instances, mut events) = (vec![], vec![]);
     for &(saga_id, h) in entries {
         ids.push(saga_id);
         seqs.push(h.seq);
@@ -619,13 +620,14 @@ async fn insert_history(
         details.push(h.detail.as_deref());
         ats.push(h.at);
         instances.push(h.instance_id.as_deref());
+        events.push(events_column(h));
     }
     if ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
-         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[])",
+        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])",
     )
     .bind(ids)
     .bind(seqs)
@@ -635,6 +637,7 @@ async fn insert_history(
     .bind(details)
     .bind(ats)
     .bind(instances)
+    .bind(events)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -684,8 +687,8 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
                    OR lease_until < $8) \
             RETURNING saga_id \
          ), hist AS ( \
-            INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
-            SELECT saga_id, $13, $14, $15, $16, $17, $18, $25 FROM upd \
+            INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+            SELECT saga_id, $13, $14, $15, $16, $17, $18, $25, $26 FROM upd \
          ), outgoing AS ( \
             INSERT INTO outbox (channel, message) \
             SELECT o.channel, o.message \
@@ -719,6 +722,7 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
     .bind(s.deadline_at)
     .bind(write.lease_unchanged)
     .bind(&h.instance_id)
+    .bind(events_column(h))
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get::<i64, _>("updated")? == 1)

@@ -68,8 +68,8 @@ where
     })
 }
 
-/// One row of `seq, from_state, to_state, reason, detail, instance_id` of saga
-/// `saga_id`'s history, with its time as the dialect read it.
+/// One row of `seq, from_state, to_state, reason, detail, instance_id,
+/// events` of saga `saga_id`'s history, with its time as the dialect read it.
 pub(super) fn history_entry<R>(
     row: &R,
     saga_id: Uuid,
@@ -80,6 +80,7 @@ where
     &'static str: ColumnIndex<R>,
     String: Column<R::Database>,
     i32: Column<R::Database>,
+    Option<String>: Column<R::Database>,
 {
     let from: Option<String> = row.try_get("from_state")?;
     let to: String = row.try_get("to_state")?;
@@ -91,7 +92,17 @@ where
         detail: row.try_get("detail")?,
         at,
         instance_id: row.try_get("instance_id")?,
+        events: row
+            .try_get::<Option<String>, _>("events")?
+            .map(|e| e.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
     })
+}
+
+/// A transition's saga events as stored: their types, space-separated;
+/// `None` for none.
+pub(super) fn events_column(h: &HistoryEntry) -> Option<String> {
+    (!h.events.is_empty()).then(|| h.events.join(" "))
 }
 
 /// One row of [`COUNT_BY_STATE`].

@@ -19,7 +19,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::rows::{
-    history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE, SAGA_COLUMNS,
+    events_column, history_entry, saga_from, state_count, DialectFields, COUNT_BY_STATE,
+    SAGA_COLUMNS,
 };
 use super::{
     attempts_i32, payload_object, read_claim, stored_message, Created, ListQuery, NewSaga,
@@ -172,7 +173,7 @@ impl SagaStore for SqliteStore {
 
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, from_state, to_state, reason, detail, at, instance_id FROM saga_history WHERE saga_id = ? ORDER BY seq",
+            "SELECT seq, from_state, to_state, reason, detail, at, instance_id, events FROM saga_history WHERE saga_id = ? ORDER BY seq",
         )
         .bind(saga_id.to_string())
         .fetch_all(&self.pool)
@@ -428,7 +429,7 @@ async fn insert_history(
     h: &HistoryEntry,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(saga_id.to_string())
     .bind(h.seq)
@@ -438,6 +439,7 @@ async fn insert_history(
     .bind(&h.detail)
     .bind(micros(h.at))
     .bind(&h.instance_id)
+    .bind(events_column(h))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -156,6 +156,11 @@ async fn a_failed_sagas_timeline_shows_its_compensation_attempts() {
     );
     let refused = browser.text("#history").await;
     assert!(refused.contains("create_alliance: refused"), "{refused}");
+    // And what each step told the world.
+    let parked = browser
+        .text("#history tr[data-reason=compensation_exhausted] td.events")
+        .await;
+    assert_eq!(parked, "SagaStepFailed SagaFailed");
     browser.screenshot(&screenshot_path("saga-timeline")).await;
     browser.close().await;
 }

@@ -405,6 +405,21 @@ async fn saga_events_of(
     .collect()
 }
 
+/// The event types each transition of `saga`'s history says it
+/// published, in order.
+fn recorded_events(saga: &serde_json::Value) -> Vec<String> {
+    let history = saga["history"].as_array().expect("a history");
+    history
+        .iter()
+        .flat_map(|h| h["events"].as_array().expect("events").clone())
+        .map(|e| e.as_str().expect("an event type").to_string())
+        .collect()
+}
+
+fn types(events: &[(String, serde_json::Value)]) -> Vec<String> {
+    events.iter().map(|(t, _)| t.clone()).collect()
+}
+
 /// Each event's (type, step, attempt, will_retry), `-` where it has none.
 fn steps(events: &[(String, serde_json::Value)]) -> Vec<String> {
     let field = |p: &serde_json::Value, k: &str| match &p[k] {
@@ -425,6 +440,8 @@ fn steps(events: &[(String, serde_json::Value)]) -> Vec<String> {
         .collect()
 }
 
+/// Each saga event names its step and attempt, and each transition in the
+/// history lists the events it published: together, exactly what went out.
 #[tokio::test]
 async fn every_saga_event_names_the_step_and_attempt_it_is_about() {
     let (alliances, integrations) = mocks().await;
@@ -469,8 +486,10 @@ async fn every_saga_event_names_the_step_and_attempt_it_is_about() {
     }
 
     let saga = app.settled(&rejected).await;
+    let published = saga_events_of(&app, &saga, 5).await;
+    assert_eq!(recorded_events(&saga), types(&published), "{saga:#}");
     assert_eq!(
-        steps(&saga_events_of(&app, &saga, 5).await),
+        steps(&published),
         [
             "SagaStarted create_alliance - -",
             "SagaStepFailed create_alliance 1 false",
@@ -480,8 +499,10 @@ async fn every_saga_event_names_the_step_and_attempt_it_is_about() {
         ]
     );
     let saga = app.settled(&flaky).await;
+    let published = saga_events_of(&app, &saga, 4).await;
+    assert_eq!(recorded_events(&saga), types(&published), "{saga:#}");
     assert_eq!(
-        steps(&saga_events_of(&app, &saga, 4).await),
+        steps(&published),
         [
             "SagaStarted create_alliance - -",
             "SagaStepFailed create_alliance 1 true",
@@ -490,7 +511,9 @@ async fn every_saga_event_names_the_step_and_attempt_it_is_about() {
         ]
     );
     let saga = app.settled(&undeletable).await;
-    let events = steps(&saga_events_of(&app, &saga, 5).await);
+    let published = saga_events_of(&app, &saga, 5).await;
+    assert_eq!(recorded_events(&saga), types(&published), "{saga:#}");
+    let events = steps(&published);
     assert_eq!(events[1], "SagaStepFailed create_alliance 1 false");
     assert_eq!(events[2], "SagaCompensating delete_partner - -");
     assert_eq!(events[3], "SagaStepFailed delete_partner 1 true");

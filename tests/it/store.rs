@@ -159,6 +159,7 @@ fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
             detail: None,
             at: now,
             instance_id: Some("store-test-instance".into()),
+            events: Vec::new(),
         },
         HistoryEntry {
             seq: 2,
@@ -168,6 +169,7 @@ fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
             detail: None,
             // As rows stored before instances were recorded.
             instance_id: None,
+            events: Vec::new(),
             at: now,
         },
     ];
@@ -200,6 +202,7 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
             detail: decision.detail.clone(),
             at: now,
             instance_id: Some("me".into()),
+            events: Vec::new(),
         },
         expected_version: saga.version,
         outbox: vec![],

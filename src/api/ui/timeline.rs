@@ -130,7 +130,7 @@ pub fn render(saga: &Saga, history: &[HistoryEntry], now: DateTime<Utc>) -> Mark
             }
             table #history {
                 thead { tr { th { "#" } th { "when" } th { "transition" } th { "reason" }
-                    th { "participant call" } th { "detail" } th { "instance" } } }
+                    th { "participant call" } th { "detail" } th { "events published" } th { "instance" } } }
                 tbody {
                     @for h in history {
                         @let call = call_of(h);
@@ -146,6 +146,11 @@ pub fn render(saga: &Saga, history: &[HistoryEntry], now: DateTime<Utc>) -> Mark
                             }
                             td class=[matches!(call.map(|c| c.1), Some("failed" | "refused")).then_some("error-text")] {
                                 (h.detail.as_deref().unwrap_or(""))
+                            }
+                            td.events {
+                                @for event in &h.events {
+                                    code.event { (event) } " "
+                                }
                             }
                             td { (h.instance_id.as_deref().unwrap_or("—")) }
                         }
@@ -169,6 +174,7 @@ mod tests {
             detail: None,
             at: Utc::now(),
             instance_id: Some("i1".into()),
+            events: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::saga::SagaState;
+use crate::store::rows::events_column;
 use crate::store::{attempts_i32, stored_message, StoreError, TransitionWrite};
 
 /// One statement for the whole batch. `w` holds one row per write (its
@@ -27,10 +28,10 @@ const COMMIT_BATCH: &str = "WITH w AS ( \
             $6::int4[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
             $11::text[], $12::timestamptz[], $13::int4[], $14::bool[], $15::text[], \
             $16::timestamptz[], $17::bool[], $18::int4[], $19::text[], $20::text[], \
-            $21::text[], $22::text[], $23::timestamptz[], $24::text[]) \
+            $21::text[], $22::text[], $23::timestamptz[], $24::text[], $25::text[]) \
         AS w(idx, saga_id, expected, state, step, attempts, alliance_id, last_error, updated_at, \
             next_attempt_at, lease_owner, lease_until, version, awaiting_reply, fence, deadline_at, \
-            lease_unchanged, seq, from_state, to_state, reason, detail, at, instance_id) \
+            lease_unchanged, seq, from_state, to_state, reason, detail, at, instance_id, events) \
      ), upd AS ( \
         UPDATE sagas s SET state = w.state, step = w.step, attempts = w.attempts, \
             alliance_id = w.alliance_id, last_error = w.last_error, updated_at = w.updated_at, \
@@ -44,13 +45,13 @@ const COMMIT_BATCH: &str = "WITH w AS ( \
                OR s.lease_until < w.updated_at) \
         RETURNING w.idx \
      ), hist AS ( \
-        INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
-        SELECT w.saga_id, w.seq, w.from_state, w.to_state, w.reason, w.detail, w.at, w.instance_id \
+        INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+        SELECT w.saga_id, w.seq, w.from_state, w.to_state, w.reason, w.detail, w.at, w.instance_id, w.events \
         FROM upd JOIN w ON w.idx = upd.idx \
      ), outgoing AS ( \
         INSERT INTO outbox (channel, message) \
         SELECT o.channel, o.message \
-        FROM upd JOIN UNNEST($25::int4[], $26::text[], $27::jsonb[]) WITH ORDINALITY \
+        FROM upd JOIN UNNEST($26::int4[], $27::text[], $28::jsonb[]) WITH ORDINALITY \
             AS o(idx, channel, message, n) ON o.idx = upd.idx \
         ORDER BY o.n \
      ) \
@@ -89,6 +90,7 @@ pub(super) async fn commit_batch(
         .bind(cols.detail)
         .bind(cols.at)
         .bind(cols.instance_id)
+        .bind(cols.events)
         .bind(out.idx)
         .bind(out.channel)
         .bind(out.message)
@@ -136,6 +138,7 @@ struct Columns<'a> {
     detail: Vec<Option<&'a str>>,
     at: Vec<DateTime<Utc>>,
     instance_id: Vec<Option<&'a str>>,
+    events: Vec<Option<String>>,
 }
 
 impl<'a> Columns<'a> {
@@ -168,6 +171,7 @@ impl<'a> Columns<'a> {
             c.detail.push(h.detail.as_deref());
             c.at.push(h.at);
             c.instance_id.push(h.instance_id.as_deref());
+            c.events.push(events_column(h));
         }
         c
     }
@@ -246,6 +250,7 @@ mod tests {
                 detail: None,
                 at: now,
                 instance_id: None,
+                events: Vec::new(),
             },
             expected_version: 2,
             outbox,

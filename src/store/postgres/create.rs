@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{insert_sagas_sql, inserted, SagaColumns};
 use crate::saga::SagaState;
+use crate::store::rows::events_column;
 use crate::store::{stored_message, NewSaga, StoreError};
 
 /// `ins` takes the sagas that meet no existing one (the same event, or a
@@ -23,16 +24,16 @@ const INSERT_ALL: &str = concat!(
     "WITH ins AS (",
     insert_sagas_sql!(),
     "), hist AS ( \
-        INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
-        SELECT h.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id \
+        INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+        SELECT h.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id, h.events \
         FROM UNNEST($19::uuid[], $20::int4[], $21::text[], $22::text[], $23::text[], $24::text[], \
-            $25::timestamptz[], $26::text[]) \
-            AS h(saga_id, seq, from_state, to_state, reason, detail, at, instance_id) \
+            $25::timestamptz[], $26::text[], $27::text[]) \
+            AS h(saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
         JOIN ins ON ins.saga_id = h.saga_id \
      ), outgoing AS ( \
         INSERT INTO outbox (channel, message) \
         SELECT o.channel, o.message \
-        FROM UNNEST($27::uuid[], $28::text[], $29::jsonb[]) WITH ORDINALITY \
+        FROM UNNEST($28::uuid[], $29::text[], $30::jsonb[]) WITH ORDINALITY \
             AS o(saga_id, channel, message, n) \
         JOIN ins ON ins.saga_id = o.saga_id \
         ORDER BY o.n \
@@ -58,6 +59,7 @@ pub(super) async fn insert_all(
         .bind(h.detail)
         .bind(h.at)
         .bind(h.instance_id)
+        .bind(h.events)
         .bind(o_ids)
         .bind(o_channels)
         .bind(o_messages)
@@ -77,6 +79,7 @@ struct History<'a> {
     detail: Vec<Option<&'a str>>,
     at: Vec<DateTime<Utc>>,
     instance_id: Vec<Option<&'a str>>,
+    events: Vec<Option<String>>,
 }
 
 impl<'a> History<'a> {
@@ -92,6 +95,7 @@ impl<'a> History<'a> {
                 c.detail.push(h.detail.as_deref());
                 c.at.push(h.at);
                 c.instance_id.push(h.instance_id.as_deref());
+                c.events.push(events_column(h));
             }
         }
         c
