@@ -52,15 +52,13 @@ async fn the_overview_updates_when_a_saga_completes() {
         .wait_for_text("#count-completed", "1", |t| t == "1")
         .await;
     // The chart is cached for a few seconds longer than the counts.
-    let completed_in_chart = "return document.querySelector('#ended-chart').dataset.completed";
-    let started = std::time::Instant::now();
-    while browser.run(completed_in_chart).await != "1" {
-        assert!(
-            started.elapsed() < crate::browser::PATIENCE,
-            "the chart never showed the completion"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    browser
+        .wait_for(
+            "return document.querySelector('#ended-chart').dataset.completed",
+            "the completion in the chart",
+            "1".into(),
+        )
+        .await;
     assert_eq!(
         browser.run("return window.__sameDocument === true").await,
         true,
@@ -71,44 +69,64 @@ async fn the_overview_updates_when_a_saga_completes() {
     browser.close().await;
 }
 
-/// The state and partner filters, chosen in the form, narrow the list.
+/// The state and partner filters, chosen in the form, narrow the list:
+/// of a completed saga and two failed ones, `failed` shows the two, a
+/// partner one of them, and `completed` with that partner none.
 #[tokio::test]
 async fn the_saga_list_filters_narrow_what_it_shows() {
     let (alliances, integrations) = failing_participants().await;
+    let lucky = partner();
+    wiremock::Mock::given(wiremock::matchers::body_partial_json(
+        serde_json::json!({ "partner_id": lucky }),
+    ))
+    .respond_with(alliance_created("a-lucky"))
+    .with_priority(1)
+    .mount(&alliances)
+    .await;
     let app = spawn_app(alliances, integrations).await;
+    let completed = app.start_saga(&lucky, "Lucky").await;
+    assert_eq!(
+        app.settled_saga(&completed, Duration::from_secs(30)).await["state"],
+        "completed"
+    );
     let sagas = failed_sagas(&app, 2).await;
     let first = app.saga(&sagas[0]).await;
     let browser = Browser::start().await;
     open(&browser, &app, "/ui/sagas").await;
-    let rows = "#sagas tbody tr";
+    let mut everything = sagas_sorted(&sagas);
+    everything.push(completed);
+    everything.sort();
+    assert_eq!(shown(&browser).await, everything);
 
-    let state = browser.find("#filters select[name=state]").await;
-    state.select_by_value("failed").await.expect("state chosen");
-    browser.click("#filters button[type=submit]").await;
-    browser.find(rows).await;
-    browser.assert_loaded_from_this_host().await;
+    choose_state(&browser, "failed").await;
+    filter(&browser, "state=failed").await;
     assert_eq!(shown(&browser).await, sagas_sorted(&sagas));
 
+    let partner_id = first["partner_id"].as_str().expect("partner_id");
     browser
-        .fill(
-            "#filters input[name=partner_id]",
-            first["partner_id"].as_str().expect("partner_id"),
-        )
+        .fill("#filters input[name=partner_id]", partner_id)
         .await;
-    browser.click("#filters button[type=submit]").await;
-    browser
-        .wait_for_text("#sagas tbody", "one saga", |t| !t.contains(&sagas[1]))
-        .await;
+    filter(&browser, &format!("partner_id={partner_id}")).await;
     assert_eq!(shown(&browser).await, vec![sagas[0].clone()]);
 
-    let state = browser.find("#filters select[name=state]").await;
-    state
-        .select_by_value("completed")
-        .await
-        .expect("state chosen");
-    browser.click("#filters button[type=submit]").await;
+    choose_state(&browser, "completed").await;
+    filter(&browser, "state=completed").await;
     browser.find("#no-sagas").await;
     browser.close().await;
+}
+
+async fn choose_state(browser: &Browser, state: &str) {
+    let select = browser.find("#filters select[name=state]").await;
+    select.select_by_value(state).await.expect("state chosen");
+}
+
+/// Submits the filter form and waits for the list it leads to (its URL
+/// has `expected`), checking that page too.
+async fn filter(browser: &Browser, expected: &str) {
+    browser.click("#filters button[type=submit]").await;
+    let script = format!("return location.search.includes('{expected}')");
+    browser.wait_for(&script, expected, true.into()).await;
+    browser.assert_loaded_from_this_host().await;
 }
 
 /// The saga ids of the rows on the page, sorted.

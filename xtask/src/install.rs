@@ -23,7 +23,7 @@ pub enum Dep {
 }
 
 impl Dep {
-    /// As on the command line: protoc, postgres, redis, pulsar-lite.
+    /// As on the command line: protoc, postgres, redis, pulsar-lite, chromium.
     pub fn name(&self) -> &'static str {
         match self {
             Dep::Protoc => "protoc",
@@ -53,13 +53,20 @@ pub const ALL: [Dep; 5] = [
     Dep::Chromium,
 ];
 
-/// Where the browser tests find Chromium and its driver (Debian's paths;
-/// `CHROMIUM` and `CHROMEDRIVER` point the tests elsewhere).
+/// Where the browser tests find Chromium, unless `CHROMIUM` says (Debian's path).
 pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// Where they find its WebDriver, unless `CHROMEDRIVER` says.
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 fn have_chromium() -> bool {
-    is_executable(CHROMIUM.as_ref()) && is_executable(CHROMEDRIVER.as_ref())
+    // The tests honour both variables, so explicit ones count as present.
+    let found = |var: &str, default: &str| {
+        std::env::var_os(var).map_or_else(
+            || is_executable(default.as_ref()),
+            |p| is_executable(p.as_ref()),
+        )
+    };
+    found("CHROMIUM", CHROMIUM) && found("CHROMEDRIVER", CHROMEDRIVER)
 }
 
 fn have_protoc() -> bool {
@@ -154,7 +161,8 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             if !std::io::stdin().is_terminal() {
                 sudo.arg("-n");
             }
-            sudo.arg("apt-get");
+            // sudo resets the environment: DEBIAN_FRONTEND goes through env.
+            sudo.args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
             sudo
         };
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");

@@ -1,7 +1,7 @@
 //! `make test`: the whole suite against private PostgreSQL, Redis and
 //! Pulsar, the integration suite twice (Redis pass, then Pulsar pass).
 
-use crate::install::{self, Dep};
+use crate::install;
 use crate::services::Services;
 use crate::{paths, process, signals};
 use anyhow::{bail, Result};
@@ -36,13 +36,8 @@ pub fn run(args: &[String]) -> Result<u8> {
 }
 
 fn run_inner(args: &[String]) -> Result<u8> {
-    install::ensure(&[
-        Dep::Protoc,
-        Dep::Postgres,
-        Dep::Redis,
-        Dep::PulsarLite,
-        Dep::Chromium,
-    ])?;
+    // The tests need every dependency there is.
+    install::ensure(&install::ALL)?;
     // Everything once, up front: the proxy the services need comes from the
     // same build as the tests, so nothing is compiled twice.
     let mut build = paths::cargo();
@@ -161,11 +156,28 @@ fn run_suites(args: &[String], env: &[(String, String)]) -> Result<u8> {
         )
     } else {
         eprintln!("test: cargo-nextest not installed, using cargo test");
-        let redis = vec!["test", "--workspace", "--all-targets", "--no-fail-fast"];
-        (redis, vec!["test", "--test", "it", "--no-fail-fast"])
+        // No test groups in cargo test: the browser tests run on their
+        // own below, one at a time, and in neither pass.
+        let skip = ["--", "--skip", "browser::"];
+        let mut redis = vec!["test", "--workspace", "--all-targets", "--no-fail-fast"];
+        redis.extend(skip);
+        let mut pulsar = vec!["test", "--test", "it", "--no-fail-fast"];
+        pulsar.extend(skip);
+        (redis, pulsar)
     };
     eprintln!("test: unit tests, and the integration suite on Redis");
     ok &= step("the Redis pass", &redis_pass, args, env, "redis")?;
+    if !has_nextest() {
+        let browser = [
+            "test",
+            "--test",
+            "it",
+            "--",
+            "--test-threads=1",
+            "browser::",
+        ];
+        ok &= step("the browser tests", &browser, args, env, "redis")?;
+    }
     eprintln!("test: the integration suite on Pulsar");
     ok &= step("the Pulsar pass", &pulsar_pass, args, env, "pulsar")?;
     Ok(u8::from(!ok))
@@ -196,14 +208,9 @@ pub fn services(args: &mut crate::args::Args) -> Result<()> {
 /// `make test-services-up`: the same servers, kept in `dir` until
 /// `test-services-down`.
 fn services_up(dir: &Path) -> Result<()> {
-    // protoc too: the Pulsar proxy below is built from this workspace.
-    install::ensure(&[
-        Dep::Protoc,
-        Dep::Postgres,
-        Dep::Redis,
-        Dep::PulsarLite,
-        Dep::Chromium,
-    ])?;
+    // All of them, as for `make test`: protoc too, since the Pulsar proxy
+    // below is built from this workspace.
+    install::ensure(&install::ALL)?;
     let with_pulsar = std::env::var("TEST_SERVICES_PULSAR").map_or(true, |v| v != "0");
     let proxy = if with_pulsar {
         Some(crate::pulsar::debug_proxy()?)

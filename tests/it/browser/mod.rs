@@ -1,17 +1,23 @@
 //! A real headless Chromium for the console's tests, over WebDriver
 //! (Debian's `chromium` and `chromium-driver`, installed by `make test`;
 //! `CHROMIUM` and `CHROMEDRIVER` point elsewhere). Each test gets its own
-//! chromedriver on a free loopback port and its own empty profile.
+//! chromedriver and profile ([`driver`]).
 //!
 //! The browser cannot reach anything but this host: every host name fails
-//! to resolve (`--host-resolver-rules`) and every non-loopback request goes
-//! to a proxy that is not there. [`Browser::assert_loaded_from_this_host`]
-//! then checks a page is whole: every resource it references is on its own
-//! origin and loaded, and no Content-Security-Policy violation happened.
+//! to resolve (`--host-resolver-rules`), and every request not to loopback
+//! goes to a proxy this harness owns, which answers nothing (Chromium's
+//! own background traffic, to update and account services, ends there
+//! too). [`Browser::assert_loaded_from_this_host`] then checks a page is
+//! whole and local: every request the page made (from Chromium's network
+//! log: documents, scripts, styles, images, fonts, fetches) was to its own
+//! origin, every resource it references loaded, and no
+//! Content-Security-Policy violation happened.
 
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod driver;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
@@ -19,18 +25,10 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
+use driver::Driver;
+
 /// How long a wait for the page lasts before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-
-fn binary(var: &str, default: &str) -> String {
-    let path = std::env::var(var).unwrap_or_else(|_| default.to_string());
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} is missing: `make test` (or `cargo xtask install chromium`) installs it, \
-         or set {var}"
-    );
-    path
-}
 
 /// Recorded in every document before its own scripts run, so violations
 /// during load are caught too.
@@ -92,71 +90,71 @@ impl WebDriverCompatibleCommand for Cdp {
     }
 }
 
+/// chromedriver's command for the log entries of one kind since the last
+/// read.
+#[derive(Debug)]
+struct ReadLog;
+
+impl WebDriverCompatibleCommand for ReadLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (reqwest::Method, Option<String>) {
+        let body = json!({ "type": "performance" });
+        (reqwest::Method::POST, Some(body.to_string()))
+    }
+}
+
 /// A headless Chromium and its driver; both end with it.
 pub struct Browser {
     pub client: Client,
-    driver: Child,
-    _profile: TempDir,
+    outside: Outside,
+    _driver: Driver,
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The proxy every request not to loopback goes to: it accepts, counts
+/// and closes, so nothing goes further.
+struct Outside {
+    port: u16,
+    reached: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Starts chromedriver in a process group of its own (so the browsers it
-/// starts are stopped with it), dying with the test process.
-fn start_driver(port: u16) -> Child {
-    let mut command = Command::new(binary("CHROMEDRIVER", "/usr/bin/chromedriver"));
-    command
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it only marks this child to be
-    // killed when the test process dies.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    command.spawn().expect("chromedriver starts")
-}
-
-async fn wait_until_ready(port: u16) {
-    let started = Instant::now();
-    let status = format!("http://127.0.0.1:{port}/status");
-    loop {
-        if let Ok(r) = reqwest::get(&status).await {
-            if r.json::<Value>()
-                .await
-                .is_ok_and(|v| v["value"]["ready"] == true)
-            {
-                return;
+impl Outside {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port for the proxy");
+        let port = listener.local_addr().expect("its address").port();
+        let reached = Arc::new(AtomicUsize::new(0));
+        let counter = reached.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(connection);
             }
+        });
+        Self {
+            port,
+            reached,
+            task,
         }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "chromedriver never answered on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn capabilities(profile: &std::path::Path) -> Capabilities {
-    let args = [
+impl Drop for Outside {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn capabilities(profile: &Path, proxy_port: u16) -> Capabilities {
+    let mut args: Vec<String> = [
         "--headless=new",
         "--no-sandbox",
         "--disable-gpu",
@@ -169,36 +167,33 @@ fn capabilities(profile: &std::path::Path) -> Capabilities {
         "--disable-extensions",
         "--disable-default-apps",
         "--window-size=1280,1100",
-        // Nothing outside this host: no name resolves, and whatever is
-        // not loopback goes to a proxy that does not exist.
+        // No name resolves but this host's address.
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        "--proxy-server=http://127.0.0.1:9",
     ]
     .map(String::from)
     .to_vec();
-    let mut args = args;
+    // Loopback bypasses a proxy by default; everything else goes to ours.
+    args.push(format!("--proxy-server=http://127.0.0.1:{proxy_port}"));
     args.push(format!("--user-data-dir={}", profile.display()));
     let options = json!({
-        "binary": binary("CHROMIUM", "/usr/bin/chromium"),
+        "binary": driver::binary("CHROMIUM", "/usr/bin/chromium"),
         "args": args,
     });
     let mut caps = Capabilities::new();
     caps.insert("goog:chromeOptions".into(), options);
+    // The network log: every request the pages make.
+    caps.insert("goog:loggingPrefs".into(), json!({ "performance": "ALL" }));
     caps
 }
 
 impl Browser {
     /// A new browser, its CSP watch in place.
     pub async fn start() -> Self {
-        let profile = std::env::temp_dir().join(format!("chromium-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&profile).expect("profile directory");
-        let port = free_port();
-        let driver = start_driver(port);
-        let profile = TempDir(profile);
-        wait_until_ready(port).await;
+        let driver = Driver::start().await;
+        let outside = Outside::start().await;
         let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities(&profile.0))
-            .connect(&format!("http://127.0.0.1:{port}"))
+            .capabilities(capabilities(&driver.profile(), outside.port))
+            .connect(&driver.url())
             .await
             .expect("a Chromium session");
         let watch = Cdp {
@@ -208,9 +203,15 @@ impl Browser {
         client.issue_cmd(watch).await.expect("CSP watch installed");
         Self {
             client,
-            driver,
-            _profile: profile,
+            outside,
+            _driver: driver,
         }
+    }
+
+    /// How many connections tried to leave the host (they reached the
+    /// proxy and went no further).
+    pub fn outside_requests(&self) -> usize {
+        self.outside.reached.load(Ordering::SeqCst)
     }
 
     pub async fn goto(&self, url: &str) {
@@ -258,6 +259,22 @@ impl Browser {
         self.find(css).await.click().await.expect("click");
     }
 
+    /// Waits until `script` returns `expected`.
+    pub async fn wait_for(&self, script: &str, what: &str, expected: Value) {
+        let started = Instant::now();
+        loop {
+            let got = self.run(script).await;
+            if got == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "never {what}: {got} rather than {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `check` of the text of `css` holds, without reloading.
     pub async fn wait_for_text(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) {
         let started = Instant::now();
@@ -282,8 +299,8 @@ impl Browser {
             .expect("script runs")
     }
 
-    /// Why the current page is not whole and local (empty when it is).
-    pub async fn load_problems(&self) -> Vec<String> {
+    /// Why the current page is not whole (empty when it is).
+    async fn load_problems(&self) -> Vec<String> {
         // Everything the page started loading has finished first.
         let started = Instant::now();
         while self.run("return document.readyState").await != "complete" {
@@ -296,52 +313,77 @@ impl Browser {
         serde_json::from_value(self.run(PROBLEMS).await).expect("a list of problems")
     }
 
+    /// The URLs the pages asked for since the last call, in order.
+    async fn requested(&self) -> Vec<String> {
+        let entries = self.client.issue_cmd(ReadLog).await.expect("network log");
+        let entries = entries.as_array().cloned().unwrap_or_default();
+        entries
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e["message"].as_str()?).ok())
+            .filter(|m| m["message"]["method"] == "Network.requestWillBeSent")
+            .filter_map(|m| {
+                m["message"]["params"]["request"]["url"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect()
+    }
+
+    /// Why the current page is not whole and local, empty when it is:
+    /// [`Self::load_problems`], and every request made since the last look
+    /// that went over the network to anywhere but the page's own origin.
+    pub async fn problems(&self) -> Vec<String> {
+        let mut problems = self.load_problems().await;
+        let url = self.client.current_url().await.expect("url");
+        let origin = url.origin().ascii_serialization();
+        // Over the network, that is: not `data:`, nor Chromium's own
+        // `chrome://` pages (its blank first tab).
+        let networked = |u: &str| {
+            ["http:", "https:", "ws:", "wss:"]
+                .iter()
+                .any(|s| u.starts_with(s))
+        };
+        let foreign = |u: &&String| networked(u) && !u.starts_with(&format!("{origin}/"));
+        problems.extend(
+            self.requested()
+                .await
+                .iter()
+                .filter(|u| foreign(u))
+                .map(|u| format!("asked for {u}")),
+        );
+        problems
+    }
+
+    /// The current page is whole and local ([`Self::problems`]).
     pub async fn assert_loaded_from_this_host(&self) {
-        let problems = self.load_problems().await;
+        let problems = self.problems().await;
         let url = self.client.current_url().await.expect("url");
         assert!(problems.is_empty(), "{url} is not whole: {problems:?}");
     }
 
     /// A PNG of the window, written to `path` (for the notes).
-    pub async fn screenshot(&self, path: &std::path::Path) {
+    pub async fn screenshot(&self, path: &Path) {
         let png = self.client.screenshot().await.expect("screenshot");
         std::fs::write(path, png).expect("screenshot written");
     }
 
-    /// Ends the session, then the driver.
-    pub async fn close(mut self) {
+    /// Ends the session, then the driver and its browsers.
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        stop(&mut self.driver);
     }
 }
 
-fn stop(driver: &mut Child) {
-    // The whole group: chromedriver and the browsers it started.
-    // SAFETY: a plain kill(2) of a process group this test started.
-    unsafe {
-        libc::kill(-(driver.id() as i32), libc::SIGKILL);
-    }
-    let _ = driver.wait();
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if matches!(self.driver.try_wait(), Ok(None)) {
-            stop(&mut self.driver);
-        }
-    }
-}
-
-/// Where a test's screenshots go: `target/screenshots/`, kept after the run.
+/// Where a test's screenshots go: `target/tmp/screenshots/`, kept after
+/// the run.
 pub fn screenshot_path(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot directory");
     dir.join(format!("{name}.png"))
 }
 
 /// The checks themselves can fail: a page that asks for a script
 /// elsewhere, and one with inline style and script, are reported, and the
-/// outside request never left the host.
+/// outside request is caught by the harness's proxy.
 #[tokio::test]
 async fn a_page_that_reaches_outside_or_breaks_its_csp_is_reported() {
     let page = wiremock::MockServer::start().await;
@@ -362,8 +404,9 @@ async fn a_page_that_reaches_outside_or_breaks_its_csp_is_reported() {
         .await;
     let browser = Browser::start().await;
     browser.goto(&format!("{}/page", page.uri())).await;
-    let problems = browser.load_problems().await.join("\n");
+    let problems = browser.problems().await.join("\n");
     for expected in [
+        "asked for http://example.com/tracker.js",
         "script from http://example.com/tracker.js",
         "script not loaded: http://example.com/tracker.js",
         "stylesheet not loaded",
@@ -376,5 +419,9 @@ async fn a_page_that_reaches_outside_or_breaks_its_csp_is_reported() {
         );
     }
     assert_ne!(browser.run("return document.title").await, "ran");
+    assert!(
+        browser.outside_requests() >= 1,
+        "the request for example.com reached the harness's proxy, and no further"
+    );
     browser.close().await;
 }
