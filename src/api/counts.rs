@@ -22,8 +22,9 @@ pub struct StoreCounts {
     pub outbox_parked: i64,
 }
 
-/// How long counting may take before the scrape goes on without it.
-const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long counting may take before the scrape (or page) goes on
+/// without it.
+pub const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One store read shared by every request for `ttl`: requests that arrive
 /// while it is being taken wait for that one read instead of starting

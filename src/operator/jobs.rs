@@ -120,7 +120,6 @@ impl Operator {
         })
     }
 
-    /// Previews or starts a job; the runner picks a new one up at once.
     /// The job this request started before, if any: what starting it
     /// again would answer with.
     pub async fn earlier_job(&self, request: &JobRequest) -> Result<Option<Job>, StoreError> {
@@ -128,6 +127,7 @@ impl Operator {
         self.orchestrator.store().job_by_key(&key).await
     }
 
+    /// Previews or starts a job; the runner picks a new one up at once.
     pub async fn start_job(
         &self,
         request: JobRequest,

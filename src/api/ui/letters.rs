@@ -67,7 +67,8 @@ pub async fn list(
         letters.truncate(PAGE as usize);
         letters.last().map(|l| l.seq)
     });
-    let depths = state.console.depths(store.as_ref()).await?;
+    // Fresh, like the list beside them (the overview's are shared).
+    let depths = store.dead_letter_depths().await?;
     let channels = state.operator.dead_letter_channels();
     let letters: Vec<DeadLetterView> = letters.into_iter().map(DeadLetterView::listed).collect();
     let query_string = url::form_urlencoded::Serializer::new(String::new())

@@ -12,12 +12,12 @@ use maud::{html, Markup};
 
 use super::chart::{self, Minute};
 use super::page::{self, UiError};
-use crate::api::counts::{Shared, COUNTS_TTL};
+use crate::api::counts::{Shared, COUNTS_TTL, COUNT_TIMEOUT};
 use crate::api::summary::SagaCounts;
 use crate::api::AppState;
 use crate::saga::SagaState;
 use crate::store::operator::EndedInMinute;
-use crate::store::SagaStore;
+use crate::store::{SagaStore, StoreError};
 
 /// How often the page asks for fresh numbers.
 const REFRESH: &str = "every 2s";
@@ -25,10 +25,6 @@ const REFRESH: &str = "every 2s";
 /// How stale the chart may be: counting an hour of endings is heavier
 /// than the other numbers, and a bar per minute hardly moves in 10 s.
 const CHART_TTL: Duration = Duration::from_secs(10);
-
-/// How long one of the console's reads may take before the page shows
-/// the store as unavailable.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The console's heavier reads, shared by every browser polling the
 /// overview (see [`Shared`]): however many tabs are open, each runs at
@@ -42,29 +38,37 @@ pub struct ConsoleCache {
 impl Default for ConsoleCache {
     fn default() -> Self {
         Self {
-            ended: Shared::new(CHART_TTL, READ_TIMEOUT),
-            depths: Shared::new(COUNTS_TTL, READ_TIMEOUT),
+            ended: Shared::new(CHART_TTL, COUNT_TIMEOUT),
+            depths: Shared::new(COUNTS_TTL, COUNT_TIMEOUT),
         }
     }
 }
 
 impl ConsoleCache {
-    /// The last hour's endings, by minute and state.
-    async fn ended(&self, store: &dyn SagaStore) -> Result<Vec<EndedInMinute>, UiError> {
+    /// The last hour's endings, by minute and state; `None` (and a
+    /// warning) when they cannot be counted now.
+    async fn ended(&self, store: &dyn SagaStore) -> Option<Vec<EndedInMinute>> {
         let since = Utc::now() - chrono::Duration::minutes(chart::MINUTES as i64);
         let read = self
             .ended
             .get("counting ended sagas", store.ended_per_minute(since));
-        Ok(read.await?)
+        unavailable_as_none(read.await)
     }
 
-    /// Pending dead letters per channel.
-    pub async fn depths(&self, store: &dyn SagaStore) -> Result<Vec<(String, i64)>, UiError> {
+    /// Pending dead letters per channel; `None` as for [`Self::ended`].
+    async fn depths(&self, store: &dyn SagaStore) -> Option<Vec<(String, i64)>> {
         let read = self
             .depths
             .get("counting dead letters", store.dead_letter_depths());
-        Ok(read.await?)
+        unavailable_as_none(read.await)
     }
+}
+
+/// A panel that cannot be filled is shown as unavailable; the rest of the
+/// overview still is.
+fn unavailable_as_none<T>(read: Result<T, StoreError>) -> Option<T> {
+    read.map_err(|e| tracing::warn!(error = %e, "a console overview panel is unavailable"))
+        .ok()
 }
 
 /// `GET /ui`.
@@ -91,8 +95,8 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
     let store = state.orchestrator.store();
     let counts = state.counts.get(store.as_ref()).await?;
     let sagas = SagaCounts::from_counts(&counts.by_state);
-    let depths = state.console.depths(store.as_ref()).await?;
-    let ended = state.console.ended(store.as_ref()).await?;
+    let depths = state.console.depths(store.as_ref()).await;
+    let ended = state.console.ended(store.as_ref()).await;
     let stats = state.orchestrator.stats().snapshot();
     let now = Utc::now();
     Ok(html! {
@@ -107,11 +111,14 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
                         dt { "parked for a person" } dd #outbox-parked { (counts.outbox_parked) }
                     }
                 }
-                (depths_panel(&depths))
+                (depths_panel(depths.as_deref()))
             }
             section.panel {
                 h2 { "Ended per minute, last hour" }
-                (chart::render(&Minute::series(&ended, now)))
+                @match &ended {
+                    Some(ended) => (chart::render(&Minute::series(ended, now))),
+                    None => p.error #chart-unavailable { "Not available: the store did not answer in time." },
+                }
             }
             p.hint #updated { "Updated " (page::time(now)) }
         }
@@ -151,21 +158,25 @@ fn instance_panel(stats: &crate::stats::Snapshot) -> Markup {
     }
 }
 
-fn depths_panel(depths: &[(String, i64)]) -> Markup {
+fn depths_panel(depths: Option<&[(String, i64)]>) -> Markup {
     html! {
         div.panel #dead-letter-depths {
             h2 { "Dead letters waiting" }
-            @if depths.is_empty() {
-                p { "None." }
-            } @else {
-                table {
-                    @for (channel, n) in depths {
-                        tr {
-                            td { a href=(page::channel_href(channel)) { (channel) } }
-                            td.num data-channel=(channel) { (n) }
+            @if let Some(depths) = depths {
+                @if depths.is_empty() {
+                    p { "None." }
+                } @else {
+                    table {
+                        @for (channel, n) in depths {
+                            tr {
+                                td { a href=(page::channel_href(channel)) { (channel) } }
+                                td.num data-channel=(channel) { (n) }
+                            }
                         }
                     }
                 }
+            } @else {
+                p.error #depths-unavailable { "Not available: the store did not answer in time." }
             }
         }
     }
@@ -185,4 +196,22 @@ fn state_counts(c: &SagaCounts) -> [(SagaState, i64); 7] {
         (SagaState::Compensated, c.compensated),
         (SagaState::Failed, c.failed),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panel_the_store_could_not_fill_says_so_and_an_empty_one_says_none() {
+        let unavailable = depths_panel(None).into_string();
+        assert!(unavailable.contains("depths-unavailable"), "{unavailable}");
+        let none = depths_panel(Some(&[])).into_string();
+        assert!(
+            none.contains("None.") && !none.contains("unavailable"),
+            "{none}"
+        );
+        let one = depths_panel(Some(&[("a-dlq".into(), 3)])).into_string();
+        assert!(one.contains(r#"data-channel="a-dlq">3<"#), "{one}");
+    }
 }
