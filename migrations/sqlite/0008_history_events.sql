@@ -1,4 +1,4 @@
--- The saga-events each transition published (their event_type values,
+-- The saga-events each transition emitted into the outbox (their event_type values,
 -- space-separated, in order; NULL for none), so a saga's page shows what
 -- went out at each step: the outbox row itself is deleted once relayed.
 -- Rows written before this migration have none recorded.

@@ -247,7 +247,7 @@ impl PartialSchema for HistoryEntry {
                 "events",
                 utoipa::openapi::schema::ArrayBuilder::new()
                     .items(text("An `event_type` from §2's `saga-events` row."))
-                    .description(Some("The saga events this transition published on `saga-events`, in order; empty when it published none (and on rows stored before they were recorded).")),
+                    .description(Some("The saga events this transition emitted for `saga-events`, in order (written to the outbox with it, and published from there); empty when it emitted none, and on rows stored before they were recorded.")),
             )
             .required("events")
             .into()

@@ -180,8 +180,9 @@ pub struct HistoryEntry {
     /// The instance (`INSTANCE_ID`) that made the transition; `None` for
     /// rows stored before instances were recorded.
     pub instance_id: Option<String>,
-    /// The `event_type` of each saga event the transition published on
-    /// `saga-events`, in order (none recorded on rows stored before).
+    /// The `event_type` of each saga event the transition emitted for
+    /// `saga-events`, in order: written to the outbox with this row, and
+    /// published from there (none recorded on rows stored before).
     pub events: Vec<String>,
 }
 

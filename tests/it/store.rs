@@ -202,7 +202,13 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
             detail: decision.detail.clone(),
             at: now,
             instance_id: Some("me".into()),
-            events: Vec::new(),
+            // As the orchestrator records them, so every transition these
+            // tests store round-trips its events on both stores.
+            events: decision
+                .events
+                .iter()
+                .map(|e| e.event_type.as_str().into())
+                .collect(),
         },
         expected_version: saga.version,
         outbox: vec![],
@@ -295,6 +301,21 @@ async fn one_saga_per_partner_until_it_is_compensated(store: Arc<dyn SagaStore>)
     );
     assert!(store.commit(&deleted).await.unwrap());
     assert_eq!(deleted.saga.state, SagaState::Compensated);
+    // Each row keeps the saga events its transition emitted.
+    let events: Vec<Vec<String>> = store
+        .history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.events)
+        .collect();
+    assert_eq!(
+        events[events.len() - 2..],
+        [
+            vec!["SagaCompensating".to_string()],
+            vec!["SagaStepSucceeded".into(), "SagaCompensated".into()]
+        ]
+    );
     let anew = partner_saga("e-p4", "p-shared");
     assert_eq!(
         store.create(std::slice::from_ref(&anew)).await.unwrap(),

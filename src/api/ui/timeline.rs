@@ -130,7 +130,7 @@ pub fn render(saga: &Saga, history: &[HistoryEntry], now: DateTime<Utc>) -> Mark
             }
             table #history {
                 thead { tr { th { "#" } th { "when" } th { "transition" } th { "reason" }
-                    th { "participant call" } th { "detail" } th { "events published" } th { "instance" } } }
+                    th { "participant call" } th { "detail" } th { "saga events" } th { "instance" } } }
                 tbody {
                     @for h in history {
                         @let call = call_of(h);
