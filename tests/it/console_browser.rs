@@ -54,7 +54,7 @@ async fn the_overview_updates_when_a_saga_completes() {
     // The chart is cached for a few seconds longer than the counts.
     browser
         .wait_for(
-            "return document.querySelector('#ended-chart').dataset.completed",
+            "return document.querySelector('#ended-chart')?.dataset.completed ?? null",
             "the completion in the chart",
             "1".into(),
         )

@@ -59,7 +59,8 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 fn have_chromium() -> bool {
-    // The tests honour both variables, so explicit ones count as present.
+    // The tests honour both variables, so explicit ones count as present
+    // (and wrong ones are refused before anything is installed).
     let found = |var: &str, default: &str| {
         std::env::var_os(var).map_or_else(
             || is_executable(default.as_ref()),
@@ -67,6 +68,19 @@ fn have_chromium() -> bool {
         )
     };
     found("CHROMIUM", CHROMIUM) && found("CHROMEDRIVER", CHROMEDRIVER)
+}
+
+/// `CHROMIUM` and `CHROMEDRIVER`, when set, name programs: installing
+/// Debian's would not mend a wrong one.
+fn chromium_overrides_exist() -> Result<()> {
+    for var in ["CHROMIUM", "CHROMEDRIVER"] {
+        if let Some(path) = std::env::var_os(var) {
+            if !is_executable(path.as_ref()) {
+                bail!("{var}={} is not an executable file", path.to_string_lossy());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn have_protoc() -> bool {
@@ -110,6 +124,9 @@ fn missing_package(dep: Dep) -> Option<Package> {
 /// Makes sure every one of `deps` is installed.
 pub fn ensure(deps: &[Dep]) -> Result<()> {
     let deps = if deps.is_empty() { &ALL[..] } else { deps };
+    if deps.contains(&Dep::Chromium) {
+        chromium_overrides_exist()?;
+    }
     let mut packages: Vec<Package> = Vec::new();
     for dep in deps {
         if let Some(p) = missing_package(*dep) {

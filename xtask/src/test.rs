@@ -133,54 +133,73 @@ fn run_suites(args: &[String], env: &[(String, String)]) -> Result<u8> {
     } else if has_lib {
         eprintln!("test: runner flags given, skipping doc tests");
     }
-    let filter = format!("not ({BROKER_FREE})");
-    let (redis_pass, pulsar_pass): (Vec<&str>, Vec<&str>) = if has_nextest() {
-        let redis = vec![
+    for (what, cargo_args, broker) in passes(args) {
+        eprintln!("test: {what}");
+        ok &= step(what, &[], &cargo_args, env, broker)?;
+    }
+    Ok(u8::from(!ok))
+}
+
+/// The runs after the doc tests: what each is, its cargo arguments (the
+/// user's included), and its broker.
+fn passes(args: &[String]) -> Vec<(&'static str, Vec<String>, &'static str)> {
+    let with = |base: &[&str], user: &[String]| -> Vec<String> {
+        base.iter()
+            .map(|a| a.to_string())
+            .chain(user.iter().cloned())
+            .collect()
+    };
+    let redis = "the Redis pass (unit tests, and the integration suite on Redis)";
+    let pulsar = "the Pulsar pass (the integration suite on Pulsar)";
+    if has_nextest() {
+        let filter = format!("not ({BROKER_FREE})");
+        let everything = [
             "nextest",
             "run",
             "--workspace",
             "--all-targets",
             "--no-fail-fast",
         ];
-        (
-            redis,
-            vec![
-                "nextest",
-                "run",
-                "--test",
-                "it",
-                "--no-fail-fast",
-                "-E",
-                &filter,
-            ],
-        )
-    } else {
-        eprintln!("test: cargo-nextest not installed, using cargo test");
-        // No test groups in cargo test: the browser tests run on their
-        // own below, one at a time, and in neither pass.
-        let skip = ["--", "--skip", "browser::"];
-        let mut redis = vec!["test", "--workspace", "--all-targets", "--no-fail-fast"];
-        redis.extend(skip);
-        let mut pulsar = vec!["test", "--test", "it", "--no-fail-fast"];
-        pulsar.extend(skip);
-        (redis, pulsar)
-    };
-    eprintln!("test: unit tests, and the integration suite on Redis");
-    ok &= step("the Redis pass", &redis_pass, args, env, "redis")?;
-    if !has_nextest() {
-        let browser = [
-            "test",
+        let on_pulsar = [
+            "nextest",
+            "run",
             "--test",
             "it",
-            "--",
-            "--test-threads=1",
-            "browser::",
+            "--no-fail-fast",
+            "-E",
+            &filter,
         ];
-        ok &= step("the browser tests", &browser, args, env, "redis")?;
+        return vec![
+            (redis, with(&everything, args), "redis"),
+            (pulsar, with(&on_pulsar, args), "pulsar"),
+        ];
     }
-    eprintln!("test: the integration suite on Pulsar");
-    ok &= step("the Pulsar pass", &pulsar_pass, args, env, "pulsar")?;
-    Ok(u8::from(!ok))
+    eprintln!("test: cargo-nextest not installed, using cargo test");
+    let everything = ["test", "--workspace", "--all-targets", "--no-fail-fast"];
+    let on_pulsar = ["test", "--test", "it", "--no-fail-fast"];
+    if !args.is_empty() {
+        // The user's filter and flags as given; no test groups then.
+        return vec![
+            (redis, with(&everything, args), "redis"),
+            (pulsar, with(&on_pulsar, args), "pulsar"),
+        ];
+    }
+    // No test groups in cargo test: the browser tests run on their own,
+    // one at a time, and in neither broker pass.
+    let skip = ["--", "--skip", "browser::"].map(String::from);
+    let browser = [
+        "test",
+        "--test",
+        "it",
+        "--",
+        "--test-threads=1",
+        "browser::",
+    ];
+    vec![
+        (redis, with(&everything, &skip), "redis"),
+        ("the browser tests", with(&browser, &[]), "redis"),
+        (pulsar, with(&on_pulsar, &skip), "pulsar"),
+    ]
 }
 
 fn has_nextest() -> bool {

@@ -117,7 +117,7 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
                 h2 { "Ended per minute, last hour" }
                 @match &ended {
                     Some(ended) => (chart::render(&Minute::series(ended, now))),
-                    None => p.error #chart-unavailable { "Not available: the store did not answer in time." },
+                    None => p.error #chart-unavailable { "Not available now: the store could not be read (the service log says why)." },
                 }
             }
             p.hint #updated { "Updated " (page::time(now)) }
@@ -176,7 +176,7 @@ fn depths_panel(depths: Option<&[(String, i64)]>) -> Markup {
                     }
                 }
             } @else {
-                p.error #depths-unavailable { "Not available: the store did not answer in time." }
+                p.error #depths-unavailable { "Not available now: the store could not be read (the service log says why)." }
             }
         }
     }

@@ -3,9 +3,10 @@
 //! its own driver on a free loopback port, in a process group of its own
 //! that the Chromium processes share. The driver dies with the test
 //! process; the browsers cannot be told to, so the next run sweeps what a
-//! dead run left: each directory names the test process that owns it and
-//! the process group to stop.
+//! dead run left: each directory names the test process that owns it, and
+//! its browsers are the processes whose command line names its profile.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,11 +34,17 @@ pub fn binary(var: &str, default: &str) -> String {
     path
 }
 
-/// Where every run's directory is. Short, like the run's own name:
-/// Chromium puts a Unix socket in its temporary directory, and a socket's
-/// path may not be longer than 107 bytes.
+/// Where this user's runs' directories are, private to the user. Short,
+/// like each run's own name: Chromium puts a Unix socket in its temporary
+/// directory, and a socket's path may not be longer than 107 bytes.
 fn runs() -> PathBuf {
-    std::env::temp_dir().join("sagas-chromium")
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("sagas-chromium-{uid}"));
+    std::fs::create_dir_all(&dir).expect("the browsers' directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .expect("the browsers' directory made private");
+    dir
 }
 
 impl Driver {
@@ -46,6 +53,8 @@ impl Driver {
         sweep_dead_runs();
         let dir = runs().join(&uuid::Uuid::new_v4().simple().to_string()[..12]);
         std::fs::create_dir_all(dir.join("profile")).expect("a browser directory");
+        let owner = std::process::id().to_string();
+        std::fs::write(dir.join("owner"), owner).expect("owner recorded");
         let port = free_port();
         let log = std::fs::File::create(dir.join("driver.log")).expect("driver log");
         let mut command = Command::new(binary("CHROMEDRIVER", "/usr/bin/chromedriver"));
@@ -65,8 +74,6 @@ impl Driver {
             });
         }
         let child = command.spawn().expect("chromedriver starts");
-        let owner = format!("{} {}", std::process::id(), child.id());
-        std::fs::write(dir.join("owner"), owner).expect("owner recorded");
         let mut driver = Self { child, port, dir };
         driver.wait_until_ready().await;
         driver
@@ -85,17 +92,22 @@ impl Driver {
     async fn wait_until_ready(&mut self) {
         let started = Instant::now();
         let status = format!("{}/status", self.url());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client");
         loop {
-            if let Ok(r) = reqwest::get(&status).await {
+            // Ours must still be running: the port could be another's.
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("chromedriver ended ({exit}): {}", self.log());
+            }
+            if let Ok(r) = http.get(&status).send().await {
                 if r.json::<Value>()
                     .await
                     .is_ok_and(|v| v["value"]["ready"] == true)
                 {
                     return;
                 }
-            }
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                panic!("chromedriver ended ({exit}): {}", self.log());
             }
             assert!(
                 started.elapsed() < PATIENCE,
@@ -124,7 +136,7 @@ impl Drop for Driver {
 }
 
 fn kill_group(group: i32) {
-    // SAFETY: a plain kill(2) of a process group a test run started.
+    // SAFETY: a plain kill(2) of the process group this run started.
     unsafe {
         libc::kill(-group, libc::SIGKILL);
     }
@@ -137,22 +149,42 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Stops the browsers of runs whose test process is gone, and removes
-/// their directories.
+/// their directories. A browser is known by its profile in the command
+/// line, never by a recorded group number, which another process may
+/// hold by now.
 fn sweep_dead_runs() {
     let Ok(entries) = std::fs::read_dir(runs()) else {
         return;
     };
     for dir in entries.flatten().map(|e| e.path()) {
         let owner = std::fs::read_to_string(dir.join("owner")).unwrap_or_default();
-        let mut ids = owner.split_whitespace().map(str::parse::<i32>);
-        let (Some(Ok(test)), Some(Ok(group))) = (ids.next(), ids.next()) else {
-            continue;
-        };
-        if !alive(test) {
-            kill_group(group);
+        let test = owner.split_whitespace().next().and_then(|p| p.parse().ok());
+        if test.is_some_and(|pid| !alive(pid)) {
+            for pid in processes_using(&dir.join("profile")) {
+                // SAFETY: a plain kill(2) of a browser a dead run left.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+}
+
+/// The processes whose command line names `profile`.
+fn processes_using(profile: &Path) -> Vec<i32> {
+    let needle = profile.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
 }
 
 fn free_port() -> u16 {

@@ -16,8 +16,7 @@
 mod driver;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
@@ -112,16 +111,17 @@ impl WebDriverCompatibleCommand for ReadLog {
 
 /// A headless Chromium and its driver; both end with it.
 pub struct Browser {
+    /// The WebDriver session, for what the helpers below do not cover.
     pub client: Client,
     outside: Outside,
     _driver: Driver,
 }
 
-/// The proxy every request not to loopback goes to: it accepts, counts
-/// and closes, so nothing goes further.
+/// The proxy every request not to loopback goes to: it reads where each
+/// was going, records it and closes, so nothing goes further.
 struct Outside {
     port: u16,
-    reached: Arc<AtomicUsize>,
+    reached: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -131,12 +131,15 @@ impl Outside {
             .await
             .expect("a loopback port for the proxy");
         let port = listener.local_addr().expect("its address").port();
-        let reached = Arc::new(AtomicUsize::new(0));
-        let counter = reached.clone();
+        let reached = Arc::new(Mutex::new(Vec::new()));
+        let record = reached.clone();
         let task = tokio::spawn(async move {
             while let Ok((connection, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                drop(connection);
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let target = proxied_target(connection).await;
+                    record.lock().expect("not poisoned").push(target);
+                });
             }
         });
         Self {
@@ -145,6 +148,17 @@ impl Outside {
             task,
         }
     }
+}
+
+/// Where a proxied request was going: its request line's target (`CONNECT
+/// host:443`, or `GET http://host/…`), or `?` when it never said.
+async fn proxied_target(mut connection: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(2), connection.read(&mut head)).await;
+    let n = read.ok().and_then(Result::ok).unwrap_or(0);
+    let line = String::from_utf8_lossy(&head[..n]).into_owned();
+    line.split_whitespace().nth(1).unwrap_or("?").to_string()
 }
 
 impl Drop for Outside {
@@ -208,12 +222,13 @@ impl Browser {
         }
     }
 
-    /// How many connections tried to leave the host (they reached the
-    /// proxy and went no further).
-    pub fn outside_requests(&self) -> usize {
-        self.outside.reached.load(Ordering::SeqCst)
+    /// Where the requests that tried to leave the host were going (they
+    /// reached the proxy and went no further), Chromium's own included.
+    pub fn outside_requests(&self) -> Vec<String> {
+        self.outside.reached.lock().expect("not poisoned").clone()
     }
 
+    /// Opens `url` in the window.
     pub async fn goto(&self, url: &str) {
         self.client.goto(url).await.expect("page opens");
     }
@@ -255,6 +270,7 @@ impl Browser {
         field.send_keys(text).await.expect("typing");
     }
 
+    /// Clicks the element `css` selects, once it is there.
     pub async fn click(&self, css: &str) {
         self.find(css).await.click().await.expect("click");
     }
@@ -316,15 +332,19 @@ impl Browser {
     /// The URLs the pages asked for since the last call, in order.
     async fn requested(&self) -> Vec<String> {
         let entries = self.client.issue_cmd(ReadLog).await.expect("network log");
-        let entries = entries.as_array().cloned().unwrap_or_default();
+        let entries = entries.as_array().expect("log entries").clone();
         entries
             .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e["message"].as_str()?).ok())
-            .filter(|m| m["message"]["method"] == "Network.requestWillBeSent")
+            .map(|e| e["message"].as_str().expect("a logged message"))
+            .map(|m| serde_json::from_str::<Value>(m).expect("a DevTools event"))
             .filter_map(|m| {
-                m["message"]["params"]["request"]["url"]
-                    .as_str()
-                    .map(String::from)
+                let params = &m["message"]["params"];
+                match m["message"]["method"].as_str() {
+                    Some("Network.requestWillBeSent") => params["request"]["url"].as_str(),
+                    Some("Network.webSocketCreated") => params["url"].as_str(),
+                    _ => None,
+                }
+                .map(String::from)
             })
             .collect()
     }
@@ -419,9 +439,10 @@ async fn a_page_that_reaches_outside_or_breaks_its_csp_is_reported() {
         );
     }
     assert_ne!(browser.run("return document.title").await, "ran");
+    let outside = browser.outside_requests();
     assert!(
-        browser.outside_requests() >= 1,
-        "the request for example.com reached the harness's proxy, and no further"
+        outside.iter().any(|t| t.contains("example.com")),
+        "the request for example.com reached the harness's proxy, and no further: {outside:?}"
     );
     browser.close().await;
 }
