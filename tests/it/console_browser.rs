@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use crate::browser::{screenshot_path, Browser};
 use crate::helpers::{
-    alliance_created, mocks, on_create_alliance, partner, spawn_app, spawn_app_with, TestApp,
-    TestConfig, TEST_ADMIN_TOKEN,
+    alliance_created, mocks, on_create_alliance, partner, spawn_app, TestApp, TEST_ADMIN_TOKEN,
 };
-use crate::operator::{dead_letters, publish_big_partner};
+use crate::operator::big_partners_dead_lettered;
 use crate::operator_jobs::{failed_sagas, failing_participants};
 
 /// Opens `path` of `app` and checks the page is whole and local.
@@ -188,16 +187,10 @@ async fn a_failed_sagas_timeline_shows_its_compensation_attempts() {
 /// button on its page sends it back and it becomes one completed saga.
 #[tokio::test]
 async fn a_redrive_from_the_dead_letter_page_starts_a_saga() {
-    let (alliances, integrations) = mocks().await;
-    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
-    let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.settings.limits.max_message_bytes = 2048;
-    let mut app = spawn_app_with(alliances, integrations, config).await;
+    let (mut app, partners, letters) = big_partners_dead_lettered(1).await;
     let dlq = format!("{}-dlq", app.channels.partner_events);
-    let partner_id = partner();
-    publish_big_partner(&app, &partner_id).await;
-    let letter = dead_letters(&app, &dlq, 1).await.remove(0);
-    let letter_id = letter["id"].as_str().expect("id").to_string();
+    let partner_id = partners[0].clone();
+    let letter_id = letters[0]["id"].as_str().expect("id").to_string();
     app.config.settings.limits.max_message_bytes = 1 << 20;
     app.restart().await;
 

@@ -87,8 +87,26 @@ pub async fn finished_job(app: &TestApp, job_id: &str, within: Duration) -> Valu
     }
 }
 
+/// A service with a 2 KiB `MAX_MESSAGE_BYTES` (alliances creating every
+/// alliance) that has dead-lettered `n` partners' events as too big: the
+/// service, the partners, and their letters as listed.
+pub async fn big_partners_dead_lettered(n: usize) -> (TestApp, Vec<String>, Vec<Value>) {
+    let (alliances, integrations) = mocks().await;
+    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.settings.limits.max_message_bytes = 2048;
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let dlq = format!("{}-dlq", app.channels.partner_events);
+    let partners: Vec<String> = (0..n).map(|_| partner()).collect();
+    for p in &partners {
+        publish_big_partner(&app, p).await;
+    }
+    let letters = dead_letters(&app, &dlq, n).await;
+    (app, partners, letters)
+}
+
 /// A `PartnerCreated` too big for a 2 KiB `MAX_MESSAGE_BYTES`.
-pub async fn publish_big_partner(app: &TestApp, partner_id: &str) {
+async fn publish_big_partner(app: &TestApp, partner_id: &str) {
     let fields: Vec<(String, String)> = [
         ("event_id", format!("evt-{partner_id}")),
         ("correlation_id", format!("corr-{partner_id}")),
@@ -119,17 +137,8 @@ pub async fn audit(app: &TestApp) -> Vec<Value> {
 /// each starts exactly one saga; redriving again doubles nothing.
 #[tokio::test]
 async fn dead_letters_fixed_by_a_restart_are_redriven_once_each() {
-    let (alliances, integrations) = mocks().await;
-    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
-    let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.settings.limits.max_message_bytes = 2048;
-    let mut app = spawn_app_with(alliances, integrations, config).await;
+    let (mut app, partners, letters) = big_partners_dead_lettered(4).await;
     let dlq = format!("{}-dlq", app.channels.partner_events);
-    let partners: Vec<String> = (0..4).map(|_| partner()).collect();
-    for p in &partners {
-        publish_big_partner(&app, p).await;
-    }
-    let letters = dead_letters(&app, &dlq, 4).await;
     for l in &letters {
         assert!(
             l["dlq_reason"]
@@ -391,18 +400,9 @@ async fn operator_routes_refuse_without_a_token() {
 /// starts is started once, and the letter ends redriven.
 #[tokio::test]
 async fn a_redrive_cut_short_by_a_crash_is_finished_later() {
-    let (alliances, integrations) = mocks().await;
-    on_create_alliance(&alliances, alliance_created("a-1"), None).await;
-    let mut config = TestConfig::new(&alliances, &integrations).await;
-    config.settings.limits.max_message_bytes = 2048;
-    let mut app = spawn_app_with(alliances, integrations, config).await;
-    let dlq = format!("{}-dlq", app.channels.partner_events);
-    let p = partner();
-    publish_big_partner(&app, &p).await;
-    let id = dead_letters(&app, &dlq, 1).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (mut app, partners, letters) = big_partners_dead_lettered(1).await;
+    let p = partners[0].clone();
+    let id = letters[0]["id"].as_str().unwrap().to_string();
     app.config.settings.limits.max_message_bytes = 1 << 20;
     app.stop().await;
     // What the redrive's first step leaves behind: recorded, not sent.
