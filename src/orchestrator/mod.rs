@@ -561,11 +561,7 @@ impl Orchestrator {
             at,
             instance_id: Some(self.inner.config.instance_id.clone()),
             // Exactly what `saga_events` turns into outbox messages.
-            events: decision
-                .events
-                .iter()
-                .map(|e| e.event_type.as_str().to_string())
-                .collect(),
+            events: decision.event_types(),
         }
     }
 

@@ -148,6 +148,15 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The `event_type` of each saga event, in order: what the history row
+    /// records of them.
+    pub fn event_types(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| e.event_type.as_str().to_string())
+            .collect()
+    }
+
     /// The saga as it is once this decision is stored.
     pub fn apply(&self, saga: &Saga, now: DateTime<Utc>) -> Saga {
         Saga {

@@ -204,11 +204,7 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
             instance_id: Some("me".into()),
             // As the orchestrator records them, so every transition these
             // tests store round-trips its events on both stores.
-            events: decision
-                .events
-                .iter()
-                .map(|e| e.event_type.as_str().into())
-                .collect(),
+            events: decision.event_types(),
         },
         expected_version: saga.version,
         outbox: vec![],
