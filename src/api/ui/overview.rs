@@ -117,12 +117,19 @@ async fn live_part(state: &AppState) -> Result<Markup, UiError> {
                 h2 { "Ended per minute, last hour" }
                 @match &ended {
                     Some(ended) => (chart::render(&Minute::series(ended, now))),
-                    None => p.error #chart-unavailable { "Not available now: the store could not be read (the service log says why)." },
+                    None => (unavailable("chart-unavailable")),
                 }
             }
             p.hint #updated { "Updated " (page::time(now)) }
         }
     })
+}
+
+/// What a panel shows instead when [`unavailable_as_none`] had nothing.
+fn unavailable(id: &str) -> Markup {
+    html! {
+        p.error id=(id) { "Not available now: the store could not be read (the service log says why)." }
+    }
 }
 
 /// A card per state, each a link to its sagas, and the total.
@@ -176,7 +183,7 @@ fn depths_panel(depths: Option<&[(String, i64)]>) -> Markup {
                     }
                 }
             } @else {
-                p.error #depths-unavailable { "Not available now: the store could not be read (the service log says why)." }
+                (unavailable("depths-unavailable"))
             }
         }
     }
