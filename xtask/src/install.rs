@@ -58,22 +58,25 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where they find its WebDriver, unless `CHROMEDRIVER` says.
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+/// Each browser binary: the variable that names it, else its default.
+const CHROMIUM_BINARIES: [(&str, &str); 2] =
+    [("CHROMIUM", CHROMIUM), ("CHROMEDRIVER", CHROMEDRIVER)];
+
 fn have_chromium() -> bool {
     // The tests honour both variables, so explicit ones count as present
     // (and wrong ones are refused before anything is installed).
-    let found = |var: &str, default: &str| {
+    CHROMIUM_BINARIES.iter().all(|(var, default)| {
         std::env::var_os(var).map_or_else(
             || is_executable(default.as_ref()),
             |p| is_executable(p.as_ref()),
         )
-    };
-    found("CHROMIUM", CHROMIUM) && found("CHROMEDRIVER", CHROMEDRIVER)
+    })
 }
 
 /// `CHROMIUM` and `CHROMEDRIVER`, when set, name programs: installing
 /// Debian's would not mend a wrong one.
 fn chromium_overrides_exist() -> Result<()> {
-    for var in ["CHROMIUM", "CHROMEDRIVER"] {
+    for (var, _) in CHROMIUM_BINARIES {
         if let Some(path) = std::env::var_os(var) {
             if !is_executable(path.as_ref()) {
                 bail!("{var}={} is not an executable file", path.to_string_lossy());
