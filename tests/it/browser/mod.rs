@@ -64,48 +64,29 @@ for (const v of (window.__cspViolations || ['the CSP watch did not run'])) probl
 return problems;
 "#;
 
-/// chromedriver's own command for a DevTools call.
+/// One of chromedriver's own commands: a POST of `body` to
+/// `session/{id}/{path}` (a DevTools call, the log).
 #[derive(Debug)]
-struct Cdp {
-    cmd: &'static str,
-    params: Value,
+struct DriverCommand {
+    path: &'static str,
+    body: Value,
 }
 
-impl WebDriverCompatibleCommand for Cdp {
+impl WebDriverCompatibleCommand for DriverCommand {
     fn endpoint(
         &self,
         base: &url::Url,
         session: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
         base.join(&format!(
-            "session/{}/goog/cdp/execute",
-            session.unwrap_or_default()
+            "session/{}/{}",
+            session.unwrap_or_default(),
+            self.path
         ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (reqwest::Method, Option<String>) {
-        let body = json!({ "cmd": self.cmd, "params": self.params });
-        (reqwest::Method::POST, Some(body.to_string()))
-    }
-}
-
-/// chromedriver's command for the log entries of one kind since the last
-/// read.
-#[derive(Debug)]
-struct ReadLog;
-
-impl WebDriverCompatibleCommand for ReadLog {
-    fn endpoint(
-        &self,
-        base: &url::Url,
-        session: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (reqwest::Method, Option<String>) {
-        let body = json!({ "type": "performance" });
-        (reqwest::Method::POST, Some(body.to_string()))
+        (reqwest::Method::POST, Some(self.body.to_string()))
     }
 }
 
@@ -210,9 +191,12 @@ impl Browser {
             .connect(&driver.url())
             .await
             .expect("a Chromium session");
-        let watch = Cdp {
-            cmd: "Page.addScriptToEvaluateOnNewDocument",
-            params: json!({ "source": WATCH_CSP }),
+        let watch = DriverCommand {
+            path: "goog/cdp/execute",
+            body: json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": { "source": WATCH_CSP },
+            }),
         };
         client.issue_cmd(watch).await.expect("CSP watch installed");
         Self {
@@ -318,20 +302,20 @@ impl Browser {
     /// Why the current page is not whole (empty when it is).
     async fn load_problems(&self) -> Vec<String> {
         // Everything the page started loading has finished first.
-        let started = Instant::now();
-        while self.run("return document.readyState").await != "complete" {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the page never finished loading"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = "return document.readyState";
+        self.wait_for(ready, "the page finished loading", "complete".into())
+            .await;
         serde_json::from_value(self.run(PROBLEMS).await).expect("a list of problems")
     }
 
     /// The URLs the pages asked for since the last call, in order.
     async fn requested(&self) -> Vec<String> {
-        let entries = self.client.issue_cmd(ReadLog).await.expect("network log");
+        // The entries of this kind since the last read.
+        let read = DriverCommand {
+            path: "se/log",
+            body: json!({ "type": "performance" }),
+        };
+        let entries = self.client.issue_cmd(read).await.expect("network log");
         let entries = entries.as_array().expect("log entries").clone();
         entries
             .iter()
