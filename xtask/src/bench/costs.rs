@@ -40,6 +40,63 @@ pub fn children_cpu_secs() -> Option<f64> {
     Some(secs(usage.ru_utime) + secs(usage.ru_stime))
 }
 
+/// The whole machine's CPU ticks so far, from the first line of
+/// /proc/stat: over a run, whether the machine itself was the limit
+/// (every core busy) or the run waited on something, and how much the
+/// host took from us (steal: a noisy neighbour).
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTicks {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+/// The machine's ticks now, or `None` where /proc/stat cannot be read.
+pub fn machine_ticks() -> Option<MachineTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = t.try_into().ok()?;
+    Some(MachineTicks {
+        busy: user + nice + system + irq + softirq,
+        steal,
+        total: user + nice + system + idle + iowait + irq + softirq + steal,
+    })
+}
+
+/// The machine's CPU between two [`machine_ticks`] samples: CPU seconds
+/// busy (every process's, ours and the stack's), the busy share of all
+/// cores, and the share the host stole.
+pub fn machine_delta(
+    before: Option<MachineTicks>,
+    after: Option<MachineTicks>,
+    sagas: u64,
+) -> Value {
+    let (Some(a), Some(b)) = (before, after) else {
+        return Value::Null;
+    };
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_sec <= 0 || b.total <= a.total {
+        return Value::Null;
+    }
+    let busy = b.busy.saturating_sub(a.busy) as f64;
+    let total = (b.total - a.total) as f64;
+    let busy_secs = busy / per_sec as f64;
+    json!({
+        "busy_cpu_secs": round2(busy_secs),
+        "busy_cpu_ms_per_saga": round2(busy_secs * 1000.0 / sagas.max(1) as f64),
+        "busy_share": round2(busy / total),
+        "steal_share": round2(b.steal.saturating_sub(a.steal) as f64 / total),
+    })
+}
+
 /// A process's peak resident memory in KiB (VmHWM).
 pub fn peak_rss_kib(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -224,6 +281,24 @@ mod tests {
         assert!(peak_rss_kib(pid).is_some_and(|k| k > 0));
         assert_eq!(cpu_secs(-1), None);
         assert!(children_cpu_secs().is_some_and(|s| s >= 0.0));
+        let t = machine_ticks().expect("/proc/stat");
+        assert!(t.busy + t.steal <= t.total && t.total > 0);
+    }
+
+    #[test]
+    fn machine_deltas_are_shares_of_every_core() {
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let at = |busy, steal, total| MachineTicks { busy, steal, total };
+        let d = machine_delta(
+            Some(at(0, 0, 0)),
+            Some(at(ticks * 3, ticks / 2, ticks * 4)),
+            1000,
+        );
+        assert_eq!(d["busy_cpu_secs"], 3.0);
+        assert_eq!(d["busy_cpu_ms_per_saga"], 3.0);
+        assert_eq!(d["busy_share"], 0.75);
+        assert_eq!(d["steal_share"], 0.13);
+        assert_eq!(machine_delta(None, Some(at(1, 0, 2)), 10), Value::Null);
     }
 
     #[test]

@@ -404,6 +404,7 @@ impl Run {
         let service_cpu = cpu(orchestrator.pid(), before.service_cpu);
         let simulator_cpu = cpu(simulator.pid(), before.simulator_cpu);
         let peak_rss = orchestrator.pid().and_then(costs::peak_rss_kib);
+        let machine = costs::machine_ticks();
         let redis = (self.s.broker == "redis")
             .then(costs::redis_commands)
             .flatten();
@@ -417,6 +418,7 @@ impl Run {
                 "peak_rss_mib": peak_rss.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
             },
             "simulator": { "cpu_secs": simulator_cpu },
+            "machine": costs::machine_delta(before.machine, machine, sagas),
             "postgres": costs::pg_delta(&before.pg, &pg, sagas),
             "redis": costs::redis_delta(&before.redis, &redis, sagas),
         })
@@ -428,6 +430,8 @@ struct Sample {
     service_cpu: Option<f64>,
     simulator_cpu: Option<f64>,
     pg: costs::PgSample,
+    /// The whole machine's CPU ticks, busy and in all.
+    machine: Option<costs::MachineTicks>,
     redis: Option<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -444,6 +448,7 @@ impl Run {
             service_cpu: cpu("orchestrator", "serve"),
             simulator_cpu: cpu("simulator", "simulate"),
             pg: costs::PgSample::take(true),
+            machine: costs::machine_ticks(),
             redis: (self.s.broker == "redis")
                 .then(costs::redis_commands)
                 .flatten(),

@@ -244,6 +244,18 @@ fn print_costs(c: &Value) {
             cpu_of(&c["load_test"]["cpu_secs"]),
         );
     }
+    let machine = &c["machine"];
+    if let (Some(ms), Some(share)) = (
+        num(&machine["busy_cpu_ms_per_saga"]),
+        num(&machine["busy_share"]),
+    ) {
+        let steal = num(&machine["steal_share"]).unwrap_or(0.0);
+        println!(
+            "  machine      {ms} CPU-ms a saga, every process's; cores {:.0}% busy, {:.0}% stolen by the host",
+            share * 100.0,
+            steal * 100.0
+        );
+    }
     let pg = &c["postgres"];
     let mut parts = Vec::new();
     if let Some(wal) = num(&pg["wal_bytes_per_saga"]) {
