@@ -10,6 +10,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -103,6 +104,76 @@ impl OutboxClaim {
     /// Whether the claim took no row at all.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+/// Outbox rows written already claimed: by the relay of `owner`, until
+/// `until`. That relay is handed them in memory and publishes them without
+/// claiming them first (no round trip, no row rewritten); should it never
+/// do so (a crash), any relay's claim takes them once `until` has passed.
+#[derive(Debug, Clone)]
+pub struct OutboxHold {
+    pub owner: String,
+    pub until: DateTime<Utc>,
+}
+
+/// The ids a held write gave its outbox rows: one per message of each
+/// write that was applied (or saga that was new), in input order, as
+/// [`Held::assign`] takes them. Empty when nothing was held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held(pub Vec<i64>);
+
+impl Held {
+    /// Whether the rows were written held.
+    pub fn is_held(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Sets the ids of `messages`, the outbox of each applied write in
+    /// input order, and returns them; `None` (and nothing set) unless the
+    /// ids are exactly one per message.
+    pub fn assign<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a mut Vec<OutboxMessage>>,
+    ) -> Option<Vec<OutboxMessage>> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for outbox in messages {
+            out.append(outbox);
+        }
+        if out.len() != self.0.len() {
+            return None;
+        }
+        for (m, id) in out.iter_mut().zip(&self.0) {
+            m.id = *id;
+        }
+        Some(out)
+    }
+
+    /// Puts the ids of rows the store returned as `(id, event_id)` in the
+    /// order of `messages`; empty unless each message's row is there.
+    pub(crate) fn ordered<'a>(
+        returned: &HashMap<String, i64>,
+        messages: impl IntoIterator<Item = &'a OutboxMessage>,
+    ) -> Self {
+        if returned.is_empty() {
+            return Self::default();
+        }
+        let ids: Option<Vec<i64>> = messages
+            .into_iter()
+            .map(|m| returned.get(&m.envelope.event_id).copied())
+            .collect();
+        match ids {
+            Some(ids) if ids.len() == returned.len() => Self(ids),
+            _ => {
+                // Never seen: event ids are unique. The rows stay held
+                // until their hold lapses, then any claim takes them.
+                tracing::warn!(
+                    rows = returned.len(),
+                    "held outbox rows do not match their messages; left to a claim"
+                );
+                Self::default()
+            }
+        }
     }
 }
 
@@ -221,7 +292,19 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
 
     /// Records new sagas in one transaction; an `event_id` seen before yields
     /// [`Created::Duplicate`] with the existing saga's id. Results are in input order.
-    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError>;
+    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+        Ok(self.create_held(sagas, None).await?.0)
+    }
+
+    /// As [`SagaStore::create`]; with `hold`, the new sagas' outbox rows
+    /// are written held by its owner (see [`OutboxHold`]) and their ids
+    /// come back as [`Held`] says. A store that cannot hold writes them
+    /// unclaimed, for any relay's claim, and returns no ids.
+    async fn create_held(
+        &self,
+        sagas: &[NewSaga],
+        hold: Option<&OutboxHold>,
+    ) -> Result<(Vec<Created>, Held), StoreError>;
 
     /// Stores a transition atomically. `Ok(false)`: the saga's version moved
     /// (someone else transitioned it); nothing was written.
@@ -231,11 +314,23 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
     /// flush for all); each result is as [`SagaStore::commit`]'s. An error
     /// writes nothing. The default commits them one by one.
     async fn commit_batch(&self, writes: &[TransitionWrite]) -> Result<Vec<bool>, StoreError> {
+        Ok(self.commit_batch_held(writes, None).await?.0)
+    }
+
+    /// As [`SagaStore::commit_batch`]; with `hold`, the applied writes'
+    /// outbox rows are written held, as [`SagaStore::create_held`] says.
+    /// The default commits them one by one, unclaimed.
+    async fn commit_batch_held(
+        &self,
+        writes: &[TransitionWrite],
+        hold: Option<&OutboxHold>,
+    ) -> Result<(Vec<bool>, Held), StoreError> {
+        let _ = hold;
         let mut applied = Vec::with_capacity(writes.len());
         for write in writes {
             applied.push(self.commit(write).await?);
         }
-        Ok(applied)
+        Ok((applied, Held::default()))
     }
 
     /// One saga.

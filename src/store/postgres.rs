@@ -23,8 +23,8 @@ use super::rows::{
     SAGA_COLUMNS,
 };
 use super::{
-    attempts_i32, payload_object, read_claim, stored_message, Created, ListQuery, NewSaga,
-    OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError, TransitionWrite,
+    attempts_i32, payload_object, read_claim, stored_message, Created, Held, ListQuery, NewSaga,
+    OutboxClaim, OutboxFault, OutboxHold, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
@@ -139,13 +139,27 @@ impl SagaStore for PostgresStore {
             .await?)
     }
 
-    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+    async fn create_held(
+        &self,
+        sagas: &[NewSaga],
+        hold: Option<&OutboxHold>,
+    ) -> Result<(Vec<Created>, Held), StoreError> {
         if sagas.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Held::default()));
         }
-        let inserted = create::insert_all(&self.pool, sagas).await?;
+        let (inserted, held) = create::insert_all(&self.pool, sagas, hold).await?;
         if inserted.len() == sagas.len() {
-            return Ok(sagas.iter().map(|n| Created::New(n.saga.saga_id)).collect());
+            let created = sagas.iter().map(|n| Created::New(n.saga.saga_id)).collect();
+            return Ok((created, held));
+        }
+        if let (Some(hold), true) = (hold, held.is_held()) {
+            // Some of the rest may be recorded below, unheld: the ids would
+            // no longer follow the new sagas. Rare (a redelivery, a
+            // partner's second saga): the held rows go to the claim now
+            // (or, should that fail, once their hold lapses).
+            if let Err(e) = self.release_outbox(&hold.owner, &held.0).await {
+                tracing::warn!(error = %e, "could not release held outbox rows; a claim takes them once their hold lapses");
+            }
         }
         // Some met a saga that exists: the new ones are committed; find
         // the owners of the others. One whose owner is gone meanwhile (a
@@ -169,19 +183,28 @@ impl SagaStore for PostgresStore {
                 },
             });
         }
-        Ok(created)
+        Ok((created, Held::default()))
     }
 
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        commit_on(&mut conn, write).await
+        Ok(commit_on(&mut conn, write, None).await?.0)
     }
 
-    async fn commit_batch(&self, writes: &[TransitionWrite]) -> Result<Vec<bool>, StoreError> {
+    async fn commit_batch_held(
+        &self,
+        writes: &[TransitionWrite],
+        hold: Option<&OutboxHold>,
+    ) -> Result<(Vec<bool>, Held), StoreError> {
         match writes {
-            [] => Ok(Vec::new()),
-            [write] => Ok(vec![self.commit(write).await?]),
-            _ => batch::commit_batch(&self.pool, writes).await,
+            [] => Ok((Vec::new(), Held::default())),
+            // One write: the single statement is the lighter one.
+            [write] => {
+                let mut conn = self.pool.acquire().await?;
+                let (applied, held) = commit_on(&mut conn, write, hold).await?;
+                Ok((vec![applied], held))
+            }
+            _ => batch::commit_batch(&self.pool, writes, hold).await,
         }
     }
 
@@ -437,6 +460,15 @@ fn inserted(rows: &[PgRow]) -> Result<HashMap<String, Uuid>, StoreError> {
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
+/// The held outbox rows a write returned (`outbox_id`, and the message's
+/// event id as `held_event`), by event id.
+fn held_rows(rows: &[PgRow]) -> Result<HashMap<String, i64>, StoreError> {
+    Ok(rows
+        .iter()
+        .map(|row| Ok((row.try_get("held_event")?, row.try_get("outbox_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
 /// The sagas that kept some of a batch from being inserted: the same
 /// `event_id`, or another saga of the same partner that is not compensated.
 struct Owners {
@@ -667,8 +699,13 @@ async fn insert_outbox(
 }
 
 /// One transition on `conn` (a pooled connection or an open transaction):
-/// a single statement, so it is atomic either way.
-async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<bool, StoreError> {
+/// a single statement, so it is atomic either way. Its outbox rows are
+/// held by `hold` if given, and their ids returned.
+async fn commit_on(
+    conn: &mut PgConnection,
+    write: &TransitionWrite,
+    hold: Option<&OutboxHold>,
+) -> Result<(bool, Held), StoreError> {
     let s = &write.saga;
     let h = &write.history;
     let (channels, messages): (Vec<String>, Vec<Value>) = write
@@ -690,12 +727,14 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
             INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
             SELECT saga_id, $13, $14, $15, $16, $17, $18, $25, $26 FROM upd \
          ), outgoing AS ( \
-            INSERT INTO outbox (channel, message) \
-            SELECT o.channel, o.message \
+            INSERT INTO outbox (channel, message, claimed_by, claimed_until) \
+            SELECT o.channel, o.message, $27::text, $28::timestamptz \
             FROM upd, UNNEST($19::text[], $20::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
             ORDER BY o.n \
+            RETURNING id, message->>'event_id' AS held_event \
          ) \
-         SELECT count(*) AS updated FROM upd",
+         SELECT (SELECT count(*) FROM upd) AS updated, \
+            (SELECT json_object_agg(held_event, id) FROM outgoing WHERE $27::text IS NOT NULL) AS held",
     )
     .bind(s.saga_id)
     .bind(write.expected_version)
@@ -723,9 +762,21 @@ async fn commit_on(conn: &mut PgConnection, write: &TransitionWrite) -> Result<b
     .bind(write.lease_unchanged)
     .bind(&h.instance_id)
     .bind(events_column(h))
+    .bind(hold.map(|h| h.owner.as_str()))
+    .bind(hold.map(|h| h.until))
     .fetch_one(&mut *conn)
     .await?;
-    Ok(row.try_get::<i64, _>("updated")? == 1)
+    let applied = row.try_get::<i64, _>("updated")? == 1;
+    let returned: HashMap<String, i64> = row
+        .try_get::<Option<sqlx::types::Json<HashMap<String, i64>>>, _>("held")?
+        .map(|held| held.0)
+        .unwrap_or_default();
+    let held = if applied {
+        Held::ordered(&returned, &write.outbox)
+    } else {
+        Held::default()
+    };
+    Ok((applied, held))
 }
 
 fn saga_from_row(row: &PgRow) -> Result<Saga, StoreError> {

@@ -23,8 +23,8 @@ use super::rows::{
     SAGA_COLUMNS,
 };
 use super::{
-    attempts_i32, payload_object, read_claim, stored_message, Created, ListQuery, NewSaga,
-    OutboxClaim, OutboxFault, OutboxMessage, SagaStore, StoreError, TransitionWrite,
+    attempts_i32, payload_object, read_claim, stored_message, Created, Held, ListQuery, NewSaga,
+    OutboxClaim, OutboxFault, OutboxHold, OutboxMessage, SagaStore, StoreError, TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
@@ -95,7 +95,13 @@ impl SagaStore for SqliteStore {
         Ok(())
     }
 
-    async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
+    /// Never holds: the embedded store's relay claims every row (one
+    /// local file, no round trip to save).
+    async fn create_held(
+        &self,
+        sagas: &[NewSaga],
+        _hold: Option<&OutboxHold>,
+    ) -> Result<(Vec<Created>, Held), StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut created = Vec::with_capacity(sagas.len());
         for new in sagas {
@@ -113,7 +119,7 @@ impl SagaStore for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(created)
+        Ok((created, Held::default()))
     }
 
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {

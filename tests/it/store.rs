@@ -12,8 +12,8 @@ use saga_orchestrator::saga::{
     self, HistoryEntry, Input, RetryKind, RetryPolicy, Saga, SagaState, Step,
 };
 use saga_orchestrator::store::{
-    Created, Lease, ListQuery, NewSaga, OutboxFault, OutboxMessage, PostgresStore, SagaStore,
-    SqliteStore, TransitionWrite,
+    Created, Lease, ListQuery, NewSaga, OutboxFault, OutboxHold, OutboxMessage, PostgresStore,
+    SagaStore, SqliteStore, TransitionWrite,
 };
 use secrecy::SecretString;
 use serde_json::Map;
@@ -637,6 +637,146 @@ async fn list_filters_and_orders_newest_first(store: Arc<dyn SagaStore>) {
     assert_eq!(by_state.len(), 5);
     let counts = store.count_by_state().await.unwrap();
     assert_eq!(counts, [(SagaState::CreatingAlliance, 5)]);
+}
+
+mod postgres_store_holds {
+    #[tokio::test]
+    async fn held_rows_are_the_writers_until_their_hold_lapses() {
+        super::held_rows_are_the_writers_until_their_hold_lapses(super::postgres().await, true)
+            .await
+    }
+}
+
+mod sqlite_store_holds {
+    #[tokio::test]
+    async fn held_rows_are_the_writers_until_their_hold_lapses() {
+        super::held_rows_are_the_writers_until_their_hold_lapses(super::sqlite().await, false).await
+    }
+}
+
+/// Rows written held come back with their ids, one per message of each
+/// new saga or applied write in order, and no claim takes them before the
+/// hold lapses; a store that cannot hold (`holds` false) says so and
+/// leaves them to any claim at once.
+async fn held_rows_are_the_writers_until_their_hold_lapses(store: Arc<dyn SagaStore>, holds: bool) {
+    let now = Utc::now();
+    let hold = OutboxHold {
+        owner: "relay-a".into(),
+        until: now + chrono::Duration::seconds(5),
+    };
+    let mut news = vec![new_saga("h-1", None), new_saga("h-2", None)];
+    store.create(&news[1..]).await.unwrap();
+    let (created, held) = store.create_held(&news, Some(&hold)).await.unwrap();
+    assert!(matches!(created[0], Created::New(_)) && matches!(created[1], Created::Duplicate(_)));
+    // A batch that met a duplicate gives its rows to the claim at once.
+    assert!(!held.is_held(), "{held:?}");
+    let first = store
+        .claim_outbox("relay-b", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .messages;
+    assert_eq!(
+        first.len(),
+        2,
+        "h-2's from the plain create, h-1's given back"
+    );
+    store
+        .delete_outbox(&first.iter().map(|m| m.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    news.push(new_saga("h-3", None));
+    let (_, held) = store.create_held(&news[2..], Some(&hold)).await.unwrap();
+    let mut writes: Vec<TransitionWrite> = news[1..]
+        .iter()
+        .map(|n| {
+            let mut w = transition(&n.saga, Input::DeadlinePassed, None);
+            let event = Envelope::new(EventType::SagaCompensating, "c", None, None, Map::new());
+            w.outbox = vec![
+                OutboxMessage::new("events", event.clone()),
+                OutboxMessage::new(
+                    "events",
+                    Envelope {
+                        event_id: format!("{}-2", event.event_id),
+                        ..event
+                    },
+                ),
+            ];
+            w
+        })
+        .collect();
+    // h-2's saga moved: its write is stale and writes nothing.
+    writes[0].expected_version += 5;
+    let (applied, held_writes) = store.commit_batch_held(&writes, Some(&hold)).await.unwrap();
+    assert_eq!(applied, [false, true]);
+    // A batch of one is written by the single-transition statement.
+    let mut single = transition(
+        &writes[1].saga,
+        Input::StepSucceeded {
+            step: Step::DeletePartner,
+            alliance_id: None,
+            detail: None,
+        },
+        None,
+    );
+    let event = Envelope::new(EventType::SagaCompensated, "c", None, None, Map::new());
+    single.outbox = vec![OutboxMessage::new("events", event)];
+    let (applied, held_single) = store
+        .commit_batch_held(std::slice::from_ref(&single), Some(&hold))
+        .await
+        .unwrap();
+    assert_eq!(applied, [true]);
+    let expected_events: Vec<String> = news[2]
+        .outbox
+        .iter()
+        .chain(&writes[1].outbox)
+        .chain(&single.outbox)
+        .map(|m| m.envelope.event_id.clone())
+        .collect();
+    let mut mine = Vec::new();
+    for (held, mut outbox) in [
+        (&held, news[2].outbox.clone()),
+        (&held_writes, writes[1].outbox.clone()),
+        (&held_single, single.outbox.clone()),
+    ] {
+        assert_eq!(held.is_held(), holds, "{held:?}");
+        mine.extend(held.assign([&mut outbox]).unwrap_or_default());
+    }
+
+    let before_lapse = store
+        .claim_outbox("relay-b", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .messages;
+    let after_lapse = store
+        .claim_outbox(
+            "relay-b",
+            hold.until + chrono::Duration::seconds(1),
+            Duration::from_secs(30),
+            10,
+        )
+        .await
+        .unwrap()
+        .messages;
+    let events = |ms: &[OutboxMessage]| {
+        ms.iter()
+            .map(|m| m.envelope.event_id.clone())
+            .collect::<Vec<_>>()
+    };
+    if holds {
+        assert!(
+            before_lapse.is_empty(),
+            "held rows claimed by another: {before_lapse:?}"
+        );
+        assert_eq!(events(&mine), expected_events);
+        // The ids are the rows': what the claim finds once the hold lapses.
+        let ids = |ms: &[OutboxMessage]| ms.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(&after_lapse), ids(&mine));
+        assert_eq!(events(&after_lapse), expected_events);
+    } else {
+        assert_eq!(events(&before_lapse), expected_events);
+        assert!(after_lapse.is_empty());
+    }
 }
 
 async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dyn SagaStore>) {

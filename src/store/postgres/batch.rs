@@ -8,6 +8,8 @@
 //! round trips either: the batch costs one round trip where it used to
 //! cost one per transition plus two.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -15,7 +17,7 @@ use uuid::Uuid;
 
 use crate::saga::SagaState;
 use crate::store::rows::events_column;
-use crate::store::{attempts_i32, stored_message, StoreError, TransitionWrite};
+use crate::store::{attempts_i32, stored_message, Held, OutboxHold, StoreError, TransitionWrite};
 
 /// One statement for the whole batch. `w` holds one row per write (its
 /// index in the batch first); `o` every outgoing message with the index of
@@ -49,20 +51,25 @@ const COMMIT_BATCH: &str = "WITH w AS ( \
         SELECT w.saga_id, w.seq, w.from_state, w.to_state, w.reason, w.detail, w.at, w.instance_id, w.events \
         FROM upd JOIN w ON w.idx = upd.idx \
      ), outgoing AS ( \
-        INSERT INTO outbox (channel, message) \
-        SELECT o.channel, o.message \
+        INSERT INTO outbox (channel, message, claimed_by, claimed_until) \
+        SELECT o.channel, o.message, $29::text, $30::timestamptz \
         FROM upd JOIN UNNEST($26::int4[], $27::text[], $28::jsonb[]) WITH ORDINALITY \
             AS o(idx, channel, message, n) ON o.idx = upd.idx \
         ORDER BY o.n \
+        RETURNING id, message->>'event_id' AS held_event \
      ) \
-     SELECT idx FROM upd";
+     SELECT idx, NULL::bigint AS outbox_id, NULL::text AS held_event FROM upd \
+     UNION ALL \
+     SELECT NULL, id, held_event FROM outgoing WHERE $29::text IS NOT NULL";
 
-/// Writes `writes` in one statement; `applied[i]` as `SagaStore::commit`
-/// would answer for `writes[i]`. An error writes nothing.
+/// Writes `writes` in one statement, their outbox rows held by `hold` if
+/// given; `applied[i]` as `SagaStore::commit` would answer for
+/// `writes[i]`, and the held rows' ids. An error writes nothing.
 pub(super) async fn commit_batch(
     pool: &PgPool,
     writes: &[TransitionWrite],
-) -> Result<Vec<bool>, StoreError> {
+    hold: Option<&OutboxHold>,
+) -> Result<(Vec<bool>, Held), StoreError> {
     let cols = Columns::of(writes);
     let out = Outgoing::of(writes);
     let rows = sqlx::query(COMMIT_BATCH)
@@ -94,16 +101,29 @@ pub(super) async fn commit_batch(
         .bind(out.idx)
         .bind(out.channel)
         .bind(out.message)
+        .bind(hold.map(|h| h.owner.as_str()))
+        .bind(hold.map(|h| h.until))
         .fetch_all(pool)
         .await?;
     let mut applied = vec![false; writes.len()];
+    let mut returned = HashMap::new();
     for row in rows {
+        if let Some(id) = row.try_get::<Option<i64>, _>("outbox_id")? {
+            returned.insert(row.try_get("held_event")?, id);
+            continue;
+        }
         let idx: i32 = row.try_get("idx")?;
         if let Some(slot) = usize::try_from(idx).ok().and_then(|i| applied.get_mut(i)) {
             *slot = true;
         }
     }
-    Ok(applied)
+    let messages = writes
+        .iter()
+        .zip(&applied)
+        .filter(|(_, applied)| **applied)
+        .flat_map(|(w, _)| &w.outbox);
+    let held = Held::ordered(&returned, messages);
+    Ok((applied, held))
 }
 
 /// The index of a write in its batch, as the statement carries it.

@@ -7,13 +7,14 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{insert_sagas_sql, inserted, SagaColumns};
+use super::{held_rows, insert_sagas_sql, inserted, SagaColumns};
 use crate::saga::SagaState;
 use crate::store::rows::events_column;
-use crate::store::{stored_message, NewSaga, StoreError};
+use crate::store::{stored_message, Held, NewSaga, OutboxHold, StoreError};
 
 /// `ins` takes the sagas that meet no existing one (the same event, or a
 /// live saga of the same partner: `ON CONFLICT DO NOTHING`); the history
@@ -31,22 +32,27 @@ const INSERT_ALL: &str = concat!(
             AS h(saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
         JOIN ins ON ins.saga_id = h.saga_id \
      ), outgoing AS ( \
-        INSERT INTO outbox (channel, message) \
-        SELECT o.channel, o.message \
+        INSERT INTO outbox (channel, message, claimed_by, claimed_until) \
+        SELECT o.channel, o.message, $31::text, $32::timestamptz \
         FROM UNNEST($28::uuid[], $29::text[], $30::jsonb[]) WITH ORDINALITY \
             AS o(saga_id, channel, message, n) \
         JOIN ins ON ins.saga_id = o.saga_id \
         ORDER BY o.n \
+        RETURNING id, message->>'event_id' AS held_event \
      ) \
-     SELECT event_id, saga_id FROM ins"
+     SELECT event_id, saga_id, NULL::bigint AS outbox_id, NULL::text AS held_event FROM ins \
+     UNION ALL \
+     SELECT NULL, NULL, id, held_event FROM outgoing WHERE $31::text IS NOT NULL"
 );
 
-/// Records what of `sagas` is new, in one statement; returns the
-/// `event_id` and `saga_id` of each saga inserted.
+/// Records what of `sagas` is new, in one statement, their outbox rows
+/// held by `hold` if given; returns the `event_id` and `saga_id` of each
+/// saga inserted, and the ids of the held rows.
 pub(super) async fn insert_all(
     pool: &PgPool,
     sagas: &[NewSaga],
-) -> Result<HashMap<String, Uuid>, StoreError> {
+    hold: Option<&OutboxHold>,
+) -> Result<(HashMap<String, Uuid>, Held), StoreError> {
     let h = History::of(sagas);
     let (o_ids, o_channels, o_messages) = outgoing(sagas);
     let rows = SagaColumns::ordered(sagas)
@@ -63,9 +69,21 @@ pub(super) async fn insert_all(
         .bind(o_ids)
         .bind(o_channels)
         .bind(o_messages)
+        .bind(hold.map(|h| h.owner.as_str()))
+        .bind(hold.map(|h| h.until))
         .fetch_all(pool)
         .await?;
-    inserted(&rows)
+    let (sagas_rows, outbox_rows): (Vec<PgRow>, Vec<PgRow>) = rows
+        .into_iter()
+        .partition(|row| matches!(row.try_get::<Option<i64>, _>("outbox_id"), Ok(None)));
+    let inserted = inserted(&sagas_rows)?;
+    let returned = held_rows(&outbox_rows)?;
+    let new_messages = sagas
+        .iter()
+        .filter(|n| inserted.get(&n.saga.event_id) == Some(&n.saga.saga_id))
+        .flat_map(|n| &n.outbox);
+    let held = Held::ordered(&returned, new_messages);
+    Ok((inserted, held))
 }
 
 /// The history rows of a batch as column arrays, each with its saga's id.
