@@ -204,7 +204,8 @@ impl Orchestrator {
             [config.channels.partner_events.clone()],
         );
         let outbox = Arc::new(outbox_writes::OutboxWrites::default());
-        let writer = writer::Writer::start(store.clone(), outbox.clone());
+        let writer =
+            writer::Writer::start(store.clone(), outbox.clone(), config.instance_id.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -269,9 +270,28 @@ impl Orchestrator {
             permits.push(permit);
         }
         let writing = self.inner.outbox.in_flight();
-        let created = self.inner.store.create(&new).await;
-        writing.ended();
-        let created = created?;
+        let hold = relay::hold(&self.inner.config.instance_id);
+        let (created, held) = match self.inner.store.create_held(&new, Some(&hold)).await {
+            Ok(done) => done,
+            Err(e) => {
+                writing.ended();
+                return Err(e);
+            }
+        };
+        let outboxes = new
+            .iter_mut()
+            .zip(&created)
+            .filter(|(_, outcome)| matches!(outcome, Created::New(_)))
+            .map(|(draft, _)| &mut draft.outbox);
+        // Handed before any driver runs: a saga's first events reach the
+        // relay before the ones its driver writes next.
+        match held.is_held().then(|| held.assign(outboxes)).flatten() {
+            Some(messages) => {
+                self.inner.outbox.hand_off(hold.until, messages);
+                writing.handed();
+            }
+            None => writing.ended(),
+        }
         for (((draft, decision), permit), outcome) in
             new.into_iter().zip(decisions).zip(permits).zip(&created)
         {

@@ -2,6 +2,12 @@
 //! known to have seen through: shutdown's last relay pass is needed only
 //! while they differ.
 //!
+//! Most writes are *handed*: their rows are written held by this instance
+//! (see [`crate::store::OutboxHold`]) and given to the relay here, in
+//! memory, to publish without claiming them. The others (a store that
+//! cannot hold, a batch written one by one after an error) are *counted*:
+//! the relay must claim them from the store.
+//!
 //! A write is counted where it is known done, not by the caller that
 //! asked for it: its [`InFlight`] guard travels with it (into the
 //! transition writer's job; `start` holds its own across the store's
@@ -9,21 +15,38 @@
 //! request whose client left) cannot hide a commit that went through.
 //! A write abandoned mid-way may or may not have committed: it is counted
 //! as a write all the same, so a later empty claim settles it; one still
-//! under way makes the outbox pending until it ends.
+//! under way makes the outbox pending until it ends. (Rows it wrote held
+//! are claimed once their hold lapses.)
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
+
+use crate::store::OutboxMessage;
+
+/// Rows one write handed to the relay: stored, held by this instance
+/// until `until`.
+#[derive(Debug)]
+pub(super) struct Handed {
+    pub(super) until: DateTime<Utc>,
+    pub(super) messages: Vec<OutboxMessage>,
+}
 
 /// The counters, shared by the orchestrator, its writer and its relay.
 #[derive(Debug, Default)]
 pub(super) struct OutboxWrites {
+    /// Counted writes: the relay must claim to see them.
     written: AtomicU64,
     relayed: AtomicU64,
     /// Writes under way: asked for, not yet ended or abandoned.
     under_way: AtomicUsize,
+    /// Handed rows the relay has not taken yet, in commit order.
+    handed: std::sync::Mutex<Vec<Handed>>,
+    /// Takes of handed rows the relay is not done with.
+    in_hand: AtomicUsize,
     /// Wakes the relay.
     pub(super) wake: Notify,
 }
@@ -33,6 +56,39 @@ impl OutboxWrites {
     pub(super) fn written(&self) {
         self.written.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    /// Gives the relay rows a commit wrote held, and wakes it.
+    pub(super) fn hand_off(&self, until: DateTime<Utc>, messages: Vec<OutboxMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Handed { until, messages });
+        self.wake.notify_one();
+    }
+
+    /// Everything handed so far, oldest first; pending until the relay is
+    /// done with it (the [`InHand`] is dropped).
+    pub(super) fn take_handed(self: &Arc<Self>) -> InHand {
+        let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        let counted = !handed.is_empty();
+        if counted {
+            // Under the lock: `pending` never sees them in neither place.
+            self.in_hand.fetch_add(1, Ordering::AcqRel);
+        }
+        InHand {
+            entries: std::mem::take(&mut *handed),
+            counted,
+            writes: Arc::clone(self),
+        }
+    }
+
+    /// Whether a counted write may hold rows no claim has seen yet.
+    pub(super) fn claim_wanted(&self) -> bool {
+        self.written.load(Ordering::Acquire) > self.relayed.load(Ordering::Acquire)
     }
 
     /// Read before a claim: an empty claim sees through every write so far.
@@ -47,8 +103,12 @@ impl OutboxWrites {
 
     /// Whether something this instance wrote may still be unpublished.
     pub(super) fn pending(&self) -> bool {
-        let relayed = self.relayed.load(Ordering::Acquire);
-        self.under_way.load(Ordering::Acquire) > 0 || self.written.load(Ordering::Acquire) > relayed
+        let handed = {
+            let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+            !handed.is_empty() || self.in_hand.load(Ordering::Acquire) > 0
+        };
+        // Under way first: a write leaves it only once counted or handed.
+        self.under_way.load(Ordering::Acquire) > 0 || handed || self.claim_wanted()
     }
 
     /// Held across a write, by whoever makes it (`start`, or the writer
@@ -60,6 +120,7 @@ impl OutboxWrites {
         self.under_way.fetch_add(1, Ordering::AcqRel);
         InFlight {
             writes: Arc::clone(self),
+            counted: true,
         }
     }
 
@@ -75,21 +136,47 @@ impl OutboxWrites {
 /// How often [`OutboxWrites::settled`] looks (at shutdown only).
 const SETTLED_POLL: Duration = Duration::from_millis(5);
 
-/// A write in flight; see [`OutboxWrites::in_flight`].
-pub(super) struct InFlight {
+/// Handed rows the relay took; see [`OutboxWrites::take_handed`].
+pub(super) struct InHand {
+    pub(super) entries: Vec<Handed>,
+    /// Whether it took any: an empty take keeps nothing pending.
+    counted: bool,
     writes: Arc<OutboxWrites>,
 }
 
+impl Drop for InHand {
+    fn drop(&mut self) {
+        if self.counted {
+            self.writes.in_hand.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A write in flight; see [`OutboxWrites::in_flight`].
+pub(super) struct InFlight {
+    writes: Arc<OutboxWrites>,
+    /// Whether it ends as a counted write (not handed).
+    counted: bool,
+}
+
 impl InFlight {
-    /// The write returned.
+    /// The write returned; its rows are for a claim to find.
     pub(super) fn ended(self) {}
+
+    /// The write returned and its rows, if any, were handed (by
+    /// [`OutboxWrites::hand_off`], before this): no claim is needed.
+    pub(super) fn handed(mut self) {
+        self.counted = false;
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        // Counted before it stops being under way: `pending` never sees
-        // neither.
-        self.writes.written();
+        // Counted (or handed) before it stops being under way: `pending`
+        // never sees neither.
+        if self.counted {
+            self.writes.written();
+        }
         self.writes.under_way.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -109,6 +196,34 @@ mod tests {
         assert!(writes.pending(), "the later write is not seen through");
         writes.seen_through(writes.mark());
         assert!(!writes.pending());
+    }
+
+    #[test]
+    fn handed_rows_are_pending_until_taken_and_want_no_claim() {
+        let writes = Arc::new(OutboxWrites::default());
+        let under_way = writes.in_flight();
+        let envelope = crate::envelope::Envelope::new(
+            crate::envelope::EventType::SagaCompleted,
+            "c",
+            None,
+            None,
+            serde_json::Map::new(),
+        );
+        let message = OutboxMessage::new("c", envelope);
+        writes.hand_off(Utc::now(), vec![message]);
+        under_way.handed();
+        assert!(writes.pending(), "handed, not yet taken by the relay");
+        assert!(!writes.claim_wanted(), "handed rows need no claim");
+        let taken = writes.take_handed();
+        assert_eq!(taken.entries.len(), 1);
+        assert!(writes.pending(), "taken, the relay not done with them");
+        drop(taken);
+        assert!(!writes.pending());
+        let nothing = writes.take_handed();
+        assert!(!writes.pending(), "an empty take keeps nothing pending");
+        drop(nothing);
+        writes.hand_off(Utc::now(), Vec::new());
+        assert!(!writes.pending(), "a write without rows hands nothing");
     }
 
     #[test]

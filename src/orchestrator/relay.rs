@@ -4,6 +4,14 @@
 //! dedup by `event_id`. Several instances relay safely side by side: each
 //! claims its batch with a short lease.
 //!
+//! On the hot path nothing is claimed: this instance's writes store their
+//! rows already held by it for a few seconds and hand them over in memory
+//! (`outbox_writes`), so a message costs no claim round trip and no row
+//! rewritten. What a claim must find — rows written unheld, rows of other
+//! instances or of a crash, rows given back after a failure — it finds
+//! first, and while a failure is being retried handed rows go the claim's
+//! way too: a saga's messages keep their order either way.
+//!
 //! No single message can stop the relay. A stored row that is no message
 //! is parked at once. A failed send is an outage — the batch is retried
 //! later from its oldest message, in order — unless the broker positively
@@ -21,14 +29,40 @@
 //! sends); they are sent again later, at least once as always.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::outbox_writes::Handed;
 use super::{loop_backoff, pause, Orchestrator};
-use crate::store::{OutboxFault, OutboxMessage, StoreError};
+use crate::store::{OutboxFault, OutboxHold, OutboxMessage, StoreError};
 use crate::telemetry;
 use crate::transport::{OutboundMessage, TransportError};
+
+/// How long rows written held are this relay's alone (see
+/// [`OutboxHold`]): long enough for any pass, short enough that a crash
+/// delays them little.
+const HOLD: Duration = Duration::from_secs(5);
+/// Handed rows with less left of their hold go to the claim instead:
+/// published now, they could race a relay that claims them as they lapse.
+const HOLD_MARGIN: Duration = Duration::from_secs(1);
+
+/// A hold on rows written now, for `owner`'s relay.
+pub(super) fn hold(owner: &str) -> OutboxHold {
+    OutboxHold {
+        owner: owner.to_string(),
+        until: crate::saga::later(Utc::now(), HOLD),
+    }
+}
+
+/// What the relay remembers between passes.
+struct Passes {
+    /// A publish failed, or handed rows went stale: until a claim finds
+    /// the outbox empty, handed rows go to the claim too, so that none
+    /// overtakes an older row of its saga waiting there.
+    degraded: bool,
+    last_claim: Instant,
+}
 
 /// Messages claimed per round trip.
 const BATCH: u32 = 500;
@@ -41,6 +75,10 @@ const PARK_AFTER: u32 = 3;
 
 pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
+    let mut passes = Passes {
+        degraded: false,
+        last_claim: Instant::now(),
+    };
     loop {
         tokio::select! {
             () = inner.outbox.wake.notified() => {}
@@ -51,15 +89,73 @@ pub(super) async fn run(orch: Orchestrator) {
                 // none when we wrote nothing since the outbox was last
                 // empty (the store may be gone: asking it would only wait).
                 if inner.outbox.pending() {
-                    drain(&orch).await;
+                    pass(&orch, &mut passes).await;
                 }
                 return;
             }
         }
         tokio::select! {
-            () = drain(&orch) => {}
+            () = pass(&orch, &mut passes) => {}
             () = stopped_with_nothing_to_relay(&orch) => return,
         }
+    }
+}
+
+/// Publishes what was handed since the last pass, after a claim when one
+/// is due: a counted write's rows (found only by a claim) are older than
+/// any handed row of their saga, so they go first.
+async fn pass(orch: &Orchestrator, passes: &mut Passes) {
+    let inner = &orch.inner;
+    // Taken before looking at the counts: a counted write of a saga whose
+    // later rows are in hand was counted before they were handed.
+    let mut in_hand = inner.outbox.take_handed();
+    let mut handed: Vec<OutboxMessage> = Vec::new();
+    let mut stale = false;
+    let fresh_until = crate::saga::later(Utc::now(), HOLD_MARGIN);
+    for Handed { until, messages } in std::mem::take(&mut in_hand.entries) {
+        stale |= until < fresh_until;
+        handed.extend(messages);
+    }
+    if stale || passes.degraded {
+        // To the claim, in id order with whatever waits there.
+        release(orch, &handed).await;
+        handed.clear();
+        passes.degraded = true;
+    }
+    let claim_due =
+        passes.degraded || inner.outbox.claim_wanted() || passes.last_claim.elapsed() >= IDLE_POLL;
+    if claim_due {
+        passes.last_claim = Instant::now();
+        let emptied = drain(orch).await;
+        passes.degraded = !emptied;
+        if !emptied {
+            release(orch, &handed).await;
+            return;
+        }
+    }
+    if handed.is_empty() {
+        return;
+    }
+    handed.sort_by_key(|m| m.id);
+    if let Err(stop) = relay(orch, &handed).await {
+        // What was not sent is given back: the claim takes it from here.
+        tracing::warn!(error = %stop, "publishing handed outbox rows failed; will retry");
+        metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
+        passes.degraded = true;
+    }
+    drop(in_hand);
+}
+
+/// Gives handed rows back to the claim (or, should that fail, to their
+/// hold's lapse).
+async fn release(orch: &Orchestrator, messages: &[OutboxMessage]) {
+    if messages.is_empty() {
+        return;
+    }
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    let owner = &orch.inner.config.instance_id;
+    if let Err(e) = orch.inner.store.release_outbox(owner, &ids).await {
+        tracing::warn!(error = %e, "could not release held outbox rows; claimed once their hold lapses");
     }
 }
 
@@ -88,8 +184,8 @@ enum Stop {
     Store(#[from] StoreError),
 }
 
-/// Relays until the outbox is empty or publishing keeps failing.
-async fn drain(orch: &Orchestrator) {
+/// Relays until the outbox is empty (`true`) or publishing keeps failing.
+async fn drain(orch: &Orchestrator) -> bool {
     let inner = &orch.inner;
     let mut failures = 0;
     loop {
@@ -102,13 +198,13 @@ async fn drain(orch: &Orchestrator) {
         {
             Ok(claim) if claim.is_empty() => {
                 inner.outbox.seen_through(mark);
-                return;
+                return true;
             }
             Ok(claim) => claim,
             Err(e) => {
                 tracing::warn!(error = %e, "outbox claim failed");
                 metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
-                return;
+                return false;
             }
         };
         // Left claimed if parking fails: retried once the claim lapses.
@@ -121,7 +217,7 @@ async fn drain(orch: &Orchestrator) {
         tracing::warn!(error = %stop, failures, "outbox publish failed; will retry");
         metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
         if failures > 3 || !pause(&inner.relay_stop, loop_backoff(failures)).await {
-            return;
+            return false;
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::outbox_writes::{InFlight, OutboxWrites};
+use super::relay;
 use crate::store::{SagaStore, StoreError, TransitionWrite};
 
 /// Transitions written per transaction at most.
@@ -40,11 +41,23 @@ impl Writer {
     /// queue is empty.
     /// Each write is under way in `outbox` from when it is asked for to
     /// when its commit is done, whether or not its caller still waits.
-    pub(super) fn start(store: Arc<dyn SagaStore>, outbox: Arc<OutboxWrites>) -> Self {
+    /// The outbox rows are written held by `instance_id` and handed to its
+    /// relay (see `outbox_writes`).
+    pub(super) fn start(
+        store: Arc<dyn SagaStore>,
+        outbox: Arc<OutboxWrites>,
+        instance_id: String,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(MAX_BATCH * WRITERS * 2);
         let queue = Arc::new(Mutex::new(queue));
+        let instance_id: Arc<str> = instance_id.into();
         for _ in 0..WRITERS {
-            tokio::spawn(run(store.clone(), queue.clone()));
+            let to = Target {
+                store: store.clone(),
+                outbox: outbox.clone(),
+                instance_id: instance_id.clone(),
+            };
+            tokio::spawn(run(to, queue.clone()));
         }
         Self { jobs, outbox }
     }
@@ -72,7 +85,14 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<dyn SagaStore>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+/// Where a writer writes: the store, and this instance's relay.
+struct Target {
+    store: Arc<dyn SagaStore>,
+    outbox: Arc<OutboxWrites>,
+    instance_id: Arc<str>,
+}
+
+async fn run(to: Target, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
     loop {
         let jobs = {
             let mut queue = queue.lock().await;
@@ -96,23 +116,45 @@ async fn run(store: Arc<dyn SagaStore>, queue: Arc<Mutex<mpsc::Receiver<Job>>>) 
             dones.push(job.done);
             writing.push(job.writing);
         }
-        let results = match store.commit_batch(&writes).await {
-            Ok(applied) => applied.into_iter().map(Ok).collect(),
-            // One write's data can fail the whole transaction: write them
-            // one by one so only that one fails.
-            Err(_) if writes.len() > 1 => {
-                let mut results = Vec::with_capacity(writes.len());
-                for write in &writes {
-                    results.push(store.commit(write).await);
-                }
-                results
-            }
-            Err(e) => vec![Err(e)],
-        };
-        // Counted before the callers hear of it.
-        drop(writing);
+        let results = write(&to, &mut writes, writing).await;
         for ((write, done), result) in writes.into_iter().zip(dones).zip(results) {
             let _ = done.send((write, result));
         }
+    }
+}
+
+/// Writes a batch, its outbox rows held and handed to the relay; ends
+/// `writing` (counted or handed) before the callers hear of it.
+async fn write(
+    to: &Target,
+    writes: &mut [TransitionWrite],
+    writing: Vec<InFlight>,
+) -> Vec<Result<bool, StoreError>> {
+    let hold = relay::hold(&to.instance_id);
+    match to.store.commit_batch_held(writes, Some(&hold)).await {
+        Ok((applied, held)) => {
+            let outboxes = writes
+                .iter_mut()
+                .zip(&applied)
+                .filter(|(_, applied)| **applied)
+                .map(|(w, _)| &mut w.outbox);
+            // Unheld (a store that cannot hold), the rows are counted for
+            // a claim as the guards drop.
+            if let Some(messages) = held.is_held().then(|| held.assign(outboxes)).flatten() {
+                to.outbox.hand_off(hold.until, messages);
+                writing.into_iter().for_each(InFlight::handed);
+            }
+            applied.into_iter().map(Ok).collect()
+        }
+        // One write's data can fail the whole transaction: write them
+        // one by one so only that one fails (unheld: a rare path).
+        Err(_) if writes.len() > 1 => {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes.iter() {
+                results.push(to.store.commit(write).await);
+            }
+            results
+        }
+        Err(e) => vec![Err(e)],
     }
 }
