@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use tokio::sync::mpsc;
 
 use super::outbox_writes::Handed;
 use super::{loop_backoff, pause, Orchestrator};
@@ -55,8 +56,50 @@ pub(super) fn hold(owner: &str) -> OutboxHold {
     }
 }
 
+/// How long a delete of published rows waits for others to join it: it
+/// is off the hot path (the messages are out), and at low load every pass
+/// would otherwise cost a statement of its own.
+const DELETE_LINGER: Duration = Duration::from_millis(20);
+
+/// The deletes of published rows, gathered into few statements by a task
+/// of the relay's own, which ends once the relay has (so shutdown waits
+/// for the last of them).
+struct Deletes {
+    ids: mpsc::UnboundedSender<Vec<i64>>,
+}
+
+impl Deletes {
+    fn start(orch: &Orchestrator) -> Self {
+        let (ids, mut queued) = mpsc::unbounded_channel::<Vec<i64>>();
+        let store = orch.inner.store.clone();
+        orch.inner.relay.spawn(async move {
+            while let Some(mut batch) = queued.recv().await {
+                tokio::time::sleep(DELETE_LINGER).await;
+                while let Ok(more) = queued.try_recv() {
+                    batch.extend(more);
+                }
+                delete(&*store, &batch).await;
+            }
+        });
+        Self { ids }
+    }
+
+    /// Deletes `sent` soon: no claim takes them meanwhile, they are ours.
+    fn later(&self, sent: Vec<i64>) {
+        if sent.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::SendError(sent)) = self.ids.send(sent) {
+            // The task is gone (never while the relay runs): published
+            // again once their claim lapses, at least once as always.
+            tracing::warn!(count = sent.len(), "outbox delete not queued");
+        }
+    }
+}
+
 /// What the relay remembers between passes.
 struct Passes {
+    deletes: Deletes,
     /// A publish failed, or handed rows went stale: until a claim finds
     /// the outbox empty, handed rows go to the claim too, so that none
     /// overtakes an older row of its saga waiting there.
@@ -76,6 +119,7 @@ const PARK_AFTER: u32 = 3;
 pub(super) async fn run(orch: Orchestrator) {
     let inner = &orch.inner;
     let mut passes = Passes {
+        deletes: Deletes::start(&orch),
         degraded: false,
         last_claim: Instant::now(),
     };
@@ -126,7 +170,7 @@ async fn pass(orch: &Orchestrator, passes: &mut Passes) {
         passes.degraded || inner.outbox.claim_wanted() || passes.last_claim.elapsed() >= IDLE_POLL;
     if claim_due {
         passes.last_claim = Instant::now();
-        let emptied = drain(orch).await;
+        let emptied = drain(orch, &passes.deletes).await;
         passes.degraded = !emptied;
         if !emptied {
             release(orch, &handed).await;
@@ -137,7 +181,7 @@ async fn pass(orch: &Orchestrator, passes: &mut Passes) {
         return;
     }
     handed.sort_by_key(|m| m.id);
-    if let Err(stop) = relay(orch, &handed).await {
+    if let Err(stop) = relay(orch, &handed, &passes.deletes).await {
         // What was not sent is given back: the claim takes it from here.
         tracing::warn!(error = %stop, "publishing handed outbox rows failed; will retry");
         metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
@@ -185,7 +229,7 @@ enum Stop {
 }
 
 /// Relays until the outbox is empty (`true`) or publishing keeps failing.
-async fn drain(orch: &Orchestrator) -> bool {
+async fn drain(orch: &Orchestrator, deletes: &Deletes) -> bool {
     let inner = &orch.inner;
     let mut failures = 0;
     loop {
@@ -209,7 +253,7 @@ async fn drain(orch: &Orchestrator) -> bool {
         };
         // Left claimed if parking fails: retried once the claim lapses.
         park(orch, &claim.unreadable, "unreadable").await;
-        let Err(stop) = relay(orch, &claim.messages).await else {
+        let Err(stop) = relay(orch, &claim.messages, deletes).await else {
             failures = 0;
             continue;
         };
@@ -225,7 +269,11 @@ async fn drain(orch: &Orchestrator) -> bool {
 /// Publishes a claimed batch: deletes what the broker took, and when it
 /// stopped early, gives the rest back so the retry starts from the oldest
 /// message again and a saga's later events never overtake earlier ones.
-async fn relay(orch: &Orchestrator, batch: &[OutboxMessage]) -> Result<(), Stop> {
+async fn relay(
+    orch: &Orchestrator,
+    batch: &[OutboxMessage],
+    deletes: &Deletes,
+) -> Result<(), Stop> {
     let store = &orch.inner.store;
     let mut done = Done::default();
     let mut outcome = Ok(());
@@ -237,13 +285,9 @@ async fn relay(orch: &Orchestrator, batch: &[OutboxMessage]) -> Result<(), Stop>
     }
     metrics::counter!(telemetry::RELAYED).increment(done.sent.len() as u64);
     if outcome.is_ok() {
-        // What was sent is claimed by us, so no claim takes it again: its
-        // delete need not hold up the next pass. Tracked with the relay,
-        // so shutdown waits for it too.
-        let (store, sent) = (store.clone(), done.sent);
-        orch.inner
-            .relay
-            .spawn(async move { delete(&*store, &sent).await });
+        // What was sent is claimed (or held) by us, so no claim takes it
+        // again: its delete need not hold up the next pass.
+        deletes.later(done.sent);
         return outcome;
     }
     delete(&**store, &done.sent).await;
