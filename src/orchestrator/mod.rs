@@ -274,7 +274,8 @@ impl Orchestrator {
         let (created, held) = match self.inner.store.create_held(&new, Some(&hold)).await {
             Ok(done) => done,
             Err(e) => {
-                writing.ended();
+                // It may have committed before failing: rows held, unhanded.
+                writing.orphaned();
                 return Err(e);
             }
         };
@@ -290,6 +291,7 @@ impl Orchestrator {
                 self.inner.outbox.hand_off(hold.until, messages);
                 writing.handed();
             }
+            None if held.is_held() || held.unmatched() => writing.orphaned(),
             None => writing.ended(),
         }
         for (((draft, decision), permit), outcome) in

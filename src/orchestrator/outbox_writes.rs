@@ -47,6 +47,10 @@ pub(super) struct OutboxWrites {
     handed: std::sync::Mutex<Vec<Handed>>,
     /// Takes of handed rows the relay is not done with.
     in_hand: AtomicUsize,
+    /// Rows held by this instance may exist that no hand-off will bring
+    /// (a write abandoned or failed mid-way, rows its relay could not give
+    /// back): the relay gives back all it holds before its next claim.
+    orphans: std::sync::atomic::AtomicBool,
     /// Wakes the relay.
     pub(super) wake: Notify,
 }
@@ -86,6 +90,18 @@ impl OutboxWrites {
         }
     }
 
+    /// Held rows no hand-off will bring may exist: counted, and the relay
+    /// told to give back everything it holds.
+    pub(super) fn orphaned(&self) {
+        self.orphans.store(true, Ordering::Release);
+        self.written();
+    }
+
+    /// Whether [`OutboxWrites::orphaned`] was called since last asked.
+    pub(super) fn take_orphans(&self) -> bool {
+        self.orphans.swap(false, Ordering::AcqRel)
+    }
+
     /// Whether a counted write may hold rows no claim has seen yet.
     pub(super) fn claim_wanted(&self) -> bool {
         self.written.load(Ordering::Acquire) > self.relayed.load(Ordering::Acquire)
@@ -103,12 +119,16 @@ impl OutboxWrites {
 
     /// Whether something this instance wrote may still be unpublished.
     pub(super) fn pending(&self) -> bool {
+        // Under way first: a write leaves it only once counted or handed,
+        // so read after it, either shows it.
+        if self.under_way.load(Ordering::Acquire) > 0 {
+            return true;
+        }
         let handed = {
             let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
             !handed.is_empty() || self.in_hand.load(Ordering::Acquire) > 0
         };
-        // Under way first: a write leaves it only once counted or handed.
-        self.under_way.load(Ordering::Acquire) > 0 || handed || self.claim_wanted()
+        handed || self.claim_wanted()
     }
 
     /// Held across a write, by whoever makes it (`start`, or the writer
@@ -120,7 +140,7 @@ impl OutboxWrites {
         self.under_way.fetch_add(1, Ordering::AcqRel);
         InFlight {
             writes: Arc::clone(self),
-            counted: true,
+            outcome: Outcome::Abandoned,
         }
     }
 
@@ -155,18 +175,39 @@ impl Drop for InHand {
 /// A write in flight; see [`OutboxWrites::in_flight`].
 pub(super) struct InFlight {
     writes: Arc<OutboxWrites>,
-    /// Whether it ends as a counted write (not handed).
-    counted: bool,
+    outcome: Outcome,
+}
+
+/// How a write in flight ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Its caller went away mid-way: it may have committed held rows.
+    Abandoned,
+    /// Its rows, if any, are unclaimed: a claim finds them.
+    Counted,
+    /// Its rows, if any, were handed.
+    Handed,
+    /// It may have left held rows that no hand-off brings (it failed
+    /// after a commit, or its ids did not match).
+    Orphaned,
 }
 
 impl InFlight {
-    /// The write returned; its rows are for a claim to find.
-    pub(super) fn ended(self) {}
+    /// The write returned; its rows, if any, are unclaimed, for a claim.
+    pub(super) fn ended(mut self) {
+        self.outcome = Outcome::Counted;
+    }
 
     /// The write returned and its rows, if any, were handed (by
     /// [`OutboxWrites::hand_off`], before this): no claim is needed.
     pub(super) fn handed(mut self) {
-        self.counted = false;
+        self.outcome = Outcome::Handed;
+    }
+
+    /// The write failed, or its held rows could not be handed: see
+    /// [`OutboxWrites::orphaned`].
+    pub(super) fn orphaned(mut self) {
+        self.outcome = Outcome::Orphaned;
     }
 }
 
@@ -174,8 +215,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         // Counted (or handed) before it stops being under way: `pending`
         // never sees neither.
-        if self.counted {
-            self.writes.written();
+        match self.outcome {
+            Outcome::Abandoned | Outcome::Orphaned => self.writes.orphaned(),
+            Outcome::Counted => self.writes.written(),
+            Outcome::Handed => {}
         }
         self.writes.under_way.fetch_sub(1, Ordering::AcqRel);
     }
@@ -238,6 +281,8 @@ mod tests {
         assert!(!writes.pending());
         drop(writes.in_flight());
         assert!(writes.pending(), "an abandoned write counts as one");
+        assert!(writes.take_orphans(), "and may have left held rows");
+        assert!(!writes.take_orphans(), "told once");
         writes.seen_through(writes.mark());
         assert!(!writes.pending(), "and a later empty claim settles it");
     }

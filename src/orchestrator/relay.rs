@@ -41,12 +41,13 @@ use crate::telemetry;
 use crate::transport::{OutboundMessage, TransportError};
 
 /// How long rows written held are this relay's alone (see
-/// [`OutboxHold`]): long enough for any pass, short enough that a crash
-/// delays them little.
-const HOLD: Duration = Duration::from_secs(5);
+/// [`OutboxHold`]): far longer than a pass takes when all is well, short
+/// enough that rows a crash left held wait little.
+const HOLD: Duration = Duration::from_secs(10);
 /// Handed rows with less left of their hold go to the claim instead:
-/// published now, they could race a relay that claims them as they lapse.
-const HOLD_MARGIN: Duration = Duration::from_secs(1);
+/// published now, they could race a relay that claims them as they lapse
+/// (by its own clock: this covers the instances' clock skew too).
+const HOLD_MARGIN: Duration = Duration::from_secs(4);
 
 /// A hold on rows written now, for `owner`'s relay.
 pub(super) fn hold(owner: &str) -> OutboxHold {
@@ -100,9 +101,10 @@ impl Deletes {
 /// What the relay remembers between passes.
 struct Passes {
     deletes: Deletes,
-    /// A publish failed, or handed rows went stale: until a claim finds
-    /// the outbox empty, handed rows go to the claim too, so that none
-    /// overtakes an older row of its saga waiting there.
+    /// A publish or a claim failed, or handed rows went stale: until a
+    /// claim finds the outbox empty, every pass gives what this instance
+    /// holds to the claim, so that no row overtakes an older one of its
+    /// saga waiting there.
     degraded: bool,
     last_claim: Instant,
 }
@@ -133,74 +135,112 @@ pub(super) async fn run(orch: Orchestrator) {
                 // none when we wrote nothing since the outbox was last
                 // empty (the store may be gone: asking it would only wait).
                 if inner.outbox.pending() {
-                    pass(&orch, &mut passes).await;
+                    pass(&orch, &mut passes, true).await;
                 }
                 return;
             }
         }
         tokio::select! {
-            () = pass(&orch, &mut passes) => {}
+            () = pass(&orch, &mut passes, false) => {}
             () = stopped_with_nothing_to_relay(&orch) => return,
         }
     }
 }
 
-/// Publishes what was handed since the last pass, after a claim when one
-/// is due: a counted write's rows (found only by a claim) are older than
-/// any handed row of their saga, so they go first.
-async fn pass(orch: &Orchestrator, passes: &mut Passes) {
+/// Publishes what was handed since the last pass, or gives it all to the
+/// claim (see [`claim_first`]); claims first every [`IDLE_POLL`] (not in
+/// the last pass: what is in hand needs no store to go out).
+async fn pass(orch: &Orchestrator, passes: &mut Passes, last: bool) {
     let inner = &orch.inner;
     // Taken before looking at the counts: a counted write of a saga whose
     // later rows are in hand was counted before they were handed.
     let mut in_hand = inner.outbox.take_handed();
     let mut handed: Vec<OutboxMessage> = Vec::new();
-    let mut stale = false;
-    let fresh_until = crate::saga::later(Utc::now(), HOLD_MARGIN);
+    let mut untils = Vec::new();
     for Handed { until, messages } in std::mem::take(&mut in_hand.entries) {
-        stale |= until < fresh_until;
+        untils.push(until);
         handed.extend(messages);
     }
-    if stale || passes.degraded {
-        // To the claim, in id order with whatever waits there.
-        release(orch, &handed).await;
-        handed.clear();
-        passes.degraded = true;
+    let orphans = inner.outbox.take_orphans();
+    if orphans || passes.degraded || !fresh(&untils) || inner.outbox.claim_wanted() {
+        passes.degraded = !claim_first(orch, passes, &handed, orphans).await;
+        return;
     }
-    let claim_due =
-        passes.degraded || inner.outbox.claim_wanted() || passes.last_claim.elapsed() >= IDLE_POLL;
-    if claim_due {
+    if !last && passes.last_claim.elapsed() >= IDLE_POLL {
         passes.last_claim = Instant::now();
-        let emptied = drain(orch, &passes.deletes).await;
-        passes.degraded = !emptied;
-        if !emptied {
-            release(orch, &handed).await;
+        if !drain(orch, &passes.deletes).await {
+            // The handed rows wait for the claim, behind what it gave back.
+            hand_to_the_claim(orch, passes);
             return;
         }
     }
-    if handed.is_empty() {
+    // A long claim may have used up their hold meanwhile.
+    if handed.is_empty() || !fresh(&untils) {
+        if !handed.is_empty() {
+            hand_to_the_claim(orch, passes);
+        }
         return;
     }
     handed.sort_by_key(|m| m.id);
     if let Err(stop) = relay(orch, &handed, &passes.deletes).await {
-        // What was not sent is given back: the claim takes it from here.
+        // What was not sent is given back by `relay`.
         tracing::warn!(error = %stop, "publishing handed outbox rows failed; will retry");
         metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
-        passes.degraded = true;
+        hand_to_the_claim(orch, passes);
     }
+    // Held until here: pending (for shutdown) while being published.
     drop(in_hand);
 }
 
-/// Gives handed rows back to the claim (or, should that fail, to their
-/// hold's lapse).
-async fn release(orch: &Orchestrator, messages: &[OutboxMessage]) {
-    if messages.is_empty() {
-        return;
+/// Whether every hold in `untils` has [`HOLD_MARGIN`] left.
+fn fresh(untils: &[chrono::DateTime<Utc>]) -> bool {
+    let fresh_until = crate::saga::later(Utc::now(), HOLD_MARGIN);
+    untils.iter().all(|until| *until >= fresh_until)
+}
+
+/// Leaves this instance's rows to the claim from the next pass on, which
+/// gives back everything it holds (the rows in hand go unpublished, still
+/// held, or were given back by a release that may have failed); counted,
+/// so shutdown still relays them. Called before the rows in hand are
+/// dropped.
+fn hand_to_the_claim(orch: &Orchestrator, passes: &mut Passes) {
+    orch.inner.outbox.orphaned();
+    passes.degraded = true;
+}
+
+/// Gives back the rows in hand (with `all`, every row this instance holds)
+/// and drains the outbox by claims, oldest first; `true` once a claim
+/// found it empty. A counted row, or one held but never handed (a write
+/// cut short, a failed give-back), may be older than rows in hand of the
+/// same saga: this way none overtakes another. (With `all`, a row sent
+/// whose delete is still queued is published again: at least once.)
+async fn claim_first(
+    orch: &Orchestrator,
+    passes: &mut Passes,
+    in_hand: &[OutboxMessage],
+    all: bool,
+) -> bool {
+    let inner = &orch.inner;
+    let owner = &inner.config.instance_id;
+    passes.last_claim = Instant::now();
+    let given_back = if all {
+        inner.store.release_all_outbox(owner).await
+    } else {
+        let ids: Vec<i64> = in_hand.iter().map(|m| m.id).collect();
+        inner.store.release_outbox(owner, &ids).await
+    };
+    if let Err(e) = given_back {
+        tracing::warn!(error = %e, "could not give held outbox rows back to the claim; retrying");
+        metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
+        // Held still: the next pass gives back all this instance holds.
+        inner.outbox.orphaned();
+        return false;
     }
-    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
-    let owner = &orch.inner.config.instance_id;
-    if let Err(e) = orch.inner.store.release_outbox(owner, &ids).await {
-        tracing::warn!(error = %e, "could not release held outbox rows; claimed once their hold lapses");
+    let emptied = drain(orch, &passes.deletes).await;
+    if !emptied {
+        inner.outbox.written();
     }
+    emptied
 }
 
 /// Resolves when the relay is told to stop and this instance has nothing

@@ -138,23 +138,34 @@ async fn write(
                 .zip(&applied)
                 .filter(|(_, applied)| **applied)
                 .map(|(w, _)| &mut w.outbox);
-            // Unheld (a store that cannot hold), the rows are counted for
-            // a claim as the guards drop.
-            if let Some(messages) = held.is_held().then(|| held.assign(outboxes)).flatten() {
-                to.outbox.hand_off(hold.until, messages);
-                writing.into_iter().for_each(InFlight::handed);
+            match held.is_held().then(|| held.assign(outboxes)).flatten() {
+                Some(messages) => {
+                    to.outbox.hand_off(hold.until, messages);
+                    writing.into_iter().for_each(InFlight::handed);
+                }
+                None if held.is_held() || held.unmatched() => {
+                    writing.into_iter().for_each(InFlight::orphaned);
+                }
+                // Unheld (a store that cannot hold, or no rows): counted.
+                None => writing.into_iter().for_each(InFlight::ended),
             }
             applied.into_iter().map(Ok).collect()
         }
         // One write's data can fail the whole transaction: write them
-        // one by one so only that one fails (unheld: a rare path).
+        // one by one so only that one fails (unheld: a rare path). The
+        // failed batch may have committed before its answer was lost.
         Err(_) if writes.len() > 1 => {
             let mut results = Vec::with_capacity(writes.len());
             for write in writes.iter() {
                 results.push(to.store.commit(write).await);
             }
+            // Ended after the writes above, so they are under way till then.
+            writing.into_iter().for_each(InFlight::orphaned);
             results
         }
-        Err(e) => vec![Err(e)],
+        Err(e) => {
+            writing.into_iter().for_each(InFlight::orphaned);
+            vec![Err(e)]
+        }
     }
 }

@@ -121,36 +121,60 @@ pub struct OutboxHold {
 /// write that was applied (or saga that was new), in input order, as
 /// [`Held::assign`] takes them. Empty when nothing was held.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Held(pub Vec<i64>);
+pub struct Held {
+    ids: Vec<i64>,
+    /// Rows were written held, but their ids could not be given: they stay
+    /// held until given back or lapsed.
+    unmatched: bool,
+}
 
 impl Held {
-    /// Whether the rows were written held.
+    /// Whether the rows were written held, and their ids are here.
     pub fn is_held(&self) -> bool {
-        !self.0.is_empty()
+        !self.ids.is_empty()
     }
 
-    /// Sets the ids of `messages`, the outbox of each applied write in
-    /// input order, and returns them; `None` (and nothing set) unless the
-    /// ids are exactly one per message.
+    /// The held rows' ids.
+    pub fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+
+    /// Whether rows were written held that these ids do not cover.
+    pub fn unmatched(&self) -> bool {
+        self.unmatched
+    }
+
+    /// Rows were held (`ids` of them, if known) that no hand-off will bring.
+    pub(crate) fn lost() -> Self {
+        Self {
+            ids: Vec::new(),
+            unmatched: true,
+        }
+    }
+
+    /// Moves the messages out of `messages` (the outbox of each applied
+    /// write, in input order), sets their ids and returns them; `None`
+    /// unless the ids are exactly one per message (the messages are gone
+    /// either way: callers keep only their sagas).
     pub fn assign<'a>(
         &self,
         messages: impl IntoIterator<Item = &'a mut Vec<OutboxMessage>>,
     ) -> Option<Vec<OutboxMessage>> {
-        let mut out = Vec::with_capacity(self.0.len());
+        let mut out = Vec::with_capacity(self.ids.len());
         for outbox in messages {
             out.append(outbox);
         }
-        if out.len() != self.0.len() {
+        if out.len() != self.ids.len() {
             return None;
         }
-        for (m, id) in out.iter_mut().zip(&self.0) {
+        for (m, id) in out.iter_mut().zip(&self.ids) {
             m.id = *id;
         }
         Some(out)
     }
 
-    /// Puts the ids of rows the store returned as `(id, event_id)` in the
-    /// order of `messages`; empty unless each message's row is there.
+    /// Puts the ids of the rows the store returned (by event id) in the
+    /// order of `messages`; empty unless each message has a row of its own.
     pub(crate) fn ordered<'a>(
         returned: &HashMap<String, i64>,
         messages: impl IntoIterator<Item = &'a OutboxMessage>,
@@ -162,16 +186,27 @@ impl Held {
             .into_iter()
             .map(|m| returned.get(&m.envelope.event_id).copied())
             .collect();
+        let distinct = |ids: &[i64]| {
+            let mut sorted = ids.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            sorted.len() == ids.len()
+        };
         match ids {
-            Some(ids) if ids.len() == returned.len() => Self(ids),
+            Some(ids) if ids.len() == returned.len() && distinct(&ids) => Self {
+                ids,
+                unmatched: false,
+            },
             _ => {
                 // Never seen: event ids are unique. The rows stay held
-                // until their hold lapses, then any claim takes them.
+                // (the writer counts the write, so its relay gives them
+                // back to the claim), else any claim takes them once
+                // their hold lapses.
                 tracing::warn!(
                     rows = returned.len(),
                     "held outbox rows do not match their messages; left to a claim"
                 );
-                Self::default()
+                Self::lost()
             }
         }
     }
@@ -392,6 +427,12 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
     /// only on rows `owner` still holds: once its claim lapsed and another
     /// relay took them, they are that relay's.
     async fn release_outbox(&self, owner: &str, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// Gives back every row `owner` claims or holds, for the next claim to
+    /// take in id order: its relay does so when a row it holds may never
+    /// be handed to it (a write cut short, a failed release). A row it
+    /// sent but has not deleted yet is published again: at least once.
+    async fn release_all_outbox(&self, owner: &str) -> Result<(), StoreError>;
 
     /// Counts a failed attempt to publish message `id` (claimed by `owner`),
     /// keeping `error` as its last; returns its attempts so far (0 when the

@@ -152,13 +152,15 @@ impl SagaStore for PostgresStore {
             let created = sagas.iter().map(|n| Created::New(n.saga.saga_id)).collect();
             return Ok((created, held));
         }
+        let mut held_back = Held::default();
         if let (Some(hold), true) = (hold, held.is_held()) {
             // Some of the rest may be recorded below, unheld: the ids would
             // no longer follow the new sagas. Rare (a redelivery, a
             // partner's second saga): the held rows go to the claim now
-            // (or, should that fail, once their hold lapses).
-            if let Err(e) = self.release_outbox(&hold.owner, &held.0).await {
-                tracing::warn!(error = %e, "could not release held outbox rows; a claim takes them once their hold lapses");
+            // (or, should that fail, back by their relay or by the lapse).
+            if let Err(e) = self.release_outbox(&hold.owner, held.ids()).await {
+                tracing::warn!(error = %e, "could not release held outbox rows; left to their relay");
+                held_back = Held::lost();
             }
         }
         // Some met a saga that exists: the new ones are committed; find
@@ -183,7 +185,7 @@ impl SagaStore for PostgresStore {
                 },
             });
         }
-        Ok((created, Held::default()))
+        Ok((created, held_back))
     }
 
     async fn commit(&self, write: &TransitionWrite) -> Result<bool, StoreError> {
@@ -351,6 +353,16 @@ impl SagaStore for PostgresStore {
             .execute(&self.bookkeeping)
             .await?;
         }
+        Ok(())
+    }
+
+    async fn release_all_outbox(&self, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1",
+        )
+        .bind(owner)
+        .execute(&self.bookkeeping)
+        .await?;
         Ok(())
     }
 

@@ -312,6 +312,16 @@ impl SagaStore for SqliteStore {
         Ok(())
     }
 
+    async fn release_all_outbox(&self, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn record_outbox_failure(
         &self,
         owner: &str,

@@ -748,6 +748,16 @@ async fn held_rows_are_the_writers_until_their_hold_lapses(store: Arc<dyn SagaSt
         .await
         .unwrap()
         .messages;
+    // Only the holder gives held rows back.
+    let mut not_given_back = Vec::new();
+    if holds {
+        store.release_all_outbox("relay-b").await.unwrap();
+        not_given_back = store
+            .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .messages;
+    }
     let after_lapse = store
         .claim_outbox(
             "relay-b",
@@ -773,10 +783,19 @@ async fn held_rows_are_the_writers_until_their_hold_lapses(store: Arc<dyn SagaSt
         let ids = |ms: &[OutboxMessage]| ms.iter().map(|m| m.id).collect::<Vec<_>>();
         assert_eq!(ids(&after_lapse), ids(&mine));
         assert_eq!(events(&after_lapse), expected_events);
+        assert!(not_given_back.is_empty(), "{not_given_back:?}");
     } else {
         assert_eq!(events(&before_lapse), expected_events);
         assert!(after_lapse.is_empty());
     }
+    // Whoever claims them now (relay-b) gives them all back at once.
+    store.release_all_outbox("relay-b").await.unwrap();
+    let given_back = store
+        .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .messages;
+    assert_eq!(events(&given_back), expected_events);
 }
 
 async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dyn SagaStore>) {
