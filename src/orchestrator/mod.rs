@@ -204,6 +204,7 @@ impl Orchestrator {
             [config.channels.partner_events.clone()],
         );
         let outbox = Arc::new(outbox_writes::OutboxWrites::default());
+        outbox.set_holds(store.holds_outbox());
         let writer =
             writer::Writer::start(store.clone(), outbox.clone(), config.instance_id.clone());
         Self {
@@ -279,6 +280,10 @@ impl Orchestrator {
                 return Err(e);
             }
         };
+        let wrote_rows = new
+            .iter()
+            .zip(&created)
+            .any(|(draft, outcome)| matches!(outcome, Created::New(_)) && !draft.outbox.is_empty());
         let outboxes = new
             .iter_mut()
             .zip(&created)
@@ -292,6 +297,8 @@ impl Orchestrator {
                 writing.handed();
             }
             None if held.is_held() || held.unmatched() => writing.orphaned(),
+            // Only duplicates: nothing for a relay, no claim either.
+            None if !wrote_rows => writing.handed(),
             None => writing.ended(),
         }
         for (((draft, decision), permit), outcome) in

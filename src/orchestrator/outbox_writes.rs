@@ -15,8 +15,10 @@
 //! request whose client left) cannot hide a commit that went through.
 //! A write abandoned mid-way may or may not have committed: it is counted
 //! as a write all the same, so a later empty claim settles it; one still
-//! under way makes the outbox pending until it ends. (Rows it wrote held
-//! are claimed once their hold lapses.)
+//! under way makes the outbox pending until it ends, and rows it may have
+//! written held are *orphans*: the relay gives back everything it holds
+//! before its next claim. A write not yet taken by the writer wrote
+//! nothing, and one that wrote no rows counts nothing.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,6 +53,9 @@ pub(super) struct OutboxWrites {
     /// (a write abandoned or failed mid-way, rows its relay could not give
     /// back): the relay gives back all it holds before its next claim.
     orphans: std::sync::atomic::AtomicBool,
+    /// Whether the store writes held rows at all: if not, there can be
+    /// no orphans, only counted writes.
+    holds: std::sync::atomic::AtomicBool,
     /// Wakes the relay.
     pub(super) wake: Notify,
 }
@@ -93,8 +98,15 @@ impl OutboxWrites {
     /// Held rows no hand-off will bring may exist: counted, and the relay
     /// told to give back everything it holds.
     pub(super) fn orphaned(&self) {
-        self.orphans.store(true, Ordering::Release);
+        if self.holds.load(Ordering::Acquire) {
+            self.orphans.store(true, Ordering::Release);
+        }
         self.written();
+    }
+
+    /// Says whether the store writes held rows (see [`OutboxWrites::orphaned`]).
+    pub(super) fn set_holds(&self, holds: bool) {
+        self.holds.store(holds, Ordering::Release);
     }
 
     /// Whether [`OutboxWrites::orphaned`] was called since last asked.
@@ -181,6 +193,8 @@ pub(super) struct InFlight {
 /// How a write in flight ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
+    /// Not started: queued for the writer, which has not taken it.
+    Queued,
     /// Its caller went away mid-way: it may have committed held rows.
     Abandoned,
     /// Its rows, if any, are unclaimed: a claim finds them.
@@ -193,6 +207,19 @@ enum Outcome {
 }
 
 impl InFlight {
+    /// A write waiting for the transition writer: ended as nothing if it
+    /// never reaches it.
+    pub(super) fn queued(mut self) -> Self {
+        self.outcome = Outcome::Queued;
+        self
+    }
+
+    /// The writer took the job: from here on, as any write under way.
+    pub(super) fn taken(mut self) -> Self {
+        self.outcome = Outcome::Abandoned;
+        self
+    }
+
     /// The write returned; its rows, if any, are unclaimed, for a claim.
     pub(super) fn ended(mut self) {
         self.outcome = Outcome::Counted;
@@ -218,7 +245,7 @@ impl Drop for InFlight {
         match self.outcome {
             Outcome::Abandoned | Outcome::Orphaned => self.writes.orphaned(),
             Outcome::Counted => self.writes.written(),
-            Outcome::Handed => {}
+            Outcome::Handed | Outcome::Queued => {}
         }
         self.writes.under_way.fetch_sub(1, Ordering::AcqRel);
     }
@@ -279,10 +306,19 @@ mod tests {
         assert!(writes.pending(), "ended: counted, not yet seen through");
         writes.seen_through(writes.mark());
         assert!(!writes.pending());
+        writes.set_holds(true);
         drop(writes.in_flight());
         assert!(writes.pending(), "an abandoned write counts as one");
         assert!(writes.take_orphans(), "and may have left held rows");
         assert!(!writes.take_orphans(), "told once");
+        writes.seen_through(writes.mark());
+        drop(writes.in_flight().queued());
+        assert!(
+            !writes.pending(),
+            "one never taken by the writer wrote nothing"
+        );
+        drop(writes.in_flight().queued().taken());
+        assert!(writes.take_orphans(), "one taken is under way");
         writes.seen_through(writes.mark());
         assert!(!writes.pending(), "and a later empty claim settles it");
     }

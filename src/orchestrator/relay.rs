@@ -106,6 +106,8 @@ struct Passes {
     /// holds to the claim, so that no row overtakes an older one of its
     /// saga waiting there.
     degraded: bool,
+    /// Passes in a row whose claim failed: their pause grows.
+    failures: u32,
     last_claim: Instant,
 }
 
@@ -123,6 +125,7 @@ pub(super) async fn run(orch: Orchestrator) {
     let mut passes = Passes {
         deletes: Deletes::start(&orch),
         degraded: false,
+        failures: 0,
         last_claim: Instant::now(),
     };
     loop {
@@ -147,9 +150,11 @@ pub(super) async fn run(orch: Orchestrator) {
     }
 }
 
-/// Publishes what was handed since the last pass, or gives it all to the
-/// claim (see [`claim_first`]); claims first every [`IDLE_POLL`] (not in
-/// the last pass: what is in hand needs no store to go out).
+/// Publishes what was handed since the last pass, or gives it to the
+/// claim (see [`claim_first`]): when a claim is due at all, every
+/// [`IDLE_POLL`] too (not in the last pass: what is in hand needs no store
+/// to go out), the rows in hand go out through it, in id order with
+/// whatever a claim finds.
 async fn pass(orch: &Orchestrator, passes: &mut Passes, last: bool) {
     let inner = &orch.inner;
     // Taken before looking at the counts: a counted write of a saga whose
@@ -162,31 +167,33 @@ async fn pass(orch: &Orchestrator, passes: &mut Passes, last: bool) {
         handed.extend(messages);
     }
     let orphans = inner.outbox.take_orphans();
-    if orphans || passes.degraded || !fresh(&untils) || inner.outbox.claim_wanted() {
-        passes.degraded = !claim_first(orch, passes, &handed, orphans).await;
+    let claim_due = orphans
+        || passes.degraded
+        || !fresh(&untils)
+        || inner.outbox.claim_wanted()
+        || (!last && passes.last_claim.elapsed() >= IDLE_POLL);
+    if claim_due {
+        let emptied = claim_first(orch, passes, &handed, orphans).await;
+        passes.degraded = !emptied;
+        passes.failures = if emptied { 0 } else { passes.failures + 1 };
+        if !emptied {
+            // The failure counted the rows, which wakes the next pass at
+            // once: not before a pause, or a store that fails fast spins.
+            pause(&inner.relay_stop, loop_backoff(passes.failures)).await;
+        }
         return;
     }
-    if !last && passes.last_claim.elapsed() >= IDLE_POLL {
-        passes.last_claim = Instant::now();
-        if !drain(orch, &passes.deletes).await {
-            // The handed rows wait for the claim, behind what it gave back.
-            hand_to_the_claim(orch, passes);
-            return;
-        }
-    }
-    // A long claim may have used up their hold meanwhile.
-    if handed.is_empty() || !fresh(&untils) {
-        if !handed.is_empty() {
-            hand_to_the_claim(orch, passes);
-        }
+    if handed.is_empty() {
         return;
     }
     handed.sort_by_key(|m| m.id);
     if let Err(stop) = relay(orch, &handed, &passes.deletes).await {
-        // What was not sent is given back by `relay`.
+        // What was not sent `relay` gave back (or, failing that, marked
+        // orphaned): the claim takes it from here, and the next pass too.
         tracing::warn!(error = %stop, "publishing handed outbox rows failed; will retry");
         metrics::counter!(telemetry::LOOP_ERRORS, "component" => "relay").increment(1);
-        hand_to_the_claim(orch, passes);
+        inner.outbox.written();
+        passes.degraded = true;
     }
     // Held until here: pending (for shutdown) while being published.
     drop(in_hand);
@@ -196,16 +203,6 @@ async fn pass(orch: &Orchestrator, passes: &mut Passes, last: bool) {
 fn fresh(untils: &[chrono::DateTime<Utc>]) -> bool {
     let fresh_until = crate::saga::later(Utc::now(), HOLD_MARGIN);
     untils.iter().all(|until| *until >= fresh_until)
-}
-
-/// Leaves this instance's rows to the claim from the next pass on, which
-/// gives back everything it holds (the rows in hand go unpublished, still
-/// held, or were given back by a release that may have failed); counted,
-/// so shutdown still relays them. Called before the rows in hand are
-/// dropped.
-fn hand_to_the_claim(orch: &Orchestrator, passes: &mut Passes) {
-    orch.inner.outbox.orphaned();
-    passes.degraded = true;
 }
 
 /// Gives back the rows in hand (with `all`, every row this instance holds)
@@ -326,7 +323,8 @@ async fn relay(
     metrics::counter!(telemetry::RELAYED).increment(done.sent.len() as u64);
     if outcome.is_ok() {
         // What was sent is claimed (or held) by us, so no claim takes it
-        // again: its delete need not hold up the next pass.
+        // again before its delete, unless it lapses first (a stalled
+        // store): then it is published twice, at least once as always.
         deletes.later(done.sent);
         return outcome;
     }
@@ -341,7 +339,10 @@ async fn relay(
         .release_outbox(&orch.inner.config.instance_id, &rest)
         .await
     {
-        tracing::warn!(error = %e, "could not release outbox claim; it lapses in 30 s");
+        // Until they lapse, newer rows of their sagas could go first: the
+        // next pass gives back everything this instance holds.
+        tracing::warn!(error = %e, "could not release outbox claim; retried by the next pass");
+        orch.inner.outbox.orphaned();
     }
     outcome
 }

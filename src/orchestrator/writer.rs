@@ -71,7 +71,9 @@ impl Writer {
     ) -> Result<Option<TransitionWrite>, StoreError> {
         let (done, result) = oneshot::channel();
         let stopped = || StoreError::Unreachable("the transition writer has stopped".into());
-        let writing = self.outbox.in_flight();
+        // Counts nothing until the writer takes the job: a caller that
+        // goes away before it is queued wrote nothing.
+        let writing = self.outbox.in_flight().queued();
         self.jobs
             .send(Job {
                 write,
@@ -114,7 +116,7 @@ async fn run(to: Target, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
         for job in jobs {
             writes.push(job.write);
             dones.push(job.done);
-            writing.push(job.writing);
+            writing.push(job.writing.taken());
         }
         let results = write(&to, &mut writes, writing).await;
         for ((write, done), result) in writes.into_iter().zip(dones).zip(results) {
@@ -133,6 +135,15 @@ async fn write(
     let hold = relay::hold(&to.instance_id);
     match to.store.commit_batch_held(writes, Some(&hold)).await {
         Ok((applied, held)) => {
+            let wrote_rows = writes
+                .iter()
+                .zip(&applied)
+                .any(|(w, applied)| *applied && !w.outbox.is_empty());
+            if !wrote_rows {
+                // Nothing for a relay: no claim either.
+                writing.into_iter().for_each(InFlight::handed);
+                return applied.into_iter().map(Ok).collect();
+            }
             let outboxes = writes
                 .iter_mut()
                 .zip(&applied)

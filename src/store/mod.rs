@@ -144,7 +144,7 @@ impl Held {
         self.unmatched
     }
 
-    /// Rows were held (`ids` of them, if known) that no hand-off will bring.
+    /// Rows were held whose ids are not known: no hand-off will bring them.
     pub(crate) fn lost() -> Self {
         Self {
             ids: Vec::new(),
@@ -329,6 +329,12 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
     /// [`Created::Duplicate`] with the existing saga's id. Results are in input order.
     async fn create(&self, sagas: &[NewSaga]) -> Result<Vec<Created>, StoreError> {
         Ok(self.create_held(sagas, None).await?.0)
+    }
+
+    /// Whether [`SagaStore::create_held`] and
+    /// [`SagaStore::commit_batch_held`] ever write held rows.
+    fn holds_outbox(&self) -> bool {
+        false
     }
 
     /// As [`SagaStore::create`]; with `hold`, the new sagas' outbox rows

@@ -139,6 +139,10 @@ impl SagaStore for PostgresStore {
             .await?)
     }
 
+    fn holds_outbox(&self) -> bool {
+        true
+    }
+
     async fn create_held(
         &self,
         sagas: &[NewSaga],

@@ -796,6 +796,22 @@ async fn held_rows_are_the_writers_until_their_hold_lapses(store: Arc<dyn SagaSt
         .unwrap()
         .messages;
     assert_eq!(events(&given_back), expected_events);
+
+    // The holder gives back what it holds before the hold lapses.
+    let late = new_saga("h-4", None);
+    let (_, held_late) = store
+        .create_held(std::slice::from_ref(&late), Some(&hold))
+        .await
+        .unwrap();
+    assert_eq!(held_late.is_held(), holds);
+    assert_eq!(store.holds_outbox(), holds);
+    store.release_all_outbox("relay-a").await.unwrap();
+    let released = store
+        .claim_outbox("relay-c", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .messages;
+    assert_eq!(events(&released), events(&late.outbox));
 }
 
 async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dyn SagaStore>) {
