@@ -342,31 +342,46 @@ impl Orchestrator {
                 }
                 continue;
             }
-            let permit = self.try_permit();
-            if let Some(after) = self
+            // A saga driven on after its wait uses the slot it waited in:
+            // at capacity a free one is rare, and without one it would be
+            // left to the sweeper's next pass.
+            let waited_in = match decision.next {
+                saga::NextAction::AwaitReply { .. } => None,
+                _ => self.take_awaiting(saga_id),
+            };
+            let (from_wait, expires) = match waited_in {
+                Some((permit, expires)) => (Some(permit), Some(expires)),
+                None => (None, None),
+            };
+            let reused = from_wait.is_some();
+            let permit = from_wait.or_else(|| self.try_permit());
+            let Some(after) = self
                 .commit(&saga, &decision, permit.is_some(), false)
                 .await?
-            {
-                if let saga::NextAction::AwaitReply { until, .. } = decision.next {
-                    // Still waiting (a heartbeat): its slot, if it has one
-                    // here, is kept until the new deadline.
-                    if !self.extend_awaiting(saga_id, until) {
-                        if let Some(permit) = permit {
-                            self.hold_while_awaiting(saga_id, permit, until);
-                        }
-                    }
-                } else {
-                    self.release_awaiting(saga_id);
-                    if let (Some(permit), saga::NextAction::Call { at, .. }) =
-                        (permit, decision.next)
-                    {
-                        // The lease commit wrote for this call.
-                        let lease_end = self.lease_until(at).until;
-                        self.spawn_driver(after.clone(), decision.next, lease_end, permit);
+            else {
+                if let (Some(permit), true, Some(expires)) = (permit, reused, expires) {
+                    // Moved under us: it waits on, in its slot.
+                    self.hold_until(saga_id, permit, expires);
+                }
+                continue;
+            };
+            if let saga::NextAction::AwaitReply { until, .. } = decision.next {
+                // Still waiting (a heartbeat): its slot, if it has one
+                // here, is kept until the new deadline.
+                if !self.extend_awaiting(saga_id, until) {
+                    if let Some(permit) = permit {
+                        self.hold_while_awaiting(saga_id, permit, until);
                     }
                 }
-                return Ok(after);
+            } else {
+                self.release_awaiting(saga_id);
+                if let (Some(permit), saga::NextAction::Call { at, .. }) = (permit, decision.next) {
+                    // The lease commit wrote for this call.
+                    let lease_end = self.lease_until(at).until;
+                    self.spawn_driver(after.clone(), decision.next, lease_end, permit);
+                }
             }
+            return Ok(after);
         }
         Err(OperateError::Busy(saga_id))
     }
@@ -378,7 +393,25 @@ impl Orchestrator {
         permit: OwnedSemaphorePermit,
         until: DateTime<Utc>,
     ) {
-        let expires = saga::later(until, LEASE_GRACE);
+        self.hold_until(saga_id, permit, saga::later(until, LEASE_GRACE));
+    }
+
+    /// Takes the slot `saga_id` waits in here, with when it expires.
+    fn take_awaiting(&self, saga_id: Uuid) -> Option<(OwnedSemaphorePermit, DateTime<Utc>)> {
+        let mut held = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let taken = held.remove(&saga_id);
+        if taken.is_some() {
+            metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
+        }
+        taken
+    }
+
+    /// Keeps `permit` for `saga_id`'s wait until `expires`.
+    fn hold_until(&self, saga_id: Uuid, permit: OwnedSemaphorePermit, expires: DateTime<Utc>) {
         let mut held = self
             .inner
             .awaiting

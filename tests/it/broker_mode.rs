@@ -444,3 +444,31 @@ async fn complete(app: &TestApp, commands: &[Entry]) {
         answer(app, done).await;
     }
 }
+
+/// A reply that needs a next call (here: a refusal, so compensation) is
+/// driven on at once with the slot its saga held while waiting, even with
+/// every slot taken: not left for the sweeper's next pass.
+#[tokio::test]
+async fn a_reply_at_capacity_is_driven_on_with_the_slot_it_waited_in() {
+    let (alliances, integrations) = mocks().await;
+    let mut config = TestConfig::new(&alliances, &integrations).await;
+    config.over_broker(Duration::from_secs(20));
+    config.settings.limits.max_in_flight = 1;
+    // Far longer than the wait below: only a driver started by the reply
+    // can send the delete in time.
+    config.settings.instance.sweep_interval = Duration::from_secs(60);
+    let app = spawn_app_with(alliances, integrations, config).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-capacity")
+        .await;
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    let refused = reply(&create, MessageStatus::Failed, json!({"error": "no"}));
+    answer(&app, refused).await;
+    let delete = tokio::time::timeout(
+        Duration::from_secs(10),
+        command(&app, &app.channels.integration_commands, &p, 1),
+    )
+    .await
+    .expect("the delete command went out without waiting for the sweeper");
+    assert_eq!(delete["saga_id"], create["saga_id"]);
+}
