@@ -103,6 +103,15 @@ impl From<&Settings> for OrchestratorConfig {
     }
 }
 
+/// The slot a saga waited in for its reply, while an operation on it may
+/// use it (see [`Orchestrator::operate`]).
+#[derive(Default)]
+struct Wait {
+    slot: Option<(OwnedSemaphorePermit, DateTime<Utc>)>,
+    /// Whether the saga, as last read, still waits for a reply.
+    still_waits: bool,
+}
+
 /// A request to start one saga (from the broker or the API).
 #[derive(Debug, Clone)]
 pub struct StartRequest {
@@ -326,6 +335,27 @@ impl Orchestrator {
     /// forced compensation, a participant's reply) to the saga as stored
     /// now, and drives the saga from there.
     pub async fn operate(&self, saga_id: Uuid, input: Input) -> Result<Saga, OperateError> {
+        let mut wait = Wait::default();
+        let outcome = self.operate_in(saga_id, input, &mut wait).await;
+        if let Some((permit, expires)) = wait.slot {
+            // Unused: back to the saga only if it still waits (never over
+            // a newer hold), else free.
+            if wait.still_waits {
+                self.keep_waiting(saga_id, permit, expires);
+            }
+        }
+        outcome
+    }
+
+    /// [`Orchestrator::operate`]'s tries. A saga driven on after its wait
+    /// uses the slot it waited in (`wait`): at capacity a free one is rare,
+    /// and without one it would be left to the sweeper's next pass.
+    async fn operate_in(
+        &self,
+        saga_id: Uuid,
+        input: Input,
+        wait: &mut Wait,
+    ) -> Result<Saga, OperateError> {
         for _ in 0..3 {
             let saga = self
                 .inner
@@ -333,6 +363,7 @@ impl Orchestrator {
                 .get(saga_id)
                 .await?
                 .ok_or(OperateError::NotFound(saga_id))?;
+            wait.still_waits = saga.awaiting_reply;
             let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
             if is_late_news(&decision) {
                 // Recorded beside whoever drives the saga: no second driver,
@@ -342,28 +373,26 @@ impl Orchestrator {
                 }
                 continue;
             }
-            // A saga driven on after its wait uses the slot it waited in:
-            // at capacity a free one is rare, and without one it would be
-            // left to the sweeper's next pass.
-            let waited_in = match decision.next {
-                saga::NextAction::AwaitReply { .. } => None,
-                _ => self.take_awaiting(saga_id),
-            };
-            let (from_wait, expires) = match waited_in {
+            let waits_on = matches!(decision.next, saga::NextAction::AwaitReply { .. });
+            if wait.slot.is_none() && !waits_on {
+                wait.slot = self.take_awaiting(saga_id);
+            }
+            let (permit, expires) = match wait.slot.take() {
                 Some((permit, expires)) => (Some(permit), Some(expires)),
-                None => (None, None),
+                None => (self.try_permit(), None),
             };
-            let reused = from_wait.is_some();
-            let permit = from_wait.or_else(|| self.try_permit());
-            let Some(after) = self
-                .commit(&saga, &decision, permit.is_some(), false)
-                .await?
-            else {
-                if let (Some(permit), true, Some(expires)) = (permit, reused, expires) {
-                    // Moved under us: it waits on, in its slot.
-                    self.hold_until(saga_id, permit, expires);
+            let committed = self.commit(&saga, &decision, permit.is_some(), false).await;
+            let after = match committed {
+                Ok(Some(after)) => after,
+                // Moved under us, or failed: the slot it waited in is kept
+                // for the next try, or given back by `operate`.
+                Ok(None) | Err(_) => {
+                    if let (Some(permit), Some(expires)) = (permit, expires) {
+                        wait.slot = Some((permit, expires));
+                    }
+                    committed?;
+                    continue;
                 }
-                continue;
             };
             if let saga::NextAction::AwaitReply { until, .. } = decision.next {
                 // Still waiting (a heartbeat): its slot, if it has one
@@ -374,6 +403,8 @@ impl Orchestrator {
                     }
                 }
             } else {
+                // (Its own wait's slot was taken above; this frees one a
+                // driver of ours put there meanwhile.)
                 self.release_awaiting(saga_id);
                 if let (Some(permit), saga::NextAction::Call { at, .. }) = (permit, decision.next) {
                     // The lease commit wrote for this call.
@@ -408,6 +439,17 @@ impl Orchestrator {
             metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
         }
         taken
+    }
+
+    /// Gives `saga_id` back the slot it waited in, unless it holds a newer one.
+    fn keep_waiting(&self, saga_id: Uuid, permit: OwnedSemaphorePermit, expires: DateTime<Utc>) {
+        let mut held = self
+            .inner
+            .awaiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        held.entry(saga_id).or_insert((permit, expires));
+        metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
     }
 
     /// Keeps `permit` for `saga_id`'s wait until `expires`.

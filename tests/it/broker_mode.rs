@@ -471,4 +471,22 @@ async fn a_reply_at_capacity_is_driven_on_with_the_slot_it_waited_in() {
     .await
     .expect("the delete command went out without waiting for the sweeper");
     assert_eq!(delete["saga_id"], create["saga_id"]);
+    answer(&app, reply(&delete, MessageStatus::Completed, json!({}))).await;
+    assert_eq!(app.settled(&p).await["state"], "compensated");
+
+    // The slot is free again, once: the next event gets it, and waits in it.
+    let next = partner();
+    app.publish_partner(&next, &format!("evt-{next}"), "corr-capacity")
+        .await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        command(&app, &app.channels.alliance_commands, &next, 1),
+    )
+    .await
+    .expect("the next saga got the freed slot");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "saga_awaiting_replies 1"),
+        "{metrics}"
+    );
 }
