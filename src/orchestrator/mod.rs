@@ -103,6 +103,9 @@ impl From<&Settings> for OrchestratorConfig {
     }
 }
 
+/// The slots of sagas waiting for a reply here, with when each expires.
+type Awaiting = HashMap<Uuid, (OwnedSemaphorePermit, DateTime<Utc>)>;
+
 /// The slot a saga waited in for its reply, while an operation on it may
 /// use it (see [`Orchestrator::operate`]).
 #[derive(Default)]
@@ -180,7 +183,7 @@ struct Inner {
     /// (plus grace): released when the reply is applied or the deadline
     /// handled; dropped by the sweeper once overdue, e.g. when another
     /// instance took the reply.
-    awaiting: std::sync::Mutex<HashMap<Uuid, (OwnedSemaphorePermit, DateTime<Utc>)>>,
+    awaiting: std::sync::Mutex<Awaiting>,
     /// Sagas a driver task of this instance is on now: the sweeper never
     /// starts a second one beside it (its lease can lapse while it waits
     /// on a stalled store, and the lease owner is this instance either way).
@@ -289,10 +292,6 @@ impl Orchestrator {
                 return Err(e);
             }
         };
-        let wrote_rows = new
-            .iter()
-            .zip(&created)
-            .any(|(draft, outcome)| matches!(outcome, Created::New(_)) && !draft.outbox.is_empty());
         let outboxes = new
             .iter_mut()
             .zip(&created)
@@ -300,16 +299,9 @@ impl Orchestrator {
             .map(|(draft, _)| &mut draft.outbox);
         // Handed before any driver runs: a saga's first events reach the
         // relay before the ones its driver writes next.
-        match held.is_held().then(|| held.assign(outboxes)).flatten() {
-            Some(messages) => {
-                self.inner.outbox.hand_off(hold.until, messages);
-                writing.handed();
-            }
-            None if held.is_held() || held.unmatched() => writing.orphaned(),
-            // Only duplicates: nothing for a relay, no claim either.
-            None if !wrote_rows => writing.handed(),
-            None => writing.ended(),
-        }
+        self.inner
+            .outbox
+            .settle([writing], &held, hold.until, outboxes);
         for (((draft, decision), permit), outcome) in
             new.into_iter().zip(decisions).zip(permits).zip(&created)
         {
@@ -429,80 +421,55 @@ impl Orchestrator {
 
     /// Takes the slot `saga_id` waits in here, with when it expires.
     fn take_awaiting(&self, saga_id: Uuid) -> Option<(OwnedSemaphorePermit, DateTime<Utc>)> {
-        let mut held = self
-            .inner
-            .awaiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let taken = held.remove(&saga_id);
-        if taken.is_some() {
-            metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
-        }
-        taken
+        self.change_awaiting(|held| held.remove(&saga_id))
     }
 
     /// Gives `saga_id` back the slot it waited in, unless it holds a newer one.
     fn keep_waiting(&self, saga_id: Uuid, permit: OwnedSemaphorePermit, expires: DateTime<Utc>) {
-        let mut held = self
-            .inner
-            .awaiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        held.entry(saga_id).or_insert((permit, expires));
-        metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
+        self.change_awaiting(|held| {
+            held.entry(saga_id).or_insert((permit, expires));
+        });
     }
 
     /// Keeps `permit` for `saga_id`'s wait until `expires`.
     fn hold_until(&self, saga_id: Uuid, permit: OwnedSemaphorePermit, expires: DateTime<Utc>) {
-        let mut held = self
-            .inner
-            .awaiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        held.insert(saga_id, (permit, expires));
-        metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
+        self.change_awaiting(|held| held.insert(saga_id, (permit, expires)));
     }
 
     /// Moves the end of `saga_id`'s wait; `false` if it holds no slot here.
     fn extend_awaiting(&self, saga_id: Uuid, until: DateTime<Utc>) -> bool {
-        let mut held = self
-            .inner
-            .awaiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match held.get_mut(&saga_id) {
+        self.change_awaiting(|held| match held.get_mut(&saga_id) {
             Some((_, expires)) => {
                 *expires = saga::later(until, LEASE_GRACE);
                 true
             }
             None => false,
-        }
+        })
     }
 
     /// Frees the slot `saga_id` held while waiting, if any.
     fn release_awaiting(&self, saga_id: Uuid) {
-        let mut held = self
-            .inner
-            .awaiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if held.remove(&saga_id).is_some() {
-            metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
-        }
+        drop(self.take_awaiting(saga_id));
     }
 
     /// Frees the slots of waits that should have ended by `now`.
     fn expire_awaiting(&self, now: DateTime<Utc>) {
+        self.change_awaiting(|held| held.retain(|_, (_, expires)| *expires > now));
+    }
+
+    /// Runs `change` on the slots of waiting sagas, the gauge kept in step.
+    fn change_awaiting<R>(&self, change: impl FnOnce(&mut Awaiting) -> R) -> R {
         let mut held = self
             .inner
             .awaiting
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let before = held.len();
-        held.retain(|_, (_, expires)| *expires > now);
+        let out = change(&mut held);
         if held.len() != before {
             metrics::gauge!(telemetry::AWAITING).set(held.len() as f64);
         }
+        out
     }
 
     /// Marks `saga_id` as driven here until the guard is dropped.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::store::OutboxMessage;
+use crate::store::{Held, OutboxMessage};
 
 /// Rows one write handed to the relay: stored, held by this instance
 /// until `until`.
@@ -77,6 +77,38 @@ impl OutboxWrites {
             .unwrap_or_else(|e| e.into_inner())
             .push(Handed { until, messages });
         self.wake.notify_one();
+    }
+
+    /// Ends the guards of a write that returned, by what it wrote
+    /// (`outboxes`: the messages of each applied write or new saga; `held`:
+    /// the ids the store gave their rows): rows held with their ids are
+    /// handed to the relay, held rows without them are orphans, unheld rows
+    /// are counted, and no rows count nothing.
+    pub(super) fn settle<'a>(
+        &self,
+        writing: impl IntoIterator<Item = InFlight>,
+        held: &Held,
+        until: DateTime<Utc>,
+        outboxes: impl IntoIterator<Item = &'a mut Vec<OutboxMessage>>,
+    ) {
+        let mut outboxes: Vec<&mut Vec<OutboxMessage>> = outboxes.into_iter().collect();
+        let outcome = if outboxes.iter().all(|outbox| outbox.is_empty()) {
+            Outcome::Handed
+        } else if let Some(messages) = held
+            .is_held()
+            .then(|| held.assign(outboxes.drain(..)))
+            .flatten()
+        {
+            self.hand_off(until, messages);
+            Outcome::Handed
+        } else if held.is_held() || held.unmatched() {
+            Outcome::Orphaned
+        } else {
+            Outcome::Counted
+        };
+        for write in writing {
+            write.end(outcome);
+        }
     }
 
     /// Everything handed so far, oldest first; pending until the relay is
@@ -220,21 +252,15 @@ impl InFlight {
         self
     }
 
-    /// The write returned; its rows, if any, are unclaimed, for a claim.
-    pub(super) fn ended(mut self) {
-        self.outcome = Outcome::Counted;
-    }
-
-    /// The write returned and its rows, if any, were handed (by
-    /// [`OutboxWrites::hand_off`], before this): no claim is needed.
-    pub(super) fn handed(mut self) {
-        self.outcome = Outcome::Handed;
-    }
-
     /// The write failed, or its held rows could not be handed: see
     /// [`OutboxWrites::orphaned`].
-    pub(super) fn orphaned(mut self) {
-        self.outcome = Outcome::Orphaned;
+    pub(super) fn orphaned(self) {
+        self.end(Outcome::Orphaned);
+    }
+
+    /// The write is over, as `outcome` says (for the relay, as it drops).
+    fn end(mut self, outcome: Outcome) {
+        self.outcome = outcome;
     }
 }
 
@@ -281,7 +307,7 @@ mod tests {
         );
         let message = OutboxMessage::new("c", envelope);
         writes.hand_off(Utc::now(), vec![message]);
-        under_way.handed();
+        under_way.end(Outcome::Handed);
         assert!(writes.pending(), "handed, not yet taken by the relay");
         assert!(!writes.claim_wanted(), "handed rows need no claim");
         let taken = writes.take_handed();
@@ -302,7 +328,7 @@ mod tests {
         let under_way = writes.in_flight();
         writes.seen_through(writes.mark());
         assert!(writes.pending(), "under way: it may commit after the claim");
-        under_way.ended();
+        under_way.end(Outcome::Counted);
         assert!(writes.pending(), "ended: counted, not yet seen through");
         writes.seen_through(writes.mark());
         assert!(!writes.pending());

@@ -101,10 +101,9 @@ impl Deletes {
 /// What the relay remembers between passes.
 struct Passes {
     deletes: Deletes,
-    /// A publish or a claim failed, or handed rows went stale: until a
-    /// claim finds the outbox empty, every pass gives what this instance
-    /// holds to the claim, so that no row overtakes an older one of its
-    /// saga waiting there.
+    /// A publish or a claim failed: until a claim finds the outbox empty,
+    /// every pass sends its rows in hand through the claim, so that none
+    /// overtakes an older row of its saga the failure left there.
     degraded: bool,
     /// Passes in a row whose claim failed: their pause grows.
     failures: u32,

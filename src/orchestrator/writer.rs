@@ -135,31 +135,12 @@ async fn write(
     let hold = relay::hold(&to.instance_id);
     match to.store.commit_batch_held(writes, Some(&hold)).await {
         Ok((applied, held)) => {
-            let wrote_rows = writes
-                .iter()
-                .zip(&applied)
-                .any(|(w, applied)| *applied && !w.outbox.is_empty());
-            if !wrote_rows {
-                // Nothing for a relay: no claim either.
-                writing.into_iter().for_each(InFlight::handed);
-                return applied.into_iter().map(Ok).collect();
-            }
             let outboxes = writes
                 .iter_mut()
                 .zip(&applied)
                 .filter(|(_, applied)| **applied)
                 .map(|(w, _)| &mut w.outbox);
-            match held.is_held().then(|| held.assign(outboxes)).flatten() {
-                Some(messages) => {
-                    to.outbox.hand_off(hold.until, messages);
-                    writing.into_iter().for_each(InFlight::handed);
-                }
-                None if held.is_held() || held.unmatched() => {
-                    writing.into_iter().for_each(InFlight::orphaned);
-                }
-                // Unheld (a store that cannot hold, or no rows): counted.
-                None => writing.into_iter().for_each(InFlight::ended),
-            }
+            to.outbox.settle(writing, &held, hold.until, outboxes);
             applied.into_iter().map(Ok).collect()
         }
         // One write's data can fail the whole transaction: write them
