@@ -32,6 +32,8 @@ WORKDIR /build
 # added to the workspace needs its manifest and stubs added here too).
 # xtask (the repository's tooling) is never built here: its stub stays.
 COPY Cargo.toml Cargo.lock ./
+# Vendored crates (vendor/README.md) are dependencies: the layer builds them.
+COPY vendor vendor
 COPY tools/pulsar-lite-proxy/Cargo.toml tools/pulsar-lite-proxy/Cargo.toml
 COPY xtask/Cargo.toml xtask/Cargo.toml
 RUN for member in . tools/pulsar-lite-proxy xtask; do \

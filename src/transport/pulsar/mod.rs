@@ -840,3 +840,55 @@ mod tests {
         assert_eq!(m.payload, b"{}");
     }
 }
+
+/// The `pulsar` crate opens its broker connections itself, and 6.9.1 left
+/// Nagle's algorithm on: an ack (which has no answer) followed by a send on
+/// the same connection then held the send until the broker's delayed ACK,
+/// 40 ms on Linux, at nearly every hop. The vendored copy (`vendor/pulsar`)
+/// sets `TCP_NODELAY`; this checks it on the socket the client really opens.
+#[cfg(all(test, target_os = "linux"))]
+mod nagle_tests {
+    use std::net::SocketAddr;
+    use std::os::fd::BorrowedFd;
+
+    use pulsar::{Pulsar, TokioExecutor};
+
+    /// This process's TCP socket bound to `local`, if any: its `TCP_NODELAY`.
+    fn nodelay_of_socket_at(local: SocketAddr) -> Option<bool> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // SAFETY: only read here, and only while the test holds the
+            // connection open; an fd closed meanwhile fails the getsockname.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
+            if bound == Some(local) {
+                return socket.tcp_nodelay().ok();
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn the_clients_broker_connection_does_not_wait_for_nagle() {
+        // A broker that accepts and never answers: the client's handshake
+        // waits, with its socket open.
+        let broker = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("pulsar://{}", broker.local_addr().expect("addr"));
+        let client = tokio::spawn(async move { Pulsar::builder(url, TokioExecutor).build().await });
+        let (mut accepted, client_end) = broker.accept().await.expect("the client connects");
+        // Its first frame (CONNECT) is written once the socket is set up.
+        let mut first = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut first)
+            .await
+            .expect("the client's CONNECT");
+
+        let nodelay = nodelay_of_socket_at(client_end);
+        client.abort();
+        assert_eq!(nodelay, Some(true), "TCP_NODELAY of the client's socket");
+    }
+}
