@@ -13,6 +13,32 @@ mod pulsar;
 mod redis_streams;
 pub mod tap;
 
+/// Reads socket options off this process's own sockets: the broker
+/// clients open theirs out of our reach, and their tests check them.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) mod socket_probe {
+    use std::net::SocketAddr;
+    use std::os::fd::BorrowedFd;
+
+    /// This process's TCP socket bound to `local`, if any: its `TCP_NODELAY`.
+    pub(crate) fn nodelay_of_socket_at(local: SocketAddr) -> Option<bool> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // SAFETY: only read here, and only while the test holds the
+            // connection open; an fd closed meanwhile fails the getsockname.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
+            if bound == Some(local) {
+                return socket.tcp_nodelay().ok();
+            }
+        }
+        None
+    }
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -848,28 +848,9 @@ mod tests {
 /// sets `TCP_NODELAY`; this checks it on the socket the client really opens.
 #[cfg(all(test, target_os = "linux"))]
 mod nagle_tests {
-    use std::net::SocketAddr;
-    use std::os::fd::BorrowedFd;
-
     use pulsar::{Pulsar, TokioExecutor};
 
-    /// This process's TCP socket bound to `local`, if any: its `TCP_NODELAY`.
-    fn nodelay_of_socket_at(local: SocketAddr) -> Option<bool> {
-        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            // SAFETY: only read here, and only while the test holds the
-            // connection open; an fd closed meanwhile fails the getsockname.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let socket = socket2::SockRef::from(&fd);
-            let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
-            if bound == Some(local) {
-                return socket.tcp_nodelay().ok();
-            }
-        }
-        None
-    }
+    use crate::transport::socket_probe::nodelay_of_socket_at;
 
     #[tokio::test]
     async fn the_clients_broker_connection_does_not_wait_for_nagle() {

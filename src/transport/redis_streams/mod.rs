@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
 
 use super::{
     is_dead_letter_channel, Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport,
@@ -60,7 +60,7 @@ impl RedisTransport {
         consumer: &str,
         claim_idle: Duration,
     ) -> Result<Self, TransportError> {
-        let client = Client::open(url)?;
+        let client = client(url)?;
         let conn = ConnectionManager::new(client.clone()).await?;
         Ok(Self {
             client,
@@ -484,6 +484,16 @@ pub(crate) fn stream_entries(value: Value) -> Vec<StreamEntry> {
         .collect()
 }
 
+/// A client for `url` whose connections turn Nagle off: the crate leaves
+/// it on, and a command written while an earlier one on the same
+/// connection is unanswered would wait for the server's delayed ACK.
+pub(crate) fn client(url: &str) -> redis::RedisResult<Client> {
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    Client::open(info)
+}
+
 /// A reply value as text (bulk or simple string).
 pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
@@ -513,4 +523,35 @@ pub(crate) fn pairs(flat: Vec<Value>) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod nagle_tests {
+    use crate::transport::socket_probe::nodelay_of_socket_at;
+
+    /// Commands are small and pipelined from many tasks on one connection:
+    /// with Nagle on, one written while an earlier one is unanswered (a
+    /// blocking read, a slow command) waits for the server's delayed ACK.
+    #[tokio::test]
+    async fn the_clients_connections_do_not_wait_for_nagle() {
+        // A server that accepts and never answers: the client's handshake
+        // waits, with its socket open.
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("redis://{}", server.local_addr().expect("addr"));
+        let client = super::client(&url).expect("a valid url");
+        let connecting =
+            tokio::spawn(async move { client.get_multiplexed_async_connection().await });
+        let (mut accepted, client_end) = server.accept().await.expect("the client connects");
+        // Its first command is written once the socket is set up.
+        let mut first = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut first)
+            .await
+            .expect("the client's first command");
+
+        let nodelay = nodelay_of_socket_at(client_end);
+        connecting.abort();
+        assert_eq!(nodelay, Some(true), "TCP_NODELAY of the client's socket");
+    }
 }

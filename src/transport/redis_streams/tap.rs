@@ -7,7 +7,7 @@ use chrono::Utc;
 use redis::aio::MultiplexedConnection;
 use redis::{Client, Value};
 
-use super::{blocking_connection, stream_entries, stream_replies};
+use super::{blocking_connection, client, stream_entries, stream_replies};
 use crate::transport::tap::{StartAt, TapError, Tapped};
 use crate::transport::RawMessage;
 
@@ -29,7 +29,7 @@ impl RedisTap {
     /// Connects and fixes each stream's start: `0-0`, or its last entry now.
     pub async fn open(url: &str, channels: &[String], start: StartAt) -> Result<Self, TapError> {
         let mut tap = Self {
-            client: Client::open(url)?,
+            client: client(url)?,
             conn: None,
             cursors: Vec::with_capacity(channels.len()),
         };
