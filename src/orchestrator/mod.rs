@@ -327,8 +327,21 @@ impl Orchestrator {
     /// forced compensation, a participant's reply) to the saga as stored
     /// now, and drives the saga from there.
     pub async fn operate(&self, saga_id: Uuid, input: Input) -> Result<Saga, OperateError> {
+        self.operate_from(saga_id, input, None).await
+    }
+
+    /// [`Orchestrator::operate`], deciding first on `known`, the saga as
+    /// the caller read it (one read for a batch of replies): a commit
+    /// fenced by a newer version, or an input refused by that state, is
+    /// decided again on the saga as stored.
+    pub(crate) async fn operate_from(
+        &self,
+        saga_id: Uuid,
+        input: Input,
+        known: Option<Saga>,
+    ) -> Result<Saga, OperateError> {
         let mut wait = Wait::default();
-        let outcome = self.operate_in(saga_id, input, &mut wait).await;
+        let outcome = self.operate_in(saga_id, input, known, &mut wait).await;
         if let Some((permit, expires)) = wait.slot {
             // Unused: back to the saga only if it still waits (never over
             // a newer hold), else free.
@@ -339,6 +352,15 @@ impl Orchestrator {
         outcome
     }
 
+    /// The saga as stored now.
+    async fn read(&self, saga_id: Uuid) -> Result<Saga, OperateError> {
+        self.inner
+            .store
+            .get(saga_id)
+            .await?
+            .ok_or(OperateError::NotFound(saga_id))
+    }
+
     /// [`Orchestrator::operate`]'s tries. A saga driven on after its wait
     /// uses the slot it waited in (`wait`): at capacity a free one is rare,
     /// and without one it would be left to the sweeper's next pass.
@@ -346,17 +368,23 @@ impl Orchestrator {
         &self,
         saga_id: Uuid,
         input: Input,
+        mut known: Option<Saga>,
         wait: &mut Wait,
     ) -> Result<Saga, OperateError> {
-        for _ in 0..3 {
-            let saga = self
-                .inner
-                .store
-                .get(saga_id)
-                .await?
-                .ok_or(OperateError::NotFound(saga_id))?;
+        // Three tries on the saga as stored, whatever the caller's copy.
+        let tries = 3 + usize::from(known.is_some());
+        for _ in 0..tries {
+            let (saga, read_now) = match known.take() {
+                Some(saga) => (saga, false),
+                None => (self.read(saga_id).await?, true),
+            };
             wait.still_waits = saga.awaiting_reply;
-            let decision = saga::decide(&saga, &input, &self.inner.config.retry, Utc::now())?;
+            let decision = match saga::decide(&saga, &input, &self.inner.config.retry, Utc::now()) {
+                Ok(decision) => decision,
+                // The caller's copy may be older than the store.
+                Err(_) if !read_now => continue,
+                Err(e) => return Err(e.into()),
+            };
             if is_late_news(&decision) {
                 // Recorded beside whoever drives the saga: no second driver,
                 // and their lease and slot stay as they are.
@@ -742,6 +770,98 @@ fn loop_backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::participants::CallOutcome;
+    use crate::saga::Step;
+    use crate::store::NewSaga;
+    use crate::store::SqliteStore;
+    use crate::transport::MemoryTransport;
+
+    /// Participants that must not be called.
+    struct Uncalled;
+
+    #[async_trait::async_trait]
+    impl Participants for Uncalled {
+        async fn call(&self, _: &Saga, step: Step) -> CallOutcome {
+            panic!("no participant call expected, got {step:?}");
+        }
+    }
+
+    fn failed_saga() -> Saga {
+        let now = Utc::now();
+        Saga {
+            saga_id: Uuid::now_v7(),
+            event_id: "e-stale-copy".into(),
+            correlation_id: "c-1".into(),
+            partner_id: "p-1".into(),
+            state: SagaState::Failed,
+            step: Step::DeletePartner,
+            attempts: 3,
+            alliance_id: None,
+            last_error: Some("delete refused".into()),
+            payload: serde_json::Map::new(),
+            created_at: now,
+            updated_at: now,
+            deadline_at: now + chrono::Duration::seconds(300),
+            next_attempt_at: None,
+            traceparent: None,
+            awaiting_reply: false,
+            version: 4,
+        }
+    }
+
+    /// A caller's copy older than the store (here: still compensating,
+    /// where an operator's retry is refused) must not refuse an input the
+    /// saga as stored (failed) accepts.
+    #[tokio::test]
+    async fn an_input_refused_by_an_older_copy_is_decided_on_the_saga_as_stored() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let stored = failed_saga();
+        let created = store
+            .create(&[NewSaga {
+                saga: stored.clone(),
+                history: Vec::new(),
+                outbox: Vec::new(),
+                lease: None,
+            }])
+            .await
+            .expect("create");
+        assert_eq!(created, [Created::New(stored.saga_id)]);
+        let older = Saga {
+            state: SagaState::Compensating,
+            version: stored.version - 1,
+            ..stored.clone()
+        };
+        let retry = || Input::RetryFailed {
+            reason: "operator".into(),
+        };
+        let config = OrchestratorConfig::from(&Settings::default());
+        assert!(
+            saga::decide(&older, &retry(), &config.retry, Utc::now()).is_err(),
+            "the older copy refuses the retry"
+        );
+
+        let orch = Orchestrator::new(
+            Arc::new(store),
+            Arc::new(MemoryTransport::new()),
+            Arc::new(Uncalled),
+            config,
+            CancellationToken::new(),
+        );
+        // No slot free: the retry is committed and left to the sweeper, so
+        // no driver calls a participant here.
+        let _all = orch
+            .inner
+            .permits
+            .clone()
+            .try_acquire_many_owned(orch.inner.config.max_in_flight as u32);
+        let after = orch
+            .operate_from(stored.saga_id, retry(), Some(older))
+            .await
+            .expect("decided on the stored saga");
+        assert_eq!(after.version, stored.version + 1);
+        assert_eq!(after.state, SagaState::Compensating);
+    }
 
     #[test]
     fn upkeep_covers_saga_replies_only_where_they_are_consumed() {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::consumer::{dead_letter, ignore, read_loop, settle, Gate};
 use super::{OperateError, Orchestrator};
 use crate::envelope::{EventType, MessageStatus};
-use crate::saga::{self, Input, Reply, ReplyStatus, SagaState, Step};
+use crate::saga::{self, Input, Reply, ReplyStatus, Saga, SagaState, Step};
 use crate::telemetry;
 use crate::transport::Delivery;
 
@@ -122,15 +122,38 @@ async fn handle(orch: &Orchestrator, deliveries: Vec<Delivery>) {
             Verdict::DeadLetter(reason) => dead_letter(orch, delivery, &reason).await,
         }
     }
-    futures::future::join_all(
-        queues
-            .into_iter()
-            .map(|(saga_id, replies)| apply_in_order(orch, saga_id, replies)),
-    )
+    let mut known = read_all(orch, &queues).await;
+    futures::future::join_all(queues.into_iter().map(|(saga_id, replies)| {
+        let saga = known.remove(&saga_id);
+        apply_in_order(orch, saga_id, replies, saga)
+    }))
     .await;
 }
 
-async fn apply_in_order(orch: &Orchestrator, saga_id: Uuid, replies: Vec<(Delivery, Reply)>) {
+/// The batch's sagas in one read. If it fails each reply reads its own.
+async fn read_all(
+    orch: &Orchestrator,
+    queues: &[(Uuid, Vec<(Delivery, Reply)>)],
+) -> HashMap<Uuid, Saga> {
+    let ids: Vec<Uuid> = queues.iter().map(|(saga_id, _)| *saga_id).collect();
+    match orch.inner.store.get_many(&ids).await {
+        Ok(sagas) => sagas.into_iter().map(|s| (s.saga_id, s)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading a batch of replies' sagas failed; each is read alone");
+            HashMap::new()
+        }
+    }
+}
+
+/// Applies one saga's replies in arrival order, the first decided on
+/// `known` (the saga as [`read_all`] found it) and each next one on what
+/// the previous one left.
+async fn apply_in_order(
+    orch: &Orchestrator,
+    saga_id: Uuid,
+    replies: Vec<(Delivery, Reply)>,
+    mut known: Option<Saga>,
+) {
     let mut replies = replies.into_iter();
     while let Some((delivery, reply)) = replies.next() {
         let labels = [
@@ -141,8 +164,11 @@ async fn apply_in_order(orch: &Orchestrator, saga_id: Uuid, replies: Vec<(Delive
             && matches!(reply.status, ReplyStatus::Completed { .. });
         let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
         let outcome = orch
-            .operate(saga_id, Input::Replied { reply, reply_by })
+            .operate_from(saga_id, Input::Replied { reply, reply_by }, known.take())
             .await;
+        if let Ok(saga) = &outcome {
+            known = Some(saga.clone());
+        }
         let applied = match outcome {
             Ok(saga) if alliance_done && saga.state != SagaState::Completed => {
                 tracing::warn!(%saga_id, state = %saga.state, alliance_id = ?saga.alliance_id,

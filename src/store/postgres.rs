@@ -223,6 +223,15 @@ impl SagaStore for PostgresStore {
         row.as_ref().map(saga_from_row).transpose()
     }
 
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Saga>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE saga_id = ANY($1)");
+        let rows = sqlx::query(&sql).bind(ids).fetch_all(&self.pool).await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, from_state, to_state, reason, detail, at, instance_id, events FROM saga_history \

@@ -87,6 +87,7 @@ on_both!(
     one_saga_per_partner_until_it_is_compensated,
     a_driver_write_is_fenced_by_another_owners_lease,
     a_stale_transition_writes_nothing,
+    many_sagas_are_read_at_once_and_unknown_ids_are_left_out,
     a_batch_of_transitions_commits_each_and_refuses_the_stale,
     one_saga_twice_in_a_batch_applies_once_and_messages_keep_batch_order,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
@@ -404,6 +405,42 @@ async fn a_stale_transition_writes_nothing(store: Arc<dyn SagaStore>) {
         1,
         "the stale write's message was not enqueued"
     );
+}
+
+async fn many_sagas_are_read_at_once_and_unknown_ids_are_left_out(store: Arc<dyn SagaStore>) {
+    let a = new_saga("e-many-a", None);
+    let b = new_saga("e-many-b", None);
+    store.create(&[a.clone(), b.clone()]).await.unwrap();
+    let moved = transition(
+        &b.saga,
+        Input::StepSucceeded {
+            step: Step::CreateAlliance,
+            alliance_id: Some("a".into()),
+            detail: None,
+        },
+        None,
+    );
+    assert!(store.commit(&moved).await.unwrap());
+
+    let unknown = uuid::Uuid::now_v7();
+    let ids = [b.saga.saga_id, unknown, a.saga.saga_id, b.saga.saga_id];
+    let mut read = store.get_many(&ids).await.unwrap();
+    read.sort_by_key(|s| s.saga_id);
+    let mut expected = vec![
+        store.get(a.saga.saga_id).await.unwrap().unwrap(),
+        store.get(b.saga.saga_id).await.unwrap().unwrap(),
+    ];
+    expected.sort_by_key(|s| s.saga_id);
+    // Each once, as stored now (b after its transition), payload included.
+    assert_eq!(read, expected);
+    assert_eq!(
+        read.iter()
+            .find(|s| s.saga_id == b.saga.saga_id)
+            .map(|s| s.state),
+        Some(SagaState::Completed)
+    );
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+    assert!(store.get_many(&[unknown]).await.unwrap().is_empty());
 }
 
 async fn claim_due_takes_only_due_sagas_with_lapsed_leases(store: Arc<dyn SagaStore>) {
