@@ -20,8 +20,10 @@ pub(crate) mod socket_probe {
     use std::net::SocketAddr;
     use std::os::fd::BorrowedFd;
 
-    /// This process's TCP socket bound to `local`, if any: its `TCP_NODELAY`.
-    pub(crate) fn nodelay_of_socket_at(local: SocketAddr) -> Option<bool> {
+    /// This process's TCP socket from `local` to `peer`, if any: its
+    /// `TCP_NODELAY`. (The peer too: an ephemeral port may be bound by
+    /// several sockets to different peers.)
+    pub(crate) fn nodelay_of_socket(local: SocketAddr, peer: SocketAddr) -> Option<bool> {
         for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
@@ -31,7 +33,8 @@ pub(crate) mod socket_probe {
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             let socket = socket2::SockRef::from(&fd);
             let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
-            if bound == Some(local) {
+            let connected = socket.peer_addr().ok().and_then(|a| a.as_socket());
+            if bound == Some(local) && connected == Some(peer) {
                 return socket.tcp_nodelay().ok();
             }
         }

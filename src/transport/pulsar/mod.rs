@@ -850,7 +850,7 @@ mod tests {
 mod nagle_tests {
     use pulsar::{Pulsar, TokioExecutor};
 
-    use crate::transport::socket_probe::nodelay_of_socket_at;
+    use crate::transport::socket_probe::nodelay_of_socket;
 
     #[tokio::test]
     async fn the_clients_broker_connection_does_not_wait_for_nagle() {
@@ -859,7 +859,8 @@ mod nagle_tests {
         let broker = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("pulsar://{}", broker.local_addr().expect("addr"));
+        let broker_addr = broker.local_addr().expect("addr");
+        let url = format!("pulsar://{broker_addr}");
         let client = tokio::spawn(async move { Pulsar::builder(url, TokioExecutor).build().await });
         let (mut accepted, client_end) = broker.accept().await.expect("the client connects");
         // Its first frame (CONNECT) is written once the socket is set up.
@@ -868,7 +869,7 @@ mod nagle_tests {
             .await
             .expect("the client's CONNECT");
 
-        let nodelay = nodelay_of_socket_at(client_end);
+        let nodelay = nodelay_of_socket(client_end, broker_addr);
         client.abort();
         assert_eq!(nodelay, Some(true), "TCP_NODELAY of the client's socket");
     }

@@ -527,7 +527,7 @@ pub(crate) fn pairs(flat: Vec<Value>) -> Vec<(String, Vec<u8>)> {
 
 #[cfg(all(test, target_os = "linux"))]
 mod nagle_tests {
-    use crate::transport::socket_probe::nodelay_of_socket_at;
+    use crate::transport::socket_probe::nodelay_of_socket;
 
     /// Commands are small and pipelined from many tasks on one connection:
     /// with Nagle on, one written while an earlier one is unanswered (a
@@ -539,10 +539,17 @@ mod nagle_tests {
         let server = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("redis://{}", server.local_addr().expect("addr"));
-        let client = super::client(&url).expect("a valid url");
-        let connecting =
-            tokio::spawn(async move { client.get_multiplexed_async_connection().await });
+        let server_addr = server.local_addr().expect("addr");
+        let client = super::client(&format!("redis://{server_addr}")).expect("a valid url");
+        // No timeouts: a slow test machine must not close the socket first.
+        let patient = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
+        let connecting = tokio::spawn(async move {
+            client
+                .get_multiplexed_async_connection_with_config(&patient)
+                .await
+        });
         let (mut accepted, client_end) = server.accept().await.expect("the client connects");
         // Its first command is written once the socket is set up.
         let mut first = [0u8; 1];
@@ -550,7 +557,7 @@ mod nagle_tests {
             .await
             .expect("the client's first command");
 
-        let nodelay = nodelay_of_socket_at(client_end);
+        let nodelay = nodelay_of_socket(client_end, server_addr);
         connecting.abort();
         assert_eq!(nodelay, Some(true), "TCP_NODELAY of the client's socket");
     }
