@@ -809,14 +809,17 @@ mod tests {
         }
     }
 
-    /// A caller's copy older than the store (here: still compensating,
-    /// where an operator's retry is refused) must not refuse an input the
-    /// saga as stored (failed) accepts.
-    #[tokio::test]
-    async fn an_input_refused_by_an_older_copy_is_decided_on_the_saga_as_stored() {
+    fn retry() -> Input {
+        Input::RetryFailed {
+            reason: "operator".into(),
+        }
+    }
+
+    /// An operator's retry of the failed saga `stored`, decided first on
+    /// the caller's copy `older`: the saga as it is after.
+    async fn retried_from(stored: &Saga, older: Saga) -> Result<Saga, OperateError> {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
         store.migrate().await.expect("migrate");
-        let stored = failed_saga();
         let created = store
             .create(&[NewSaga {
                 saga: stored.clone(),
@@ -827,39 +830,66 @@ mod tests {
             .await
             .expect("create");
         assert_eq!(created, [Created::New(stored.saga_id)]);
+        let orch = Orchestrator::new(
+            Arc::new(store),
+            Arc::new(MemoryTransport::new()),
+            Arc::new(Uncalled),
+            OrchestratorConfig::from(&Settings::default()),
+            CancellationToken::new(),
+        );
+        // No slot free: the retry is committed and left to the sweeper, so
+        // no driver calls a participant here.
+        let slots = u32::try_from(orch.inner.config.max_in_flight).expect("slots");
+        let _every_slot = orch
+            .inner
+            .permits
+            .clone()
+            .try_acquire_many_owned(slots)
+            .expect("every slot taken");
+        orch.operate_from(stored.saga_id, retry(), Some(older))
+            .await
+    }
+
+    /// A caller's copy older than the store (here: still compensating,
+    /// where an operator's retry is refused) must not refuse an input the
+    /// saga as stored (failed) accepts.
+    #[tokio::test]
+    async fn an_input_refused_by_an_older_copy_is_decided_on_the_saga_as_stored() {
+        let stored = failed_saga();
         let older = Saga {
             state: SagaState::Compensating,
             version: stored.version - 1,
             ..stored.clone()
-        };
-        let retry = || Input::RetryFailed {
-            reason: "operator".into(),
         };
         let config = OrchestratorConfig::from(&Settings::default());
         assert!(
             saga::decide(&older, &retry(), &config.retry, Utc::now()).is_err(),
             "the older copy refuses the retry"
         );
-
-        let orch = Orchestrator::new(
-            Arc::new(store),
-            Arc::new(MemoryTransport::new()),
-            Arc::new(Uncalled),
-            config,
-            CancellationToken::new(),
-        );
-        // No slot free: the retry is committed and left to the sweeper, so
-        // no driver calls a participant here.
-        let _all = orch
-            .inner
-            .permits
-            .clone()
-            .try_acquire_many_owned(orch.inner.config.max_in_flight as u32);
-        let after = orch
-            .operate_from(stored.saga_id, retry(), Some(older))
+        let after = retried_from(&stored, older)
             .await
             .expect("decided on the stored saga");
         assert_eq!(after.version, stored.version + 1);
+        assert_eq!(after.state, SagaState::Compensating);
+    }
+
+    /// A copy that accepts the input but is a version behind: its commit
+    /// is fenced, and the input is decided again on the saga as stored.
+    #[tokio::test]
+    async fn a_commit_fenced_by_a_newer_version_is_decided_again_on_the_saga_as_stored() {
+        let stored = failed_saga();
+        let older = Saga {
+            version: stored.version - 1,
+            ..stored.clone()
+        };
+        let after = retried_from(&stored, older)
+            .await
+            .expect("decided on the stored saga");
+        assert_eq!(
+            after.version,
+            stored.version + 1,
+            "applied once, on the stored version"
+        );
         assert_eq!(after.state, SagaState::Compensating);
     }
 

@@ -139,7 +139,8 @@ async fn read_all(
     match orch.inner.store.get_many(&ids).await {
         Ok(sagas) => sagas.into_iter().map(|s| (s.saga_id, s)).collect(),
         Err(e) => {
-            tracing::debug!(error = %e, "reading a batch of replies' sagas failed; each is read alone");
+            tracing::warn!(error = %e, "reading a batch of replies' sagas failed; each is read alone");
+            metrics::counter!(telemetry::LOOP_ERRORS, "component" => "replies").increment(1);
             HashMap::new()
         }
     }

@@ -377,17 +377,9 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
     /// One saga.
     async fn get(&self, saga_id: Uuid) -> Result<Option<Saga>, StoreError>;
 
-    /// The sagas of `ids` that exist, each once, in no particular order:
-    /// what a batch of replies needs, in one round trip where the store
-    /// allows it (here, one `get` each).
-    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Saga>, StoreError> {
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        let mut sagas = Vec::with_capacity(ids.len());
-        for id in ids.iter().filter(|id| seen.insert(**id)) {
-            sagas.extend(self.get(*id).await?);
-        }
-        Ok(sagas)
-    }
+    /// The sagas of `ids` that exist, each once, in no particular order,
+    /// in one statement: what a batch of replies needs.
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Saga>, StoreError>;
 
     /// A saga's transitions, oldest first.
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError>;

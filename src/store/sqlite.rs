@@ -177,6 +177,22 @@ impl SagaStore for SqliteStore {
         row.as_ref().map(saga_from_row).transpose()
     }
 
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Saga>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {SAGA_COLUMNS} FROM sagas WHERE saga_id IN ("
+        ));
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id.to_string());
+        }
+        qb.push(")");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
     async fn history(&self, saga_id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, from_state, to_state, reason, detail, at, instance_id, events FROM saga_history WHERE saga_id = ? ORDER BY seq",
