@@ -20,10 +20,40 @@ pub(crate) mod socket_probe {
     use std::net::SocketAddr;
     use std::os::fd::BorrowedFd;
 
+    /// A loopback server that accepts and never answers: a client's
+    /// handshake waits, with its socket open to be looked at.
+    pub(crate) struct SilentServer {
+        listener: tokio::net::TcpListener,
+    }
+
+    impl SilentServer {
+        pub(crate) async fn bind() -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            Self { listener }
+        }
+
+        pub(crate) fn addr(&self) -> SocketAddr {
+            self.listener.local_addr().expect("addr")
+        }
+
+        /// The `TCP_NODELAY` of the next client's socket, read once the
+        /// client has written its first byte (its socket is set up by then).
+        pub(crate) async fn nodelay_of_next_client(&self) -> Option<bool> {
+            let (mut accepted, client_end) = self.listener.accept().await.expect("a client");
+            let mut first = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut first)
+                .await
+                .expect("the client's first byte");
+            nodelay_of_socket(client_end, self.addr())
+        }
+    }
+
     /// This process's TCP socket from `local` to `peer`, if any: its
     /// `TCP_NODELAY`. (The peer too: an ephemeral port may be bound by
     /// several sockets to different peers.)
-    pub(crate) fn nodelay_of_socket(local: SocketAddr, peer: SocketAddr) -> Option<bool> {
+    fn nodelay_of_socket(local: SocketAddr, peer: SocketAddr) -> Option<bool> {
         for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;

@@ -850,26 +850,14 @@ mod tests {
 mod nagle_tests {
     use pulsar::{Pulsar, TokioExecutor};
 
-    use crate::transport::socket_probe::nodelay_of_socket;
+    use crate::transport::socket_probe::SilentServer;
 
     #[tokio::test]
     async fn the_clients_broker_connection_does_not_wait_for_nagle() {
-        // A broker that accepts and never answers: the client's handshake
-        // waits, with its socket open.
-        let broker = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let broker_addr = broker.local_addr().expect("addr");
-        let url = format!("pulsar://{broker_addr}");
+        let broker = SilentServer::bind().await;
+        let url = format!("pulsar://{}", broker.addr());
         let client = tokio::spawn(async move { Pulsar::builder(url, TokioExecutor).build().await });
-        let (mut accepted, client_end) = broker.accept().await.expect("the client connects");
-        // Its first frame (CONNECT) is written once the socket is set up.
-        let mut first = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut first)
-            .await
-            .expect("the client's CONNECT");
-
-        let nodelay = nodelay_of_socket(client_end, broker_addr);
+        let nodelay = broker.nodelay_of_next_client().await;
         client.abort();
         assert_eq!(nodelay, Some(true), "TCP_NODELAY of the client's socket");
     }

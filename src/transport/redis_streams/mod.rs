@@ -527,20 +527,15 @@ pub(crate) fn pairs(flat: Vec<Value>) -> Vec<(String, Vec<u8>)> {
 
 #[cfg(all(test, target_os = "linux"))]
 mod nagle_tests {
-    use crate::transport::socket_probe::nodelay_of_socket;
+    use crate::transport::socket_probe::SilentServer;
 
     /// Commands are small and pipelined from many tasks on one connection:
     /// with Nagle on, one written while an earlier one is unanswered (a
     /// blocking read, a slow command) waits for the server's delayed ACK.
     #[tokio::test]
     async fn the_clients_connections_do_not_wait_for_nagle() {
-        // A server that accepts and never answers: the client's handshake
-        // waits, with its socket open.
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let server_addr = server.local_addr().expect("addr");
-        let client = super::client(&format!("redis://{server_addr}")).expect("a valid url");
+        let server = SilentServer::bind().await;
+        let client = super::client(&format!("redis://{}", server.addr())).expect("a valid url");
         // No timeouts: a slow test machine must not close the socket first.
         let patient = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(None)
@@ -550,14 +545,7 @@ mod nagle_tests {
                 .get_multiplexed_async_connection_with_config(&patient)
                 .await
         });
-        let (mut accepted, client_end) = server.accept().await.expect("the client connects");
-        // Its first command is written once the socket is set up.
-        let mut first = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut accepted, &mut first)
-            .await
-            .expect("the client's first command");
-
-        let nodelay = nodelay_of_socket(client_end, server_addr);
+        let nodelay = server.nodelay_of_next_client().await;
         connecting.abort();
         assert_eq!(nodelay, Some(true), "TCP_NODELAY of the client's socket");
     }
