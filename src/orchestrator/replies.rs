@@ -167,10 +167,7 @@ async fn apply_in_order(
         let outcome = orch
             .operate_from(saga_id, Input::Replied { reply, reply_by }, known.take())
             .await;
-        if let Ok(saga) = &outcome {
-            known = Some(saga.clone());
-        }
-        let applied = match outcome {
+        let applied = match &outcome {
             Ok(saga) if alliance_done && saga.state != SagaState::Completed => {
                 tracing::warn!(%saga_id, state = %saga.state, alliance_id = ?saga.alliance_id,
                     "alliance created after compensation began; recorded on the saga for a person to undo");
@@ -201,6 +198,8 @@ async fn apply_in_order(
                 return;
             }
         };
+        // What this reply left is where the saga's next one starts.
+        known = outcome.ok();
         metrics::counter!(telemetry::REPLIES, "step" => labels[0].1, "status" => labels[1].1, "outcome" => applied)
             .increment(1);
         settle(delivery.ack().await, "ack");
