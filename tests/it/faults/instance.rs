@@ -64,25 +64,56 @@ impl Instance {
 
     /// The API's address, from the log's "API listening … addr=" line.
     async fn api_address(&mut self, within: Duration) -> String {
+        let addr = self
+            .await_log(within, "start", |line| {
+                line.contains("API listening")
+                    .then(|| {
+                        line.split_whitespace()
+                            .find_map(|word| word.strip_prefix("addr="))
+                    })
+                    .flatten()
+                    .map(str::to_string)
+            })
+            .await;
+        format!("http://{addr}")
+    }
+
+    /// Waits until it says it consumes `channel`: from then on the broker
+    /// hands it a share of what is published there.
+    pub async fn wait_consuming(&mut self, channel: &str, within: Duration) {
+        let field = format!("channel={channel}");
+        self.await_log(within, "consume", |line| {
+            (line.contains(" consuming ") && line.split_whitespace().any(|w| w == field))
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// The first of its log lines `find` picks something from, polled for
+    /// `within`; a panic naming `what` it did not do when the time runs out
+    /// or it exits first.
+    async fn await_log<T>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        find: impl Fn(&str) -> Option<T>,
+    ) -> T {
         let until = Instant::now() + within;
         while Instant::now() < until {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let addr = text
-                .lines()
-                .filter(|line| line.contains("API listening"))
-                .find_map(|line| {
-                    line.split_whitespace()
-                        .find_map(|word| word.strip_prefix("addr="))
-                });
-            if let Some(addr) = addr {
-                return format!("http://{addr}");
+            if let Some(found) = text.lines().find_map(&find) {
+                return found;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited at start-up ({status}): {}", self.id, self.tail());
+                panic!(
+                    "{} exited before it did {what} ({status}): {}",
+                    self.id,
+                    self.tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{} did not start in {within:?}: {}", self.id, self.tail());
+        panic!("{} did not {what} in {within:?}: {}", self.id, self.tail());
     }
 
     /// `/ready`'s status now, or `None` when nothing answers.

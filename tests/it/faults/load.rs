@@ -73,19 +73,31 @@ fn event(prefix: &str, n: usize, format: WireFormat) -> OutboundMessage {
 /// When each partner's event was first offered to the broker.
 pub type Offered = Arc<Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>>;
 
+/// How fast a load publishes.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// At most this many sagas unfinished at once.
+    pub in_flight: usize,
+    /// No faster than this many events a second, when given.
+    pub per_second: Option<f64>,
+    /// Stop before the event of this index until [`Load::release`], when
+    /// given: a scenario can make sure work is left for a step it takes.
+    pub hold_at: Option<usize>,
+}
+
 /// A publisher running in the background.
 pub struct Load {
     pub published: Arc<AtomicUsize>,
     pub offered: Offered,
     /// Sends the broker did not take and that were made again.
     resent: Arc<AtomicUsize>,
+    /// The index of the first event not to publish yet.
+    hold: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl Load {
-    /// Publishes `events` events to `channel`, keeping about `in_flight`
-    /// sagas unfinished, and no faster than `per_second` when given.
-    #[allow(clippy::too_many_arguments)]
+    /// Publishes `events` events to `channel` at `pace`.
     pub async fn start(
         kind: BrokerKind,
         broker_url: &str,
@@ -93,28 +105,39 @@ impl Load {
         store_url: &str,
         prefix: &str,
         events: usize,
-        in_flight: usize,
-        per_second: Option<f64>,
+        pace: Pace,
     ) -> Self {
         let transport = connect(kind, broker_url).await;
         let pool = store_pool(store_url).await;
         let published = Arc::new(AtomicUsize::new(0));
         let resent = Arc::new(AtomicUsize::new(0));
+        let hold = Arc::new(AtomicUsize::new(pace.hold_at.unwrap_or(usize::MAX)));
         let offered = Offered::default();
         let task = tokio::spawn(publish(
             transport,
             pool,
             channel.to_string(),
             prefix.to_string(),
-            (events, in_flight as i64, per_second),
-            (published.clone(), resent.clone(), offered.clone()),
+            (events, pace),
+            (
+                published.clone(),
+                resent.clone(),
+                hold.clone(),
+                offered.clone(),
+            ),
         ));
         Self {
             published,
             offered,
             resent,
+            hold,
             task,
         }
+    }
+
+    /// Lets a load held by [`Pace::hold_at`] go on.
+    pub fn release(&self) {
+        self.hold.store(usize::MAX, Ordering::SeqCst);
     }
 
     pub fn published(&self) -> usize {
@@ -149,20 +172,26 @@ async fn publish(
     pool: PgPool,
     channel: String,
     prefix: String,
-    (events, in_flight, per_second): (usize, i64, Option<f64>),
-    (published, resent, offered): (Arc<AtomicUsize>, Arc<AtomicUsize>, Offered),
+    (events, pace): (usize, Pace),
+    (published, resent, hold, offered): (
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+        Offered,
+    ),
 ) {
     let mut done = Progress::default();
     let began = tokio::time::Instant::now();
     for n in 0..events {
-        if let Some(rate) = per_second {
+        if let Some(rate) = pace.per_second {
             tokio::time::sleep_until(began + Duration::from_secs_f64(n as f64 / rate)).await;
         }
         loop {
             if let Some(now) = progress(&pool).await {
                 done = now;
             }
-            if (n as i64) - done.terminal < in_flight {
+            if (n as i64) - done.terminal < pace.in_flight as i64 && n < hold.load(Ordering::SeqCst)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

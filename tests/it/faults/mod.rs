@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::BrokerKind;
 use instance::Instance;
-use load::{progress, store_pool, Load, Progress};
+use load::{progress, store_pool, Load, Pace, Progress};
 use participants::Participants;
 use servers::{Broker, Store};
 use verdict::Figures;
@@ -181,7 +181,13 @@ impl Rig {
     pub async fn start_instance(&mut self) -> usize {
         self.started += 1;
         let id = format!("i{}", self.started);
-        let instance = Instance::start(&self.dir.0, &id, &self.env()).await;
+        let mut instance = Instance::start(&self.dir.0, &id, &self.env()).await;
+        // Ready is not yet subscribed: a scenario's next step may count on
+        // the broker handing this instance a share.
+        let events = self.channel("partner-events");
+        instance
+            .wait_consuming(&events, Duration::from_secs(60))
+            .await;
         self.instances.push(instance);
         self.instances.len() - 1
     }
@@ -193,6 +199,26 @@ impl Rig {
 
     /// The same, no faster than `per_second` when given.
     pub async fn load_at(&self, events: usize, per_second: Option<f64>) -> Load {
+        self.load_paced(events, per_second, None).await
+    }
+
+    /// The same as [`Rig::load`], stopping before the event of index
+    /// `hold_at` until [`Load::release`].
+    pub async fn load_held(&self, events: usize, hold_at: usize) -> Load {
+        self.load_paced(events, None, Some(hold_at)).await
+    }
+
+    async fn load_paced(
+        &self,
+        events: usize,
+        per_second: Option<f64>,
+        hold_at: Option<usize>,
+    ) -> Load {
+        let pace = Pace {
+            in_flight: IN_FLIGHT,
+            per_second,
+            hold_at,
+        };
         Load::start(
             self.kind,
             self.broker.url(),
@@ -200,8 +226,7 @@ impl Rig {
             &self.store.url,
             &self.prefix,
             events,
-            IN_FLIGHT,
-            per_second,
+            pace,
         )
         .await
     }

@@ -57,13 +57,17 @@ async fn instances_share_the_load_and_never_drive_one_saga_at_once() {
     let mut rig = Rig::new("instances", &[]).await;
     let first = rig.start_instance().await;
     rig.start_instance().await;
-    let load = rig.load(events).await;
+    // The last quarter waits for the third instance: at full speed the two
+    // first could otherwise finish everything before it is subscribed.
+    let joins_at = events * 3 / 4;
+    let load = rig.load_held(events, joins_at).await;
     rig.when_published(&load, events / 2).await;
     // Killed half-way and never restarted: the others take over its work.
     rig.instances[first].kill().await;
     rig.fault_done();
-    rig.when_published(&load, events * 3 / 4).await;
+    rig.when_published(&load, joins_at).await;
     rig.start_instance().await;
+    load.release();
     let figures = rig.verdict(load, events, SETTLE).await;
     figures.assert_nothing_lost_or_doubled();
     let ids: Vec<&str> = figures.split.iter().map(|(id, _)| id.as_str()).collect();
