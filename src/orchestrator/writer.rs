@@ -7,12 +7,14 @@
 //! batches grow by themselves while the previous one commits.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::outbox_writes::{InFlight, OutboxWrites};
 use super::relay;
 use crate::store::{SagaStore, StoreError, TransitionWrite};
+use crate::telemetry;
 
 /// Transitions written per transaction at most.
 const MAX_BATCH: usize = 128;
@@ -74,6 +76,7 @@ impl Writer {
         // Counts nothing until the writer takes the job: a caller that
         // goes away before it is queued wrote nothing.
         let writing = self.outbox.in_flight().queued();
+        let asked = Instant::now();
         self.jobs
             .send(Job {
                 write,
@@ -83,6 +86,8 @@ impl Writer {
             .await
             .map_err(|_| stopped())?;
         let (write, applied) = result.await.map_err(|_| stopped())?;
+        metrics::histogram!(telemetry::TRANSITION_COMMIT_SECONDS)
+            .record(asked.elapsed().as_secs_f64());
         Ok(applied?.then_some(write))
     }
 }
@@ -118,7 +123,9 @@ async fn run(to: Target, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
             dones.push(job.done);
             writing.push(job.writing.taken());
         }
+        let began = Instant::now();
         let results = write(&to, &mut writes, writing).await;
+        telemetry::store_write("transition", writes.len(), began.elapsed());
         for ((write, done), result) in writes.into_iter().zip(dones).zip(results) {
             let _ = done.send((write, result));
         }

@@ -61,6 +61,15 @@ async fn health_ready_and_metrics() {
         text.contains("saga_participant_call_seconds_bucket"),
         "{text}"
     );
+    for write in ["record", "transition"] {
+        let batch = format!(r#"saga_store_write_seconds_bucket{{write="{write}""#);
+        let items = format!(r#"saga_store_write_items_total{{write="{write}"}}"#);
+        assert!(text.contains(&batch) && text.contains(&items), "{text}");
+    }
+    assert!(
+        text.contains("saga_transition_commit_seconds_bucket"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -154,6 +154,21 @@ pub fn http_ok(port: u16, path: &str) -> bool {
     reply.starts_with("HTTP/") && status.starts_with('2')
 }
 
+/// The body of a 2xx answer to `GET path` on 127.0.0.1:`port`, read to
+/// its end; `None` on any failure.
+pub fn http_body(port: u16, path: &str) -> Option<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?;
+    status.starts_with('2').then(|| body.to_string())
+}
+
 /// True if a Redis on 127.0.0.1:`port` answers PING.
 pub fn redis_ping(port: u16) -> bool {
     exchange(port, b"PING\r\n").starts_with("+PONG")
@@ -177,6 +192,32 @@ fn exchange(port: u16, request: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback server that answers one request with `reply`; its port.
+    fn answering(reply: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_body_is_read_to_its_end_and_only_from_a_2xx() {
+        let long =
+            Box::leak(format!("HTTP/1.0 200 OK\r\n\r\n{}", "x".repeat(70_000)).into_boxed_str());
+        let body = http_body(answering(long), "/metrics").expect("a body");
+        assert_eq!(body.len(), 70_000);
+        assert_eq!(
+            http_body(answering("HTTP/1.0 503 Busy\r\n\r\nno"), "/metrics"),
+            None
+        );
+    }
 
     #[test]
     fn proc_lines_tell_loopback_from_the_rest() {

@@ -17,9 +17,10 @@
 
 mod costs;
 mod report;
+mod stages;
 
 use crate::stack::{self, App, Local, Stack};
-use crate::{paths, process, release, signals};
+use crate::{paths, ports, process, release, signals};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -408,6 +409,7 @@ impl Run {
         let redis = (self.s.broker == "redis")
             .then(costs::redis_commands)
             .flatten();
+        let metrics = ports::http_body(self.local.ports.api, "/metrics");
         let _ = orchestrator.stop(40);
         let pg = costs::PgSample::take(false);
         let sagas = self.s.events;
@@ -421,6 +423,7 @@ impl Run {
             "machine": costs::machine_delta(before.machine, machine, sagas),
             "postgres": costs::pg_delta(&before.pg, &pg, sagas),
             "redis": costs::redis_delta(&before.redis, &redis, sagas),
+            "stages": metrics.as_deref().map(stages::from_metrics),
         })
     }
 }

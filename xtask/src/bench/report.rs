@@ -273,6 +273,7 @@ fn print_costs(c: &Value) {
     if let Some(note) = pg["statements_note"].as_str() {
         println!("               ({note})");
     }
+    print_stages(&c["stages"]);
     if let Some(total) = num(&c["redis"]["commands_per_saga"]) {
         let by = c["redis"]["by_command_per_saga"]
             .as_array()
@@ -285,5 +286,29 @@ fn print_costs(c: &Value) {
             })
             .unwrap_or_default();
         println!("  redis        a saga: {total} commands, every client's ({by})");
+    }
+}
+
+/// The service's stages, means from its own metrics, each when it ran.
+fn print_stages(stages: &Value) {
+    let ms = |key: &str| stages[key].as_f64();
+    let mut parts = Vec::new();
+    if let (Some(write), Some(batch)) = (ms("record_write_ms"), ms("record_batch")) {
+        parts.push(format!("record {write} ms a write of {batch} sagas"));
+    }
+    if let Some(call) = ms("participant_call_ms") {
+        parts.push(format!("participant call {call} ms"));
+    }
+    if let (Some(commit), Some(write), Some(batch)) = (
+        ms("transition_commit_ms"),
+        ms("transition_write_ms"),
+        ms("transition_batch"),
+    ) {
+        parts.push(format!(
+            "transition {commit} ms asked to durable (its write {write} ms, {batch} a write)"
+        ));
+    }
+    if !parts.is_empty() {
+        println!("  stages       means: {}", parts.join(" · "));
     }
 }
