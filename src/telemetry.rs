@@ -71,21 +71,16 @@ pub const REDIS_TRIMMED: &str = "saga_redis_trimmed_entries_total";
 /// Consumers of instances that are gone, removed from our Redis consumer
 /// group, by `channel`.
 pub const REDIS_CONSUMERS_REMOVED: &str = "saga_redis_consumers_removed_total";
-/// How long one batched store write took to be durable, by `write`
-/// (`record`: new sagas; `transition`: their transitions).
+/// How long one batched store write that succeeded took, from asking
+/// the pool to the durable answer, by `write` (`record`: new sagas;
+/// `transition`: their transitions).
 pub const STORE_WRITE_SECONDS: &str = "saga_store_write_seconds";
 /// Sagas or transitions in those writes, by `write`: over the histogram's
 /// count, the mean batch.
 pub const STORE_WRITE_ITEMS: &str = "saga_store_write_items_total";
-/// A transition's wait from being asked for to its commit's answer, the
-/// writer's queue included: the store's share of a saga's latency.
+/// One transition's wait from being asked for to its commit's answer, the
+/// writer's queue included (answered ones only).
 pub const TRANSITION_COMMIT_SECONDS: &str = "saga_transition_commit_seconds";
-
-/// Counts one batched store write of `items` that took `took`.
-pub fn store_write(write: &'static str, items: usize, took: std::time::Duration) {
-    metrics::histogram!(STORE_WRITE_SECONDS, "write" => write).record(took.as_secs_f64());
-    metrics::counter!(STORE_WRITE_ITEMS, "write" => write).increment(items as u64);
-}
 /// Broker or store errors that made a loop back off, by `component`.
 pub const LOOP_ERRORS: &str = "saga_loop_errors_total";
 /// Gauge: this instance's clock minus the database's, in seconds.
@@ -258,6 +253,12 @@ pub fn colour_on(is_terminal: bool) -> bool {
     let no_color = std::env::var("NO_COLOR").ok();
     let term = std::env::var("TERM").ok();
     colour_wanted(no_color.as_deref(), term.as_deref(), is_terminal)
+}
+
+/// Counts one batched store write of `items` that succeeded in `took`.
+pub fn store_write(write: &'static str, items: usize, took: std::time::Duration) {
+    metrics::histogram!(STORE_WRITE_SECONDS, "write" => write).record(took.as_secs_f64());
+    metrics::counter!(STORE_WRITE_ITEMS, "write" => write).increment(items as u64);
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

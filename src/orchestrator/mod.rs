@@ -285,10 +285,11 @@ impl Orchestrator {
         let writing = self.inner.outbox.in_flight();
         let hold = relay::hold(&self.inner.config.instance_id);
         let asked = std::time::Instant::now();
-        let written = self.inner.store.create_held(&new, Some(&hold)).await;
-        telemetry::store_write("record", new.len(), asked.elapsed());
-        let (created, held) = match written {
-            Ok(done) => done,
+        let (created, held) = match self.inner.store.create_held(&new, Some(&hold)).await {
+            Ok(done) => {
+                telemetry::store_write("record", new.len(), asked.elapsed());
+                done
+            }
             Err(e) => {
                 // It may have committed before failing: rows held, unhanded.
                 writing.orphaned();

@@ -86,9 +86,10 @@ impl Writer {
             .await
             .map_err(|_| stopped())?;
         let (write, applied) = result.await.map_err(|_| stopped())?;
+        let applied = applied?;
         metrics::histogram!(telemetry::TRANSITION_COMMIT_SECONDS)
             .record(asked.elapsed().as_secs_f64());
-        Ok(applied?.then_some(write))
+        Ok(applied.then_some(write))
     }
 }
 
@@ -123,9 +124,7 @@ async fn run(to: Target, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
             dones.push(job.done);
             writing.push(job.writing.taken());
         }
-        let began = Instant::now();
         let results = write(&to, &mut writes, writing).await;
-        telemetry::store_write("transition", writes.len(), began.elapsed());
         for ((write, done), result) in writes.into_iter().zip(dones).zip(results) {
             let _ = done.send((write, result));
         }
@@ -140,8 +139,10 @@ async fn write(
     writing: Vec<InFlight>,
 ) -> Vec<Result<bool, StoreError>> {
     let hold = relay::hold(&to.instance_id);
+    let began = Instant::now();
     match to.store.commit_batch_held(writes, Some(&hold)).await {
         Ok((applied, held)) => {
+            telemetry::store_write("transition", writes.len(), began.elapsed());
             let outboxes = writes
                 .iter_mut()
                 .zip(&applied)

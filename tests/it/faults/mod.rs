@@ -59,6 +59,9 @@ impl Scale {
 
 /// Sagas kept unfinished by the load: the 64 and more.
 const IN_FLIGHT: usize = 80;
+/// A scenario's wait for its load to reach a step: a guard against a
+/// hang, far longer than any step takes.
+const PUBLISHED_WITHIN: Duration = Duration::from_secs(300);
 /// How long a participant takes to answer: two drivers of one saga at once
 /// would overlap in it.
 const ANSWER_AFTER: Duration = Duration::from_millis(10);
@@ -231,9 +234,16 @@ impl Rig {
         .await
     }
 
-    /// Waits until `load` has published `share` of `events`.
+    /// Waits until `load` has published `count` events; a load held
+    /// before `count` and never released fails here, not by hanging.
     pub async fn when_published(&self, load: &Load, count: usize) {
+        let until = Instant::now() + PUBLISHED_WITHIN;
         while load.published() < count {
+            assert!(
+                Instant::now() < until,
+                "only {} of {count} events published in {PUBLISHED_WITHIN:?}: a load held before them?",
+                load.published()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -273,7 +273,6 @@ fn print_costs(c: &Value) {
     if let Some(note) = pg["statements_note"].as_str() {
         println!("               ({note})");
     }
-    print_stages(&c["stages"]);
     if let Some(total) = num(&c["redis"]["commands_per_saga"]) {
         let by = c["redis"]["by_command_per_saga"]
             .as_array()
@@ -287,6 +286,7 @@ fn print_costs(c: &Value) {
             .unwrap_or_default();
         println!("  redis        a saga: {total} commands, every client's ({by})");
     }
+    print_stages(&c["stages"]);
 }
 
 /// The service's stages, means from its own metrics, each when it ran.

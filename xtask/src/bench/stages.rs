@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 /// The stages' means from a Prometheus text exposition.
 pub fn from_metrics(text: &str) -> Value {
-    let written = |write: &str| Write::of(text, write);
+    let written = |write: &str| StoreWrite::of(text, write);
     let (record, transition) = (written("record"), written("transition"));
     json!({
         "record_write_ms": record.mean_ms,
@@ -21,12 +21,12 @@ pub fn from_metrics(text: &str) -> Value {
 }
 
 /// One kind of batched store write: its mean time and size.
-struct Write {
+struct StoreWrite {
     mean_ms: Option<f64>,
     batch: Option<f64>,
 }
 
-impl Write {
+impl StoreWrite {
     fn of(text: &str, write: &str) -> Self {
         let label = format!("write=\"{write}\"");
         let writes = total(text, "saga_store_write_seconds_count", &label);
@@ -46,14 +46,16 @@ fn mean_ms(text: &str, histogram: &str, label: &str) -> Option<f64> {
     (count > 0.0).then(|| round2(sum * 1000.0 / count))
 }
 
-/// The sum of `name`'s series whose labels contain `label`.
+/// The sum of `name`'s series that carry `label` (`key="value"`; all of
+/// them when it is empty).
 fn total(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && labels.contains(label))
+            let mut labels = labels.trim_end_matches('}').split(',');
+            (metric == name && (label.is_empty() || labels.any(|l| l == label)))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
@@ -76,6 +78,8 @@ saga_store_write_seconds_sum{write="transition"} 0.05
 saga_store_write_seconds_count{write="transition"} 10
 saga_store_write_items_total{write="record"} 80
 saga_store_write_items_total{write="transition"} 75
+saga_store_write_items_total{rewrite="record"} 1000
+saga_transition_commit_seconds_bucket{le="+Inf"} 75
 saga_transition_commit_seconds_sum 0.6
 saga_transition_commit_seconds_count 75
 saga_participant_call_seconds_sum{step="create_alliance",outcome="succeeded"} 0.03
@@ -99,7 +103,14 @@ saga_participant_call_seconds_count{step="delete_partner",outcome="succeeded"} 1
     #[test]
     fn a_stage_nothing_went_through_is_null() {
         let stages = from_metrics("# nothing yet\nsaga_in_flight 0\n");
-        for stage in ["record_write_ms", "record_batch", "participant_call_ms"] {
+        for stage in [
+            "record_write_ms",
+            "record_batch",
+            "transition_write_ms",
+            "transition_batch",
+            "transition_commit_ms",
+            "participant_call_ms",
+        ] {
             assert!(stages[stage].is_null(), "{stage}: {stages}");
         }
     }
