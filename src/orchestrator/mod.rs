@@ -791,25 +791,12 @@ mod tests {
     }
 
     fn failed_saga() -> Saga {
-        let now = Utc::now();
         Saga {
             saga_id: Uuid::now_v7(),
             event_id: "e-stale-copy".into(),
-            correlation_id: "c-1".into(),
-            partner_id: "p-1".into(),
-            state: SagaState::Failed,
-            step: Step::DeletePartner,
-            attempts: 3,
-            alliance_id: None,
             last_error: Some("delete refused".into()),
-            payload: serde_json::Map::new(),
-            created_at: now,
-            updated_at: now,
-            deadline_at: now + chrono::Duration::seconds(300),
-            next_attempt_at: None,
-            traceparent: None,
-            awaiting_reply: false,
             version: 4,
+            ..saga::test_saga(SagaState::Failed, Step::DeletePartner, 3)
         }
     }
 

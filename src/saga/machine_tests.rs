@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::saga::{RetryKind, Saga};
-use uuid::Uuid;
 
 fn policy() -> RetryPolicy {
     RetryPolicy {
@@ -15,29 +14,11 @@ fn policy() -> RetryPolicy {
 }
 
 fn now() -> DateTime<Utc> {
-    "2026-11-22T14:00:00Z".parse().unwrap()
+    crate::saga::test_now()
 }
 
 fn saga(state: SagaState, step: Step, attempts: u32) -> Saga {
-    Saga {
-        saga_id: Uuid::new_v4(),
-        event_id: "evt-1".into(),
-        correlation_id: "corr-1".into(),
-        partner_id: "p-1".into(),
-        state,
-        step,
-        attempts,
-        alliance_id: None,
-        last_error: None,
-        payload: Map::new(),
-        created_at: now(),
-        updated_at: now(),
-        deadline_at: now() + chrono::Duration::seconds(300),
-        next_attempt_at: None,
-        traceparent: None,
-        awaiting_reply: false,
-        version: 1,
-    }
+    crate::saga::test_saga(state, step, attempts)
 }
 
 fn types(d: &Decision) -> Vec<EventType> {

@@ -195,6 +195,37 @@ pub fn later(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// A saga for tests in `state`, at `step` after `attempts`, everything
+/// else plain: its times are [`test_now`], its deadline 300 s after.
+#[cfg(test)]
+pub(crate) fn test_saga(state: SagaState, step: Step, attempts: u32) -> Saga {
+    Saga {
+        saga_id: Uuid::new_v4(),
+        event_id: "evt-1".into(),
+        correlation_id: "corr-1".into(),
+        partner_id: "p-1".into(),
+        state,
+        step,
+        attempts,
+        alliance_id: None,
+        last_error: None,
+        payload: Map::new(),
+        created_at: test_now(),
+        updated_at: test_now(),
+        deadline_at: test_now() + chrono::Duration::seconds(300),
+        next_attempt_at: None,
+        traceparent: None,
+        awaiting_reply: false,
+        version: 1,
+    }
+}
+
+/// The fixed moment [`test_saga`]s are made at.
+#[cfg(test)]
+pub(crate) fn test_now() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_356_000, 0).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

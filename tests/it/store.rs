@@ -344,6 +344,15 @@ async fn a_driver_write_is_fenced_by_another_owners_lease(store: Arc<dyn SagaSto
     assert!(store.commit(&operator).await.unwrap());
 }
 
+/// The alliance call succeeded, with alliance `a`.
+fn alliance_created() -> Input {
+    Input::StepSucceeded {
+        step: Step::CreateAlliance,
+        alliance_id: Some("a".into()),
+        detail: None,
+    }
+}
+
 fn failed_call() -> Input {
     Input::StepFailed {
         step: Step::CreateAlliance,
@@ -357,15 +366,7 @@ async fn a_stale_transition_writes_nothing(store: Arc<dyn SagaStore>) {
     store.create(std::slice::from_ref(&new)).await.unwrap();
     let saga = new.saga;
 
-    let first = transition(
-        &saga,
-        Input::StepSucceeded {
-            step: Step::CreateAlliance,
-            alliance_id: Some("a".into()),
-            detail: None,
-        },
-        None,
-    );
+    let first = transition(&saga, alliance_created(), None);
     assert!(store.commit(&first).await.unwrap());
     // A second driver decided on the same old version.
     let mut second = transition(
@@ -411,15 +412,7 @@ async fn many_sagas_are_read_at_once_and_unknown_ids_are_left_out(store: Arc<dyn
     let a = new_saga("e-many-a", None);
     let b = new_saga("e-many-b", None);
     store.create(&[a.clone(), b.clone()]).await.unwrap();
-    let moved = transition(
-        &b.saga,
-        Input::StepSucceeded {
-            step: Step::CreateAlliance,
-            alliance_id: Some("a".into()),
-            detail: None,
-        },
-        None,
-    );
+    let moved = transition(&b.saga, alliance_created(), None);
     assert!(store.commit(&moved).await.unwrap());
 
     let unknown = uuid::Uuid::now_v7();
