@@ -146,10 +146,7 @@ pub fn require_free(port: u16, what: &str, hint: &str) -> Result<()> {
 
 /// True if `GET path` on 127.0.0.1:`port` answers 2xx within 2 s.
 pub fn http_ok(port: u16, path: &str) -> bool {
-    let reply = exchange(
-        port,
-        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
-    );
+    let reply = exchange(port, get(port, path).as_bytes());
     let status = reply.split_whitespace().nth(1).unwrap_or("");
     reply.starts_with("HTTP/") && status.starts_with('2')
 }
@@ -157,16 +154,18 @@ pub fn http_ok(port: u16, path: &str) -> bool {
 /// The body of a 2xx answer to `GET path` on 127.0.0.1:`port`, read to
 /// its end; `None` on any failure.
 pub fn http_body(port: u16, path: &str) -> Option<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
+    let mut stream = sent(port, get(port, path).as_bytes(), Duration::from_secs(5))?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply).ok()?;
     let (head, body) = reply.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?;
     status.starts_with('2').then(|| body.to_string())
+}
+
+/// An HTTP/1.0 `GET path` to 127.0.0.1:`port`: the server closes after
+/// its answer, so reading to the end reads exactly that answer.
+fn get(port: u16, path: &str) -> String {
+    format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")
 }
 
 /// True if a Redis on 127.0.0.1:`port` answers PING.
@@ -176,17 +175,22 @@ pub fn redis_ping(port: u16) -> bool {
 
 /// Sends `request`, returns the start of the reply ("" on any failure).
 fn exchange(port: u16, request: &[u8]) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+    let Some(mut stream) = sent(port, request, Duration::from_secs(2)) else {
         return String::new();
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(request).is_err() {
-        return String::new();
-    }
     let mut buf = [0u8; 256];
     let n = stream.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A connection to 127.0.0.1:`port` (within 2 s) with `request` written,
+/// its reads waiting at most `read_timeout` each.
+fn sent(port: u16, request: &[u8], read_timeout: Duration) -> Option<TcpStream> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    let _ = stream.set_read_timeout(Some(read_timeout));
+    stream.write_all(request).ok()?;
+    Some(stream)
 }
 
 #[cfg(test)]

@@ -266,7 +266,8 @@ pub fn redis_delta(
     })
 }
 
-fn round2(x: f64) -> f64 {
+/// `x` to two decimals, as the report shows figures.
+pub(super) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 

@@ -4,6 +4,7 @@
 //! writes and how many each carried, a transition's wait from being asked
 //! for to its durable answer, and the participants' calls.
 
+use super::costs::round2;
 use serde_json::{json, Value};
 
 /// The stages' means from a Prometheus text exposition.
@@ -60,10 +61,6 @@ fn total(text: &str, name: &str, label: &str) -> f64 {
                 .flatten()
         })
         .sum()
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]
