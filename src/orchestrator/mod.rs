@@ -14,6 +14,7 @@ mod outbox_writes;
 mod relay;
 mod replies;
 mod shutdown;
+mod statistics;
 mod sweeper;
 mod upkeep;
 mod writer;
@@ -241,9 +242,9 @@ impl Orchestrator {
         }
     }
 
-    /// Starts the partner-events consumer, the outbox relay, the sweeper
-    /// and the broker's upkeep, and in broker mode the `saga-replies`
-    /// consumer.
+    /// Starts the partner-events consumer, the outbox relay, the sweeper,
+    /// the broker's upkeep and the store's statistics check, and in broker
+    /// mode the `saga-replies` consumer.
     pub fn spawn_background(&self) {
         self.spawn_loop(consumer::run(self.clone()));
         if self.inner.config.uses_replies() {
@@ -252,6 +253,7 @@ impl Orchestrator {
         self.inner.relay.spawn(relay::run(self.clone()));
         self.spawn_loop(sweeper::run(self.clone()));
         self.spawn_loop(upkeep::run(self.clone()));
+        self.spawn_loop(statistics::run(self.clone()));
     }
 
     /// Runs a background loop until shutdown, which drops it wherever it

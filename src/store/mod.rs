@@ -308,6 +308,20 @@ impl ListQuery {
     }
 }
 
+/// What [`SagaStore::refresh_statistics`] did to a table that had outgrown
+/// its planner statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reanalyzed {
+    /// The table's size when it was analysed, in pages.
+    pub pages: i64,
+    /// The size its statistics had been taken at, in pages.
+    pub planned_pages: i64,
+    /// Whether the new statistics took; `false` when the store may not
+    /// analyse the table (a role that does not own it), which asking again
+    /// would not change.
+    pub took: bool,
+}
+
 /// Where sagas, their history and the outbox live, and (through
 /// [`OperatorStore`]) what operators act on.
 #[async_trait]
@@ -317,6 +331,20 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
 
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How often [`SagaStore::refresh_statistics`] is worth asking, for a
+    /// store whose cached query plans follow its tables' statistics;
+    /// `None` (the default) for one that needs no such upkeep.
+    fn statistics_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Refreshes the planner's statistics of the sagas table if it has far
+    /// outgrown them, so that plans cached while it was small are made
+    /// again; says what it did, `None` when there was nothing to do.
+    async fn refresh_statistics(&self) -> Result<Option<Reanalyzed>, StoreError> {
+        Ok(None)
+    }
 
     /// The store's own clock, which every instance shares (see
     /// `orchestrator::clock`). The default is this machine's: right for a

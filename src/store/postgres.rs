@@ -24,12 +24,14 @@ use super::rows::{
 };
 use super::{
     attempts_i32, payload_object, read_claim, stored_message, Created, Held, ListQuery, NewSaga,
-    OutboxClaim, OutboxFault, OutboxHold, OutboxMessage, SagaStore, StoreError, TransitionWrite,
+    OutboxClaim, OutboxFault, OutboxHold, OutboxMessage, Reanalyzed, SagaStore, StoreError,
+    TransitionWrite,
 };
 use crate::saga::{later, HistoryEntry, Saga, SagaState};
 
 mod batch;
 mod create;
+mod statistics;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -40,6 +42,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const LIST_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
     alliance_id, last_error, '{}'::jsonb AS payload, traceparent, created_at, updated_at, deadline_at, \
     next_attempt_at, awaiting_reply, version";
+
+/// How often the store checks whether `sagas` outgrew its statistics
+/// (see `statistics`): often enough to catch a young table within its
+/// first few thousand sagas; the check reads two numbers of `pg_class`.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Connections of the relay's bookkeeping pool (see [`PostgresStore`]).
 const BOOKKEEPING_CONNECTIONS: u32 = 2;
@@ -131,6 +138,14 @@ impl SagaStore for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn statistics_interval(&self) -> Option<Duration> {
+        Some(STATISTICS_INTERVAL)
+    }
+
+    async fn refresh_statistics(&self) -> Result<Option<Reanalyzed>, StoreError> {
+        statistics::refresh(&self.pool).await
     }
 
     async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {

@@ -32,3 +32,4 @@ mod saga_flow;
 mod shutdown;
 mod store;
 mod store_operator;
+mod store_statistics;
