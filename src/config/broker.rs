@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::values::{fixed_url, millis, name, not_a_url, positive_millis, secs_up_to, Values};
+use super::values::{
+    fixed_url, millis, name, not_a_url, parse_bool, positive_millis, secs_up_to, Values,
+};
 use super::values::{HOUR_MS, MONTH_SECS};
 use super::ConfigError;
 use crate::redact;
@@ -31,6 +33,9 @@ pub struct BrokerSettings {
     /// so readers without a group (the monitor, replays) see recent
     /// traffic (`REDIS_TRIM_MIN_AGE_SECS`).
     pub trim_min_age: Duration,
+    /// Whether Pulsar producers put several messages in one broker entry
+    /// (`PULSAR_BATCHING`); off for consumers that route by key.
+    pub pulsar_batching: bool,
 }
 
 impl Default for BrokerSettings {
@@ -45,6 +50,7 @@ impl Default for BrokerSettings {
             // unacknowledged, and operators' XRANGE still sees recent events.
             trim_interval: Some(Duration::from_secs(60)),
             trim_min_age: Duration::from_secs(3600),
+            pulsar_batching: true,
         }
     }
 }
@@ -62,6 +68,7 @@ impl BrokerSettings {
         "REDIS_CLAIM_IDLE_MS",
         "REDIS_TRIM_INTERVAL_MS",
         "REDIS_TRIM_MIN_AGE_SECS",
+        "PULSAR_BATCHING",
     ];
 
     pub(super) fn parse(v: &Values) -> Result<Self, ConfigError> {
@@ -83,6 +90,7 @@ impl BrokerSettings {
                 d.trim_min_age,
                 secs_up_to(MONTH_SECS),
             )?,
+            pulsar_batching: v.parse("PULSAR_BATCHING", d.pulsar_batching, parse_bool)?,
         })
     }
 }

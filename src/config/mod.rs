@@ -309,6 +309,7 @@ mod tests {
             ("REDIS_TRIM_INTERVAL_MS", "99999999999"),
             ("REDIS_TRIM_INTERVAL_MS", "1m"),
             ("REDIS_TRIM_MIN_AGE_SECS", "an hour"),
+            ("PULSAR_BATCHING", "sometimes"),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)]).expect_err(name);

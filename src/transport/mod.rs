@@ -511,14 +511,19 @@ pub async fn from_settings(settings: &Settings) -> Result<Arc<dyn Transport>, Tr
             .with_maintenance(settings.broker.trim_interval, settings.broker.trim_min_age),
         )),
         BrokerUrl::Memory => Ok(Arc::new(MemoryTransport::new())),
-        BrokerUrl::Pulsar(url) => Ok(Arc::new(
-            PulsarTransport::connect(
+        BrokerUrl::Pulsar(url) => {
+            let pulsar = PulsarTransport::connect(
                 url.as_str(),
                 &settings.broker.subscription,
                 &settings.instance.id,
             )
-            .await?,
-        )),
+            .await?;
+            Ok(Arc::new(if settings.broker.pulsar_batching {
+                pulsar
+            } else {
+                pulsar.without_batching()
+            }))
+        }
     }
 }
 

@@ -25,6 +25,7 @@ mod operator_safety;
 mod outbox_rows;
 mod participants_http;
 mod properties;
+mod pulsar_batching;
 mod recovery;
 mod redis_streams;
 mod relay;

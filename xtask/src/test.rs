@@ -10,12 +10,14 @@ use std::time::Instant;
 
 /// Tests that need no broker (store, demo, the binary's command line),
 /// always use their own broker (broker_restart, broker_refusal) or always
-/// the suite's Redis (redis_streams): they run in the Redis pass only. So
+/// the suite's Redis (redis_streams) or Pulsar (pulsar_batching): they run
+/// in the Redis pass only. So
 /// do the browser tests: the pages are the same over either broker, and
 /// `console::` drives the same routes over both.
-const BROKER_FREE: &str = "test(/^store::/) | test(/^demo::/) | test(/^cli::/) \
-     | test(/^broker_restart::/) | test(/^broker_refusal::/) | test(/^redis_streams::/) \
-     | test(/^browser::/) | test(/^console_browser::/)";
+const BROKER_FREE: &str = "test(/^store::/) | test(/^store_statistics::/) | test(/^demo::/) \
+     | test(/^cli::/) | test(/^broker_restart::/) | test(/^broker_refusal::/) \
+     | test(/^redis_streams::/) | test(/^pulsar_batching::/) | test(/^browser::/) \
+     | test(/^console_browser::/)";
 
 /// Runs it all; `args` go to the test runner (say a name filter). Returns
 /// the exit code.

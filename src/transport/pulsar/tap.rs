@@ -283,7 +283,11 @@ impl ReaderTask {
             .into_iter()
             .map(|kv| (kv.key, kv.value))
             .collect();
-        let shown_id = format!("{}:{}", id.ledger_id, id.entry_id);
+        // Messages of one batched entry share its ledger and entry ids.
+        let shown_id = match id.batch_index {
+            Some(index) => format!("{}:{}:{index}", id.ledger_id, id.entry_id),
+            None => format!("{}:{}", id.ledger_id, id.entry_id),
+        };
         self.last = Some(id);
         let mut tapped = Tapped::new(
             self.channel.clone(),
