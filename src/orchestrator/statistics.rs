@@ -11,8 +11,8 @@ use super::{pause, Orchestrator};
 use crate::store::{Reanalyzed, StoreError};
 use crate::telemetry;
 
-/// Bound on one round: an `ANALYZE` that waits on another's lock is asked
-/// again on a later tick rather than holding the task.
+/// Bound on one round, beyond the store's own on its statement (20 s): a
+/// database that does not answer is asked again on a later tick.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(orch: Orchestrator) {
@@ -65,6 +65,7 @@ fn warn_refused(done: &Reanalyzed) {
         pages = done.pages,
         planned_pages = done.planned_pages,
         "sagas has outgrown the planner's statistics but this role may not ANALYZE it \
-         (not its owner); left to autovacuum, and not checked again"
+         (it needs to own the table, or MAINTAIN on PostgreSQL 17); left to autovacuum, \
+         and not checked again"
     );
 }

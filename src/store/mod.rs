@@ -317,8 +317,8 @@ pub struct Reanalyzed {
     /// The size its statistics had been taken at, in pages.
     pub planned_pages: i64,
     /// Whether the new statistics took; `false` when the store may not
-    /// analyse the table (a role that does not own it), which asking again
-    /// would not change.
+    /// analyse the table (a role that may not maintain it), which asking
+    /// again would not change.
     pub took: bool,
 }
 

@@ -4,16 +4,25 @@
 
 use saga_orchestrator::store::{PostgresStore, SagaStore};
 use secrecy::SecretString;
+use std::time::Duration;
+
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::fresh_database;
 
+/// A migrated store whose `sagas` autovacuum leaves alone, so that only
+/// the store analyses it while the test looks.
 async fn migrated_store(url: &str) -> PostgresStore {
     let store = PostgresStore::connect(&SecretString::from(url.to_string()), 2)
         .await
         .expect("connect");
     store.migrate().await.expect("migrate");
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    sqlx::query("ALTER TABLE sagas SET (autovacuum_enabled = off)")
+        .execute(&mut conn)
+        .await
+        .expect("autovacuum off");
     store
 }
 
@@ -88,13 +97,9 @@ async fn a_role_that_may_not_analyse_sagas_is_told_so() {
         .await
         .expect("connect as the role");
 
-    let done = store
-        .refresh_statistics()
-        .await
-        .expect("a refused ANALYZE is a warning, not an error")
-        .expect("the table outgrew its statistics");
-    assert!(!done.took, "{done:?}");
+    let done = store.refresh_statistics().await;
 
+    // Roles belong to the whole cluster: dropped before any assertion.
     drop(store);
     for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
         sqlx::query(&statement)
@@ -102,4 +107,31 @@ async fn a_role_that_may_not_analyse_sagas_is_told_so() {
             .await
             .expect("drop the role");
     }
+    let done = done
+        .expect("a refused ANALYZE is a warning, not an error")
+        .expect("the table outgrew its statistics");
+    assert!(!done.took, "{done:?}");
+}
+
+#[tokio::test]
+async fn an_analyze_another_session_holds_up_is_left_for_the_next_check() {
+    let url = fresh_database().await;
+    let store = migrated_store(&url).await;
+    grow_sagas(&url, 5_000).await;
+
+    // What another instance's ANALYZE, or a VACUUM, holds while it runs.
+    let mut other = PgConnection::connect(&url).await.expect("connect");
+    let mut held = other.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE sagas IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .expect("lock");
+    let check = tokio::time::timeout(Duration::from_secs(15), store.refresh_statistics())
+        .await
+        .expect("the store's lock timeout ends the wait");
+    assert_eq!(check.expect("not an error"), None);
+    held.rollback().await.expect("release");
+
+    let done = store.refresh_statistics().await.expect("check");
+    assert!(done.is_some_and(|d| d.took), "{done:?}");
 }

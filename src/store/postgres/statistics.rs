@@ -26,6 +26,9 @@ use crate::store::{Reanalyzed, StoreError};
 /// anyway.
 pub(super) const MIN_GROWTH_PAGES: i64 = 64;
 
+/// SQLSTATE of a lock not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// The table's size on disk and the size its statistics were taken at
 /// (`relpages`: 0 until the first `ANALYZE` or `VACUUM`), in pages.
 const SIZES: &str =
@@ -40,20 +43,41 @@ pub(super) fn outgrown(pages: i64, planned: i64) -> bool {
 }
 
 /// Analyses `sagas` if it has outgrown its statistics; says so, and
-/// whether the statistics took (an `ANALYZE` by a role that does not own
-/// the table is skipped with only a warning).
+/// whether the statistics took (an `ANALYZE` by a role that may not
+/// maintain the table is skipped with only a warning). `None` too when
+/// another session holds the table's maintenance lock (another instance's
+/// `ANALYZE`, a `VACUUM`): the next check sees what that did.
 pub(super) async fn refresh(pool: &PgPool) -> Result<Option<Reanalyzed>, StoreError> {
     let (pages, planned) = sizes(pool).await?;
     if !outgrown(pages, planned) {
         return Ok(None);
     }
-    sqlx::query("ANALYZE sagas").execute(pool).await?;
+    match analyze(pool).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            return Ok(None)
+        }
+        done => done?,
+    }
     let (_, now_planned) = sizes(pool).await?;
     Ok(Some(Reanalyzed {
         pages,
         planned_pages: planned,
         took: !outgrown(pages, now_planned),
     }))
+}
+
+/// `ANALYZE sagas`, bounded on the server: a statement the check gave up
+/// on would otherwise go on holding one of the writers' connections.
+async fn analyze(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '1s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL statement_timeout = '20s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("ANALYZE sagas").execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 async fn sizes(pool: &PgPool) -> Result<(i64, i64), StoreError> {
