@@ -12,13 +12,18 @@ use saga_orchestrator::transport::{
 };
 use uuid::Uuid;
 
-use crate::helpers::env;
+use crate::helpers::{env, PrivatePulsar};
 
 const MESSAGES: usize = 40;
 
 fn event(n: usize) -> Envelope {
-    let payload =
-        serde_json::json!({"partner_id": format!("p-{n}"), "name": format!("Partner {n}")});
+    sized_event(n, 0)
+}
+
+/// Event `n`, its name `extra` bytes longer.
+fn sized_event(n: usize, extra: usize) -> Envelope {
+    let name = format!("Partner {n}{}", "x".repeat(extra));
+    let payload = serde_json::json!({"partner_id": format!("p-{n}"), "name": name});
     Envelope::new(
         EventType::PartnerCreated,
         format!("corr-{n}"),
@@ -31,22 +36,34 @@ fn event(n: usize) -> Envelope {
 /// Sends `MESSAGES` events in one send on a new channel and reads them all
 /// back; returns them with the entry (`ledger:entry`) each came in.
 async fn sent_and_read(transport: PulsarTransport) -> Vec<(String, Delivery)> {
+    let events: Vec<Envelope> = (0..MESSAGES).map(event).collect();
+    sent_and_read_these(&transport, &events).await
+}
+
+/// Sends `events` in one send on a new channel and reads them all back,
+/// each with its entry.
+async fn sent_and_read_these(
+    transport: &PulsarTransport,
+    events: &[Envelope],
+) -> Vec<(String, Delivery)> {
     let channel = format!("batching-{}", Uuid::new_v4().simple());
     let mut sub = transport.subscribe(&channel).await.expect("subscribe");
-    let messages = (0..MESSAGES)
-        .map(|n| OutboundMessage::encode(&event(n), WireFormat::Body))
+    let messages = events
+        .iter()
+        .map(|e| OutboundMessage::encode(e, WireFormat::Body))
         .collect();
     transport.send(&channel, messages).await.expect("send");
 
     let mut read = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while read.len() < MESSAGES {
+    while read.len() < events.len() {
+        let count = read.len();
         assert!(
             tokio::time::Instant::now() < deadline,
-            "read {} of {MESSAGES}",
-            read.len()
+            "read {count} of {}",
+            events.len()
         );
-        read.extend(sub.next_batch(MESSAGES).await.expect("read"));
+        read.extend(sub.next_batch(events.len()).await.expect("read"));
     }
     let mut entries = Vec::new();
     for delivery in read {
@@ -106,4 +123,58 @@ async fn without_batching_each_message_is_an_entry_of_its_own() {
     for (_, delivery) in read {
         delivery.ack().await.expect("ack");
     }
+}
+
+#[tokio::test]
+async fn entries_close_before_they_outgrow_their_bytes_and_a_large_message_goes_alone() {
+    // 40 KiB each, then one of 200 KiB: entries of three, and one of its own.
+    let mut events: Vec<Envelope> = (0..6).map(|n| sized_event(n, 40 * 1024)).collect();
+    events.push(sized_event(6, 200 * 1024));
+    events.push(sized_event(7, 0));
+    let read = sent_and_read_these(&transport().await, &events).await;
+
+    let mut entries: Vec<&str> = read.iter().map(|(entry, _)| entry.as_str()).collect();
+    entries.dedup();
+    assert_eq!(
+        entries.len(),
+        4,
+        "[3 x 40 KiB] [3 x 40 KiB] [200 KiB] [small]: {entries:?}"
+    );
+    for (_, delivery) in read {
+        delivery.ack().await.expect("ack");
+    }
+}
+
+#[tokio::test]
+async fn a_message_the_broker_refuses_fails_its_entry_as_a_refusal() {
+    let pulsar = PrivatePulsar::start_with_max_message_size(16 * 1024).await;
+    let name = format!("batching-{}", Uuid::new_v4().simple());
+    let transport = PulsarTransport::connect(&pulsar.url, &name, &name)
+        .await
+        .expect("connect");
+    let channel = format!("batching-{}", Uuid::new_v4().simple());
+    let run = [
+        sized_event(0, 0),
+        sized_event(1, 32 * 1024),
+        sized_event(2, 0),
+    ];
+    let messages = run
+        .iter()
+        .map(|e| OutboundMessage::encode(e, WireFormat::Body))
+        .collect();
+
+    let error = transport
+        .send(&channel, messages)
+        .await
+        .expect_err("the broker takes at most 16 KiB");
+    assert!(error.blames_the_message(), "{error}");
+    // The producer is still good for what the broker takes.
+    let small = vec![OutboundMessage::encode(
+        &sized_event(3, 0),
+        WireFormat::Body,
+    )];
+    transport
+        .send(&channel, small)
+        .await
+        .expect("a small message goes");
 }

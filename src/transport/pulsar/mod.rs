@@ -16,11 +16,15 @@
 //!   (queue full) waits for the receipts out before resending.
 //! - The producers batch (unless built [`PulsarTransport::without_batching`]):
 //!   the messages of one send share broker entries of up to [`SEND_WINDOW`]
-//!   messages or about [`BATCH_BYTES`], each message keeping its key and
+//!   messages and [`BATCH_BYTES`], each message keeping its key and
 //!   properties. The broker then stores, dispatches and acks one entry
 //!   where it did each message: on pulsar-lite a closed loop ran 30% faster
-//!   for it. A send flushes its last entry before awaiting the receipts, so
-//!   no message waits for a batch to fill.
+//!   for it. A send flushes each entry as it closes and awaits its receipts
+//!   before filling the next, so no message waits for a batch to fill, and
+//!   an entry that fails has nothing after it already on its way (which
+//!   would overtake it when sent again). A send runs in a task of its own:
+//!   a caller that gives up does not leave messages in an entry nobody
+//!   flushes.
 
 pub(crate) mod tap;
 
@@ -50,9 +54,11 @@ use crate::telemetry;
 /// Messages sent before their receipts are awaited: bounds memory and the
 /// crate's outbound queue.
 const SEND_WINDOW: usize = 256;
-/// Bytes of payload after which a batching producer closes an entry; a
-/// message larger than the broker takes fails its entry, and the relay then
-/// sends that entry's messages one at a time to find it.
+/// Payload bytes a batched entry may carry; a message of this size or more
+/// is an entry of its own, so batching never makes an entry the broker
+/// refuses out of messages it would take one by one. A message the broker
+/// refuses fails its entry, and the relay then sends the run one message
+/// at a time to find it (what was taken goes again: at least once).
 const BATCH_BYTES: usize = 128 * 1024;
 /// The crate's per-connection outbound queue (default 100).
 const OUTBOUND_QUEUE: usize = 1024;
@@ -226,6 +232,7 @@ impl PulsarTransport {
     /// One message per broker entry, for consumers that route by key
     /// (Key_Shared): an entry of several partners' messages goes to the
     /// consumer of one of them (`PULSAR_BATCHING=false`).
+    #[must_use]
     pub fn without_batching(mut self) -> Self {
         self.batching = false;
         self
@@ -246,8 +253,10 @@ impl PulsarTransport {
             .with_options(ProducerOptions {
                 // Wait for room in the outbound queue rather than fail.
                 block_queue_if_full: true,
+                // `send_all` closes entries by bytes itself, before a
+                // message would take one over; and sets no timer, which
+                // could close an entry while the one before is in flight.
                 batch_size: self.batching.then_some(SEND_WINDOW as u32),
-                batch_byte_size: self.batching.then_some(BATCH_BYTES),
                 ..Default::default()
             })
             .build()
@@ -292,52 +301,77 @@ impl PulsarTransport {
         messages: Vec<OutboundMessage>,
     ) -> Result<(), TransportError> {
         let producer = self.producer(channel).await?;
-        let mut receipts: Vec<SendFuture> = Vec::with_capacity(messages.len().min(SEND_WINDOW));
+        let mut open = Unsettled::default();
         for message in messages {
             let message = to_pulsar(message);
-            loop {
-                let sent = producer
-                    .lock()
-                    .await
-                    .send_non_blocking(message.clone())
-                    .await;
-                match sent {
-                    Ok(receipt) => {
-                        receipts.push(receipt);
-                        break;
-                    }
-                    Err(pulsar::Error::Producer(ProducerError::Connection(
-                        ConnectionError::SlowDown,
-                    ))) => {
-                        // The queue is full: let what is in it drain first.
-                        if receipts.is_empty() {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        self.settle_sent(&producer, &mut receipts).await?;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            let size = message.payload.len();
+            if self.batching && !open.receipts.is_empty() && open.bytes + size > BATCH_BYTES {
+                self.settle_sent(&producer, &mut open).await?;
             }
-            if receipts.len() >= SEND_WINDOW {
-                self.settle_sent(&producer, &mut receipts).await?;
+            self.enqueue(&producer, message, &mut open).await?;
+            open.bytes += size;
+            let full = open.receipts.len() >= SEND_WINDOW;
+            if full || (self.batching && open.bytes >= BATCH_BYTES) {
+                self.settle_sent(&producer, &mut open).await?;
             }
         }
-        self.settle_sent(&producer, &mut receipts).await
+        self.settle_sent(&producer, &mut open).await
+    }
+
+    /// Hands `message` to the producer; its receipt joins `open`.
+    async fn enqueue(
+        &self,
+        producer: &Mutex<Producer<TokioExecutor>>,
+        message: producer::Message,
+        open: &mut Unsettled,
+    ) -> Result<(), TransportError> {
+        loop {
+            let sent = producer
+                .lock()
+                .await
+                .send_non_blocking(message.clone())
+                .await;
+            match sent {
+                Ok(receipt) => {
+                    open.receipts.push(receipt);
+                    return Ok(());
+                }
+                Err(pulsar::Error::Producer(ProducerError::Connection(
+                    ConnectionError::SlowDown,
+                ))) => {
+                    // The queue is full: let what is in it drain first.
+                    if open.receipts.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    self.settle_sent(producer, open).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Flushes the producer's open entry, if it batches (its receipts come
-    /// only once it is sent), then awaits `receipts`.
+    /// only once it is sent), then awaits the receipts of `open`.
     async fn settle_sent(
         &self,
         producer: &Mutex<Producer<TokioExecutor>>,
-        receipts: &mut Vec<SendFuture>,
+        open: &mut Unsettled,
     ) -> Result<(), TransportError> {
-        if self.batching && !receipts.is_empty() {
+        if self.batching && !open.receipts.is_empty() {
             // Its outcome is in the receipts.
             producer.lock().await.send_batch().await?;
         }
-        await_receipts(receipts).await
+        open.bytes = 0;
+        await_receipts(&mut open.receipts).await
     }
+}
+
+/// Messages of a send handed to the producer whose receipts are not in.
+#[derive(Default)]
+struct Unsettled {
+    receipts: Vec<SendFuture>,
+    /// Their payload bytes: what the open entry holds, when batching.
+    bytes: usize,
 }
 
 async fn await_receipts(receipts: &mut Vec<SendFuture>) -> Result<(), TransportError> {
@@ -424,7 +458,11 @@ impl Transport for PulsarTransport {
         if messages.is_empty() {
             return Ok(());
         }
-        let result = self.send_all(channel, messages).await;
+        let this = self.clone();
+        let owned = channel.to_string();
+        let result = tokio::spawn(async move { this.send_all(&owned, messages).await })
+            .await
+            .unwrap_or_else(|e| Err(TransportError::Task(e.to_string())));
         // A refusal is about one message: the producer is fine.
         if result
             .as_ref()
@@ -851,6 +889,21 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "the broker refused the message: NotAllowedError: Exceed maximum message size: 10024 > 4096"
+        );
+        // A refused entry fails each of its messages so: still a refusal,
+        // which the relay answers by sending the run one message at a time.
+        let batched = receipt_error(pulsar::Error::Producer(ProducerError::Batch(Arc::new(
+            pulsar::Error::Producer(ProducerError::Connection(
+                ConnectionError::UnexpectedResponse(text.into()),
+            )),
+        ))));
+        assert!(batched.blames_the_message(), "{batched}");
+        let outage = receipt_error(pulsar::Error::Producer(ProducerError::Batch(Arc::new(
+            pulsar::Error::Producer(ProducerError::Connection(ConnectionError::Disconnected)),
+        ))));
+        assert!(
+            !matches!(outage, TransportError::Refused { .. }),
+            "{outage}"
         );
     }
 

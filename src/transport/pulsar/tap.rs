@@ -219,9 +219,14 @@ impl ReaderTask {
                     match next {
                         Some(Ok(message)) => {
                             errors = 0;
-                            // Only our own subscription's cursor moves.
-                            if let Err(e) = consumer.ack(&message).await {
-                                return Some(format!("ack failed: {e}"));
+                            // Only our own subscription's cursor moves. The
+                            // crate acks whole entries: acked at an entry's
+                            // last message, a rebuild mid-entry gets it again
+                            // (what was shown is skipped), not past it.
+                            if ends_its_entry(&message) {
+                                if let Err(e) = consumer.ack(&message).await {
+                                    return Some(format!("ack failed: {e}"));
+                                }
                             }
                             if let Some(tapped) = self.tapped(message) {
                                 self.tx.send(tapped).await.ok()?;
@@ -303,6 +308,21 @@ impl ReaderTask {
     }
 }
 
+/// Whether `message` is the last of its broker entry (or alone in it).
+fn ends_its_entry(message: &Message<Vec<u8>>) -> bool {
+    let id = &message.message_id;
+    is_last_of_entry(id.id.batch_index, id.batch_size)
+}
+
+/// Whether message `index` of an entry of `size` messages is its last; a
+/// message with neither is alone in its entry.
+fn is_last_of_entry(index: Option<i32>, size: Option<i32>) -> bool {
+    match (index, size) {
+        (Some(index), Some(size)) => index.saturating_add(1) >= size,
+        _ => true,
+    }
+}
+
 /// Whether `a` comes after `b` in one topic partition.
 fn is_after(a: &MessageIdData, b: &MessageIdData) -> bool {
     let key = |m: &MessageIdData| (m.ledger_id, m.entry_id, m.batch_index.unwrap_or(-1));
@@ -320,6 +340,16 @@ mod tests {
             batch_index: batch,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_entry_is_acked_at_its_last_message_only() {
+        assert!(!is_last_of_entry(Some(0), Some(3)));
+        assert!(!is_last_of_entry(Some(1), Some(3)));
+        assert!(is_last_of_entry(Some(2), Some(3)));
+        assert!(is_last_of_entry(Some(0), Some(1)), "an entry of one");
+        assert!(is_last_of_entry(None, None), "not batched");
+        assert!(is_last_of_entry(Some(i32::MAX), Some(i32::MAX)));
     }
 
     #[test]
