@@ -14,6 +14,8 @@ use crate::telemetry;
 /// Bound on one round, beyond the store's own on its statement (20 s): a
 /// database that does not answer is asked again on a later tick.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait between checks while they fail.
+const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub(super) async fn run(orch: Orchestrator) {
     let store = &orch.inner.store;
@@ -21,7 +23,7 @@ pub(super) async fn run(orch: Orchestrator) {
         return;
     };
     let mut failures = 0;
-    while pause(&orch.inner.cancel, every).await {
+    while pause(&orch.inner.cancel, after_failures(every, failures)).await {
         let round = tokio::time::timeout(ROUND_TIMEOUT, store.refresh_statistics())
             .await
             .unwrap_or_else(|_| {
@@ -45,7 +47,7 @@ pub(super) async fn run(orch: Orchestrator) {
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(error = %e, "could not check the sagas table's statistics; trying again every {every:?}");
+                    tracing::warn!(error = %e, "could not check the sagas table's statistics; trying again, less often while it fails");
                 }
                 metrics::counter!(telemetry::LOOP_ERRORS, "component" => "statistics").increment(1);
                 continue;
@@ -58,6 +60,16 @@ pub(super) async fn run(orch: Orchestrator) {
     }
 }
 
+/// The wait before the next check: `every`, doubled for each failure in a
+/// row up to [`MAX_WAIT`], so that an `ANALYZE` that keeps running out of
+/// time is not started again every second.
+fn after_failures(every: Duration, failures: u32) -> Duration {
+    every
+        .saturating_mul(1 << failures.min(16))
+        .min(MAX_WAIT)
+        .max(every)
+}
+
 /// Said once: the check stops, since the role cannot analyse the table
 /// and autovacuum will, in its own time.
 fn warn_refused(done: &Reanalyzed) {
@@ -68,4 +80,22 @@ fn warn_refused(done: &Reanalyzed) {
          (it needs to own the table, or MAINTAIN on PostgreSQL 17); left to autovacuum, \
          and not checked again"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_that_fail_wait_longer_up_to_five_minutes() {
+        let every = Duration::from_secs(1);
+        assert_eq!(after_failures(every, 0), every);
+        assert_eq!(after_failures(every, 1), Duration::from_secs(2));
+        assert_eq!(after_failures(every, 5), Duration::from_secs(32));
+        assert_eq!(after_failures(every, 9), MAX_WAIT);
+        assert_eq!(after_failures(every, u32::MAX), MAX_WAIT);
+        // An interval above the cap is kept.
+        let hourly = Duration::from_secs(3600);
+        assert_eq!(after_failures(hourly, 3), hourly);
+    }
 }

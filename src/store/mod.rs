@@ -341,7 +341,8 @@ pub trait SagaStore: OperatorStore + Send + Sync + 'static {
 
     /// Refreshes the planner's statistics of the sagas table if it has far
     /// outgrown them, so that plans cached while it was small are made
-    /// again; says what it did, `None` when there was nothing to do.
+    /// again; says what it did, `None` when there was nothing to do or
+    /// another session's lock was in the way (the next check sees).
     async fn refresh_statistics(&self) -> Result<Option<Reanalyzed>, StoreError> {
         Ok(None)
     }

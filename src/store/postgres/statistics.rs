@@ -45,43 +45,41 @@ pub(super) fn outgrown(pages: i64, planned: i64) -> bool {
 /// Analyses `sagas` if it has outgrown its statistics; says so, and
 /// whether the statistics took (an `ANALYZE` by a role that may not
 /// maintain the table is skipped with only a warning). `None` too when
-/// another session holds the table's maintenance lock (another instance's
-/// `ANALYZE`, a `VACUUM`): the next check sees what that did.
+/// another session holds a lock in the way (another instance's `ANALYZE`,
+/// a `VACUUM`, a migration's DDL): the next check sees what that did.
 pub(super) async fn refresh(pool: &PgPool) -> Result<Option<Reanalyzed>, StoreError> {
-    let (pages, planned) = sizes(pool).await?;
+    match bounded_refresh(pool).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            Ok(None)
+        }
+        done => Ok(done?),
+    }
+}
+
+/// The check in one transaction whose statements are bounded on the
+/// server: one the caller gave up on would otherwise go on holding one of
+/// the writers' connections.
+async fn bounded_refresh(pool: &PgPool) -> Result<Option<Reanalyzed>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('lock_timeout', '1s', true), \
+            set_config('statement_timeout', '20s', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let (pages, planned): (i64, i64) = sqlx::query_as(SIZES).fetch_one(&mut *tx).await?;
     if !outgrown(pages, planned) {
         return Ok(None);
     }
-    match analyze(pool).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-            return Ok(None)
-        }
-        done => done?,
-    }
-    let (_, now_planned) = sizes(pool).await?;
+    sqlx::query("ANALYZE sagas").execute(&mut *tx).await?;
+    // ANALYZE writes relpages in place: seen at once, also in here.
+    let (_, now_planned): (i64, i64) = sqlx::query_as(SIZES).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
     Ok(Some(Reanalyzed {
         pages,
         planned_pages: planned,
         took: !outgrown(pages, now_planned),
     }))
-}
-
-/// `ANALYZE sagas`, bounded on the server: a statement the check gave up
-/// on would otherwise go on holding one of the writers' connections.
-async fn analyze(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '1s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL statement_timeout = '20s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("ANALYZE sagas").execute(&mut *tx).await?;
-    tx.commit().await
-}
-
-async fn sizes(pool: &PgPool) -> Result<(i64, i64), StoreError> {
-    Ok(sqlx::query_as(SIZES).fetch_one(pool).await?)
 }
 
 #[cfg(test)]
