@@ -4,7 +4,7 @@
 //! - Redis: plain `XREAD` on all streams at once, no consumer group (the
 //!   orchestrator's group and its pending lists are never touched);
 //! - Pulsar: per topic an exclusive subscription of its own (`saga-monitor-…`,
-//!   non-durable, by default), acked as read and unsubscribed on a clean stop
+//!   non-durable, by default), acked as read (by entry) and unsubscribed on a clean stop
 //!   (see `pulsar/tap.rs` for why both).
 //!
 //! The monitor and `load-test` read with it; each broker's reader lives

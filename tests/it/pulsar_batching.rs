@@ -178,3 +178,40 @@ async fn a_message_the_broker_refuses_fails_its_entry_as_a_refusal() {
         .await
         .expect("a small message goes");
 }
+
+#[tokio::test]
+async fn two_sends_of_several_messages_on_one_channel_take_turns() {
+    let transport = transport().await;
+    let channel = format!("batching-{}", Uuid::new_v4().simple());
+    let mut sub = transport.subscribe(&channel).await.expect("subscribe");
+    let send = |from: usize| {
+        let (transport, channel) = (transport.clone(), channel.clone());
+        let messages: Vec<OutboundMessage> = (from..from + MESSAGES)
+            .map(|n| OutboundMessage::encode(&event(n), WireFormat::Body))
+            .collect();
+        tokio::spawn(async move { transport.send(&channel, messages).await })
+    };
+    let (first, second) = (send(0), send(1_000));
+    first.await.expect("task").expect("first send");
+    second.await.expect("task").expect("second send");
+
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read.len() < 2 * MESSAGES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {}",
+            read.len()
+        );
+        read.extend(sub.next_batch(2 * MESSAGES).await.expect("read"));
+    }
+    let senders: Vec<bool> = read
+        .iter()
+        .map(|d| correlation(d).len() > "corr-99".len())
+        .collect();
+    let switches = senders.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(switches, 1, "each send's messages together: {senders:?}");
+    for delivery in read {
+        delivery.ack().await.expect("ack");
+    }
+}

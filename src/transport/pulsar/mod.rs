@@ -22,9 +22,10 @@
 //!   for it. A send flushes each entry as it closes and awaits its receipts
 //!   before filling the next, so no message waits for a batch to fill, and
 //!   an entry that fails has nothing after it already on its way (which
-//!   would overtake it when sent again). A send runs in a task of its own:
-//!   a caller that gives up does not leave messages in an entry nobody
-//!   flushes.
+//!   would overtake it when sent again). A send of several messages has its
+//!   channel's producer to itself. A send runs in a task of its own: a
+//!   caller that gives up does not leave messages in an entry nobody
+//!   flushes (the send goes on, at least once, as it did unbatched).
 
 pub(crate) mod tap;
 
@@ -43,7 +44,8 @@ use pulsar::{
     ConnectionRetryOptions, Consumer, ConsumerOptions, OperationRetryOptions, Producer,
     ProducerOptions, Pulsar, SubType, TokioExecutor,
 };
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tracing::Instrument;
 
 use super::{
     Delivery, OutboundMessage, RawMessage, Settle, Subscription, Transport, TransportError,
@@ -55,8 +57,9 @@ use crate::telemetry;
 /// crate's outbound queue.
 const SEND_WINDOW: usize = 256;
 /// Payload bytes a batched entry may carry; a message of this size or more
-/// is an entry of its own, so batching never makes an entry the broker
-/// refuses out of messages it would take one by one. A message the broker
+/// is an entry of its own, so batching makes no entry the broker refuses
+/// out of messages it takes one by one, as long as it takes entries of this
+/// size and a little more (the messages' metadata is not counted). A message the broker
 /// refuses fails its entry, and the relay then sends the run one message
 /// at a time to find it (what was taken goes again: at least once).
 const BATCH_BYTES: usize = 128 * 1024;
@@ -185,7 +188,35 @@ pub fn topic(channel: &str) -> String {
 }
 
 /// One shared producer per channel, built on first send.
-type Producers = Arc<Mutex<HashMap<String, Arc<Mutex<Producer<TokioExecutor>>>>>>;
+type Producers = Arc<Mutex<HashMap<String, Arc<ChannelProducer>>>>;
+
+/// A channel's producer, and the turns of the sends that use it.
+struct ChannelProducer {
+    producer: Mutex<Producer<TokioExecutor>>,
+    /// A send of several messages has the producer to itself, so that no
+    /// other send's flush closes its entry early (taking it past
+    /// [`BATCH_BYTES`], or putting a second entry of its in flight); sends
+    /// of one message, whose order is nobody else's, share it.
+    turns: RwLock<()>,
+}
+
+/// A send's hold on its channel's producer (see [`ChannelProducer`]),
+/// released when dropped.
+#[allow(dead_code, reason = "the guards are held only for their drop")]
+enum Turn<'a> {
+    Alone(RwLockWriteGuard<'a, ()>),
+    Shared(RwLockReadGuard<'a, ()>),
+}
+
+impl ChannelProducer {
+    async fn turn(&self, messages: usize) -> Turn<'_> {
+        if messages > 1 {
+            Turn::Alone(self.turns.write().await)
+        } else {
+            Turn::Shared(self.turns.read().await)
+        }
+    }
+}
 
 /// A Pulsar cluster.
 #[derive(Clone)]
@@ -238,10 +269,7 @@ impl PulsarTransport {
         self
     }
 
-    async fn producer(
-        &self,
-        channel: &str,
-    ) -> Result<Arc<Mutex<Producer<TokioExecutor>>>, TransportError> {
+    async fn producer(&self, channel: &str) -> Result<Arc<ChannelProducer>, TransportError> {
         let mut producers = self.producers.lock().await;
         if let Some(p) = producers.get(channel) {
             return Ok(p.clone());
@@ -254,14 +282,18 @@ impl PulsarTransport {
                 // Wait for room in the outbound queue rather than fail.
                 block_queue_if_full: true,
                 // `send_all` closes entries by bytes itself, before a
-                // message would take one over; and sets no timer, which
-                // could close an entry while the one before is in flight.
+                // message would take one over, and by count at the same
+                // 256 as the crate; no timer, which could close an entry
+                // while the one before is in flight.
                 batch_size: self.batching.then_some(SEND_WINDOW as u32),
                 ..Default::default()
             })
             .build()
             .await?;
-        let producer = Arc::new(Mutex::new(producer));
+        let producer = Arc::new(ChannelProducer {
+            producer: Mutex::new(producer),
+            turns: RwLock::new(()),
+        });
         producers.insert(channel.to_string(), producer.clone());
         Ok(producer)
     }
@@ -295,27 +327,32 @@ impl PulsarTransport {
         Ok(consumer)
     }
 
+    /// Sends `messages` in order, in entries of at most [`SEND_WINDOW`]
+    /// messages and [`BATCH_BYTES`] when batching, one entry in flight at a
+    /// time: what follows an entry is queued only once its receipts are in.
     async fn send_all(
         &self,
         channel: &str,
         messages: Vec<OutboundMessage>,
     ) -> Result<(), TransportError> {
-        let producer = self.producer(channel).await?;
+        let channel_producer = self.producer(channel).await?;
+        let _turn = channel_producer.turn(messages.len()).await;
+        let producer = &channel_producer.producer;
         let mut open = Unsettled::default();
         for message in messages {
             let message = to_pulsar(message);
             let size = message.payload.len();
             if self.batching && !open.receipts.is_empty() && open.bytes + size > BATCH_BYTES {
-                self.settle_sent(&producer, &mut open).await?;
+                self.settle_sent(producer, &mut open).await?;
             }
-            self.enqueue(&producer, message, &mut open).await?;
+            self.enqueue(producer, message, &mut open).await?;
             open.bytes += size;
             let full = open.receipts.len() >= SEND_WINDOW;
             if full || (self.batching && open.bytes >= BATCH_BYTES) {
-                self.settle_sent(&producer, &mut open).await?;
+                self.settle_sent(producer, &mut open).await?;
             }
         }
-        self.settle_sent(&producer, &mut open).await
+        self.settle_sent(producer, &mut open).await
     }
 
     /// Hands `message` to the producer; its receipt joins `open`.
@@ -369,11 +406,13 @@ impl PulsarTransport {
 /// Messages of a send handed to the producer whose receipts are not in.
 #[derive(Default)]
 struct Unsettled {
+    /// One for each message, in the order they were handed over.
     receipts: Vec<SendFuture>,
     /// Their payload bytes: what the open entry holds, when batching.
     bytes: usize,
 }
 
+/// Awaits `receipts` in order; the first failure is the send's.
 async fn await_receipts(receipts: &mut Vec<SendFuture>) -> Result<(), TransportError> {
     for receipt in receipts.drain(..) {
         receipt.await.map_err(receipt_error)?;
@@ -460,17 +499,25 @@ impl Transport for PulsarTransport {
         }
         let this = self.clone();
         let owned = channel.to_string();
-        let result = tokio::spawn(async move { this.send_all(&owned, messages).await })
+        let send = async move {
+            let result = this.send_all(&owned, messages).await;
+            // A refusal is about one message: the producer is fine.
+            if result
+                .as_ref()
+                .is_err_and(|e| !matches!(e, TransportError::Refused { .. }))
+            {
+                this.forget_producer(&owned).await;
+            }
+            result
+        };
+        tokio::spawn(send.in_current_span())
             .await
-            .unwrap_or_else(|e| Err(TransportError::Task(e.to_string())));
-        // A refusal is about one message: the producer is fine.
-        if result
-            .as_ref()
-            .is_err_and(|e| !matches!(e, TransportError::Refused { .. }))
-        {
-            self.forget_producer(channel).await;
-        }
-        result
+            .unwrap_or_else(|e| {
+                if e.is_panic() {
+                    tracing::error!(channel, error = %e, "a Pulsar send panicked");
+                }
+                Err(TransportError::Task(e.to_string()))
+            })
     }
 
     async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError> {

@@ -6,8 +6,9 @@
 //! so that the subscription can also be removed explicitly: a real Pulsar
 //! drops a non-durable subscription when its consumer disconnects, but
 //! pulsar-lite (our development broker) keeps it, and a subscription nobody
-//! reads retains every later message. So every message is acked as it is
-//! read, and on a clean stop each subscription is unsubscribed. A reader
+//! reads retains every later message. So every broker entry is acked as
+//! its last message is read (the crate acks whole entries), and on a clean
+//! stop each subscription is unsubscribed. A reader
 //! that must keep up (`load-test`) asks for a durable Shared subscription
 //! instead (see [`TapSubscription`] for the measurement): it is removed the
 //! same way.
