@@ -43,11 +43,6 @@ const LIST_COLUMNS: &str = "saga_id, event_id, correlation_id, partner_id, state
     alliance_id, last_error, '{}'::jsonb AS payload, traceparent, created_at, updated_at, deadline_at, \
     next_attempt_at, awaiting_reply, version";
 
-/// How often the store checks whether `sagas` outgrew its statistics
-/// (see `statistics`): often enough to catch a young table within its
-/// first few thousand sagas; the check reads two numbers of `pg_class`.
-const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Connections of the relay's bookkeeping pool (see [`PostgresStore`]).
 const BOOKKEEPING_CONNECTIONS: u32 = 2;
 
@@ -141,7 +136,7 @@ impl SagaStore for PostgresStore {
     }
 
     fn statistics_interval(&self) -> Option<Duration> {
-        Some(STATISTICS_INTERVAL)
+        Some(statistics::INTERVAL)
     }
 
     async fn refresh_statistics(&self) -> Result<Option<Reanalyzed>, StoreError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use saga_orchestrator::envelope::{Envelope, EventType};
 use saga_orchestrator::transport::{
-    Delivery, OutboundMessage, PulsarTransport, RawMessage, Transport, WireFormat,
+    Delivery, OutboundMessage, PulsarTransport, RawMessage, Subscription, Transport, WireFormat,
 };
 use uuid::Uuid;
 
@@ -54,23 +54,27 @@ async fn sent_and_read_these(
         .collect();
     transport.send(&channel, messages).await.expect("send");
 
-    let mut read = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while read.len() < events.len() {
-        let count = read.len();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "read {count} of {}",
-            events.len()
-        );
-        read.extend(sub.next_batch(events.len()).await.expect("read"));
-    }
     let mut entries = Vec::new();
-    for delivery in read {
+    for delivery in read_all(sub.as_mut(), events.len()).await {
         let entry: Vec<&str> = delivery.id.split(':').take(2).collect();
         entries.push((entry.join(":"), delivery));
     }
     entries
+}
+
+/// Reads `count` deliveries from `sub`, failing after 30 s.
+async fn read_all(sub: &mut dyn Subscription, count: usize) -> Vec<Delivery> {
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read.len() < count {
+        let so_far = read.len();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {so_far} of {count}"
+        );
+        read.extend(sub.next_batch(count).await.expect("read"));
+    }
+    read
 }
 
 fn correlation(delivery: &Delivery) -> String {
@@ -195,16 +199,7 @@ async fn two_sends_of_several_messages_on_one_channel_take_turns() {
     first.await.expect("task").expect("first send");
     second.await.expect("task").expect("second send");
 
-    let mut read = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while read.len() < 2 * MESSAGES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "read {}",
-            read.len()
-        );
-        read.extend(sub.next_batch(2 * MESSAGES).await.expect("read"));
-    }
+    let read = read_all(sub.as_mut(), 2 * MESSAGES).await;
     let senders: Vec<bool> = read
         .iter()
         .map(|d| correlation(d).len() > "corr-99".len())

@@ -17,9 +17,16 @@
 //! in a table's youth (at each doubling while autovacuum lags behind), and
 //! never once autovacuum keeps up, since it analyses at a tenth's growth.
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 
 use crate::store::{Reanalyzed, StoreError};
+
+/// How often the store checks whether `sagas` outgrew its statistics:
+/// often enough to catch a young table within its first few thousand
+/// sagas; the check reads two numbers of `pg_class`.
+pub(super) const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Pages (8 KiB) the table must grow beyond its statistics before it is
 /// analysed: below a few hundred sagas a sequential scan is the right plan

@@ -59,9 +59,10 @@ const SEND_WINDOW: usize = 256;
 /// Payload bytes a batched entry may carry; a message of this size or more
 /// is an entry of its own, so batching makes no entry the broker refuses
 /// out of messages it takes one by one, as long as it takes entries of this
-/// size and a little more (the messages' metadata is not counted). A message the broker
-/// refuses fails its entry, and the relay then sends the run one message
-/// at a time to find it (what was taken goes again: at least once).
+/// size and a little more (the messages' metadata is not counted). A
+/// message the broker refuses fails its entry, and the relay then sends the
+/// run one message at a time to find it (what was taken goes again: at
+/// least once).
 const BATCH_BYTES: usize = 128 * 1024;
 /// The crate's per-connection outbound queue (default 100).
 const OUTBOUND_QUEUE: usize = 1024;
@@ -338,17 +339,22 @@ impl PulsarTransport {
         let channel_producer = self.producer(channel).await?;
         let _turn = channel_producer.turn(messages.len()).await;
         let producer = &channel_producer.producer;
+        // Unbatched, each message is an entry anyway: only the window counts.
+        let entry_bytes = if self.batching {
+            BATCH_BYTES
+        } else {
+            usize::MAX
+        };
         let mut open = Unsettled::default();
         for message in messages {
             let message = to_pulsar(message);
             let size = message.payload.len();
-            if self.batching && !open.receipts.is_empty() && open.bytes + size > BATCH_BYTES {
+            if !open.receipts.is_empty() && open.bytes.saturating_add(size) > entry_bytes {
                 self.settle_sent(producer, &mut open).await?;
             }
             self.enqueue(producer, message, &mut open).await?;
-            open.bytes += size;
-            let full = open.receipts.len() >= SEND_WINDOW;
-            if full || (self.batching && open.bytes >= BATCH_BYTES) {
+            open.bytes = open.bytes.saturating_add(size);
+            if open.receipts.len() >= SEND_WINDOW || open.bytes >= entry_bytes {
                 self.settle_sent(producer, &mut open).await?;
             }
         }

@@ -8,8 +8,8 @@
 //! pulsar-lite (our development broker) keeps it, and a subscription nobody
 //! reads retains every later message. So every broker entry is acked as
 //! its last message is read (the crate acks whole entries), and on a clean
-//! stop each subscription is unsubscribed. A reader
-//! that must keep up (`load-test`) asks for a durable Shared subscription
+//! stop each subscription is unsubscribed. A reader that must keep up
+//! (`load-test`) asks for a durable Shared subscription
 //! instead (see [`TapSubscription`] for the measurement): it is removed the
 //! same way.
 //!
