@@ -279,9 +279,9 @@ impl Orchestrator {
         let mut decisions = Vec::with_capacity(requests.len());
         let mut permits = Vec::with_capacity(requests.len());
         for (request, permit) in requests {
-            let (draft, decision) = self.draft(request, now, permit.is_some());
+            let (draft, decided) = self.draft(request, now, permit.is_some());
             new.push(draft);
-            decisions.push(decision);
+            decisions.push(decided);
             permits.push(permit);
         }
         let writing = self.inner.outbox.in_flight();
@@ -298,6 +298,10 @@ impl Orchestrator {
                 return Err(e);
             }
         };
+        // Before the relay can send their commands: a reply applied ahead
+        // of its saga's hold would find no slot to free, and the slot
+        // would stay taken until the reply deadline.
+        self.hold_awaiting_slots(&new, &decisions, &mut permits, &created);
         let outboxes = new
             .iter_mut()
             .zip(&created)
@@ -308,16 +312,17 @@ impl Orchestrator {
         self.inner
             .outbox
             .settle([writing], &held, hold.until, outboxes);
-        for (((draft, decision), permit), outcome) in
+        for (((draft, decided), permit), outcome) in
             new.into_iter().zip(decisions).zip(permits).zip(&created)
         {
             match outcome {
                 Created::New(_) => {
                     self.inner.stats.record(stats::Event::Started);
                     metrics::counter!(telemetry::STARTED, "source" => source.label()).increment(1);
-                    metrics::counter!(telemetry::TRANSITIONS, "from" => "started", "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
-                    if let (Some(permit), Some(lease)) = (permit, draft.lease) {
-                        self.spawn_driver(draft.saga, decision.next, lease.until, permit);
+                    decided.iter().for_each(count_transition);
+                    let next = decided.last().map(|d| d.next);
+                    if let (Some(permit), Some(lease), Some(next)) = (permit, draft.lease, next) {
+                        self.spawn_driver(draft.saga, next, lease.until, permit);
                     }
                 }
                 Created::Duplicate(id) => {
@@ -327,6 +332,29 @@ impl Orchestrator {
             }
         }
         Ok(created)
+    }
+
+    /// Keeps the slot of each new saga recorded waiting for its reply
+    /// (its command went out with the record) until the reply deadline.
+    fn hold_awaiting_slots(
+        &self,
+        new: &[NewSaga],
+        decisions: &[Vec<Decision>],
+        permits: &mut [Option<OwnedSemaphorePermit>],
+        created: &[Created],
+    ) {
+        for (((draft, decided), permit), outcome) in
+            new.iter().zip(decisions).zip(permits).zip(created)
+        {
+            let next = decided.last().map(|d| d.next);
+            if let (Created::New(_), Some(saga::NextAction::AwaitReply { until, .. })) =
+                (outcome, next)
+            {
+                if let Some(permit) = permit.take() {
+                    self.hold_while_awaiting(draft.saga.saga_id, permit, until);
+                }
+            }
+        }
     }
 
     /// Applies an input from outside a driver (an operator's retry or
@@ -547,13 +575,16 @@ impl Orchestrator {
         &self.inner.stats
     }
 
-    /// A new saga already moved past `started` by its first decision.
+    /// A new saga already moved past `started` by its first decision and,
+    /// when it has a slot (`leased`) and its first step goes out over the
+    /// broker, by that step's command too: it is then recorded waiting for
+    /// the reply, and nothing is written between the event and the command.
     fn draft(
         &self,
         request: StartRequest,
         now: DateTime<Utc>,
         leased: bool,
-    ) -> (NewSaga, Decision) {
+    ) -> (NewSaga, Vec<Decision>) {
         let cfg = &self.inner.config;
         let saga_id = Uuid::now_v7();
         // The saga's own span in the event's trace (a new trace when the
@@ -592,15 +623,51 @@ impl Orchestrator {
             instance_id: Some(cfg.instance_id.clone()),
             events: Vec::new(),
         };
-        let decision = saga::begin(&saga, now);
-        let after = decision.apply(&saga, now);
+        let mut decisions = vec![saga::begin(&saga, now)];
+        if leased && cfg.over_broker(saga::Step::CreateAlliance) {
+            let begun = decisions[0].apply(&saga, now);
+            let sent = Input::CommandSent {
+                step: begun.step,
+                reply_by: saga::later(now, cfg.step_timeout),
+            };
+            decisions.extend(saga::decide(&begun, &sent, &cfg.retry, now).ok());
+        }
+        let (after, mut history, outbox) = self.written(&saga, &decisions, now);
+        history.insert(0, created);
+        let calls_next = matches!(
+            decisions.last().map(|d| d.next),
+            Some(saga::NextAction::Call { .. })
+        );
         let new = NewSaga {
-            history: vec![created, self.history_entry(&decision, after.version, now)],
-            outbox: self.saga_events(&after, &decision),
-            lease: leased.then(|| self.lease_until(now)),
+            history,
+            outbox,
+            lease: (leased && calls_next).then(|| self.lease_until(now)),
             saga: after,
         };
-        (new, decision)
+        (new, decisions)
+    }
+
+    /// The saga once `decisions` are applied in turn from `saga`, with the
+    /// history row and the outgoing messages (saga events, and a command
+    /// where one goes out) that each of them writes.
+    fn written(
+        &self,
+        saga: &Saga,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+    ) -> (Saga, Vec<HistoryEntry>, Vec<OutboxMessage>) {
+        let mut after = saga.clone();
+        let mut history = Vec::with_capacity(decisions.len());
+        let mut outbox = Vec::new();
+        for decision in decisions {
+            after = decision.apply(&after, now);
+            history.push(self.history_entry(decision, after.version, now));
+            outbox.extend(self.saga_events(&after, decision));
+            if let Some(step) = decision.command {
+                outbox.push(commands::command(&self.inner.config.channels, &after, step));
+            }
+        }
+        (after, history, outbox)
     }
 
     /// Stores `decision` for `saga`; returns the saga as stored. `Ok(None)`:
@@ -615,17 +682,13 @@ impl Orchestrator {
         fenced: bool,
     ) -> Result<Option<Saga>, StoreError> {
         let now = Utc::now();
-        let after = decision.apply(saga, now);
+        let (after, mut history, outbox) = self.written(saga, std::slice::from_ref(decision), now);
         let lease = match decision.next {
             saga::NextAction::Call { at, .. } if keep_lease => Some(self.lease_until(at)),
             _ => None,
         };
-        let mut outbox = self.saga_events(&after, decision);
-        if let Some(step) = decision.command {
-            outbox.push(commands::command(&self.inner.config.channels, &after, step));
-        }
         let write = crate::store::TransitionWrite {
-            history: self.history_entry(decision, after.version, now),
+            history: history.remove(0),
             outbox,
             expected_version: saga.version,
             lease,
@@ -637,10 +700,7 @@ impl Orchestrator {
             return Ok(None);
         };
         let after = write.saga;
-        metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
-        if let Some(step) = decision.command {
-            metrics::counter!(telemetry::COMMANDS, "step" => step.as_str()).increment(1);
-        }
+        count_transition(decision);
         if decision.reason == saga::Reason::AttemptFailed {
             metrics::counter!(telemetry::RETRIES, "step" => decision.step.as_str()).increment(1);
         }
@@ -746,6 +806,14 @@ impl Drop for DrivingGuard {
 
 /// A decision that only records news (an alliance created after the saga
 /// moved on) and changes nothing of what the saga does next.
+/// Counts a stored transition, and the command it sent.
+fn count_transition(decision: &Decision) {
+    metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
+    if let Some(step) = decision.command {
+        metrics::counter!(telemetry::COMMANDS, "step" => step.as_str()).increment(1);
+    }
+}
+
 fn is_late_news(decision: &Decision) -> bool {
     decision.reason == saga::Reason::AllianceCreatedLate
 }

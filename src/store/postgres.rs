@@ -465,11 +465,11 @@ macro_rules! insert_sagas_sql {
     () => {
         "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
             alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-            next_attempt_at, lease_owner, lease_until, version) \
+            next_attempt_at, lease_owner, lease_until, version, awaiting_reply) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
             $7::int4[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::timestamptz[], \
             $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], \
-            $17::timestamptz[], $18::int4[]) \
+            $17::timestamptz[], $18::int4[], $19::bool[]) \
          ON CONFLICT DO NOTHING \
          RETURNING event_id, saga_id"
     };
@@ -598,6 +598,7 @@ struct SagaColumns {
     lease_owner: Vec<Option<String>>,
     lease_until: Vec<Option<DateTime<Utc>>>,
     version: Vec<i32>,
+    awaiting_reply: Vec<bool>,
 }
 
 impl SagaColumns {
@@ -612,7 +613,7 @@ impl SagaColumns {
         Self::from(ordered.as_slice())
     }
 
-    /// Binds the columns as `$1`…`$18` of [`insert_sagas_sql`].
+    /// Binds the columns as `$1`…`$19` of [`insert_sagas_sql`].
     fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
         query
             .bind(self.saga_id)
@@ -633,6 +634,7 @@ impl SagaColumns {
             .bind(self.lease_owner)
             .bind(self.lease_until)
             .bind(self.version)
+            .bind(self.awaiting_reply)
     }
 }
 
@@ -667,6 +669,7 @@ impl From<&[&NewSaga]> for SagaColumns {
                 .map(|n| n.lease.as_ref().map(|l| l.until))
                 .collect(),
             version: s().map(|s| s.version).collect(),
+            awaiting_reply: s().map(|s| s.awaiting_reply).collect(),
         }
     }
 }

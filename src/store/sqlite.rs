@@ -410,8 +410,8 @@ async fn insert_saga(tx: &mut Transaction<'_, Sqlite>, new: &NewSaga) -> Result<
     let inserted = sqlx::query(
         "INSERT INTO sagas (saga_id, event_id, correlation_id, partner_id, state, step, attempts, \
             alliance_id, last_error, payload, traceparent, created_at, updated_at, deadline_at, \
-            next_attempt_at, lease_owner, lease_until, version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            next_attempt_at, lease_owner, lease_until, version, awaiting_reply) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT DO NOTHING",
     )
     .bind(s.saga_id.to_string())
@@ -432,6 +432,7 @@ async fn insert_saga(tx: &mut Transaction<'_, Sqlite>, new: &NewSaga) -> Result<
     .bind(new.lease.as_ref().map(|l| l.owner.as_str()))
     .bind(new.lease.as_ref().map(|l| micros(l.until)))
     .bind(s.version)
+    .bind(s.awaiting_reply)
     .execute(&mut **tx)
     .await?
     .rows_affected();

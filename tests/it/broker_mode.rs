@@ -10,6 +10,7 @@ use uuid::Uuid;
 use saga_orchestrator::envelope::{Envelope, EventType, MessageStatus};
 
 use crate::helpers::{mocks, partner, spawn_app_with, states, Entry, TestApp, TestConfig};
+use crate::relay::metric;
 
 pub(crate) async fn broker_mode_app(step_timeout_ms: u64) -> TestApp {
     let (alliances, integrations) = mocks().await;
@@ -144,6 +145,33 @@ async fn a_saga_completes_through_commands_and_a_stream_of_replies() {
         .collect();
     assert!(progress.contains(&"two thirds"), "{progress:?}");
     assert!(app.alliances.received_requests().await.unwrap().is_empty());
+}
+
+/// A saga with a free slot is recorded with its first command in one
+/// write: the command waits on no second transaction.
+#[tokio::test]
+async fn a_new_saga_is_recorded_with_its_first_command_in_one_write() {
+    let app = broker_mode_app(5_000).await;
+    let p = partner();
+    app.publish_partner(&p, &format!("evt-{p}"), "corr-one-write")
+        .await;
+    let create = command(&app, &app.channels.alliance_commands, &p, 1).await;
+    wait_for_state(&app, &p, "awaiting_alliance").await;
+    let saga = app.saga(&create["saga_id"]).await;
+    assert_eq!(
+        reasons(&saga),
+        ["partner_created", "alliance_requested", "command_sent"]
+    );
+    let label = "write=\"transition\"";
+    assert_eq!(
+        metric(&app, "saga_store_write_items_total", label).await,
+        0.0,
+        "no transition was written apart from the record"
+    );
+    assert_eq!(
+        metric(&app, "saga_store_write_items_total", "write=\"record\"").await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -84,6 +84,7 @@ macro_rules! on_both {
 
 on_both!(
     create_dedups_by_event_id_within_and_across_batches,
+    a_saga_recorded_awaiting_its_reply_reads_back_awaiting,
     one_saga_per_partner_until_it_is_compensated,
     a_driver_write_is_fenced_by_another_owners_lease,
     a_stale_transition_writes_nothing,
@@ -245,6 +246,31 @@ async fn create_dedups_by_event_id_within_and_across_batches(store: Arc<dyn Saga
         2,
         "one event per new saga, none for duplicates"
     );
+}
+
+/// Broker mode records a saga with its first command already sent: it is
+/// stored waiting for the reply, on both ways of recording.
+async fn a_saga_recorded_awaiting_its_reply_reads_back_awaiting(store: Arc<dyn SagaStore>) {
+    let awaiting = |event_id: &str| {
+        let mut new = new_saga(event_id, None);
+        new.saga.awaiting_reply = true;
+        new
+    };
+    let (plain, held) = (awaiting("e-await-a"), awaiting("e-await-b"));
+    store.create(std::slice::from_ref(&plain)).await.unwrap();
+    let hold = OutboxHold {
+        owner: "i-await".into(),
+        until: Utc::now() + chrono::Duration::seconds(30),
+    };
+    store
+        .create_held(std::slice::from_ref(&held), Some(&hold))
+        .await
+        .unwrap();
+    for new in [plain, held] {
+        let stored = store.get(new.saga.saga_id).await.unwrap().expect("stored");
+        assert!(stored.awaiting_reply, "{}", new.saga.event_id);
+        assert_eq!(stored, new.saga, "read back exactly as written");
+    }
 }
 
 /// A saga of `partner` started by `event_id`.

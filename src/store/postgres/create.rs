@@ -27,14 +27,14 @@ const INSERT_ALL: &str = concat!(
     "), hist AS ( \
         INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
         SELECT h.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id, h.events \
-        FROM UNNEST($19::uuid[], $20::int4[], $21::text[], $22::text[], $23::text[], $24::text[], \
-            $25::timestamptz[], $26::text[], $27::text[]) \
+        FROM UNNEST($20::uuid[], $21::int4[], $22::text[], $23::text[], $24::text[], $25::text[], \
+            $26::timestamptz[], $27::text[], $28::text[]) \
             AS h(saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
         JOIN ins ON ins.saga_id = h.saga_id \
      ), outgoing AS ( \
         INSERT INTO outbox (channel, message, claimed_by, claimed_until) \
-        SELECT o.channel, o.message, $31::text, $32::timestamptz \
-        FROM UNNEST($28::uuid[], $29::text[], $30::jsonb[]) WITH ORDINALITY \
+        SELECT o.channel, o.message, $32::text, $33::timestamptz \
+        FROM UNNEST($29::uuid[], $30::text[], $31::jsonb[]) WITH ORDINALITY \
             AS o(saga_id, channel, message, n) \
         JOIN ins ON ins.saga_id = o.saga_id \
         ORDER BY o.n \
@@ -42,7 +42,7 @@ const INSERT_ALL: &str = concat!(
      ) \
      SELECT event_id, saga_id, NULL::bigint AS outbox_id, NULL::text AS held_event FROM ins \
      UNION ALL \
-     SELECT NULL, NULL, id, held_event FROM outgoing WHERE $31::text IS NOT NULL"
+     SELECT NULL, NULL, id, held_event FROM outgoing WHERE $32::text IS NOT NULL"
 );
 
 /// Records what of `sagas` is new, in one statement, their outbox rows
