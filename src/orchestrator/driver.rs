@@ -242,7 +242,10 @@ async fn store(
 ) -> Stored {
     let mut tries = 0;
     loop {
-        match orch.commit(saga, decision, keep_lease, true).await {
+        match orch
+            .commit(saga, std::slice::from_ref(decision), keep_lease, true)
+            .await
+        {
             Ok(Some(committed)) => return Stored::Done(committed),
             Ok(None) => return Stored::Moved,
             Err(e) if e.is_data_error() => return Stored::Refused(e),

@@ -374,8 +374,29 @@ impl Orchestrator {
         input: Input,
         known: Option<Saga>,
     ) -> Result<Saga, OperateError> {
+        let inputs = [input];
+        let (first, more) = (&inputs[0], &[][..]);
+        Ok(self.operate_run(saga_id, first, more, known).await?.0)
+    }
+
+    /// [`Orchestrator::operate_from`] for `first`, folding into the same
+    /// write as many of `more` (the inputs that came after it, in order)
+    /// as follow on while the saga still waits for its reply: a
+    /// participant's `started` and `progress` replies and the final one
+    /// that came with them cost one write, not one each. Returns the saga
+    /// as stored and how many inputs the write took (`first` included);
+    /// the caller applies the rest next. An error is `first`'s alone.
+    pub(crate) async fn operate_run(
+        &self,
+        saga_id: Uuid,
+        first: &Input,
+        more: &[Input],
+        known: Option<Saga>,
+    ) -> Result<(Saga, usize), OperateError> {
         let mut wait = Wait::default();
-        let outcome = self.operate_in(saga_id, input, known, &mut wait).await;
+        let outcome = self
+            .operate_in(saga_id, first, more, known, &mut wait)
+            .await;
         if let Some((permit, expires)) = wait.slot {
             // Unused: back to the saga only if it still waits (never over
             // a newer hold), else free.
@@ -395,16 +416,17 @@ impl Orchestrator {
             .ok_or(OperateError::NotFound(saga_id))
     }
 
-    /// [`Orchestrator::operate`]'s tries. A saga driven on after its wait
-    /// uses the slot it waited in (`wait`): at capacity a free one is rare,
-    /// and without one it would be left to the sweeper's next pass.
+    /// [`Orchestrator::operate_run`]'s tries. A saga driven on after its
+    /// wait uses the slot it waited in (`wait`): at capacity a free one is
+    /// rare, and without one it would be left to the sweeper's next pass.
     async fn operate_in(
         &self,
         saga_id: Uuid,
-        input: Input,
+        first: &Input,
+        more: &[Input],
         mut known: Option<Saga>,
         wait: &mut Wait,
-    ) -> Result<Saga, OperateError> {
+    ) -> Result<(Saga, usize), OperateError> {
         // Three tries on the saga as stored, whatever the caller's copy.
         let tries = 3 + usize::from(known.is_some());
         for _ in 0..tries {
@@ -413,7 +435,8 @@ impl Orchestrator {
                 None => (self.read(saga_id).await?, true),
             };
             wait.still_waits = saga.awaiting_reply;
-            let decision = match saga::decide(&saga, &input, &self.inner.config.retry, Utc::now()) {
+            let now = Utc::now();
+            let decision = match saga::decide(&saga, first, &self.inner.config.retry, now) {
                 Ok(decision) => decision,
                 // The caller's copy may be older than the store.
                 Err(_) if !read_now => continue,
@@ -422,12 +445,15 @@ impl Orchestrator {
             if is_late_news(&decision) {
                 // Recorded beside whoever drives the saga: no second driver,
                 // and their lease and slot stay as they are.
-                if let Some(after) = self.commit(&saga, &decision, false, false).await? {
-                    return Ok(after);
+                let decisions = [decision];
+                if let Some(after) = self.commit(&saga, &decisions, false, false).await? {
+                    return Ok((after, 1));
                 }
                 continue;
             }
-            let waits_on = matches!(decision.next, saga::NextAction::AwaitReply { .. });
+            let decisions = self.fold(&saga, decision, more, now);
+            let next = decisions[decisions.len() - 1].next;
+            let waits_on = matches!(next, saga::NextAction::AwaitReply { .. });
             if wait.slot.is_none() && !waits_on {
                 wait.slot = self.take_awaiting(saga_id);
             }
@@ -435,11 +461,13 @@ impl Orchestrator {
                 Some((permit, expires)) => (Some(permit), Some(expires)),
                 None => (self.try_permit(), None),
             };
-            let committed = self.commit(&saga, &decision, permit.is_some(), false).await;
+            let committed = self
+                .commit(&saga, &decisions, permit.is_some(), false)
+                .await;
             let after = match committed {
                 Ok(Some(after)) => after,
                 // Moved under us, or failed: the slot it waited in is kept
-                // for the next try, or given back by `operate`.
+                // for the next try, or given back by `operate_run`.
                 Ok(None) | Err(_) => {
                     if let (Some(permit), Some(expires)) = (permit, expires) {
                         wait.slot = Some((permit, expires));
@@ -448,27 +476,61 @@ impl Orchestrator {
                     continue;
                 }
             };
-            if let saga::NextAction::AwaitReply { until, .. } = decision.next {
-                // Still waiting (a heartbeat): its slot, if it has one
-                // here, is kept until the new deadline.
-                if !self.extend_awaiting(saga_id, until) {
-                    if let Some(permit) = permit {
-                        self.hold_while_awaiting(saga_id, permit, until);
-                    }
-                }
-            } else {
-                // (Its own wait's slot was taken above; this frees one a
-                // driver of ours put there meanwhile.)
-                self.release_awaiting(saga_id);
-                if let (Some(permit), saga::NextAction::Call { at, .. }) = (permit, decision.next) {
-                    // The lease commit wrote for this call.
-                    let lease_end = self.lease_until(at).until;
-                    self.spawn_driver(after.clone(), decision.next, lease_end, permit);
-                }
-            }
-            return Ok(after);
+            self.carry_on(&after, next, permit);
+            return Ok((after, decisions.len()));
         }
         Err(OperateError::Busy(saga_id))
+    }
+
+    /// `first` and, while the saga still waits for its reply after it,
+    /// the decisions of the inputs in `more` in turn, each on what the one
+    /// before it left; it stops at the first that does not apply or is
+    /// late news (that one is applied on its own, next).
+    fn fold(
+        &self,
+        saga: &Saga,
+        first: Decision,
+        more: &[Input],
+        now: DateTime<Utc>,
+    ) -> Vec<Decision> {
+        let mut after = first.apply(saga, now);
+        let mut decisions = vec![first];
+        for input in more {
+            if !after.awaiting_reply {
+                break;
+            }
+            match saga::decide(&after, input, &self.inner.config.retry, now) {
+                Ok(next) if !is_late_news(&next) => {
+                    after = next.apply(&after, now);
+                    decisions.push(next);
+                }
+                _ => break,
+            }
+        }
+        decisions
+    }
+
+    /// What follows a stored outside input: a saga still waiting keeps its
+    /// slot, if it has one here, until the new deadline; otherwise its
+    /// wait's slot is freed, and a next call is driven with `permit`.
+    fn carry_on(&self, after: &Saga, next: saga::NextAction, permit: Option<OwnedSemaphorePermit>) {
+        let saga_id = after.saga_id;
+        if let saga::NextAction::AwaitReply { until, .. } = next {
+            if !self.extend_awaiting(saga_id, until) {
+                if let Some(permit) = permit {
+                    self.hold_while_awaiting(saga_id, permit, until);
+                }
+            }
+        } else {
+            // (Its own wait's slot was taken by the caller; this frees one
+            // a driver of ours put there meanwhile.)
+            self.release_awaiting(saga_id);
+            if let (Some(permit), saga::NextAction::Call { at, .. }) = (permit, next) {
+                // The lease commit wrote for this call.
+                let lease_end = self.lease_until(at).until;
+                self.spawn_driver(after.clone(), next, lease_end, permit);
+            }
+        }
     }
 
     /// Keeps `permit` while `saga_id` waits for its reply (until `until`).
@@ -670,39 +732,47 @@ impl Orchestrator {
         (after, history, outbox)
     }
 
-    /// Stores `decision` for `saga`; returns the saga as stored. `Ok(None)`:
-    /// the saga moved under us (another driver or an operator) or, when
-    /// `fenced`, another instance holds its lease: it is theirs now.
-    /// Drivers write fenced; operators and replies act on the saga as it is.
+    /// Stores `decisions` (one, or several folded into one write, each
+    /// deciding on what the one before left) for `saga`; returns the saga
+    /// as stored. `Ok(None)`: the saga moved under us (another driver or an
+    /// operator) or, when `fenced`, another instance holds its lease: it is
+    /// theirs now. Drivers write fenced; operators and replies act on the
+    /// saga as it is.
     async fn commit(
         &self,
         saga: &Saga,
-        decision: &Decision,
+        decisions: &[Decision],
         keep_lease: bool,
         fenced: bool,
     ) -> Result<Option<Saga>, StoreError> {
+        let Some(last) = decisions.last() else {
+            return Ok(Some(saga.clone()));
+        };
         let now = Utc::now();
-        let (after, mut history, outbox) = self.written(saga, std::slice::from_ref(decision), now);
-        let lease = match decision.next {
+        let (after, history, outbox) = self.written(saga, decisions, now);
+        let lease = match last.next {
             saga::NextAction::Call { at, .. } if keep_lease => Some(self.lease_until(at)),
             _ => None,
         };
         let write = crate::store::TransitionWrite {
-            history: history.remove(0),
+            history,
             outbox,
             expected_version: saga.version,
             lease,
             fence: fenced.then(|| self.inner.config.instance_id.clone()),
-            lease_unchanged: is_late_news(decision),
+            lease_unchanged: is_late_news(last),
             saga: after,
         };
         let Some(write) = self.inner.writer.commit(write).await? else {
             return Ok(None);
         };
         let after = write.saga;
-        count_transition(decision);
-        if decision.reason == saga::Reason::AttemptFailed {
-            metrics::counter!(telemetry::RETRIES, "step" => decision.step.as_str()).increment(1);
+        for decision in decisions {
+            count_transition(decision);
+            if decision.reason == saga::Reason::AttemptFailed {
+                metrics::counter!(telemetry::RETRIES, "step" => decision.step.as_str())
+                    .increment(1);
+            }
         }
         if after.state.is_terminal() {
             if let Some(event) = terminal_event(after.state) {
@@ -844,21 +914,11 @@ fn loop_backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::participants::CallOutcome;
+    use crate::participants::Uncalled;
     use crate::saga::Step;
     use crate::store::NewSaga;
     use crate::store::SqliteStore;
     use crate::transport::MemoryTransport;
-
-    /// Participants that must not be called.
-    struct Uncalled;
-
-    #[async_trait::async_trait]
-    impl Participants for Uncalled {
-        async fn call(&self, _: &Saga, step: Step) -> CallOutcome {
-            panic!("no participant call expected, got {step:?}");
-        }
-    }
 
     fn failed_saga() -> Saga {
         Saga {

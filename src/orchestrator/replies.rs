@@ -3,7 +3,8 @@
 //! Each reply is applied to its saga as stored now, through the same
 //! version-checked commit as every other transition, and acked only after
 //! that commit. Replies of one saga within a batch are applied in the order
-//! received (when one cannot be stored, it and the ones after it go back to
+//! received, those that follow on while the saga still waits sharing one
+//! write (when one cannot be stored, it and the ones after it go back to
 //! the broker); different sagas' replies are applied concurrently. A reply
 //! for a saga this store does not know, or one the saga has moved past (a
 //! duplicate, an earlier attempt's), is acked and logged: redelivering it
@@ -148,61 +149,84 @@ async fn read_all(
 
 /// Applies one saga's replies in arrival order, the first decided on
 /// `known` (the saga as [`read_all`] found it) and each next one on what
-/// the previous one left.
+/// the previous one left. Replies that follow on while the saga still
+/// waits (`started`, `progress`, then the final one) share one write.
 async fn apply_in_order(
     orch: &Orchestrator,
     saga_id: Uuid,
     replies: Vec<(Delivery, Reply)>,
     mut known: Option<Saga>,
 ) {
+    let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
+    let inputs: Vec<Input> = replies
+        .iter()
+        .map(|(_, reply)| Input::Replied {
+            reply: reply.clone(),
+            reply_by,
+        })
+        .collect();
     let mut replies = replies.into_iter();
-    while let Some((delivery, reply)) = replies.next() {
-        let labels = [
-            ("step", reply.step.as_str()),
-            ("status", status_label(&reply.status)),
-        ];
-        let alliance_done = reply.step == Step::CreateAlliance
-            && matches!(reply.status, ReplyStatus::Completed { .. });
-        let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
+    let mut at = 0;
+    while at < inputs.len() {
         let outcome = orch
-            .operate_from(saga_id, Input::Replied { reply, reply_by }, known.take())
+            .operate_run(saga_id, &inputs[at], &inputs[at + 1..], known.take())
             .await;
-        let applied = match &outcome {
-            Ok(saga) if alliance_done && saga.state != SagaState::Completed => {
-                tracing::warn!(%saga_id, state = %saga.state, alliance_id = ?saga.alliance_id,
-                    "alliance created after compensation began; recorded on the saga for a person to undo");
-                "late_success"
-            }
-            Ok(saga) => {
-                tracing::debug!(%saga_id, state = %saga.state, "reply applied");
-                "applied"
-            }
-            Err(OperateError::NotFound(_)) => {
-                tracing::warn!(%saga_id, message_id = %delivery.id, "reply for a saga this store does not know; acked and dropped");
-                "unknown_saga"
-            }
-            Err(OperateError::NotAllowed(e)) => {
-                tracing::info!(%saga_id, message_id = %delivery.id, reason = %e, "stale reply; acked and dropped");
-                "stale"
-            }
+        let taken = match &outcome {
+            Ok((_, taken)) => *taken,
             Err(e @ (OperateError::Busy(_) | OperateError::Store(_))) => {
                 // Nothing was stored: the broker redelivers it. The saga's
                 // later replies go back too, so they are not applied ahead
                 // of it.
                 tracing::warn!(%saga_id, error = %e, "could not apply reply; it and the saga's later replies will be redelivered");
                 metrics::counter!(telemetry::LOOP_ERRORS, "component" => "replies").increment(1);
-                settle(delivery.nack().await, "nack");
-                for (later, _) in replies.by_ref() {
+                for (later, _) in replies {
                     settle(later.nack().await, "nack");
                 }
                 return;
             }
+            Err(_) => 1,
         };
-        // What this reply left is where the saga's next one starts.
+        let outcome = outcome.map(|(saga, _)| saga);
+        for (delivery, reply) in replies.by_ref().take(taken) {
+            let applied = report(saga_id, &delivery, &reply, &outcome);
+            metrics::counter!(telemetry::REPLIES, "step" => reply.step.as_str(), "status" => status_label(&reply.status), "outcome" => applied)
+                .increment(1);
+            settle(delivery.ack().await, "ack");
+        }
+        // What these replies left is where the saga's next one starts.
         known = outcome.ok();
-        metrics::counter!(telemetry::REPLIES, "step" => labels[0].1, "status" => labels[1].1, "outcome" => applied)
-            .increment(1);
-        settle(delivery.ack().await, "ack");
+        at += taken;
+    }
+}
+
+/// Logs what applying `reply` came to; its `outcome` label.
+fn report(
+    saga_id: Uuid,
+    delivery: &Delivery,
+    reply: &Reply,
+    outcome: &Result<Saga, OperateError>,
+) -> &'static str {
+    let alliance_done =
+        reply.step == Step::CreateAlliance && matches!(reply.status, ReplyStatus::Completed { .. });
+    match outcome {
+        Ok(saga) if alliance_done && saga.state != SagaState::Completed => {
+            tracing::warn!(%saga_id, state = %saga.state, alliance_id = ?saga.alliance_id,
+                "alliance created after compensation began; recorded on the saga for a person to undo");
+            "late_success"
+        }
+        Ok(saga) => {
+            tracing::debug!(%saga_id, state = %saga.state, "reply applied");
+            "applied"
+        }
+        Err(OperateError::NotFound(_)) => {
+            tracing::warn!(%saga_id, message_id = %delivery.id, "reply for a saga this store does not know; acked and dropped");
+            "unknown_saga"
+        }
+        Err(OperateError::NotAllowed(e)) => {
+            tracing::info!(%saga_id, message_id = %delivery.id, reason = %e, "stale reply; acked and dropped");
+            "stale"
+        }
+        Err(OperateError::Busy(_) | OperateError::Store(_)) => "not_stored",
     }
 }
 
@@ -218,9 +242,18 @@ fn status_label(status: &ReplyStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ParticipantMode, Settings};
     use crate::envelope::Envelope;
-    use crate::transport::{OutboundMessage, RawMessage, Settle, TransportError, WireFormat};
+    use crate::orchestrator::OrchestratorConfig;
+    use crate::store::{NewSaga, SagaStore, SqliteStore};
+    use crate::transport::{
+        MemoryTransport, OutboundMessage, RawMessage, Settle, TransportError, WireFormat,
+    };
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
     use serde_json::json;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
 
     struct Nothing;
 
@@ -351,6 +384,180 @@ mod tests {
             properties: vec![],
         });
         assert!(matches!(judge(&garbage, 1 << 20), Verdict::DeadLetter(_)));
+    }
+
+    /// Counts, on this thread, the transitions the orchestrator asked the
+    /// store to write (`saga_store_write_items_total{write="transition"}`).
+    #[derive(Default)]
+    struct TransitionsWritten(Arc<AtomicU64>);
+
+    impl metrics::Recorder for TransitionsWritten {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let transitions = key.name() == telemetry::STORE_WRITE_ITEMS
+                && key
+                    .labels()
+                    .any(|l| l.key() == "write" && l.value() == "transition");
+            if transitions {
+                Counter::from_arc(self.0.clone())
+            } else {
+                Counter::noop()
+            }
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Counts the acks it is asked for.
+    struct Acks(Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl Settle for Acks {
+        async fn ack(&self) -> Result<(), TransportError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        async fn nack(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+    }
+
+    /// An orchestrator on a fresh embedded store holding one saga that
+    /// waits for its alliance reply (attempt 1).
+    async fn awaiting_saga() -> (Orchestrator, Saga) {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let saga = Saga {
+            awaiting_reply: true,
+            deadline_at: Utc::now() + chrono::Duration::hours(1),
+            ..saga::test_saga(SagaState::AwaitingAlliance, Step::CreateAlliance, 1)
+        };
+        let new = NewSaga {
+            saga: saga.clone(),
+            history: Vec::new(),
+            outbox: Vec::new(),
+            lease: None,
+        };
+        store.create(&[new]).await.expect("create");
+        let mut settings = Settings::default();
+        settings.participants.alliances_mode = ParticipantMode::Broker;
+        let orch = Orchestrator::new(
+            Arc::new(store),
+            Arc::new(MemoryTransport::new()),
+            Arc::new(crate::participants::Uncalled),
+            OrchestratorConfig::from(&settings),
+            CancellationToken::new(),
+        );
+        (orch, saga)
+    }
+
+    /// The replies to `saga`'s attempt, in order, each counting its ack.
+    fn replies_to(
+        saga: &Saga,
+        statuses: &[(MessageStatus, Value)],
+        acks: &Arc<AtomicUsize>,
+    ) -> Vec<Delivery> {
+        statuses
+            .iter()
+            .map(|(status, extra)| {
+                let mut payload = json!({"attempt": 1});
+                if let (Some(p), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+                    p.extend(extra.clone());
+                }
+                let envelope = Envelope::new(
+                    EventType::CreateAllianceReply,
+                    "c-1",
+                    Some(saga.saga_id),
+                    Some(*status),
+                    payload.as_object().cloned().unwrap_or_default(),
+                );
+                let raw = OutboundMessage::encode(&envelope, WireFormat::Fields).raw;
+                Delivery::new("saga-replies", "1-0", raw, Box::new(Acks(acks.clone())))
+            })
+            .collect()
+    }
+
+    /// What one batch of replies to a waiting saga came to.
+    struct Applied {
+        before: Saga,
+        after: Saga,
+        reasons: Vec<String>,
+        details: Vec<Option<String>>,
+        writes: u64,
+        acks: usize,
+    }
+
+    /// Hands the consumer one batch of replies with `statuses` for a saga
+    /// waiting for its alliance reply.
+    async fn one_batch(statuses: &[(MessageStatus, Value)]) -> Applied {
+        let written = TransitionsWritten::default();
+        let _counting = metrics::set_default_local_recorder(&written);
+        let (orch, before) = awaiting_saga().await;
+        let acks = Arc::new(AtomicUsize::new(0));
+        handle(&orch, replies_to(&before, statuses, &acks)).await;
+        let store = orch.store();
+        let after = store.get(before.saga_id).await.expect("read");
+        let history = store.history(before.saga_id).await.expect("history");
+        Applied {
+            before,
+            after: after.expect("saga"),
+            reasons: history.iter().map(|h| h.reason.clone()).collect(),
+            details: history.into_iter().map(|h| h.detail).collect(),
+            writes: written.0.load(Ordering::Relaxed),
+            acks: acks.load(Ordering::Relaxed),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replies_heartbeats_and_its_final_reply_share_one_write() {
+        let applied = one_batch(&[
+            (MessageStatus::Started, json!({})),
+            (MessageStatus::Progress, json!({"progress": "a third"})),
+            (MessageStatus::Progress, json!({"progress": "two thirds"})),
+            (MessageStatus::Completed, json!({"alliance_id": "a-1"})),
+        ])
+        .await;
+        let after = &applied.after;
+        assert_eq!(after.state, SagaState::Completed);
+        assert_eq!(after.alliance_id.as_deref(), Some("a-1"));
+        assert_eq!(after.version, applied.before.version + 4, "one per reply");
+        assert_eq!(
+            applied.reasons,
+            [
+                "participant_started",
+                "participant_progress",
+                "participant_progress",
+                "alliance_created"
+            ]
+        );
+        assert_eq!(applied.details[2].as_deref(), Some("two thirds"));
+        assert_eq!(applied.writes, 1, "the four replies in one write");
+        assert_eq!(applied.acks, 4, "each acked once stored");
+    }
+
+    #[tokio::test]
+    async fn a_reply_after_the_final_one_is_applied_on_its_own_as_stale() {
+        let applied = one_batch(&[
+            (MessageStatus::Started, json!({})),
+            (MessageStatus::Completed, json!({"alliance_id": "a-2"})),
+            (MessageStatus::Progress, json!({"progress": "late"})),
+        ])
+        .await;
+        assert_eq!(applied.after.state, SagaState::Completed);
+        assert_eq!(
+            applied.after.version,
+            applied.before.version + 2,
+            "the late heartbeat changed nothing"
+        );
+        assert_eq!(applied.reasons, ["participant_started", "alliance_created"]);
+        assert_eq!(applied.writes, 1);
+        assert_eq!(applied.acks, 3, "the stale one acked too");
     }
 
     #[test]

@@ -103,3 +103,16 @@ pub trait Participants: Send + Sync + 'static {
     /// without an outcome (a timeout is a `Failed`).
     async fn call(&self, saga: &Saga, step: Step) -> CallOutcome;
 }
+
+/// Participants that must not be called: for tests where no step may
+/// reach one.
+#[cfg(test)]
+pub(crate) struct Uncalled;
+
+#[cfg(test)]
+#[async_trait]
+impl Participants for Uncalled {
+    async fn call(&self, _: &Saga, step: Step) -> CallOutcome {
+        panic!("no participant call expected, got {step:?}");
+    }
+}

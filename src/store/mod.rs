@@ -238,7 +238,9 @@ pub struct TransitionWrite {
     pub saga: Saga,
     /// The version the decision was made on; the write is refused if the row moved.
     pub expected_version: i32,
-    pub history: HistoryEntry,
+    /// One row per decision the write stores, in order (replies folded
+    /// into one write leave one each).
+    pub history: Vec<HistoryEntry>,
     pub outbox: Vec<OutboxMessage>,
     /// `None` releases the saga (terminal, or left to the sweeper).
     pub lease: Option<Lease>,

@@ -674,42 +674,90 @@ impl From<&[&NewSaga]> for SagaColumns {
     }
 }
 
+/// History rows as column arrays, each with a key that names what it
+/// belongs to in its statement (its saga's id, or its write's index in a
+/// batch); bound in one go, key first.
+pub(super) struct HistoryColumns<'a, K> {
+    key: Vec<K>,
+    seq: Vec<i32>,
+    from_state: Vec<Option<&'static str>>,
+    to_state: Vec<&'static str>,
+    reason: Vec<&'a str>,
+    detail: Vec<Option<&'a str>>,
+    at: Vec<DateTime<Utc>>,
+    instance_id: Vec<Option<&'a str>>,
+    events: Vec<Option<String>>,
+}
+
+impl<K> Default for HistoryColumns<'_, K> {
+    fn default() -> Self {
+        Self {
+            key: Vec::new(),
+            seq: Vec::new(),
+            from_state: Vec::new(),
+            to_state: Vec::new(),
+            reason: Vec::new(),
+            detail: Vec::new(),
+            at: Vec::new(),
+            instance_id: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<'a, K> HistoryColumns<'a, K>
+where
+    K: 'a + for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    Vec<K>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    pub(super) fn push(&mut self, key: K, h: &'a HistoryEntry) {
+        self.key.push(key);
+        self.seq.push(h.seq);
+        self.from_state.push(h.from_state.map(SagaState::as_str));
+        self.to_state.push(h.to_state.as_str());
+        self.reason.push(h.reason.as_str());
+        self.detail.push(h.detail.as_deref());
+        self.at.push(h.at);
+        self.instance_id.push(h.instance_id.as_deref());
+        self.events.push(events_column(h));
+    }
+
+    /// Binds the key and the eight columns, in the order of
+    /// `saga_history`'s columns, as the next nine parameters of `query`.
+    pub(super) fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+        K: 'q,
+    {
+        query
+            .bind(self.key)
+            .bind(self.seq)
+            .bind(self.from_state)
+            .bind(self.to_state)
+            .bind(self.reason)
+            .bind(self.detail)
+            .bind(self.at)
+            .bind(self.instance_id)
+            .bind(self.events)
+    }
+}
+
 async fn insert_history(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     entries: &[(Uuid, &HistoryEntry)],
 ) -> Result<(), StoreError> {
-    let (mut ids, mut seqs, mut froms, mut tos, mut reasons, mut details, mut ats) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut instances, mut events) = (vec![], vec![]);
-    for &(saga_id, h) in entries {
-        ids.push(saga_id);
-        seqs.push(h.seq);
-        froms.push(h.from_state.map(SagaState::as_str));
-        tos.push(h.to_state.as_str());
-        reasons.push(h.reason.as_str());
-        details.push(h.detail.as_deref());
-        ats.push(h.at);
-        instances.push(h.instance_id.as_deref());
-        events.push(events_column(h));
-    }
-    if ids.is_empty() {
+    if entries.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let mut history = HistoryColumns::default();
+    for &(saga_id, h) in entries {
+        history.push(saga_id, h);
+    }
+    let query = sqlx::query(
         "INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
          SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])",
-    )
-    .bind(ids)
-    .bind(seqs)
-    .bind(froms)
-    .bind(tos)
-    .bind(reasons)
-    .bind(details)
-    .bind(ats)
-    .bind(instances)
-    .bind(events)
-    .execute(&mut **tx)
-    .await?;
+    );
+    history.bind(query).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -745,34 +793,42 @@ async fn commit_on(
     hold: Option<&OutboxHold>,
 ) -> Result<(bool, Held), StoreError> {
     let s = &write.saga;
-    let h = &write.history;
+    let mut history = HistoryColumns::default();
+    for h in &write.history {
+        history.push(s.saga_id, h);
+    }
     let (channels, messages): (Vec<String>, Vec<Value>) = write
         .outbox
         .iter()
         .map(|m| (m.channel.clone(), stored_message(m)))
         .unzip();
-    let row = sqlx::query(
+    let query = sqlx::query(
         "WITH upd AS ( \
             UPDATE sagas SET state = $3, step = $4, attempts = $5, alliance_id = $6, \
                 last_error = $7, updated_at = $8, next_attempt_at = $9, \
-                lease_owner = CASE WHEN $24 THEN lease_owner ELSE $10 END, \
-                lease_until = CASE WHEN $24 THEN lease_until ELSE $11 END, version = $12, awaiting_reply = $21, deadline_at = $23 \
+                lease_owner = CASE WHEN $18 THEN lease_owner ELSE $10 END, \
+                lease_until = CASE WHEN $18 THEN lease_until ELSE $11 END, version = $12, \
+                awaiting_reply = $15, deadline_at = $17 \
             WHERE saga_id = $1 AND version = $2 \
-              AND ($22::text IS NULL OR lease_owner IS NULL OR lease_owner = $22 \
+              AND ($16::text IS NULL OR lease_owner IS NULL OR lease_owner = $16 \
                    OR lease_until < $8) \
             RETURNING saga_id \
          ), hist AS ( \
             INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
-            SELECT saga_id, $13, $14, $15, $16, $17, $18, $25, $26 FROM upd \
+            SELECT h.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id, h.events \
+            FROM UNNEST($21::uuid[], $22::int4[], $23::text[], $24::text[], $25::text[], \
+                $26::text[], $27::timestamptz[], $28::text[], $29::text[]) \
+                AS h(saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+            JOIN upd ON upd.saga_id = h.saga_id \
          ), outgoing AS ( \
             INSERT INTO outbox (channel, message, claimed_by, claimed_until) \
-            SELECT o.channel, o.message, $27::text, $28::timestamptz \
-            FROM upd, UNNEST($19::text[], $20::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
+            SELECT o.channel, o.message, $19::text, $20::timestamptz \
+            FROM upd, UNNEST($13::text[], $14::jsonb[]) WITH ORDINALITY AS o(channel, message, n) \
             ORDER BY o.n \
             RETURNING id, message->>'event_id' AS held_event \
          ) \
          SELECT (SELECT count(*) FROM upd) AS updated, \
-            (SELECT json_object_agg(held_event, id) FROM outgoing WHERE $27::text IS NOT NULL) AS held",
+            (SELECT json_object_agg(held_event, id) FROM outgoing WHERE $19::text IS NOT NULL) AS held",
     )
     .bind(s.saga_id)
     .bind(write.expected_version)
@@ -786,24 +842,15 @@ async fn commit_on(
     .bind(write.lease.as_ref().map(|l| l.owner.as_str()))
     .bind(write.lease.as_ref().map(|l| l.until))
     .bind(s.version)
-    .bind(h.seq)
-    .bind(h.from_state.map(SagaState::as_str))
-    .bind(h.to_state.as_str())
-    .bind(&h.reason)
-    .bind(&h.detail)
-    .bind(h.at)
     .bind(channels)
     .bind(messages)
     .bind(s.awaiting_reply)
     .bind(write.fence.as_deref())
     .bind(s.deadline_at)
     .bind(write.lease_unchanged)
-    .bind(&h.instance_id)
-    .bind(events_column(h))
     .bind(hold.map(|h| h.owner.as_str()))
-    .bind(hold.map(|h| h.until))
-    .fetch_one(&mut *conn)
-    .await?;
+    .bind(hold.map(|h| h.until));
+    let row = history.bind(query).fetch_one(&mut *conn).await?;
     let applied = row.try_get::<i64, _>("updated")? == 1;
     let returned: HashMap<String, i64> = row
         .try_get::<Option<sqlx::types::Json<HashMap<String, i64>>>, _>("held")?

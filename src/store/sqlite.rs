@@ -160,7 +160,9 @@ impl SagaStore for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        insert_history(&mut tx, s.saga_id, &write.history).await?;
+        for h in &write.history {
+            insert_history(&mut tx, s.saga_id, h).await?;
+        }
         for m in &write.outbox {
             insert_outbox(&mut tx, m, s.updated_at).await?;
         }

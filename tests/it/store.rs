@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use saga_orchestrator::envelope::{Envelope, EventType};
 use saga_orchestrator::saga::{
-    self, HistoryEntry, Input, RetryKind, RetryPolicy, Saga, SagaState, Step,
+    self, HistoryEntry, Input, Reply, ReplyStatus, RetryKind, RetryPolicy, Saga, SagaState, Step,
 };
 use saga_orchestrator::store::{
     Created, Lease, ListQuery, NewSaga, OutboxFault, OutboxHold, OutboxMessage, PostgresStore,
@@ -90,6 +90,7 @@ on_both!(
     a_stale_transition_writes_nothing,
     many_sagas_are_read_at_once_and_unknown_ids_are_left_out,
     a_batch_of_transitions_commits_each_and_refuses_the_stale,
+    a_write_of_several_decisions_keeps_a_history_row_for_each,
     one_saga_twice_in_a_batch_applies_once_and_messages_keep_batch_order,
     claim_due_takes_only_due_sagas_with_lapsed_leases,
     leases_handed_back_are_claimable_at_once_but_those_kept,
@@ -192,11 +193,19 @@ fn new_saga(event_id: &str, lease_until: Option<DateTime<Utc>>) -> NewSaga {
 
 /// The write that moves `saga` by `input`.
 fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> TransitionWrite {
+    folded(saga, &[input], lease_until)
+}
+
+/// The one write that moves `saga` by each of `inputs` in turn, with a
+/// history row for each, as the orchestrator folds a saga's replies.
+fn folded(saga: &Saga, inputs: &[Input], lease_until: Option<DateTime<Utc>>) -> TransitionWrite {
     let now = Utc::now();
-    let decision = saga::decide(saga, &input, &policy(), now).expect("valid");
-    let after = decision.apply(saga, now);
-    TransitionWrite {
-        history: HistoryEntry {
+    let mut after = saga.clone();
+    let mut history = Vec::new();
+    for input in inputs {
+        let decision = saga::decide(&after, input, &policy(), now).expect("valid");
+        after = decision.apply(&after, now);
+        history.push(HistoryEntry {
             seq: after.version,
             from_state: Some(decision.from),
             to_state: decision.to,
@@ -207,7 +216,10 @@ fn transition(saga: &Saga, input: Input, lease_until: Option<DateTime<Utc>>) -> 
             // As the orchestrator records them, so every transition these
             // tests store round-trips its events on both stores.
             events: decision.event_types(),
-        },
+        });
+    }
+    TransitionWrite {
+        history,
         expected_version: saga.version,
         outbox: vec![],
         lease: lease_until.and_then(|u| lease("me", u)),
@@ -868,6 +880,65 @@ async fn held_rows_are_the_writers_until_their_hold_lapses(store: Arc<dyn SagaSt
         .unwrap()
         .messages;
     assert_eq!(events(&released), events(&late.outbox));
+}
+
+/// Broker mode folds a saga's command and replies into one write: each
+/// decision keeps its history row, written alone or in a batch.
+async fn a_write_of_several_decisions_keeps_a_history_row_for_each(store: Arc<dyn SagaStore>) {
+    let news: Vec<NewSaga> = (0..3)
+        .map(|i| new_saga(&format!("e-fold-{i}"), None))
+        .collect();
+    store.create(&news).await.unwrap();
+    let reply = |status| Input::Replied {
+        reply: Reply {
+            step: Step::CreateAlliance,
+            attempt: Some(1),
+            status,
+        },
+        reply_by: Utc::now() + chrono::Duration::seconds(60),
+    };
+    let round_trip = || {
+        [
+            Input::CommandSent {
+                step: Step::CreateAlliance,
+                reply_by: Utc::now() + chrono::Duration::seconds(60),
+            },
+            reply(ReplyStatus::Started),
+            reply(ReplyStatus::Completed {
+                alliance_id: Some("a-fold".into()),
+            }),
+        ]
+    };
+    let alone = folded(&news[0].saga, &round_trip(), None);
+    assert!(store.commit(&alone).await.unwrap());
+    let batch = [
+        folded(&news[1].saga, &round_trip(), None),
+        transition(&news[2].saga, alliance_created(), None),
+    ];
+    assert_eq!(store.commit_batch(&batch).await.unwrap(), [true, true]);
+
+    let folded_reasons = [
+        "partner_created",
+        "alliance_requested",
+        "command_sent",
+        "participant_started",
+        "alliance_created",
+    ];
+    let single_reasons = ["partner_created", "alliance_requested", "alliance_created"];
+    for (new, reasons) in news
+        .iter()
+        .zip([&folded_reasons[..], &folded_reasons, &single_reasons])
+    {
+        let id = new.saga.saga_id;
+        let stored = store.get(id).await.unwrap().expect("stored");
+        assert_eq!(stored.state, SagaState::Completed);
+        let history = store.history(id).await.unwrap();
+        let stored_reasons: Vec<&str> = history.iter().map(|h| h.reason.as_str()).collect();
+        assert_eq!(stored_reasons, reasons);
+        let seqs: Vec<i32> = history.iter().map(|h| h.seq).collect();
+        let expected: Vec<i32> = (1..=stored.version).collect();
+        assert_eq!(seqs, expected, "one row per version");
+    }
 }
 
 async fn a_batch_of_transitions_commits_each_and_refuses_the_stale(store: Arc<dyn SagaStore>) {

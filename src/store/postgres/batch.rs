@@ -15,13 +15,13 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::saga::SagaState;
-use crate::store::rows::events_column;
+use super::HistoryColumns;
+
 use crate::store::{attempts_i32, stored_message, Held, OutboxHold, StoreError, TransitionWrite};
 
 /// One statement for the whole batch. `w` holds one row per write (its
-/// index in the batch first); `o` every outgoing message with the index of
-/// its write, in batch order. When two writes of one batch name the same
+/// index in the batch first); `h` every history row and `o` every outgoing
+/// message, each with the index of its write, in batch order. When two writes of one batch name the same
 /// saga (an operator and its driver at the same moment), the `UPDATE`
 /// applies one of them and `RETURNING w.idx` says which: the other is
 /// refused like any stale write.
@@ -29,11 +29,10 @@ const COMMIT_BATCH: &str = "WITH w AS ( \
         SELECT * FROM UNNEST($1::int4[], $2::uuid[], $3::int4[], $4::text[], $5::text[], \
             $6::int4[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], \
             $11::text[], $12::timestamptz[], $13::int4[], $14::bool[], $15::text[], \
-            $16::timestamptz[], $17::bool[], $18::int4[], $19::text[], $20::text[], \
-            $21::text[], $22::text[], $23::timestamptz[], $24::text[], $25::text[]) \
+            $16::timestamptz[], $17::bool[]) \
         AS w(idx, saga_id, expected, state, step, attempts, alliance_id, last_error, updated_at, \
             next_attempt_at, lease_owner, lease_until, version, awaiting_reply, fence, deadline_at, \
-            lease_unchanged, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+            lease_unchanged) \
      ), upd AS ( \
         UPDATE sagas s SET state = w.state, step = w.step, attempts = w.attempts, \
             alliance_id = w.alliance_id, last_error = w.last_error, updated_at = w.updated_at, \
@@ -45,22 +44,25 @@ const COMMIT_BATCH: &str = "WITH w AS ( \
         WHERE s.saga_id = w.saga_id AND s.version = w.expected \
           AND (w.fence IS NULL OR s.lease_owner IS NULL OR s.lease_owner = w.fence \
                OR s.lease_until < w.updated_at) \
-        RETURNING w.idx \
+        RETURNING w.idx, w.saga_id \
      ), hist AS ( \
         INSERT INTO saga_history (saga_id, seq, from_state, to_state, reason, detail, at, instance_id, events) \
-        SELECT w.saga_id, w.seq, w.from_state, w.to_state, w.reason, w.detail, w.at, w.instance_id, w.events \
-        FROM upd JOIN w ON w.idx = upd.idx \
+        SELECT upd.saga_id, h.seq, h.from_state, h.to_state, h.reason, h.detail, h.at, h.instance_id, h.events \
+        FROM upd JOIN UNNEST($18::int4[], $19::int4[], $20::text[], $21::text[], $22::text[], \
+            $23::text[], $24::timestamptz[], $25::text[], $26::text[]) \
+            AS h(idx, seq, from_state, to_state, reason, detail, at, instance_id, events) \
+            ON h.idx = upd.idx \
      ), outgoing AS ( \
         INSERT INTO outbox (channel, message, claimed_by, claimed_until) \
-        SELECT o.channel, o.message, $29::text, $30::timestamptz \
-        FROM upd JOIN UNNEST($26::int4[], $27::text[], $28::jsonb[]) WITH ORDINALITY \
+        SELECT o.channel, o.message, $30::text, $31::timestamptz \
+        FROM upd JOIN UNNEST($27::int4[], $28::text[], $29::jsonb[]) WITH ORDINALITY \
             AS o(idx, channel, message, n) ON o.idx = upd.idx \
         ORDER BY o.n \
         RETURNING id, message->>'event_id' AS held_event \
      ) \
      SELECT idx, NULL::bigint AS outbox_id, NULL::text AS held_event FROM upd \
      UNION ALL \
-     SELECT NULL, id, held_event FROM outgoing WHERE $29::text IS NOT NULL";
+     SELECT NULL, id, held_event FROM outgoing WHERE $30::text IS NOT NULL";
 
 /// Writes `writes` in one statement, their outbox rows held by `hold` if
 /// given; `applied[i]` as `SagaStore::commit` would answer for
@@ -72,7 +74,7 @@ pub(super) async fn commit_batch(
 ) -> Result<(Vec<bool>, Held), StoreError> {
     let cols = Columns::of(writes);
     let out = Outgoing::of(writes);
-    let rows = sqlx::query(COMMIT_BATCH)
+    let query = sqlx::query(COMMIT_BATCH)
         .bind(cols.idx)
         .bind(cols.saga_id)
         .bind(cols.expected)
@@ -89,15 +91,9 @@ pub(super) async fn commit_batch(
         .bind(cols.awaiting_reply)
         .bind(cols.fence)
         .bind(cols.deadline_at)
-        .bind(cols.lease_unchanged)
-        .bind(cols.seq)
-        .bind(cols.from_state)
-        .bind(cols.to_state)
-        .bind(cols.reason)
-        .bind(cols.detail)
-        .bind(cols.at)
-        .bind(cols.instance_id)
-        .bind(cols.events)
+        .bind(cols.lease_unchanged);
+    let rows = history(writes)
+        .bind(query)
         .bind(out.idx)
         .bind(out.channel)
         .bind(out.message)
@@ -151,21 +147,13 @@ struct Columns<'a> {
     fence: Vec<Option<&'a str>>,
     deadline_at: Vec<DateTime<Utc>>,
     lease_unchanged: Vec<bool>,
-    seq: Vec<i32>,
-    from_state: Vec<Option<&'static str>>,
-    to_state: Vec<&'static str>,
-    reason: Vec<&'a str>,
-    detail: Vec<Option<&'a str>>,
-    at: Vec<DateTime<Utc>>,
-    instance_id: Vec<Option<&'a str>>,
-    events: Vec<Option<String>>,
 }
 
 impl<'a> Columns<'a> {
     fn of(writes: &'a [TransitionWrite]) -> Self {
         let mut c = Self::default();
         for (i, w) in writes.iter().enumerate() {
-            let (s, h) = (&w.saga, &w.history);
+            let s = &w.saga;
             c.idx.push(index(i));
             c.saga_id.push(s.saga_id);
             c.expected.push(w.expected_version);
@@ -184,17 +172,21 @@ impl<'a> Columns<'a> {
             c.fence.push(w.fence.as_deref());
             c.deadline_at.push(s.deadline_at);
             c.lease_unchanged.push(w.lease_unchanged);
-            c.seq.push(h.seq);
-            c.from_state.push(h.from_state.map(SagaState::as_str));
-            c.to_state.push(h.to_state.as_str());
-            c.reason.push(h.reason.as_str());
-            c.detail.push(h.detail.as_deref());
-            c.at.push(h.at);
-            c.instance_id.push(h.instance_id.as_deref());
-            c.events.push(events_column(h));
         }
         c
     }
+}
+
+/// Every write's history rows, flattened in batch order, each keyed by
+/// the index of its write.
+fn history(writes: &[TransitionWrite]) -> HistoryColumns<'_, i32> {
+    let mut c = HistoryColumns::default();
+    for (i, w) in writes.iter().enumerate() {
+        for h in &w.history {
+            c.push(index(i), h);
+        }
+    }
+    c
 }
 
 /// Every write's outgoing messages, flattened in batch order, each with
@@ -224,7 +216,7 @@ impl Outgoing {
 mod tests {
     use super::*;
     use crate::envelope::{Envelope, EventType};
-    use crate::saga::{HistoryEntry, Saga, Step};
+    use crate::saga::{HistoryEntry, Saga, SagaState, Step};
     use crate::store::OutboxMessage;
     use serde_json::Map;
 
@@ -262,7 +254,7 @@ mod tests {
             })
             .collect();
         TransitionWrite {
-            history: HistoryEntry {
+            history: vec![HistoryEntry {
                 seq: 3,
                 from_state: Some(SagaState::CreatingAlliance),
                 to_state: SagaState::Completed,
@@ -271,7 +263,7 @@ mod tests {
                 at: now,
                 instance_id: None,
                 events: Vec::new(),
-            },
+            }],
             expected_version: 2,
             outbox,
             lease: None,
@@ -306,6 +298,6 @@ mod tests {
         let ids: Vec<Uuid> = writes.iter().map(|w| w.saga.saga_id).collect();
         assert_eq!(cols.saga_id, ids);
         assert_eq!(cols.expected, [2, 2, 2]);
-        assert_eq!(cols.seq, [3, 3, 3]);
+        assert_eq!(history(&writes).key, [0, 1, 2]);
     }
 }

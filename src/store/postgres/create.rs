@@ -5,15 +5,12 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{held_rows, insert_sagas_sql, inserted, SagaColumns};
-use crate::saga::SagaState;
-use crate::store::rows::events_column;
+use super::{held_rows, insert_sagas_sql, inserted, HistoryColumns, SagaColumns};
 use crate::store::{stored_message, Held, NewSaga, OutboxHold, StoreError};
 
 /// `ins` takes the sagas that meet no existing one (the same event, or a
@@ -53,19 +50,10 @@ pub(super) async fn insert_all(
     sagas: &[NewSaga],
     hold: Option<&OutboxHold>,
 ) -> Result<(HashMap<String, Uuid>, Held), StoreError> {
-    let h = History::of(sagas);
     let (o_ids, o_channels, o_messages) = outgoing(sagas);
-    let rows = SagaColumns::ordered(sagas)
-        .bind(sqlx::query(INSERT_ALL))
-        .bind(h.saga_id)
-        .bind(h.seq)
-        .bind(h.from_state)
-        .bind(h.to_state)
-        .bind(h.reason)
-        .bind(h.detail)
-        .bind(h.at)
-        .bind(h.instance_id)
-        .bind(h.events)
+    let query = SagaColumns::ordered(sagas).bind(sqlx::query(INSERT_ALL));
+    let rows = history(sagas)
+        .bind(query)
         .bind(o_ids)
         .bind(o_channels)
         .bind(o_messages)
@@ -86,38 +74,15 @@ pub(super) async fn insert_all(
     Ok((inserted, held))
 }
 
-/// The history rows of a batch as column arrays, each with its saga's id.
-#[derive(Default)]
-struct History<'a> {
-    saga_id: Vec<Uuid>,
-    seq: Vec<i32>,
-    from_state: Vec<Option<&'static str>>,
-    to_state: Vec<&'static str>,
-    reason: Vec<&'a str>,
-    detail: Vec<Option<&'a str>>,
-    at: Vec<DateTime<Utc>>,
-    instance_id: Vec<Option<&'a str>>,
-    events: Vec<Option<String>>,
-}
-
-impl<'a> History<'a> {
-    fn of(sagas: &'a [NewSaga]) -> Self {
-        let mut c = Self::default();
-        for n in sagas {
-            for h in &n.history {
-                c.saga_id.push(n.saga.saga_id);
-                c.seq.push(h.seq);
-                c.from_state.push(h.from_state.map(SagaState::as_str));
-                c.to_state.push(h.to_state.as_str());
-                c.reason.push(h.reason.as_str());
-                c.detail.push(h.detail.as_deref());
-                c.at.push(h.at);
-                c.instance_id.push(h.instance_id.as_deref());
-                c.events.push(events_column(h));
-            }
+/// The history rows of a batch as column arrays, each keyed by its saga's id.
+fn history(sagas: &[NewSaga]) -> HistoryColumns<'_, Uuid> {
+    let mut c = HistoryColumns::default();
+    for n in sagas {
+        for h in &n.history {
+            c.push(n.saga.saga_id, h);
         }
-        c
     }
+    c
 }
 
 /// Every new saga's outgoing messages in batch order, with its saga's id.
