@@ -4,6 +4,8 @@
 //! dedup by `event_id`. Several instances relay safely side by side: each
 //! claims its batch with a short lease.
 //!
+//! A pass sends one run per channel, a saga's messages in order on each.
+//!
 //! On the hot path nothing is claimed: this instance's writes store their
 //! rows already held by it for a few seconds and hand them over in memory
 //! (`outbox_writes`), so a message costs no claim round trip and no row
@@ -313,8 +315,8 @@ async fn relay(
     let store = &orch.inner.store;
     let mut done = Done::default();
     let mut outcome = Ok(());
-    for run in batch.chunk_by(|a, b| a.channel == b.channel) {
-        outcome = send_run(orch, run, &mut done).await;
+    for run in runs_by_channel(batch) {
+        outcome = send_run(orch, &run, &mut done).await;
         if outcome.is_err() {
             break;
         }
@@ -346,6 +348,23 @@ async fn relay(
     outcome
 }
 
+/// The batch as one run per channel, each in id order, the channels in
+/// the order they first appear. A saga's messages keep their order on each
+/// channel, which is all a reader can see (a channel's readers never see
+/// another channel's order); and a batch whose channels interleave (a
+/// record's saga events and commands, saga by saga) costs a send per
+/// channel rather than one per message, each waiting for the broker.
+fn runs_by_channel(batch: &[OutboxMessage]) -> Vec<Vec<&OutboxMessage>> {
+    let mut runs: Vec<Vec<&OutboxMessage>> = Vec::new();
+    for m in batch {
+        match runs.iter_mut().find(|run| run[0].channel == m.channel) {
+            Some(run) => run.push(m),
+            None => runs.push(vec![m]),
+        }
+    }
+    runs
+}
+
 /// Deletes what the broker took; a failure publishes them again later.
 async fn delete(store: &dyn crate::store::SagaStore, sent: &[i64]) {
     if let Err(e) = store.delete_outbox(sent).await {
@@ -361,7 +380,11 @@ struct Done {
 }
 
 /// Sends one run of same-channel messages, in id order.
-async fn send_run(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) -> Result<(), Stop> {
+async fn send_run(
+    orch: &Orchestrator,
+    run: &[&OutboxMessage],
+    done: &mut Done,
+) -> Result<(), Stop> {
     let transport = &orch.inner.transport;
     // Encoded straight from the stored envelopes: no copy of each one.
     let messages: Vec<OutboundMessage> = run
@@ -382,7 +405,7 @@ async fn send_run(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) -
 /// Sends a run the broker refused part of, one message at a time, to find
 /// the one it refuses. Stops at an offender not yet parked: what follows it
 /// waits, so that it cannot overtake it.
-async fn isolate(orch: &Orchestrator, run: &[OutboxMessage], done: &mut Done) -> Result<(), Stop> {
+async fn isolate(orch: &Orchestrator, run: &[&OutboxMessage], done: &mut Done) -> Result<(), Stop> {
     let transport = &orch.inner.transport;
     for m in run {
         let message = OutboundMessage::encode(&m.envelope, transport.format());
@@ -471,5 +494,106 @@ async fn park(orch: &Orchestrator, faults: &[OutboxFault], kind: &'static str) -
             tracing::warn!(error = %e, count = faults.len(), "could not park outbox messages; retried once their claim lapses");
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::envelope::{Envelope, EventType};
+    use crate::orchestrator::OrchestratorConfig;
+    use crate::participants::Uncalled;
+    use crate::store::{SagaStore, SqliteStore};
+    use crate::transport::{MemoryTransport, Subscription, Transport, WireFormat};
+
+    /// The in-memory broker, counting the sends it is asked for.
+    #[derive(Clone, Default)]
+    struct CountedSends {
+        broker: MemoryTransport,
+        sends: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Transport for CountedSends {
+        fn format(&self) -> WireFormat {
+            self.broker.format()
+        }
+        async fn send(
+            &self,
+            channel: &str,
+            messages: Vec<OutboundMessage>,
+        ) -> Result<(), TransportError> {
+            self.sends.fetch_add(1, Ordering::Relaxed);
+            self.broker.send(channel, messages).await
+        }
+        async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError> {
+            self.broker.subscribe(channel).await
+        }
+        async fn ping(&self) -> Result<(), TransportError> {
+            self.broker.ping().await
+        }
+    }
+
+    fn message(id: i64, channel: &str, saga: &str) -> OutboxMessage {
+        let envelope = Envelope::new(
+            EventType::SagaStarted,
+            saga,
+            None,
+            None,
+            serde_json::Map::new(),
+        );
+        OutboxMessage {
+            id,
+            ..OutboxMessage::new(channel, envelope)
+        }
+    }
+
+    /// The correlation ids of what `broker` holds on `channel`, in order.
+    fn sent(broker: &MemoryTransport, channel: &str) -> Vec<String> {
+        broker
+            .messages(channel)
+            .iter()
+            .filter_map(|m| m.decode(1 << 20).ok())
+            .map(|e| e.correlation_id)
+            .collect()
+    }
+
+    /// A record of new sagas in broker mode writes each saga's event and
+    /// its command side by side: one send per channel, not one a message.
+    #[tokio::test]
+    async fn an_interleaved_batch_is_one_send_per_channel_in_order() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let transport = CountedSends::default();
+        let orch = Orchestrator::new(
+            Arc::new(store),
+            Arc::new(transport.clone()),
+            Arc::new(Uncalled),
+            OrchestratorConfig::from(&Settings::default()),
+            CancellationToken::new(),
+        );
+        let batch: Vec<OutboxMessage> = (0..4)
+            .flat_map(|i| {
+                let saga = format!("s-{i}");
+                [
+                    message(2 * i, "events", &saga),
+                    message(2 * i + 1, "commands", &saga),
+                ]
+            })
+            .collect();
+        let deletes = Deletes::start(&orch);
+        relay(&orch, &batch, &deletes).await.expect("relayed");
+
+        assert_eq!(transport.sends.load(Ordering::Relaxed), 2);
+        let each = ["s-0", "s-1", "s-2", "s-3"];
+        assert_eq!(sent(&transport.broker, "events"), each);
+        assert_eq!(sent(&transport.broker, "commands"), each);
     }
 }
