@@ -284,6 +284,11 @@ impl Orchestrator {
             decisions.push(decided);
             permits.push(permit);
         }
+        // Held from before the write, so whichever relay sends a command
+        // (another instance's, for rows the store wrote unheld), a reply
+        // applied at once finds its saga's slot to free. Otherwise that
+        // slot would stay taken until the reply deadline.
+        let waiting = self.hold_awaiting_slots(&new, &decisions, &mut permits);
         let writing = self.inner.outbox.in_flight();
         let hold = relay::hold(&self.inner.config.instance_id);
         let asked = std::time::Instant::now();
@@ -295,13 +300,18 @@ impl Orchestrator {
             Err(e) => {
                 // It may have committed before failing: rows held, unhanded.
                 writing.orphaned();
+                // Committed or not, the sweeper drives them at their
+                // deadline; a reply meanwhile takes a free slot.
+                waiting.iter().for_each(|id| self.release_awaiting(*id));
                 return Err(e);
             }
         };
-        // Before the relay can send their commands: a reply applied ahead
-        // of its saga's hold would find no slot to free, and the slot
-        // would stay taken until the reply deadline.
-        self.hold_awaiting_slots(&new, &decisions, &mut permits, &created);
+        for (draft, outcome) in new.iter().zip(&created) {
+            if matches!(outcome, Created::Duplicate(_)) && waiting.contains(&draft.saga.saga_id) {
+                // Never stored under this id: nothing will reply to it.
+                self.release_awaiting(draft.saga.saga_id);
+            }
+        }
         let outboxes = new
             .iter_mut()
             .zip(&created)
@@ -321,6 +331,13 @@ impl Orchestrator {
                     metrics::counter!(telemetry::STARTED, "source" => source.label()).increment(1);
                     decided.iter().for_each(count_transition);
                     let next = decided.last().map(|d| d.next);
+                    if let Some(saga::NextAction::AwaitReply { .. }) = next {
+                        // No driver tells of it: the record sent its command.
+                        tracing::info!(saga_id = %draft.saga.saga_id, correlation_id = %draft.saga.correlation_id,
+                            partner_id = %draft.saga.partner_id, to = draft.saga.state.as_str(),
+                            reason = saga::Reason::CommandSent.as_str(), attempts = draft.saga.attempts,
+                            "saga recorded with its command; awaiting the reply");
+                    }
                     if let (Some(permit), Some(lease), Some(next)) = (permit, draft.lease, next) {
                         self.spawn_driver(draft.saga, next, lease.until, permit);
                     }
@@ -334,27 +351,26 @@ impl Orchestrator {
         Ok(created)
     }
 
-    /// Keeps the slot of each new saga recorded waiting for its reply
-    /// (its command went out with the record) until the reply deadline.
+    /// Keeps the slot of each new saga to be recorded waiting for its
+    /// reply (its command goes out with the record) until the reply
+    /// deadline; returns their ids.
     fn hold_awaiting_slots(
         &self,
         new: &[NewSaga],
         decisions: &[Vec<Decision>],
         permits: &mut [Option<OwnedSemaphorePermit>],
-        created: &[Created],
-    ) {
-        for (((draft, decided), permit), outcome) in
-            new.iter().zip(decisions).zip(permits).zip(created)
-        {
+    ) -> Vec<Uuid> {
+        let mut held = Vec::new();
+        for ((draft, decided), permit) in new.iter().zip(decisions).zip(permits) {
             let next = decided.last().map(|d| d.next);
-            if let (Created::New(_), Some(saga::NextAction::AwaitReply { until, .. })) =
-                (outcome, next)
-            {
+            if let Some(saga::NextAction::AwaitReply { until, .. }) = next {
                 if let Some(permit) = permit.take() {
                     self.hold_while_awaiting(draft.saga.saga_id, permit, until);
+                    held.push(draft.saga.saga_id);
                 }
             }
         }
+        held
     }
 
     /// Applies an input from outside a driver (an operator's retry or
@@ -874,8 +890,6 @@ impl Drop for DrivingGuard {
     }
 }
 
-/// A decision that only records news (an alliance created after the saga
-/// moved on) and changes nothing of what the saga does next.
 /// Counts a stored transition, and the command it sent.
 fn count_transition(decision: &Decision) {
     metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
@@ -884,6 +898,8 @@ fn count_transition(decision: &Decision) {
     }
 }
 
+/// A decision that only records news (an alliance created after the saga
+/// moved on) and changes nothing of what the saga does next.
 fn is_late_news(decision: &Decision) -> bool {
     decision.reason == saga::Reason::AllianceCreatedLate
 }

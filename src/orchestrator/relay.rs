@@ -12,7 +12,7 @@
 //! rewritten. What a claim must find — rows written unheld, rows of other
 //! instances or of a crash, rows given back after a failure — it finds
 //! first, and while a failure is being retried handed rows go the claim's
-//! way too: a saga's messages keep their order either way.
+//! way too: a saga's messages keep their order on each channel either way.
 //!
 //! No single message can stop the relay. A stored row that is no message
 //! is parked at once. A failed send is an outage — the batch is retried
@@ -26,7 +26,9 @@
 //! topic that cannot be produced to, timeouts) can hit every message of a
 //! channel, and parking them one by one would throw the channel away.
 //! Nothing behind an offender is sent again before it is parked, so a
-//! saga's messages keep their order (a parked one is skipped). The failed
+//! saga's messages keep their order on its channel (a parked one is
+//! skipped); a pass stops at a failed channel, and the channels after it
+//! wait for the next pass with it. The failed
 //! send itself may already have taken some of them (brokers pipeline
 //! sends); they are sent again later, at least once as always.
 
@@ -513,11 +515,13 @@ mod tests {
     use crate::store::{SagaStore, SqliteStore};
     use crate::transport::{MemoryTransport, Subscription, Transport, WireFormat};
 
-    /// The in-memory broker, counting the sends it is asked for.
+    /// The in-memory broker, counting the sends it is asked for; sends to
+    /// `down` time out.
     #[derive(Clone, Default)]
     struct CountedSends {
         broker: MemoryTransport,
         sends: Arc<AtomicUsize>,
+        down: Option<&'static str>,
     }
 
     #[async_trait]
@@ -531,6 +535,9 @@ mod tests {
             messages: Vec<OutboundMessage>,
         ) -> Result<(), TransportError> {
             self.sends.fetch_add(1, Ordering::Relaxed);
+            if self.down == Some(channel) {
+                return Err(TransportError::Timeout("send"));
+            }
             self.broker.send(channel, messages).await
         }
         async fn subscribe(&self, channel: &str) -> Result<Box<dyn Subscription>, TransportError> {
@@ -565,13 +572,11 @@ mod tests {
             .collect()
     }
 
-    /// A record of new sagas in broker mode writes each saga's event and
-    /// its command side by side: one send per channel, not one a message.
-    #[tokio::test]
-    async fn an_interleaved_batch_is_one_send_per_channel_in_order() {
+    /// Relays, through `transport`, four sagas' event and command written
+    /// side by side, as a broker-mode record writes them.
+    async fn relay_interleaved(transport: &CountedSends) -> Result<(), Stop> {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
         store.migrate().await.expect("migrate");
-        let transport = CountedSends::default();
         let orch = Orchestrator::new(
             Arc::new(store),
             Arc::new(transport.clone()),
@@ -589,11 +594,33 @@ mod tests {
             })
             .collect();
         let deletes = Deletes::start(&orch);
-        relay(&orch, &batch, &deletes).await.expect("relayed");
+        relay(&orch, &batch, &deletes).await
+    }
 
+    const EACH: [&str; 4] = ["s-0", "s-1", "s-2", "s-3"];
+
+    /// One send per channel, not one a message.
+    #[tokio::test]
+    async fn an_interleaved_batch_is_one_send_per_channel_in_order() {
+        let transport = CountedSends::default();
+        relay_interleaved(&transport).await.expect("relayed");
         assert_eq!(transport.sends.load(Ordering::Relaxed), 2);
-        let each = ["s-0", "s-1", "s-2", "s-3"];
-        assert_eq!(sent(&transport.broker, "events"), each);
-        assert_eq!(sent(&transport.broker, "commands"), each);
+        assert_eq!(sent(&transport.broker, "events"), EACH);
+        assert_eq!(sent(&transport.broker, "commands"), EACH);
+    }
+
+    /// A channel that fails stops the pass there: what went out before it
+    /// is out, in order, and nothing of it is sent past the failure.
+    #[tokio::test]
+    async fn a_failed_channel_stops_the_pass_after_the_channels_before_it() {
+        let transport = CountedSends {
+            down: Some("commands"),
+            ..CountedSends::default()
+        };
+        let stop = relay_interleaved(&transport).await;
+        assert!(matches!(stop, Err(Stop::Outage(_))), "{stop:?}");
+        assert_eq!(transport.sends.load(Ordering::Relaxed), 2);
+        assert_eq!(sent(&transport.broker, "events"), EACH);
+        assert!(sent(&transport.broker, "commands").is_empty());
     }
 }

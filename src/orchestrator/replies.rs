@@ -11,7 +11,7 @@
 //! would never make it apply. An alliance created after compensation began
 //! is recorded on the saga and logged as a warning (`late_success`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -157,19 +157,20 @@ async fn apply_in_order(
     replies: Vec<(Delivery, Reply)>,
     mut known: Option<Saga>,
 ) {
-    let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
-    let inputs: Vec<Input> = replies
-        .iter()
-        .map(|(_, reply)| Input::Replied {
-            reply: reply.clone(),
-            reply_by,
-        })
-        .collect();
-    let mut replies = replies.into_iter();
-    let mut at = 0;
-    while at < inputs.len() {
+    let mut replies: VecDeque<(Delivery, Reply)> = replies.into();
+    while !replies.is_empty() {
+        // Each write's deadline runs from when it is made, not from when
+        // the batch came in.
+        let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
+        let inputs: Vec<Input> = replies
+            .iter()
+            .map(|(_, reply)| Input::Replied {
+                reply: reply.clone(),
+                reply_by,
+            })
+            .collect();
         let outcome = orch
-            .operate_run(saga_id, &inputs[at], &inputs[at + 1..], known.take())
+            .operate_run(saga_id, &inputs[0], &inputs[1..], known.take())
             .await;
         let taken = match &outcome {
             Ok((_, taken)) => *taken,
@@ -187,7 +188,7 @@ async fn apply_in_order(
             Err(_) => 1,
         };
         let outcome = outcome.map(|(saga, _)| saga);
-        for (delivery, reply) in replies.by_ref().take(taken) {
+        for (delivery, reply) in replies.drain(..taken.min(replies.len())) {
             let applied = report(saga_id, &delivery, &reply, &outcome);
             metrics::counter!(telemetry::REPLIES, "step" => reply.step.as_str(), "status" => status_label(&reply.status), "outcome" => applied)
                 .increment(1);
@@ -195,7 +196,6 @@ async fn apply_in_order(
         }
         // What these replies left is where the saga's next one starts.
         known = outcome.ok();
-        at += taken;
     }
 }
 
@@ -454,6 +454,9 @@ mod tests {
             OrchestratorConfig::from(&settings),
             CancellationToken::new(),
         );
+        // It waits in a slot, as a saga recorded with its command does.
+        let slot = orch.try_permit().expect("a free slot");
+        orch.hold_while_awaiting(saga.saga_id, slot, saga.deadline_at);
         (orch, saga)
     }
 
@@ -491,6 +494,8 @@ mod tests {
         details: Vec<Option<String>>,
         writes: u64,
         acks: usize,
+        /// Whether the saga still holds the slot it waited in.
+        holds_its_slot: bool,
     }
 
     /// Hands the consumer one batch of replies with `statuses` for a saga
@@ -501,6 +506,8 @@ mod tests {
         let (orch, before) = awaiting_saga().await;
         let acks = Arc::new(AtomicUsize::new(0));
         handle(&orch, replies_to(&before, statuses, &acks)).await;
+        let free = orch.inner.permits.available_permits();
+        let holds_its_slot = free < orch.inner.config.max_in_flight;
         let store = orch.store();
         let after = store.get(before.saga_id).await.expect("read");
         let history = store.history(before.saga_id).await.expect("history");
@@ -511,6 +518,7 @@ mod tests {
             details: history.into_iter().map(|h| h.detail).collect(),
             writes: written.0.load(Ordering::Relaxed),
             acks: acks.load(Ordering::Relaxed),
+            holds_its_slot,
         }
     }
 
@@ -539,6 +547,50 @@ mod tests {
         assert_eq!(applied.details[2].as_deref(), Some("two thirds"));
         assert_eq!(applied.writes, 1, "the four replies in one write");
         assert_eq!(applied.acks, 4, "each acked once stored");
+        assert!(!applied.holds_its_slot, "done: its slot is free again");
+    }
+
+    #[tokio::test]
+    async fn heartbeats_alone_share_one_write_and_the_saga_keeps_its_slot() {
+        let applied = one_batch(&[
+            (MessageStatus::Started, json!({})),
+            (MessageStatus::Progress, json!({"progress": "half"})),
+        ])
+        .await;
+        assert_eq!(applied.after.state, SagaState::AwaitingAlliance);
+        assert!(applied.after.awaiting_reply);
+        assert_eq!(
+            applied.reasons,
+            ["participant_started", "participant_progress"]
+        );
+        assert_eq!(applied.writes, 1);
+        assert_eq!(applied.acks, 2);
+        assert!(applied.holds_its_slot, "still waiting, in its slot");
+    }
+
+    #[tokio::test]
+    async fn a_stale_reply_inside_a_run_ends_the_fold_and_the_rest_folds_after_it() {
+        let applied = one_batch(&[
+            (MessageStatus::Started, json!({})),
+            // An attempt this saga never made: stale, written nowhere.
+            (MessageStatus::Progress, json!({"attempt": 2})),
+            (MessageStatus::Progress, json!({"progress": "later"})),
+            (MessageStatus::Completed, json!({"alliance_id": "a-3"})),
+        ])
+        .await;
+        assert_eq!(applied.after.state, SagaState::Completed);
+        assert_eq!(
+            applied.reasons,
+            [
+                "participant_started",
+                "participant_progress",
+                "alliance_created"
+            ]
+        );
+        assert_eq!(applied.details[1].as_deref(), Some("later"));
+        assert_eq!(applied.writes, 2, "one before the stale reply, one after");
+        assert_eq!(applied.acks, 4, "the stale one acked too");
+        assert!(!applied.holds_its_slot);
     }
 
     #[tokio::test]
