@@ -286,9 +286,12 @@ impl Orchestrator {
         }
         // Held from before the write, so whichever relay sends a command
         // (another instance's, for rows the store wrote unheld), a reply
-        // applied at once finds its saga's slot to free. Otherwise that
-        // slot would stay taken until the reply deadline.
-        let waiting = self.hold_awaiting_slots(&new, &decisions, &mut permits);
+        // applied here at once finds its saga's slot to free. Otherwise
+        // that slot would stay taken until the reply deadline.
+        let mut waiting = PendingHolds {
+            orch: self,
+            ids: self.hold_awaiting_slots(&new, &decisions, &mut permits),
+        };
         let writing = self.inner.outbox.in_flight();
         let hold = relay::hold(&self.inner.config.instance_id);
         let asked = std::time::Instant::now();
@@ -300,18 +303,20 @@ impl Orchestrator {
             Err(e) => {
                 // It may have committed before failing: rows held, unhanded.
                 writing.orphaned();
-                // Committed or not, the sweeper drives them at their
-                // deadline; a reply meanwhile takes a free slot.
-                waiting.iter().for_each(|id| self.release_awaiting(*id));
+                // The holds go with `waiting`: committed or not, the
+                // sweeper drives these sagas at their deadline, and a reply
+                // meanwhile takes a free slot.
                 return Err(e);
             }
         };
         for (draft, outcome) in new.iter().zip(&created) {
-            if matches!(outcome, Created::Duplicate(_)) && waiting.contains(&draft.saga.saga_id) {
-                // Never stored under this id: nothing will reply to it.
-                self.release_awaiting(draft.saga.saga_id);
+            if matches!(outcome, Created::New(_)) {
+                waiting.keep(draft.saga.saga_id);
             }
         }
+        // A duplicate was never stored under its draft's id: nothing will
+        // reply to it.
+        drop(waiting);
         let outboxes = new
             .iter_mut()
             .zip(&created)
@@ -867,6 +872,29 @@ impl Orchestrator {
     }
 }
 
+/// Slots held for sagas being recorded with their command, given back when
+/// dropped unless kept: the write failed, the event was a duplicate, or
+/// the record was dropped half-way (an API caller that hung up).
+struct PendingHolds<'a> {
+    orch: &'a Orchestrator,
+    ids: Vec<Uuid>,
+}
+
+impl PendingHolds<'_> {
+    /// The saga was recorded: its slot stays held.
+    fn keep(&mut self, saga_id: Uuid) {
+        self.ids.retain(|id| *id != saga_id);
+    }
+}
+
+impl Drop for PendingHolds<'_> {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            self.orch.release_awaiting(id);
+        }
+    }
+}
+
 /// Unmarks a saga as driven here when its driver ends, however it ends.
 struct DrivingGuard {
     orch: Orchestrator,
@@ -1028,6 +1056,40 @@ mod tests {
             "applied once, on the stored version"
         );
         assert_eq!(after.state, SagaState::Compensating);
+    }
+
+    /// A record dropped half-way (an API caller that hung up) gives back
+    /// the slots it held for its sagas; one that stored them keeps them.
+    #[tokio::test]
+    async fn slots_held_for_a_record_are_given_back_unless_it_kept_them() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let orch = Orchestrator::new(
+            Arc::new(store),
+            Arc::new(MemoryTransport::new()),
+            Arc::new(Uncalled),
+            OrchestratorConfig::from(&Settings::default()),
+            CancellationToken::new(),
+        );
+        let max = orch.inner.config.max_in_flight;
+        let (kept, dropped) = (Uuid::now_v7(), Uuid::now_v7());
+        let until = Utc::now() + chrono::Duration::minutes(10);
+        for id in [kept, dropped] {
+            let slot = orch.try_permit().expect("a free slot");
+            orch.hold_while_awaiting(id, slot, until);
+        }
+        let mut holds = PendingHolds {
+            orch: &orch,
+            ids: vec![kept, dropped],
+        };
+        holds.keep(kept);
+        drop(holds);
+        assert_eq!(orch.inner.permits.available_permits(), max - 1);
+        assert!(
+            orch.take_awaiting(kept).is_some(),
+            "the kept one still waits"
+        );
+        assert!(orch.take_awaiting(dropped).is_none());
     }
 
     #[test]

@@ -610,17 +610,30 @@ mod tests {
     }
 
     /// A channel that fails stops the pass there: what went out before it
-    /// is out, in order, and nothing of it is sent past the failure.
+    /// is out, in order, and the channels after it wait for the next pass.
     #[tokio::test]
     async fn a_failed_channel_stops_the_pass_after_the_channels_before_it() {
-        let transport = CountedSends {
+        let last_down = CountedSends {
             down: Some("commands"),
             ..CountedSends::default()
         };
-        let stop = relay_interleaved(&transport).await;
+        let stop = relay_interleaved(&last_down).await;
         assert!(matches!(stop, Err(Stop::Outage(_))), "{stop:?}");
-        assert_eq!(transport.sends.load(Ordering::Relaxed), 2);
-        assert_eq!(sent(&transport.broker, "events"), EACH);
-        assert!(sent(&transport.broker, "commands").is_empty());
+        assert_eq!(last_down.sends.load(Ordering::Relaxed), 2);
+        assert_eq!(sent(&last_down.broker, "events"), EACH);
+        assert!(sent(&last_down.broker, "commands").is_empty());
+
+        let first_down = CountedSends {
+            down: Some("events"),
+            ..CountedSends::default()
+        };
+        let stop = relay_interleaved(&first_down).await;
+        assert!(matches!(stop, Err(Stop::Outage(_))), "{stop:?}");
+        assert_eq!(
+            first_down.sends.load(Ordering::Relaxed),
+            1,
+            "no send after it"
+        );
+        assert!(sent(&first_down.broker, "commands").is_empty());
     }
 }

@@ -157,20 +157,26 @@ async fn apply_in_order(
     replies: Vec<(Delivery, Reply)>,
     mut known: Option<Saga>,
 ) {
+    let mut inputs: Vec<Input> = replies
+        .iter()
+        .map(|(_, reply)| Input::Replied {
+            reply: reply.clone(),
+            reply_by: Utc::now(),
+        })
+        .collect();
     let mut replies: VecDeque<(Delivery, Reply)> = replies.into();
+    let mut at = 0;
     while !replies.is_empty() {
         // Each write's deadline runs from when it is made, not from when
         // the batch came in.
-        let reply_by = saga::later(Utc::now(), orch.inner.config.step_timeout);
-        let inputs: Vec<Input> = replies
-            .iter()
-            .map(|(_, reply)| Input::Replied {
-                reply: reply.clone(),
-                reply_by,
-            })
-            .collect();
+        let now_due = saga::later(Utc::now(), orch.inner.config.step_timeout);
+        for input in &mut inputs[at..] {
+            if let Input::Replied { reply_by, .. } = input {
+                *reply_by = now_due;
+            }
+        }
         let outcome = orch
-            .operate_run(saga_id, &inputs[0], &inputs[1..], known.take())
+            .operate_run(saga_id, &inputs[at], &inputs[at + 1..], known.take())
             .await;
         let taken = match &outcome {
             Ok((_, taken)) => *taken,
@@ -196,6 +202,7 @@ async fn apply_in_order(
         }
         // What these replies left is where the saga's next one starts.
         known = outcome.ok();
+        at += taken;
     }
 }
 

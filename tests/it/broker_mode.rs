@@ -169,6 +169,14 @@ async fn a_new_saga_is_recorded_with_its_first_command_in_one_write() {
         .map(|h| &h["seq"])
         .collect();
     assert_eq!(seqs, [1, 2, 3], "one row per decision");
+    // One write: its rows carry its one time (a second write's would be later).
+    let times: Vec<&Value> = saga["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| &h["at"])
+        .collect();
+    assert!(times.iter().all(|at| *at == times[0]), "{times:?}");
     // The counters are process-wide: exact only when this is the one
     // service in the process (nextest runs each test in its own).
     if std::env::var_os("NEXTEST").is_some() {
