@@ -955,10 +955,27 @@ fn loop_backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
 }
 
+/// An orchestrator for unit tests: `store` (migrated), `transport`, the
+/// settings given, and participants that must not be called. Nothing
+/// runs until a test calls it.
+#[cfg(test)]
+pub(crate) fn test_orchestrator(
+    store: impl SagaStore,
+    transport: Arc<dyn crate::transport::Transport>,
+    settings: &Settings,
+) -> Orchestrator {
+    Orchestrator::new(
+        Arc::new(store),
+        transport,
+        Arc::new(crate::participants::Uncalled),
+        OrchestratorConfig::from(settings),
+        CancellationToken::new(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::participants::Uncalled;
     use crate::saga::Step;
     use crate::store::NewSaga;
     use crate::store::SqliteStore;
@@ -995,12 +1012,10 @@ mod tests {
             .await
             .expect("create");
         assert_eq!(created, [Created::New(stored.saga_id)]);
-        let orch = Orchestrator::new(
-            Arc::new(store),
+        let orch = test_orchestrator(
+            store,
             Arc::new(MemoryTransport::new()),
-            Arc::new(Uncalled),
-            OrchestratorConfig::from(&Settings::default()),
-            CancellationToken::new(),
+            &Settings::default(),
         );
         // No slot free: the retry is committed and left to the sweeper, so
         // no driver calls a participant here.
@@ -1064,12 +1079,10 @@ mod tests {
     async fn slots_held_for_a_record_are_given_back_unless_it_kept_them() {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
         store.migrate().await.expect("migrate");
-        let orch = Orchestrator::new(
-            Arc::new(store),
+        let orch = test_orchestrator(
+            store,
             Arc::new(MemoryTransport::new()),
-            Arc::new(Uncalled),
-            OrchestratorConfig::from(&Settings::default()),
-            CancellationToken::new(),
+            &Settings::default(),
         );
         let max = orch.inner.config.max_in_flight;
         let (kept, dropped) = (Uuid::now_v7(), Uuid::now_v7());

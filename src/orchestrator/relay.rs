@@ -505,13 +505,11 @@ mod tests {
     use std::sync::Arc;
 
     use async_trait::async_trait;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::config::Settings;
     use crate::envelope::{Envelope, EventType};
-    use crate::orchestrator::OrchestratorConfig;
-    use crate::participants::Uncalled;
+    use crate::orchestrator::test_orchestrator;
     use crate::store::{SagaStore, SqliteStore};
     use crate::transport::{MemoryTransport, Subscription, Transport, WireFormat};
 
@@ -577,13 +575,7 @@ mod tests {
     async fn relay_interleaved(transport: &CountedSends) -> Result<(), Stop> {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
         store.migrate().await.expect("migrate");
-        let orch = Orchestrator::new(
-            Arc::new(store),
-            Arc::new(transport.clone()),
-            Arc::new(Uncalled),
-            OrchestratorConfig::from(&Settings::default()),
-            CancellationToken::new(),
-        );
+        let orch = test_orchestrator(store, Arc::new(transport.clone()), &Settings::default());
         let batch: Vec<OutboxMessage> = (0..4)
             .flat_map(|i| {
                 let saga = format!("s-{i}");

@@ -251,7 +251,7 @@ mod tests {
     use super::*;
     use crate::config::{ParticipantMode, Settings};
     use crate::envelope::Envelope;
-    use crate::orchestrator::OrchestratorConfig;
+    use crate::orchestrator::test_orchestrator;
     use crate::store::{NewSaga, SagaStore, SqliteStore};
     use crate::transport::{
         MemoryTransport, OutboundMessage, RawMessage, Settle, TransportError, WireFormat,
@@ -260,7 +260,6 @@ mod tests {
     use serde_json::json;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio_util::sync::CancellationToken;
 
     struct Nothing;
 
@@ -454,13 +453,7 @@ mod tests {
         store.create(&[new]).await.expect("create");
         let mut settings = Settings::default();
         settings.participants.alliances_mode = ParticipantMode::Broker;
-        let orch = Orchestrator::new(
-            Arc::new(store),
-            Arc::new(MemoryTransport::new()),
-            Arc::new(crate::participants::Uncalled),
-            OrchestratorConfig::from(&settings),
-            CancellationToken::new(),
-        );
+        let orch = test_orchestrator(store, Arc::new(MemoryTransport::new()), &settings);
         // It waits in a slot, as a saga recorded with its command does.
         let slot = orch.try_permit().expect("a free slot");
         orch.hold_while_awaiting(saga.saga_id, slot, saga.deadline_at);

@@ -73,6 +73,16 @@ async fn wait_for_state(app: &TestApp, partner_id: &str, state: &str) -> Value {
     panic!("saga of {partner_id} never reached {state}");
 }
 
+/// `field` of each of the saga's history rows, oldest first.
+fn history_field<'a>(saga: &'a Value, field: &str) -> Vec<&'a Value> {
+    saga["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| &h[field])
+        .collect()
+}
+
 pub(crate) fn reasons(saga: &Value) -> Vec<String> {
     saga["history"]
         .as_array()
@@ -162,20 +172,13 @@ async fn a_new_saga_is_recorded_with_its_first_command_in_one_write() {
         reasons(&saga),
         ["partner_created", "alliance_requested", "command_sent"]
     );
-    let seqs: Vec<&Value> = saga["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| &h["seq"])
-        .collect();
-    assert_eq!(seqs, [1, 2, 3], "one row per decision");
+    assert_eq!(
+        history_field(&saga, "seq"),
+        [1, 2, 3],
+        "one row per decision"
+    );
     // One write: its rows carry its one time (a second write's would be later).
-    let times: Vec<&Value> = saga["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| &h["at"])
-        .collect();
+    let times = history_field(&saga, "at");
     assert!(times.iter().all(|at| *at == times[0]), "{times:?}");
     // The counters are process-wide: exact only when this is the one
     // service in the process (nextest runs each test in its own).
