@@ -358,20 +358,21 @@ impl Orchestrator {
 
     /// Keeps the slot of each new saga to be recorded waiting for its
     /// reply (its command goes out with the record) until the reply
-    /// deadline; returns their ids.
+    /// deadline; returns their ids, and when each hold expires.
     fn hold_awaiting_slots(
         &self,
         new: &[NewSaga],
         decisions: &[Vec<Decision>],
         permits: &mut [Option<OwnedSemaphorePermit>],
-    ) -> Vec<Uuid> {
+    ) -> Vec<(Uuid, DateTime<Utc>)> {
         let mut held = Vec::new();
         for ((draft, decided), permit) in new.iter().zip(decisions).zip(permits) {
             let next = decided.last().map(|d| d.next);
             if let Some(saga::NextAction::AwaitReply { until, .. }) = next {
                 if let Some(permit) = permit.take() {
-                    self.hold_while_awaiting(draft.saga.saga_id, permit, until);
-                    held.push(draft.saga.saga_id);
+                    let expires = saga::later(until, LEASE_GRACE);
+                    self.hold_until(draft.saga.saga_id, permit, expires);
+                    held.push((draft.saga.saga_id, expires));
                 }
             }
         }
@@ -874,23 +875,30 @@ impl Orchestrator {
 
 /// Slots held for sagas being recorded with their command, given back when
 /// dropped unless kept: the write failed, the event was a duplicate, or
-/// the record was dropped half-way (an API caller that hung up).
+/// the record was dropped half-way (an API caller that hung up, or the
+/// consumer stopped at shutdown). Only the hold made here is given back:
+/// one a reply has moved on since (a heartbeat's, a next step's) stays.
 struct PendingHolds<'a> {
     orch: &'a Orchestrator,
-    ids: Vec<Uuid>,
+    /// Each saga's id and when the hold made for it expires.
+    ids: Vec<(Uuid, DateTime<Utc>)>,
 }
 
 impl PendingHolds<'_> {
     /// The saga was recorded: its slot stays held.
     fn keep(&mut self, saga_id: Uuid) {
-        self.ids.retain(|id| *id != saga_id);
+        self.ids.retain(|(id, _)| *id != saga_id);
     }
 }
 
 impl Drop for PendingHolds<'_> {
     fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            self.orch.release_awaiting(id);
+        for (id, expires) in self.ids.drain(..) {
+            self.orch.change_awaiting(|held| {
+                if held.get(&id).is_some_and(|(_, at)| *at == expires) {
+                    held.remove(&id);
+                }
+            });
         }
     }
 }
@@ -955,9 +963,9 @@ fn loop_backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
 }
 
-/// An orchestrator for unit tests: `store` (migrated), `transport`, the
-/// settings given, and participants that must not be called. Nothing
-/// runs until a test calls it.
+/// An orchestrator for unit tests on a `store` the caller has migrated,
+/// with `transport`, the settings given, and participants that must not
+/// be called. Nothing runs until a test calls it.
 #[cfg(test)]
 pub(crate) fn test_orchestrator(
     store: impl SagaStore,
@@ -1073,8 +1081,8 @@ mod tests {
         assert_eq!(after.state, SagaState::Compensating);
     }
 
-    /// A record dropped half-way (an API caller that hung up) gives back
-    /// the slots it held for its sagas; one that stored them keeps them.
+    /// The guard of the slots a record holds gives back those it did not
+    /// keep, and only the holds it made: not one a reply moved on since.
     #[tokio::test]
     async fn slots_held_for_a_record_are_given_back_unless_it_kept_them() {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
@@ -1085,24 +1093,27 @@ mod tests {
             &Settings::default(),
         );
         let max = orch.inner.config.max_in_flight;
-        let (kept, dropped) = (Uuid::now_v7(), Uuid::now_v7());
-        let until = Utc::now() + chrono::Duration::minutes(10);
-        for id in [kept, dropped] {
+        let (kept, dropped, moved) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let expires = Utc::now() + chrono::Duration::minutes(10);
+        for id in [kept, dropped, moved] {
             let slot = orch.try_permit().expect("a free slot");
-            orch.hold_while_awaiting(id, slot, until);
+            orch.hold_until(id, slot, expires);
         }
+        // A heartbeat for `moved` came in meanwhile.
+        assert!(orch.extend_awaiting(moved, expires + chrono::Duration::minutes(1)));
         let mut holds = PendingHolds {
             orch: &orch,
-            ids: vec![kept, dropped],
+            ids: vec![(kept, expires), (dropped, expires), (moved, expires)],
         };
         holds.keep(kept);
         drop(holds);
-        assert_eq!(orch.inner.permits.available_permits(), max - 1);
+        assert_eq!(orch.inner.permits.available_permits(), max - 2);
         assert!(
             orch.take_awaiting(kept).is_some(),
             "the kept one still waits"
         );
         assert!(orch.take_awaiting(dropped).is_none());
+        assert!(orch.take_awaiting(moved).is_some(), "a reply's hold stays");
     }
 
     #[test]

@@ -157,11 +157,13 @@ async fn apply_in_order(
     replies: Vec<(Delivery, Reply)>,
     mut known: Option<Saga>,
 ) {
+    // Each round sets the deadlines of the inputs it decides.
+    let unset = Utc::now();
     let mut inputs: Vec<Input> = replies
         .iter()
         .map(|(_, reply)| Input::Replied {
             reply: reply.clone(),
-            reply_by: Utc::now(),
+            reply_by: unset,
         })
         .collect();
     let mut replies: VecDeque<(Delivery, Reply)> = replies.into();

@@ -179,6 +179,7 @@ async fn a_new_saga_is_recorded_with_its_first_command_in_one_write() {
     );
     // One write: its rows carry its one time (a second write's would be later).
     let times = history_field(&saga, "at");
+    assert!(times[0].is_string(), "{times:?}");
     assert!(times.iter().all(|at| *at == times[0]), "{times:?}");
     // The counters are process-wide: exact only when this is the one
     // service in the process (nextest runs each test in its own).
