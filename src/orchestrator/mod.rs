@@ -288,10 +288,7 @@ impl Orchestrator {
         // (another instance's, for rows the store wrote unheld), a reply
         // applied here at once finds its saga's slot to free. Otherwise
         // that slot would stay taken until the reply deadline.
-        let mut waiting = PendingHolds {
-            orch: self,
-            ids: self.hold_awaiting_slots(&new, &decisions, &mut permits),
-        };
+        let mut waiting = self.hold_awaiting_slots(&new, &decisions, &mut permits);
         let writing = self.inner.outbox.in_flight();
         let hold = relay::hold(&self.inner.config.instance_id);
         let asked = std::time::Instant::now();
@@ -358,21 +355,25 @@ impl Orchestrator {
 
     /// Keeps the slot of each new saga to be recorded waiting for its
     /// reply (its command goes out with the record) until the reply
-    /// deadline; returns their ids, and when each hold expires.
+    /// deadline, under a guard that gives back those the record does not
+    /// keep.
     fn hold_awaiting_slots(
         &self,
         new: &[NewSaga],
         decisions: &[Vec<Decision>],
         permits: &mut [Option<OwnedSemaphorePermit>],
-    ) -> Vec<(Uuid, DateTime<Utc>)> {
-        let mut held = Vec::new();
+    ) -> PendingHolds<'_> {
+        let mut held = PendingHolds {
+            orch: self,
+            ids: Vec::new(),
+        };
         for ((draft, decided), permit) in new.iter().zip(decisions).zip(permits) {
             let next = decided.last().map(|d| d.next);
             if let Some(saga::NextAction::AwaitReply { until, .. }) = next {
                 if let Some(permit) = permit.take() {
-                    let expires = saga::later(until, LEASE_GRACE);
-                    self.hold_until(draft.saga.saga_id, permit, expires);
-                    held.push((draft.saga.saga_id, expires));
+                    let (saga_id, expires) = (draft.saga.saga_id, hold_expiry(until));
+                    self.hold_until(saga_id, permit, expires);
+                    held.ids.push((saga_id, expires));
                 }
             }
         }
@@ -396,9 +397,8 @@ impl Orchestrator {
         input: Input,
         known: Option<Saga>,
     ) -> Result<Saga, OperateError> {
-        let inputs = [input];
-        let (first, more) = (&inputs[0], &[][..]);
-        Ok(self.operate_run(saga_id, first, more, known).await?.0)
+        let (saga, _) = self.operate_run(saga_id, &input, &[], known).await?;
+        Ok(saga)
     }
 
     /// [`Orchestrator::operate_from`] for `first`, folding into the same
@@ -562,7 +562,7 @@ impl Orchestrator {
         permit: OwnedSemaphorePermit,
         until: DateTime<Utc>,
     ) {
-        self.hold_until(saga_id, permit, saga::later(until, LEASE_GRACE));
+        self.hold_until(saga_id, permit, hold_expiry(until));
     }
 
     /// Takes the slot `saga_id` waits in here, with when it expires.
@@ -586,7 +586,7 @@ impl Orchestrator {
     fn extend_awaiting(&self, saga_id: Uuid, until: DateTime<Utc>) -> bool {
         self.change_awaiting(|held| match held.get_mut(&saga_id) {
             Some((_, expires)) => {
-                *expires = saga::later(until, LEASE_GRACE);
+                *expires = hold_expiry(until);
                 true
             }
             None => false,
@@ -789,13 +789,7 @@ impl Orchestrator {
             return Ok(None);
         };
         let after = write.saga;
-        for decision in decisions {
-            count_transition(decision);
-            if decision.reason == saga::Reason::AttemptFailed {
-                metrics::counter!(telemetry::RETRIES, "step" => decision.step.as_str())
-                    .increment(1);
-            }
-        }
+        decisions.iter().for_each(count_transition);
         if after.state.is_terminal() {
             if let Some(event) = terminal_event(after.state) {
                 self.inner.stats.record(event);
@@ -926,11 +920,19 @@ impl Drop for DrivingGuard {
     }
 }
 
-/// Counts a stored transition, and the command it sent.
+/// When the slot of a saga waiting for its reply until `until` is given up.
+fn hold_expiry(until: DateTime<Utc>) -> DateTime<Utc> {
+    saga::later(until, LEASE_GRACE)
+}
+
+/// Counts a stored transition, the command it sent and the retry it is.
 fn count_transition(decision: &Decision) {
     metrics::counter!(telemetry::TRANSITIONS, "from" => decision.from.as_str(), "to" => decision.to.as_str(), "reason" => decision.reason.as_str()).increment(1);
     if let Some(step) = decision.command {
         metrics::counter!(telemetry::COMMANDS, "step" => step.as_str()).increment(1);
+    }
+    if decision.reason == saga::Reason::AttemptFailed {
+        metrics::counter!(telemetry::RETRIES, "step" => decision.step.as_str()).increment(1);
     }
 }
 
